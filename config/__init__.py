@@ -1,0 +1,1 @@
+"""Shipped default configuration and the settings schema."""
