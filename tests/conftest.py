@@ -1,0 +1,27 @@
+"""Shared fixtures: strict pydicom validation and real peers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom.config
+import pytest
+
+from tests.peers import OrthancPeer, run_orthanc
+
+
+@pytest.fixture(autouse=True)
+def strict_dicom_writing() -> Iterator[None]:
+    """Every test that writes DICOM does so under pydicom's strict validation."""
+    previous = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    yield
+    pydicom.config.settings.writing_validation_mode = previous
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
+    """A fresh Orthanc PACS with no modalities configured."""
+    with run_orthanc(tmp_path / "orthanc") as peer:
+        yield peer
