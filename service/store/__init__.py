@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 logger = logging.getLogger(__name__)
 
 #: Modules of this package that declare a ``MIGRATIONS`` set, in apply order.
-SCHEMA_MODULES = ("index", "outcomes")
+SCHEMA_MODULES = ("index",)
 
 
 def migration_sets() -> list[Migrations]:

@@ -1,0 +1,360 @@
+"""The settings schema: every setting theranode reads, with default and help.
+
+Settings are declared as data, one frozen dataclass per TOML section, each
+field carrying its default and its help text in ``metadata`` (like
+datasette's ``Setting``). :func:`load_settings` reads a TOML file, rejects
+unknown keys and bad values with one message each, and returns a
+:class:`Settings`. The shipped ``config/theranode.toml`` documents the same
+settings; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("theranode.toml")
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or holds unknown keys or bad values."""
+
+    def __init__(self, problems: list[str], source: str = "configuration") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+Check = Callable[[Any], str | None]
+
+
+def setting(
+    default: Any,
+    help: str,
+    check: Check | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare one setting: its default, help text and optional value check.
+
+    Mutable defaults (lists) are given as ``factory``, called per instance.
+    """
+    metadata = {"help": help, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# -- value checks --------------------------------------------------------
+def port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"must be a TCP port 1–65535, got {value}"
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else f"must be greater than 0, got {value}"
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else f"must be 0 or more, got {value}"
+
+
+def ae_title(value: str) -> str | None:
+    if _AE_TITLE.match(value) and value.strip():
+        return None
+    return f"must be a DICOM AE title (1–16 printable characters, no backslash), got {value!r}"
+
+
+def ae_titles(values: list[str]) -> str | None:
+    for value in values:
+        problem = ae_title(value)
+        if problem:
+            return problem
+    return None
+
+
+def hosts(values: list[str]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return f"must list IP addresses or networks (e.g. 10.0.0.0/24), got {value!r}"
+    return None
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"
+
+    return check
+
+
+def cron(value: str) -> str | None:
+    if value == "" or len(value.split()) == 5:
+        return None
+    return f"must be a 5-field cron expression such as '0 3 * * *' (or empty to disable), got {value!r}"
+
+
+# -- sections ------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = setting("THERANODE", "The node's own AE title (called AE title).", ae_title)
+    bind: str = setting("0.0.0.0", "Address the DICOM listener binds to.")
+    port: int = setting(11112, "TCP port of the DICOM listener.", port)
+    data_dir: str = setting(
+        "theranode-data",
+        "Folder for the archive, the database, quarantine and reports "
+        "(relative paths are relative to the working directory).",
+    )
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    allowed_calling_ae_titles: list[str] = setting(
+        [], "Calling AE titles allowed to associate; empty = any.", ae_titles
+    )
+    allowed_hosts: list[str] = setting(
+        [], "Peer IP addresses or networks allowed to associate; empty = any.", hosts
+    )
+    tls_cert: str = setting("", "PEM certificate of the node; with tls_key enables TLS.")
+    tls_key: str = setting("", "PEM private key of the node.")
+    tls_ca: str = setting(
+        "", "PEM CA bundle; when set, peers must present a certificate signed by it."
+    )
+    max_associations: int = setting(8, "Concurrent associations; more are rejected.", positive)
+    min_free_disk_mb: int = setting(
+        1024,
+        "Refuse storage (status 0xA700) when the archive's disk has less free space.",
+        non_negative,
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = setting(
+        "INFO", "Log level.", one_of("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    file: str = setting("", "Log file (rotated daily); empty = standard error only.")
+
+
+@dataclass(frozen=True)
+class TimePointWindow:
+    nominal_h: float = setting(24.0, "Nominal time after injection (h).", positive)
+    min_h: float = setting(12.0, "Earliest acquisition counted for it (h).", non_negative)
+    max_h: float = setting(48.0, "Acquisitions before this belong to it (h).", positive)
+
+
+DEFAULT_WINDOWS = [
+    {"nominal_h": 4.0, "min_h": 0.0, "max_h": 12.0},
+    {"nominal_h": 24.0, "min_h": 12.0, "max_h": 48.0},
+    {"nominal_h": 72.0, "min_h": 48.0, "max_h": 120.0},
+    {"nominal_h": 192.0, "min_h": 120.0, "max_h": 336.0},
+]
+
+
+@dataclass(frozen=True)
+class GroupingSettings:
+    same_injection_tolerance_min: float = setting(
+        30.0,
+        "Injection date-times closer than this are the same administration (cycle).",
+        positive,
+    )
+    new_course_after_days: float = setting(
+        180.0,
+        "A gap between administrations longer than this starts a new treatment course.",
+        positive,
+    )
+    time_points: list[TimePointWindow] = setting(
+        None,
+        "Time-point windows: acquisitions are binned by hours after injection.",
+        factory=lambda: [TimePointWindow(**w) for w in DEFAULT_WINDOWS],
+    )
+
+
+@dataclass(frozen=True)
+class CohortSettings:
+    schedule: str = setting(
+        "0 3 * * *", "Cron schedule of the cohort statistics job; empty = on demand only.", cron
+    )
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str = setting("pacs", "Symbolic name of the destination.")
+    ae_title: str = setting("PACS", "AE title of the destination.", ae_title)
+    host: str = setting("127.0.0.1", "Host name or address.")
+    port: int = setting(104, "TCP port.", port)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings in effect, one attribute per TOML section."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    grouping: GroupingSettings = field(default_factory=GroupingSettings)
+    cohort: CohortSettings = field(default_factory=CohortSettings)
+    destinations: list[Destination] = field(default_factory=list)
+    source: str = "built-in defaults"
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "security": SecuritySettings,
+    "logging": LoggingSettings,
+    "grouping": GroupingSettings,
+    "cohort": CohortSettings,
+}
+LIST_SECTIONS: dict[str, type] = {"destinations": Destination}
+NESTED_TABLES: dict[tuple[type, str], type] = {(GroupingSettings, "time_points"): TimePointWindow}
+
+
+# -- loading -------------------------------------------------------------
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and (
+            dataclasses.is_dataclass(item) or all(_type_ok(v, item) for v in value)
+        )
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if annotation in names:
+        return names[annotation]
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if dataclasses.is_dataclass(item):
+            return "a list of tables"
+        return f"a list of {_type_name(item).removeprefix('a ').removeprefix('an ')}s"
+    return str(annotation)
+
+
+def _build(cls: type, table: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(table, dict):
+        problems.append(f"[{where}] must be a table, got {type(table).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.append(f"{where}.{key}: unknown setting (known: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in table:
+            continue
+        value = table[name]
+        annotation = hints[name]
+        nested = NESTED_TABLES.get((cls, name))
+        if not _type_ok(value, annotation):
+            problems.append(f"{where}.{name}: must be {_type_name(annotation)}, got {value!r}")
+            continue
+        if nested is not None:
+            value = [_build(nested, item, f"{where}.{name}[{i}]", problems)
+                     for i, item in enumerate(value)]
+        if isinstance(value, int) and annotation is float:
+            value = float(value)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            problems.append(f"{where}.{name}: {problem}")
+            continue
+        values[name] = value
+    return cls(**values)
+
+
+def _cross_checks(settings: Settings, problems: list[str]) -> None:
+    for i, w in enumerate(settings.grouping.time_points):
+        if not w.min_h <= w.nominal_h < w.max_h:
+            problems.append(
+                f"grouping.time_points[{i}]: needs min_h ≤ nominal_h < max_h, got "
+                f"{w.min_h} / {w.nominal_h} / {w.max_h}"
+            )
+    windows = sorted(settings.grouping.time_points, key=lambda w: w.min_h)
+    for a, b in zip(windows, windows[1:]):
+        if b.min_h < a.max_h:
+            problems.append(
+                f"grouping.time_points: windows around {a.nominal_h} h and {b.nominal_h} h overlap"
+            )
+    if bool(settings.security.tls_cert) != bool(settings.security.tls_key):
+        problems.append("security: tls_cert and tls_key must be given together")
+    names = [d.name for d in settings.destinations]
+    for name in {n for n in names if names.count(n) > 1}:
+        problems.append(f"destinations: the name {name!r} is used more than once")
+
+
+def settings_from_dict(data: dict[str, Any], source: str = "configuration") -> Settings:
+    """Validate a parsed TOML document and build :class:`Settings`."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    for key, table in data.items():
+        if key in SECTIONS:
+            sections[key] = _build(SECTIONS[key], table, key, problems)
+        elif key in LIST_SECTIONS:
+            if not isinstance(table, list):
+                problems.append(f"[[{key}]] must be an array of tables")
+                continue
+            sections[key] = [
+                _build(LIST_SECTIONS[key], item, f"{key}[{i}]", problems)
+                for i, item in enumerate(table)
+            ]
+        else:
+            known = ", ".join(sorted([*SECTIONS, *LIST_SECTIONS]))
+            problems.append(f"[{key}]: unknown section (known: {known})")
+    settings = Settings(**sections, source=source)
+    _cross_checks(settings, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return settings
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read and validate a TOML configuration file (``None`` = shipped defaults)."""
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {config_path}"], str(config_path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(config_path)) from None
+    return settings_from_dict(data, source=str(config_path))
+
+
+def iter_settings(settings: Settings) -> Iterator[tuple[str, Any, str]]:
+    """``(dotted name, value, help)`` of every setting in effect."""
+    for section, cls in SECTIONS.items():
+        obj = getattr(settings, section)
+        for f in dataclasses.fields(cls):
+            value = getattr(obj, f.name)
+            if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+                value = [dataclasses.asdict(v) for v in value]
+            yield f"{section}.{f.name}", value, f.metadata["help"]
+    for i, dest in enumerate(settings.destinations):
+        for f in dataclasses.fields(Destination):
+            yield f"destinations[{i}].{f.name}", getattr(dest, f.name), f.metadata["help"]

@@ -1,0 +1,97 @@
+"""Builds the running node from one :class:`~config.schema.Settings` object."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pydicom import dcmread
+
+from config.schema import Settings
+from dicomio.headers import InstanceHeader, instance_header
+from service.archive import Archive, sha256_hex
+from service.errors import StartupError
+from service.ingest import Ingest, utc_now
+from service.regroup import Regrouper, rules_from_settings
+from service.scp import StorageSCP
+from service.store import open_database
+from service.store.index import IndexStore
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "theranode.db"
+
+
+class Node:
+    """The theranode DICOM node: archive, index, grouping and listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.archive = Archive(data_dir, settings.security.min_free_disk_mb)
+        except OSError as exc:
+            raise StartupError(f"Cannot use data folder {data_dir}: {exc}") from exc
+        self.db = open_database(data_dir / DATABASE_NAME)
+        self.index = IndexStore(self.db)
+        self.rules = rules_from_settings(settings.grouping)
+        self.regrouper = Regrouper(self.index, self.rules)
+        self.ingest = Ingest(self.archive, self.index, on_new_series=self._new_series)
+        self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
+        self._stopped = threading.Event()
+
+    def _new_series(self, header: InstanceHeader) -> None:
+        self.regrouper.request(header.patient_key)
+
+    def start(self) -> None:
+        """Recover from any crash, then open the listener."""
+        self.archive.clean_incoming()
+        self.reconcile()
+        self.regrouper.start()
+        for key in self.index.patient_keys():
+            self.regrouper.request(key)
+        try:
+            self.scp.start(self.settings.node.bind, self.settings.node.port)
+        except OSError as exc:
+            raise StartupError(
+                f"Cannot listen on {self.settings.node.bind}:{self.settings.node.port}: {exc}"
+            ) from exc
+
+    def reconcile(self) -> int:
+        """Index archived files a crash left unindexed (written, renamed, not committed)."""
+        indexed = self.index.archived_paths()
+        recovered = 0
+        for path in self.archive.archive.rglob("*.dcm"):
+            relative = self.archive.relative(path)
+            if relative in indexed:
+                continue
+            data = path.read_bytes()
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+                header = instance_header(ds)
+            except Exception as exc:
+                logger.error("Archived file %s cannot be re-indexed: %s", relative, exc)
+                continue
+            self.index.add_instance(
+                header, path=relative, sha256=sha256_hex(data), size=len(data),
+                transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+                received=utc_now(), calling_ae="(recovered)", peer="",
+            )
+            recovered += 1
+        if recovered:
+            logger.warning("Re-indexed %d archived file(s) whose index rows were lost", recovered)
+        return recovered
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self.regrouper.stop()
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+

@@ -1,0 +1,261 @@
+"""What happens to one received instance, from bytes to a DICOM status.
+
+:meth:`Ingest.receive` decides the C-STORE status. Success is returned only
+after the bytes are durably in the archive and the index row is committed.
+Objects that cannot be filed are kept in quarantine with the reason, and the
+status says why; nothing received is dropped silently.
+
+Statuses (PS3.4 Annex B.2.3, and theranode's own codes in the 0xC000 range):
+
+====== ==============================================================
+0x0000 stored (or an identical duplicate already stored)
+0xA700 out of resources: disk below the configured minimum, write error
+0xA900 data set does not match the SOP class of its presentation context
+0xC100 cannot understand: bytes are not a decodable DICOM data set
+0xC101 cannot understand: truncated (an element or the pixel data is short)
+0xC110 cannot file: a UID or PatientID is missing or invalid
+0xC120 cannot file: SOP class not stored by theranode
+====== ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from dicomio.headers import InstanceHeader, instance_header
+from service.archive import Archive, ArchiveError, DiskFullError, sha256_hex
+from service.store.index import IndexStore
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+SOP_CLASS_MISMATCH = 0xA900
+UNDECODABLE = 0xC100
+TRUNCATED = 0xC101
+MISSING_ATTRIBUTE = 0xC110
+UNSUPPORTED_SOP_CLASS = 0xC120
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The C-STORE answer for one instance."""
+
+    status: int
+    comment: str = ""
+    header: InstanceHeader | None = None
+    new_series: bool = False
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent an instance."""
+
+    calling_ae: str
+    address: str
+
+
+class Rejected(Exception):
+    """An instance that cannot be filed; carries its status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _truncated_elements(ds: Dataset) -> list[str]:
+    """Top-level elements whose value is shorter than their declared length."""
+    short = []
+    for element in ds._dict.values():  # raw elements: no value conversion
+        if (
+            isinstance(element, RawDataElement)
+            and element.value is not None
+            and element.length != _UNDEFINED_LENGTH
+            and len(element.value) < element.length
+        ):
+            short.append(f"{element.tag} ({len(element.value)} of {element.length} bytes)")
+    return short
+
+
+def _pixel_shortfall(ds: Dataset) -> str | None:
+    """For native (uncompressed) pixel data, say how much is missing, if any."""
+    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None:
+        return None
+    if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "Rows, Columns or BitsAllocated missing or not numbers for the pixel data"
+    expected = rows * columns * frames * samples * bits // 8
+    actual = len(ds["PixelData"].value or b"")
+    if actual < expected:
+        return (
+            f"pixel data has {actual} bytes but Rows × Columns × frames × samples × bits "
+            f"({rows}×{columns}×{frames}×{samples}×{bits}) needs {expected}"
+        )
+    return None
+
+
+def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, InstanceHeader]:
+    """Decode the header of received bytes and check they can be filed.
+
+    Raises
+    ------
+    Rejected
+        With the status and reason when the object cannot be filed.
+    """
+    try:
+        ds = dcmread(BytesIO(data), force=False)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise Rejected(UNDECODABLE, f"not a decodable DICOM data set: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds on hostile bytes
+        raise Rejected(UNDECODABLE, f"not a decodable DICOM data set: {exc!r}") from exc
+    short = _truncated_elements(ds)
+    if short:
+        raise Rejected(TRUNCATED, "truncated object: " + "; ".join(short[:3]))
+    try:
+        header = instance_header(ds)
+    except MissingAttributeError as exc:
+        raise Rejected(MISSING_ATTRIBUTE, str(exc)) from exc
+    except UnsupportedObjectError as exc:
+        raise Rejected(UNSUPPORTED_SOP_CLASS, str(exc)) from exc
+    except Exception as exc:  # a malformed value deep in the header
+        raise Rejected(UNDECODABLE, f"header could not be read: {exc!r}") from exc
+    if context_sop_class and header.sop_class_uid != context_sop_class:
+        raise Rejected(
+            SOP_CLASS_MISMATCH,
+            f"SOPClassUID {header.sop_class_uid} does not match the presentation context's "
+            f"abstract syntax {context_sop_class}",
+        )
+    try:
+        shortfall = _pixel_shortfall(ds)
+    except Exception as exc:
+        shortfall = f"pixel data attributes could not be read: {exc!r}"
+    if shortfall:
+        raise Rejected(TRUNCATED, shortfall)
+    return ds, header
+
+
+class Ingest:
+    """Files received instances into the archive and the index."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        index: IndexStore,
+        on_new_series: Callable[[InstanceHeader], None] = lambda header: None,
+    ) -> None:
+        self.archive = archive
+        self.index = index
+        self.on_new_series = on_new_series
+        self._uid_locks = [threading.Lock() for _ in range(64)]
+
+    def _lock_for(self, uid: str) -> threading.Lock:
+        return self._uid_locks[zlib.crc32(uid.encode()) % len(self._uid_locks)]
+
+    def receive(
+        self, data: bytes, peer: Peer, transfer_syntax: str, context_sop_class: str | None = None
+    ) -> Outcome:
+        """Store one instance and return the C-STORE status to answer with."""
+        received = utc_now()
+        try:
+            _, header = parse(data, context_sop_class)
+        except Rejected as rejection:
+            return self._quarantine(data, rejection, peer, received)
+        try:
+            with self._lock_for(header.sop_instance_uid):
+                return self._file(data, header, peer, transfer_syntax, received)
+        except DiskFullError as exc:
+            logger.error("Refused %s from %s: %s", header.sop_instance_uid, peer.calling_ae, exc)
+            return Outcome(OUT_OF_RESOURCES, str(exc), header)
+        except (ArchiveError, OSError) as exc:
+            logger.error("Could not store %s: %s", header.sop_instance_uid, exc)
+            return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", header)
+        except Exception as exc:  # e.g. the database: never Success without the row
+            logger.exception("Could not index %s", header.sop_instance_uid)
+            return Outcome(OUT_OF_RESOURCES, f"index error: {exc!r}", header)
+
+    def _file(
+        self, data: bytes, header: InstanceHeader, peer: Peer, transfer_syntax: str,
+        received: datetime,
+    ) -> Outcome:
+        existing = self.index.instance(header.sop_instance_uid)
+        if existing is not None:
+            return self._duplicate(data, header, existing, peer, received)
+        stored = self.archive.store_instance(data, header)
+        new_series = self.index.add_instance(
+            header,
+            path=self.archive.relative(stored.path),
+            sha256=stored.sha256,
+            size=stored.size,
+            transfer_syntax=transfer_syntax,
+            received=received,
+            calling_ae=peer.calling_ae,
+            peer=peer.address,
+        )
+        if new_series:
+            self.on_new_series(header)
+        return Outcome(SUCCESS, header=header, new_series=new_series)
+
+    def _duplicate(
+        self, data: bytes, header: InstanceHeader, existing: dict[str, object], peer: Peer,
+        received: datetime,
+    ) -> Outcome:
+        digest = sha256_hex(data)
+        if digest == existing["sha256"]:
+            logger.info("Identical duplicate of %s ignored", header.sop_instance_uid)
+            return Outcome(SUCCESS, "identical duplicate", header, duplicate=True)
+        kept = self.archive.store_conflict(data, header)
+        self.index.add_conflict(
+            header.sop_instance_uid, path=self.archive.relative(kept.path), sha256=kept.sha256,
+            received=received, calling_ae=peer.calling_ae, peer=peer.address,
+        )
+        logger.warning(
+            "Conflicting duplicate of %s from %s kept aside as %s (archived copy unchanged)",
+            header.sop_instance_uid, peer.calling_ae, kept.path.name,
+        )
+        return Outcome(SUCCESS, "conflicting duplicate kept aside", header, duplicate=True)
+
+    def _quarantine(
+        self, data: bytes, rejection: Rejected, peer: Peer, received: datetime
+    ) -> Outcome:
+        try:
+            kept = self.archive.store_quarantine(data)
+        except (ArchiveError, OSError) as exc:
+            logger.error("Could not quarantine a rejected object (%s): %s", rejection.reason, exc)
+            return Outcome(OUT_OF_RESOURCES, f"{rejection.reason}; and quarantine failed: {exc}")
+        self.index.add_quarantine(
+            path=self.archive.relative(kept.path), sha256=kept.sha256, status=rejection.status,
+            reason=rejection.reason, received=received, calling_ae=peer.calling_ae,
+            peer=peer.address,
+        )
+        logger.warning(
+            "Rejected object from %s with status 0x%04X, kept as %s: %s",
+            peer.calling_ae, rejection.status, kept.path.name, rejection.reason,
+        )
+        return Outcome(rejection.status, rejection.reason)

@@ -1,0 +1,33 @@
+"""Logging set-up, done once by the command line (never at import time)."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from config.schema import LoggingSettings
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s"
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Send theranode's log to standard error and, if configured, a daily file."""
+    root = logging.getLogger()
+    root.setLevel(settings.level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter(FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if settings.file:
+        handlers.append(
+            logging.handlers.TimedRotatingFileHandler(
+                settings.file, when="midnight", backupCount=14, encoding="utf-8"
+            )
+        )
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    # pynetdicom logs every PDU at DEBUG and each association at INFO; keep
+    # its INFO lines out of ours (we log one line per association ourselves).
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))

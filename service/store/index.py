@@ -1,0 +1,316 @@
+"""Index of received instances and series, conflicts, quarantine and grouping.
+
+Tables
+------
+patients      patient_key → PatientID (+ issuer); the ID is stored, never logged.
+series        one row per series with the header facts grouping needs.
+instances     one row per archived SOP instance (path, hash, size, peer).
+conflicts     same SOP Instance UID with different bytes, kept aside.
+quarantine    objects that could not be filed, with the reason.
+grouping      the persisted result of :func:`service.grouping.group_patient`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from dicomio.headers import InstanceHeader
+
+MIGRATIONS = Migrations("theranode.index")
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["patients"].create(  # type: ignore[union-attr]
+        {"patient_key": str, "patient_id": str, "issuer": str, "first_seen": str}, pk="patient_key"
+    )
+    db["series"].create(  # type: ignore[union-attr]
+        {
+            "series_uid": str,
+            "study_uid": str,
+            "patient_key": str,
+            "kind": str,
+            "modality": str,
+            "sop_class_uid": str,
+            "frame_of_reference_uid": str,
+            "referenced_frames": str,  # JSON list
+            "acquired": str,
+            "injection_start": str,
+            "injection_time": str,
+            "injection_event_uid": str,
+            "injected_activity_mbq": float,
+            "radionuclide": str,
+            "description": str,
+            "series_number": int,
+            "instance_count": int,
+            "first_received": str,
+            "last_received": str,
+        },
+        pk="series_uid",
+        foreign_keys=[("patient_key", "patients", "patient_key")],
+    )
+    db["series"].create_index(["patient_key"])  # type: ignore[union-attr]
+    db["instances"].create(  # type: ignore[union-attr]
+        {
+            "sop_instance_uid": str,
+            "sop_class_uid": str,
+            "series_uid": str,
+            "path": str,
+            "sha256": str,
+            "size": int,
+            "transfer_syntax": str,
+            "received": str,
+            "calling_ae": str,
+            "peer": str,
+        },
+        pk="sop_instance_uid",
+        foreign_keys=[("series_uid", "series", "series_uid")],
+    )
+    db["instances"].create_index(["series_uid"])  # type: ignore[union-attr]
+    db["conflicts"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "sop_instance_uid": str,
+            "path": str,
+            "sha256": str,
+            "received": str,
+            "calling_ae": str,
+            "peer": str,
+        },
+        pk="id",
+    )
+    db["quarantine"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "path": str,
+            "sha256": str,
+            "status": int,
+            "reason": str,
+            "received": str,
+            "calling_ae": str,
+            "peer": str,
+        },
+        pk="id",
+    )
+    db["grouping"].create(  # type: ignore[union-attr]
+        {
+            "series_uid": str,
+            "patient_key": str,
+            "course": int,
+            "cycle": int,
+            "injection": str,
+            "injection_source": str,
+            "time_point_h": float,
+            "elapsed_h": float,
+            "role": str,
+            "state": str,
+            "note": str,
+        },
+        pk="series_uid",
+    )
+    db["grouping"].create_index(["patient_key"])  # type: ignore[union-attr]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class IndexStore:
+    """Thread-safe access to the index tables of one database."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Serialise writers and commit (durably) at the end of the block."""
+        with self.lock, self.db.atomic():
+            yield
+
+    # -- instances -------------------------------------------------------
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        with self.lock:
+            rows = list(
+                self.db.query(
+                    "select * from instances where sop_instance_uid = ?", [sop_instance_uid]
+                )
+            )
+        return rows[0] if rows else None
+
+    def add_instance(
+        self,
+        header: InstanceHeader,
+        *,
+        path: str,
+        sha256: str,
+        size: int,
+        transfer_syntax: str,
+        received: datetime,
+        calling_ae: str,
+        peer: str,
+    ) -> bool:
+        """Index an archived instance; returns True when its series is new."""
+        now = received.isoformat()
+        with self.transaction():
+            self.db.execute(
+                "insert or ignore into patients (patient_key, patient_id, issuer, first_seen) "
+                "values (?, ?, ?, ?)",
+                [header.patient_key, header.patient_id, header.issuer_of_patient_id, now],
+            )
+            cursor = self.db.execute(
+                "update series set instance_count = instance_count + 1, last_received = ? "
+                "where series_uid = ?",
+                [now, header.series_instance_uid],
+            )
+            new_series = cursor.rowcount == 0
+            if new_series:
+                self.db.execute(
+                    "insert into series values "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    self._series_row(header, now),
+                )
+            self.db.execute(
+                "insert into instances values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    header.sop_instance_uid,
+                    header.sop_class_uid,
+                    header.series_instance_uid,
+                    path,
+                    sha256,
+                    size,
+                    transfer_syntax,
+                    now,
+                    calling_ae,
+                    peer,
+                ],
+            )
+        return new_series
+
+    @staticmethod
+    def _series_row(header: InstanceHeader, now: str) -> list[Any]:
+        inj = header.injection
+        return [
+            header.series_instance_uid,
+            header.study_instance_uid,
+            header.patient_key,
+            header.kind.value,
+            header.modality,
+            header.sop_class_uid,
+            header.frame_of_reference_uid,
+            json.dumps(list(header.referenced_frame_of_reference_uids)),
+            _iso(header.acquired),
+            _iso(inj.start) if inj else None,
+            inj.start_time.isoformat() if inj and inj.start_time else None,
+            inj.event_uid if inj else None,
+            inj.activity_mbq if inj else None,
+            inj.radionuclide if inj else None,
+            header.series_description,
+            header.series_number,
+            1,
+            now,
+            now,
+        ]
+
+    def add_conflict(
+        self, sop_instance_uid: str, *, path: str, sha256: str, received: datetime,
+        calling_ae: str, peer: str,
+    ) -> None:
+        with self.transaction():
+            self.db["conflicts"].insert(  # type: ignore[union-attr]
+                {
+                    "sop_instance_uid": sop_instance_uid,
+                    "path": path,
+                    "sha256": sha256,
+                    "received": received.isoformat(),
+                    "calling_ae": calling_ae,
+                    "peer": peer,
+                }
+            )
+
+    def add_quarantine(
+        self, *, path: str, sha256: str, status: int, reason: str, received: datetime,
+        calling_ae: str, peer: str,
+    ) -> None:
+        with self.transaction():
+            self.db["quarantine"].insert(  # type: ignore[union-attr]
+                {
+                    "path": path,
+                    "sha256": sha256,
+                    "status": status,
+                    "reason": reason,
+                    "received": received.isoformat(),
+                    "calling_ae": calling_ae,
+                    "peer": peer,
+                }
+            )
+
+    def archived_paths(self) -> set[str]:
+        with self.lock:
+            return {row["path"] for row in self.db.query("select path from instances")}
+
+    # -- series and grouping ----------------------------------------------
+    def patient_keys(self) -> list[str]:
+        with self.lock:
+            return [r["patient_key"] for r in self.db.query(
+                "select patient_key from patients order by first_seen, patient_key")]
+
+    def patient_id(self, patient_key: str) -> str | None:
+        with self.lock:
+            rows = list(self.db.query(
+                "select patient_id from patients where patient_key = ?", [patient_key]))
+        return rows[0]["patient_id"] if rows else None
+
+    def series_of_patient(self, patient_key: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(
+                self.db.query(
+                    "select * from series where patient_key = ? order by acquired, series_uid",
+                    [patient_key],
+                )
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                table: self.db.execute(f"select count(*) from {table}").fetchone()[0]
+                for table in ("patients", "series", "instances", "conflicts", "quarantine")
+            }
+
+    def replace_grouping(self, patient_key: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Persist a patient's grouping, replacing the previous one atomically."""
+        with self.transaction():
+            self.db.execute("delete from grouping where patient_key = ?", [patient_key])
+            for row in rows:
+                self.db["grouping"].insert(row)  # type: ignore[union-attr]
+
+    def grouping_of_patient(self, patient_key: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(
+                self.db.query(
+                    "select g.*, s.kind, s.modality, s.instance_count, s.description, "
+                    "s.frame_of_reference_uid, s.study_uid, s.last_received "
+                    "from grouping g join series s using (series_uid) "
+                    "where g.patient_key = ? order by g.course, g.cycle, g.time_point_h, s.kind",
+                    [patient_key],
+                )
+            )
+
+    def recent_quarantine(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.db.query(
+                "select * from quarantine order by id desc limit ?", [limit]))
+
+    def recent_conflicts(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.db.query(
+                "select * from conflicts order by id desc limit ?", [limit]))
+

@@ -1,0 +1,182 @@
+"""The Storage SCP over real associations on loopback (pynetdicom as the sender)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+
+from service.ingest import (
+    MISSING_ATTRIBUTE,
+    OUT_OF_RESOURCES,
+    SOP_CLASS_MISMATCH,
+    TRUNCATED,
+)
+from tests.service import factory
+from tests.service.nodes import make_settings, running_node, send
+
+INJECTION = datetime(2024, 5, 6, 9, 15)
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    with running_node(make_settings(tmp_path / "data")) as running:
+        yield running
+
+
+def write(tmp_path: Path, ds, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(factory.encode(ds))
+    return path
+
+
+def test_echo_succeeds(node):
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="THERANODE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_time_point_is_stored_indexed_and_grouped(node, tmp_path):
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=24), frame="1.2.3.24")
+    cts = [factory.ct("P1", INJECTION + timedelta(hours=24), frame="1.2.3.24",
+                      series="1.2.3.4.5") for _ in range(3)]
+    rs = factory.rtstruct("P1", INJECTION, referenced_frame="1.2.3.24")
+    assert send(node.port, [nm, *cts, rs]) == [0, 0, 0, 0, 0]
+    node.regrouper.wait_idle()
+    counts = node.index.counts()
+    assert (counts["patients"], counts["series"], counts["instances"]) == (1, 3, 5)
+    archived = list((node.archive.archive).rglob("*.dcm"))
+    assert len(archived) == 5
+    assert all("P1" not in str(p) for p in archived), "paths never carry the PatientID"
+    rows = node.index.grouping_of_patient(node.index.patient_keys()[0])
+    assert {(r["role"], r["cycle"], r["time_point_h"], r["state"]) for r in rows} == {
+        ("SPECT", 1, 24.0, "grouped"), ("CT", 1, 24.0, "grouped"),
+        ("RTSTRUCT", 1, 24.0, "grouped")}
+
+
+def test_identical_duplicate_is_success_without_a_new_copy(node):
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    assert send(node.port, [nm, nm]) == [0, 0]
+    assert node.index.counts()["instances"] == 1
+    assert len(list(node.archive.archive.rglob("*.dcm"))) == 1
+
+
+def test_conflicting_duplicate_is_kept_aside_and_never_overwrites(node):
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    assert send(node.port, [nm]) == [0]
+    original = next(node.archive.archive.rglob("*.dcm")).read_bytes()
+    nm.SeriesDescription = "changed"
+    assert send(node.port, [nm]) == [0]
+    assert next(node.archive.archive.rglob("*.dcm")).read_bytes() == original
+    assert node.index.counts()["conflicts"] == 1
+    assert len(list(node.archive.conflicts.glob("*.dcm"))) == 1
+
+
+def test_missing_sop_instance_uid_fails_and_is_quarantined(node, tmp_path, caplog):
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    path = write(tmp_path, nm, "x.dcm")
+    nm_bytes = path.read_bytes()
+    # remove SOPInstanceUID from the data set but keep it in the file meta
+    nm2 = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    del nm2.SOPInstanceUID
+    nm2.file_meta.MediaStorageSOPInstanceUID = nm.SOPInstanceUID
+    path.write_bytes(factory.encode(nm2))
+    assert nm_bytes != path.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        assert send(node.port, [path]) == [MISSING_ATTRIBUTE]
+    assert "SOPInstanceUID is missing" in caplog.text
+    assert node.index.counts()["instances"] == 0
+    assert len(list(node.archive.quarantine.glob("*.dcm"))) == 1
+    assert node.index.recent_quarantine()[0]["status"] == MISSING_ATTRIBUTE
+
+
+def test_truncated_object_fails_and_is_quarantined(node, tmp_path):
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    data = factory.encode(nm)
+    path = tmp_path / "truncated.dcm"
+    path.write_bytes(data[:-100])
+    assert send(node.port, [path]) == [TRUNCATED]
+    assert node.index.counts()["instances"] == 0
+    assert node.index.counts()["quarantine"] == 1
+
+
+def test_data_set_of_another_sop_class_than_its_context_fails(node, tmp_path):
+    data = factory.encode(factory.ct("P1", INJECTION, frame="1.2.3"))
+    # The file meta (which picks the presentation context) says NM; the data set says CT.
+    ct_uid, nm_uid = factory.CT.encode() + b"\0", factory.NM.encode()
+    assert len(ct_uid) == len(nm_uid)
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(data.replace(ct_uid, nm_uid, 1))
+    assert send(node.port, [path]) == [SOP_CLASS_MISMATCH]
+
+
+def test_sop_class_not_stored_is_not_negotiated(node):
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(factory.SECONDARY_CAPTURE)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="THERANODE")
+    assert not assoc.is_established, "no context accepted, so the SCU gives up"
+    assert node.index.counts()["instances"] == 0
+
+
+def test_nm_without_injection_is_stored_but_reported_ungroupable(node):
+    nm = factory.nm("P1", None, INJECTION + timedelta(hours=4))
+    assert send(node.port, [nm]) == [0]
+    node.regrouper.wait_idle()
+    (row,) = node.index.grouping_of_patient(node.index.patient_keys()[0])
+    assert row["state"] == "ungrouped" and "injection" in row["note"]
+
+
+def test_rtstruct_is_held_until_its_frame_of_reference_arrives(node):
+    rs = factory.rtstruct("P1", INJECTION, referenced_frame="1.2.3.4")
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4), frame="1.2.3.4")
+    assert send(node.port, [rs, nm]) == [0, 0]
+    node.regrouper.wait_idle()
+    key = node.index.patient_keys()[0]
+    state = {r["role"]: r["state"] for r in node.index.grouping_of_patient(key)}
+    assert state["RTSTRUCT"] == "held"
+    assert send(node.port, [factory.ct("P1", INJECTION + timedelta(hours=4), frame="1.2.3.4")]) == [0]
+    node.regrouper.wait_idle()
+    state = {r["role"]: r["state"] for r in node.index.grouping_of_patient(key)}
+    assert state == {"SPECT": "grouped", "CT": "grouped", "RTSTRUCT": "grouped"}
+
+
+def test_disk_below_limit_answers_out_of_resources(tmp_path):
+    settings = make_settings(tmp_path / "data", security={"min_free_disk_mb": 10**9})
+    with running_node(settings) as node:
+        nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+        assert send(node.port, [nm]) == [OUT_OF_RESOURCES]
+        assert node.index.counts()["instances"] == 0
+        assert list(node.archive.archive.rglob("*.dcm")) == []
+
+
+def test_unknown_calling_ae_title_is_rejected(tmp_path):
+    settings = make_settings(tmp_path / "data",
+                             security={"allowed_calling_ae_titles": ["GOODSCU"]})
+    with running_node(settings) as node:
+        with pytest.raises(ConnectionError):
+            send(node.port, [], ae_title="BADSCU")
+        assert send(node.port, [], ae_title="GOODSCU") == []
+
+
+def test_host_not_allowed_is_refused(tmp_path):
+    settings = make_settings(tmp_path / "data", security={"allowed_hosts": ["10.9.9.0/24"]})
+    with running_node(settings) as node:
+        with pytest.raises(ConnectionError):
+            send(node.port, [])
+
+
+def test_log_has_association_and_series_lines_but_no_patient_name(node, caplog):
+    nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    with caplog.at_level(logging.INFO):
+        send(node.port, [nm])
+        node.regrouper.wait_idle()
+    assert "Association accepted from TESTSCU" in caplog.text
+    assert f"Series {nm.SeriesInstanceUID} (NM): 1 instance(s) stored" in caplog.text
+    assert "Test^Patient" not in caplog.text
+    assert "P1" not in caplog.text, "the PatientID is not logged either"
