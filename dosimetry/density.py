@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -102,14 +103,14 @@ def _validate_points(hu: tuple[float, ...], rho: tuple[float, ...]) -> None:
         )
     if not all(np.isfinite(hu)) or not all(np.isfinite(rho)):
         raise DosimetryError("Density calibration points must be finite numbers.")
-    if any(b <= a for a, b in zip(hu, hu[1:])):
+    if any(b <= a for a, b in pairwise(hu)):
         raise DosimetryError(
             f"Calibration HU values must be strictly increasing, got {hu}. "
             "Sort the points and remove duplicates."
         )
     if min(rho) <= 0:
         raise DosimetryError(f"Calibration densities must be positive, got {rho} g/mL.")
-    if any(b < a for a, b in zip(rho, rho[1:])):
+    if any(b < a for a, b in pairwise(rho)):
         raise DosimetryError(
             f"Calibration densities must not decrease with HU, got {rho} g/mL; "
             "check the order of the points."

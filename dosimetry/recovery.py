@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Protocol
 
 import numpy as np
@@ -90,7 +91,7 @@ class RecoveryTable:
                 f"A recovery table needs at least two (volume, RC) pairs of equal length; "
                 f"got {len(volumes)} volumes and {len(rcs)} coefficients."
             )
-        if min(volumes) <= 0 or any(b <= a for a, b in zip(volumes, volumes[1:])):
+        if min(volumes) <= 0 or any(b <= a for a, b in pairwise(volumes)):
             raise DosimetryError(
                 f"Recovery table volumes must be positive and strictly increasing, got {volumes}."
             )
@@ -173,7 +174,7 @@ def apply_recovery(voi: VoiDose, curve: RecoveryCurve = DEFAULT_RECOVERY) -> Voi
         mean_gy_sd=voi.mean_gy_sd / rc,
         time_integrated_activity_mbq_h=None if tia is None else tia / rc,
         recovery_coefficient=rc,
-        notes=voi.notes + (note,),
+        notes=(*voi.notes, note),
     )
 
 

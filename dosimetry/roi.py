@@ -159,7 +159,7 @@ def cumulative_dvh(
     width = bin_width if bin_width is not None else (high - low) / n_bins
     if not width > 0:
         width = max(abs(high), 1.0) / n_bins
-    n_edges = int(math.floor((high - low) / width)) + 2
+    n_edges = math.floor((high - low) / width) + 2
     if n_edges > MAX_DVH_BINS:
         raise DosimetryError(
             f"A bin width of {width:g} over [{low:g}, {high:g}] makes {n_edges} DVH bins "
@@ -191,6 +191,4 @@ def _voxel_volume_ml(values: MapLike, voxel_volume_ml: float | None) -> float:
         return voxel_volume_ml
     if isinstance(values, Volume):
         return values.voxel_volume_ml
-    raise GeometryError(
-        "A plain array has no voxel size: pass voxel_volume_ml or a Volume."
-    )
+    raise GeometryError("A plain array has no voxel size: pass voxel_volume_ml or a Volume.")

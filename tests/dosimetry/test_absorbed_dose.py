@@ -21,10 +21,14 @@ from dosimetry.volume import Volume
 SPACING = (4.0, 4.0, 4.0)
 
 
-def _sphere_mask(shape: tuple[int, int, int] = (16, 16, 16), radius_vox: float = 5.0) -> npt.NDArray[np.bool_]:
+def _sphere_mask(
+    shape: tuple[int, int, int] = (16, 16, 16), radius_vox: float = 5.0
+) -> npt.NDArray[np.bool_]:
     z, y, x = np.indices(shape)
     centre = (np.asarray(shape) - 1) / 2.0
-    return bool_array((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_vox**2)
+    return bool_array(
+        (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_vox**2
+    )
 
 
 def bool_array(a: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
@@ -104,7 +108,9 @@ def test_gas_policies(
     np.testing.assert_allclose(result.dose_rate.array[0, 1, 1], k)
 
 
-def test_keep_policy_uses_true_density(gas_case: tuple[Volume, Volume, npt.NDArray[np.bool_]]) -> None:
+def test_keep_policy_uses_true_density(
+    gas_case: tuple[Volume, Volume, npt.NDArray[np.bool_]],
+) -> None:
     activity, density, _ = gas_case
     k = nuclear_data("Lu-177").led_gy_per_h_per_mbq_per_ml
     result = led_dose_rate(activity, density, gas_policy=GasPolicy.KEEP)

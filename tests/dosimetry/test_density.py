@@ -68,7 +68,9 @@ def test_cap_below_last_density_is_refused() -> None:
 
 
 def test_density_volume_keeps_the_grid() -> None:
-    ct = Volume(np.full((2, 3, 4), 14.0), spacing_mm=(2.0, 2.0, 5.0), origin_mm=(1, 2, 3), unit="HU")
+    ct = Volume(
+        np.full((2, 3, 4), 14.0), spacing_mm=(2.0, 2.0, 5.0), origin_mm=(1, 2, 3), unit="HU"
+    )
     rho = SCHNEIDER_2000.density_volume(ct)
     assert rho.same_grid(ct)
     assert rho.unit == "g/mL"

@@ -66,7 +66,12 @@ def test_table_interpolates_in_log_volume_and_clamps() -> None:
 
 @pytest.mark.parametrize(
     ("volumes", "rcs"),
-    [((1.0, 1.0), (0.3, 0.5)), ((0.0, 1.0), (0.3, 0.5)), ((1.0, 2.0), (0.3, 1.2)), ((1.0,), (0.3,))],
+    [
+        ((1.0, 1.0), (0.3, 0.5)),
+        ((0.0, 1.0), (0.3, 0.5)),
+        ((1.0, 2.0), (0.3, 1.2)),
+        ((1.0,), (0.3,)),
+    ],
 )
 def test_invalid_tables_are_refused(volumes: tuple[float, ...], rcs: tuple[float, ...]) -> None:
     with pytest.raises(DosimetryError):
