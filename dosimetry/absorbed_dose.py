@@ -186,7 +186,7 @@ def _density_under_policy(
     }
     if policy is GasPolicy.KEEP:
         return rho
-    return np.where(gas, replacement[GasPolicy(policy)], rho)
+    return np.where(gas, replacement[policy], rho)
 
 
 def _check_unit(volume: Volume, accepted: frozenset[str], what: str) -> None:

@@ -162,7 +162,7 @@ def scale_from_reference_cycle(
     tia = reference.time_integrated_activity_mbq_h
     activity_factor = factor * scan.volume_ml / reference_scan.volume_ml
     note = (
-        f"scaled from cycle reference {reference.name!r}: factor {factor:.4f} "
+        f"scaled from the reference cycle ({reference.mean_gy:.4g} Gy) by {factor:.4f} "
         f"(scan at {scan.elapsed_h:.2f} h vs {reference_scan.elapsed_h:.2f} h)"
     )
     return VoiDose(

@@ -26,13 +26,8 @@ def _sphere_mask(
 ) -> npt.NDArray[np.bool_]:
     z, y, x = np.indices(shape)
     centre = (np.asarray(shape) - 1) / 2.0
-    return bool_array(
-        (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_vox**2
-    )
-
-
-def bool_array(a: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    return np.asarray(a, dtype=bool)
+    r2 = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2
+    return np.asarray(r2 <= radius_vox**2, dtype=bool)
 
 
 def _volume(array: npt.NDArray[np.float64], unit: str) -> Volume:

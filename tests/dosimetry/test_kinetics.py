@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy.integrate import quad
 
 from dosimetry.errors import FitError, InsufficientDataError
@@ -309,3 +312,24 @@ def test_voxel_fit_input_errors() -> None:
         fit_voxels_monoexponential(
             PAPER_TIMES_H, np.ones((4, 2, 2, 2)), LAMBDA_PHYS, mask=np.ones((2, 2))
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1e-3, 1e3), st.floats(5.0, 159.0))
+def test_monoexponential_integral_property(d0: float, half_life_h: float) -> None:
+    lam = math.log(2.0) / half_life_h
+    fit = fit_monoexponential(PAPER_TIMES_H, _mono(PAPER_TIMES_H, d0, lam), LAMBDA_PHYS)
+    assert fit.integral == pytest.approx(d0 / lam, rel=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.float64, 4, elements=st.floats(0, 10)),
+    arrays(np.float64, 4, elements=st.floats(0, 10)),
+    st.floats(-5, 5),
+)
+def test_trapezoid_is_linear_in_the_values(a: np.ndarray, b: np.ndarray, c: float) -> None:
+    def integral(y: np.ndarray) -> float:
+        return integrate_trapezoid_tail(PAPER_TIMES_H, y, LAMBDA_PHYS).integral
+
+    assert integral(a + c * b) == pytest.approx(integral(a) + c * integral(b), abs=1e-9)

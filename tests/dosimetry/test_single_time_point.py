@@ -6,6 +6,8 @@ import math
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dosimetry.errors import DosimetryError, InsufficientDataError
 from dosimetry.kinetics import fit_monoexponential
@@ -156,3 +158,17 @@ def test_madsen_and_hanscheid_refuse_bad_inputs() -> None:
         madsen_dose_gy(0.01, 24.0, 0.0)
     with pytest.raises(DosimetryError):
         hanscheid_dose_gy(0.01, 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1.0, 1e7), st.floats(1.0, 1e7), st.floats(0.5, 2000.0), st.floats(12.0, 48.0))
+def test_scaled_dose_is_linear_in_counts(
+    counts: float, factor: float, volume_ml: float, elapsed_h: float
+) -> None:
+    reference_scan = VoiScan(1e5, 150.0, 24.0)
+    one = scale_from_reference_cycle(
+        _reference(), reference_scan, VoiScan(counts, volume_ml, elapsed_h)
+    )
+    scaled = VoiScan(counts * factor, volume_ml, elapsed_h)
+    two = scale_from_reference_cycle(_reference(), reference_scan, scaled)
+    assert two.mean_gy == pytest.approx(factor * one.mean_gy, rel=1e-9)
