@@ -71,7 +71,7 @@ class CumulativeDvh:
     volume_ml: float
     unit: str = "Gy"
 
-    def absolute_volume_ml(self) -> FloatArray:
+    def volume_ml_at(self) -> FloatArray:
         """Absolute volume (mL) receiving at least each bin's dose."""
         return np.asarray(self.volume_fraction * self.volume_ml, dtype=np.float64)
 
