@@ -1,0 +1,503 @@
+"""The PDF dose report physicists print and sign, and its Encapsulated PDF object.
+
+Rendered with matplotlib's object-oriented API (no pyplot state, so it is
+safe in worker threads) into a multi-page A4 PDF: identification and VOI
+dose table, time-activity curves with the fitted model, DVHs, registration
+quality, warnings, software version and the settings used. The PDF carries
+no creation date, so the same result renders to the same bytes.
+
+References
+----------
+DICOM PS3.3 A.45.1 (Encapsulated PDF IOD), C.24.2 (Encapsulated Document
+module), C.8.6.1 (SC Equipment module). Kinetic models as in
+:mod:`dosimetry.kinetics` (Sjögreen Gleisner et al., EANM 2022).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+from pydicom.dataset import Dataset
+
+from dicomio.dvh import dvhs_from_masks
+from dicomio.part10 import (
+    dicom_date,
+    dicom_time,
+    file_meta,
+    set_creation,
+    set_equipment,
+    sop_reference,
+)
+from dicomio.source import SourceContext, patient_study_dataset
+from dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
+from dosimetry.results import (
+    CourseResult,
+    CycleResult,
+    KineticFit,
+    KineticModel,
+    VoiDose,
+)
+from dosimetry.roi import CumulativeDvh
+from dosimetry.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+A4_INCHES = (8.27, 11.69)
+CURVES_PER_PAGE = 6
+TABLE_ROWS_PER_PAGE = 28
+TEXT_LINES_PER_PAGE = 70
+PDF_METADATA: dict[str, Any] = {"Creator": "theranode", "Producer": None, "CreationDate": None}
+
+
+# -- small formatting helpers --------------------------------------------------
+def _num(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, ``–`` when absent or not finite."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def _dicom_date_text(value: str) -> str:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) >= 8 else value or "–"
+
+
+def flatten_settings(settings: Mapping[str, object], prefix: str = "") -> list[str]:
+    """``key.sub = value`` lines of a nested settings mapping, sorted by key."""
+    lines: list[str] = []
+    for key in sorted(settings, key=str):
+        value = settings[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            lines.extend(flatten_settings(value, name + "."))
+        else:
+            lines.append(f"{name} = {value!r}")
+    return lines
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, max(len(items), 1), size):
+        yield items[start : start + size]
+
+
+def _page() -> Figure:
+    return Figure(figsize=A4_INCHES)
+
+
+# -- kinetic model curves --------------------------------------------------------
+def model_curve(fit: KineticFit, elapsed_h: npt.NDArray[np.float64], points: Sequence[tuple[float, float]]) -> npt.NDArray[np.float64] | None:
+    """The fitted curve at ``elapsed_h``, or ``None`` when it cannot be drawn.
+
+    Monoexponential: Ḋ₀ e^(−λt); biexponential with uptake:
+    A (e^(−λ₁t) − e^(−λ₂t)); trapezoid: straight lines through the measured
+    ``points`` (time, value), constant before the first and physical decay
+    after the last (:mod:`dosimetry.kinetics`).
+    """
+    p = fit.parameters
+    if fit.model is KineticModel.MONOEXPONENTIAL:
+        lam = p.get("lambda_per_h") or (
+            math.log(2) / fit.effective_half_life_h if fit.effective_half_life_h else None
+        )
+        if lam is None:
+            return None
+        d0 = p.get("initial_value", fit.integral * lam)
+        return np.asarray(d0 * np.exp(-lam * elapsed_h), dtype=float)
+    if fit.model is KineticModel.BIEXPONENTIAL_UPTAKE:
+        keys = ("amplitude", "lambda_washout_per_h", "lambda_uptake_per_h")
+        if not all(k in p for k in keys):
+            return None
+        a, l1, l2 = (p[k] for k in keys)
+        return np.asarray(a * (np.exp(-l1 * elapsed_h) - np.exp(-l2 * elapsed_h)), dtype=float)
+    return _trapezoid_curve(fit, elapsed_h, points)
+
+
+def _trapezoid_curve(
+    fit: KineticFit, elapsed_h: npt.NDArray[np.float64], points: Sequence[tuple[float, float]]
+) -> npt.NDArray[np.float64] | None:
+    lam = fit.parameters.get("lambda_tail_per_h")
+    if lam is None or not points:
+        return None
+    times = np.asarray([t for t, _ in points])
+    values = np.asarray([v for _, v in points])
+    inside = np.interp(elapsed_h, times, values)
+    tail = values[-1] * np.exp(-lam * (elapsed_h - times[-1]))
+    return np.where(elapsed_h > times[-1], tail, inside)
+
+
+def _curve_series(voi: VoiDose) -> tuple[str, list[tuple[float, float]]]:
+    """Which measured series the fit describes (dose rate or activity) and its points."""
+    rate = [(p.elapsed_h, p.mean_dose_rate_gy_per_h) for p in voi.curve]
+    activity = [(p.elapsed_h, p.activity_mbq) for p in voi.curve]
+    if voi.fit is None or voi.fit.model is KineticModel.TRAPEZOID_TAIL:
+        return "rate", rate
+    times = np.asarray([t for t, _ in rate])
+    predicted = model_curve(voi.fit, times, rate)
+    if predicted is None:
+        return "rate", rate
+    errors = {
+        name: float(np.sum((predicted - np.asarray([v for _, v in series])) ** 2))
+        / max(float(np.sum(np.asarray([v for _, v in series]) ** 2)), 1e-300)
+        for name, series in (("rate", rate), ("activity", activity))
+    }
+    return ("activity", activity) if errors["activity"] < errors["rate"] else ("rate", rate)
+
+
+def _draw_curve(ax: Axes, voi: VoiDose) -> None:
+    kind, points = _curve_series(voi)
+    unit = "Gy/h" if kind == "rate" else "MBq"
+    ax.set_title(f"{voi.name} ({voi.kind.value})", fontsize=9)
+    ax.set_xlabel("time after injection (h)", fontsize=8)
+    ax.set_ylabel(("mean dose rate" if kind == "rate" else "activity") + f" ({unit})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if not points:
+        ax.text(0.5, 0.5, "no time points", ha="center", va="center", transform=ax.transAxes)
+        return
+    times = [t for t, _ in points]
+    ax.plot(times, [v for _, v in points], "o", color="black", label="measured")
+    if voi.fit is not None:
+        grid = np.linspace(0.0, max(times) * 1.15, 200)
+        curve = model_curve(voi.fit, grid, points)
+        if curve is not None:
+            ax.plot(grid, curve, "-", color="tab:blue", label=voi.fit.model.value)
+        ax.text(
+            0.98, 0.95,
+            f"integral {_num(voi.fit.integral)} ± {_num(voi.fit.integral_sd, 2)}\n"
+            f"T_eff {_num(voi.fit.effective_half_life_h)} h",
+            ha="right", va="top", fontsize=7, transform=ax.transAxes,
+        )  # fmt: skip
+    ax.set_xlim(left=0.0)
+    ax.set_ylim(bottom=0.0)
+    ax.legend(fontsize=7, loc="lower left")
+
+
+# -- pages -------------------------------------------------------------------
+def _identification(source: SourceContext, identity: ResultIdentity) -> list[str]:
+    return [
+        f"Patient: {source.patient_name or '–'}    ID: {source.patient_id}"
+        f"    born {_dicom_date_text(source.patient_birth_date)}    sex {source.patient_sex or '–'}",
+        f"Study: {_dicom_date_text(source.study_date)}    accession {source.accession_number or '–'}"
+        f"    study UID {source.study_instance_uid}",
+        f"Result: {identity.label}    computed {identity.created_at:%Y-%m-%d %H:%M}"
+        f"    theranode {identity.software_version}",
+    ]
+
+
+def _header(fig: Figure, title: str, lines: Sequence[str]) -> None:
+    fig.text(0.06, 0.965, title, fontsize=14, weight="bold", va="top")
+    for i, line in enumerate(lines):
+        fig.text(0.06, 0.935 - 0.018 * i, line, fontsize=8, va="top")
+
+
+def _table_page(
+    title: str, header_lines: Sequence[str], columns: Sequence[str], rows: Sequence[Sequence[str]],
+    footer: Sequence[str] = (),
+) -> Figure:  # fmt: skip
+    fig = _page()
+    _header(fig, title, header_lines)
+    top = 0.90 - 0.018 * len(header_lines)
+    ax = fig.add_axes((0.04, 0.30, 0.92, top - 0.30))
+    ax.axis("off")
+    if rows:
+        table = ax.table(cellText=[list(r) for r in rows], colLabels=list(columns), loc="upper center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(6.5)
+        table.auto_set_column_width(list(range(len(columns))))
+        table.scale(1.0, 1.25)
+    for i, line in enumerate(footer):
+        fig.text(0.06, 0.27 - 0.016 * i, line, fontsize=8, va="top")
+    return fig
+
+
+VOI_COLUMNS = (
+    "VOI", "kind", "vol (mL)", "mean AD (Gy)", "± sd", "min", "max", "D98", "D2",
+    "TIA (MBq·h)", "T_eff (h)", "RC", "model", "note",
+)  # fmt: skip
+
+
+def voi_row(voi: VoiDose) -> list[str]:
+    """One row of the VOI dose table."""
+    return [
+        voi.name[:22], voi.kind.value, _num(voi.volume_ml), _num(voi.mean_gy), _num(voi.mean_gy_sd, 2),
+        _num(voi.min_gy), _num(voi.max_gy), _num(voi.d98_gy), _num(voi.d2_gy),
+        _num(voi.time_integrated_activity_mbq_h), _num(voi.effective_half_life_h),
+        _num(voi.recovery_coefficient), voi.fit.model.value if voi.fit is not None else "–",
+        ("excluded: " + (voi.exclusion_reason or "")) if voi.excluded else "",
+    ]  # fmt: skip
+
+
+def _cycle_lines(result: CycleResult) -> list[str]:
+    times = ", ".join(f"{t:g}" for t in result.time_points_h) or "–"
+    return [
+        f"Cycle {result.cycle_number}: administered {_num(result.administered_activity_mbq, 5)} MBq"
+        f" Lu-177 DOTATATE; time points {times} h",
+        f"Method: {result.method.value}",
+    ]
+
+
+def _dose_table_pages(result: CycleResult, source: SourceContext, identity: ResultIdentity) -> list[Figure]:
+    rows = [voi_row(v) for v in result.vois]
+    header = [*_identification(source, identity), *_cycle_lines(result)]
+    title = f"Lu-177 dosimetry report — cycle {result.cycle_number}"
+    return [
+        _table_page(title if i == 0 else title + " (continued)", header, VOI_COLUMNS, chunk)
+        for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
+    ]
+
+
+def _curve_pages(vois: Sequence[VoiDose], heading: str) -> list[Figure]:
+    pages = []
+    with_curves = [v for v in vois if v.curve]
+    for chunk in _chunks(with_curves, CURVES_PER_PAGE):
+        if not chunk:
+            break
+        fig = _page()
+        fig.suptitle(heading, fontsize=12)
+        axes = fig.subplots(3, 2).ravel()
+        for ax, voi in zip(axes, chunk, strict=False):
+            _draw_curve(ax, voi)
+        for ax in axes[len(chunk) :]:
+            ax.axis("off")
+        fig.subplots_adjust(hspace=0.45, wspace=0.3, top=0.93, bottom=0.06)
+        pages.append(fig)
+    return pages
+
+
+def _dvh_page(dvhs: Mapping[str, CumulativeDvh], heading: str) -> Figure:
+    fig = _page()
+    fig.suptitle(heading, fontsize=12)
+    ax = fig.add_axes((0.1, 0.45, 0.85, 0.45))
+    for name in sorted(dvhs):
+        dvh = dvhs[name]
+        ax.plot(dvh.dose_bins, 100.0 * np.asarray(dvh.volume_fraction), label=name, lw=1)
+    ax.set_xlabel("absorbed dose (Gy)")
+    ax.set_ylabel("volume receiving at least the dose (%)")
+    ax.set_ylim(0, 102)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+REGISTRATION_COLUMNS = ("time (h)", "metric", "before", "after", "translation (mm)", "rotation (°)", "converged")
+
+
+def _registration_rows(result: CycleResult) -> list[list[str]]:
+    return [
+        [
+            _num(r.elapsed_h), r.metric, _num(r.value_before, 4), _num(r.value_after, 4),
+            ", ".join(f"{v:.1f}" for v in r.translation_mm),
+            ", ".join(f"{v:.2f}" for v in r.rotation_deg), "yes" if r.converged else "NO",
+        ]  # fmt: skip
+        for r in result.registration
+    ]
+
+
+def _text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
+    pages = []
+    for i, chunk in enumerate(_chunks(list(lines), TEXT_LINES_PER_PAGE)):
+        fig = _page()
+        fig.text(0.06, 0.965, title + (" (continued)" if i else ""), fontsize=12, weight="bold", va="top")
+        fig.text(0.06, 0.93, "\n".join(chunk) or "–", fontsize=7, family="monospace", va="top")
+        pages.append(fig)
+    return pages
+
+
+def _registration_page(result: CycleResult, heading: str) -> Figure:
+    rows = _registration_rows(result)
+    note = [] if rows else ["No registration: a single time point, or none recorded."]
+    return _table_page(heading, note, REGISTRATION_COLUMNS, rows)
+
+
+def _settings_lines(settings: Mapping[str, object], identity: ResultIdentity) -> list[str]:
+    return [f"theranode {identity.software_version}", "", *flatten_settings(settings)]
+
+
+def _render(pages: Sequence[Figure]) -> bytes:
+    buffer = BytesIO()
+    with PdfPages(buffer, metadata=PDF_METADATA) as pdf:
+        for number, fig in enumerate(pages, start=1):
+            fig.text(0.94, 0.015, f"page {number}/{len(pages)}", fontsize=7, ha="right")
+            pdf.savefig(fig)
+    return buffer.getvalue()
+
+
+def _resolve_dvhs(
+    dose: Volume | None,
+    dvhs: Mapping[str, CumulativeDvh] | None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None,
+) -> dict[str, CumulativeDvh]:
+    if dvhs:
+        return dict(dvhs)
+    if masks and dose is not None:
+        return dvhs_from_masks(dose, masks)
+    return {}
+
+
+def render_cycle_pdf(
+    result: CycleResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    dvhs: Mapping[str, CumulativeDvh] | None = None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+) -> bytes:
+    """The PDF report of one cycle.
+
+    Parameters
+    ----------
+    dvhs:
+        Cumulative DVHs by VOI name. When absent and ``masks`` (VOI masks on
+        the dose grid) are given, they are computed from ``result.dose_map``.
+    """
+    label = f"cycle {result.cycle_number}"
+    pages = _dose_table_pages(result, source, identity)
+    pages += _curve_pages(result.vois, f"Time–activity curves and fitted models — {label}")
+    resolved = _resolve_dvhs(result.dose_map, dvhs, masks)
+    if resolved:
+        pages.append(_dvh_page(resolved, f"Cumulative DVHs — {label}"))
+    pages.append(_registration_page(result, f"Registration quality — {label}"))
+    warnings = [f"• {w}" for w in result.warnings] or ["• none"]
+    lines = ["Warnings:", *warnings, "", *_settings_lines(result.settings, identity)]
+    pages += _text_pages(f"Warnings, software and settings — {label}", lines)
+    return _render(pages)
+
+
+CUMULATIVE_COLUMNS_FIXED = ("VOI", "kind", "total AD (Gy)", "± sd", "projected (Gy)")
+
+
+def _cumulative_rows(course: CourseResult) -> tuple[list[str], list[list[str]]]:
+    numbers = sorted({n for d in course.cumulative for n in d.per_cycle_gy})
+    columns = [*CUMULATIVE_COLUMNS_FIXED[:2], *(f"C{n} (Gy)" for n in numbers), *CUMULATIVE_COLUMNS_FIXED[2:]]
+    rows = []
+    for dose in course.cumulative:
+        per_cycle = [_num(dose.per_cycle_gy.get(n)) for n in numbers]
+        rows.append([
+            dose.name[:22] + (" (excluded)" if dose.excluded else ""), dose.kind.value, *per_cycle,
+            _num(dose.total_gy), _num(dose.total_gy_sd, 2), _num(course.projected_total_gy.get(dose.name)),
+        ])  # fmt: skip
+    return columns, rows
+
+
+def _course_footer(course: CourseResult) -> list[str]:
+    lines = []
+    if course.lesion_indices is not None:
+        li = course.lesion_indices
+        lines.append(
+            f"Lesion indices ({li.n_lesions} lesions): mean total AD {_num(li.mean_total_gy)} Gy, "
+            f"min {_num(li.min_total_gy)} Gy, max {_num(li.max_total_gy)} Gy"
+        )
+    lines.append("Flags:")
+    lines.extend(f"• {flag}" for flag in course.flags or ("none",))
+    for cycle in course.cycles:
+        lines.append(f"Cycle {cycle.cycle_number}: {cycle.method.value}; "
+                     f"{_num(cycle.administered_activity_mbq, 5)} MBq")  # fmt: skip
+    return lines
+
+
+def render_course_pdf(
+    course: CourseResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    dvhs: Mapping[str, CumulativeDvh] | None = None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+) -> bytes:
+    """The PDF report of a course: cumulative doses, lesion indices, flags, per-cycle summary."""
+    columns, rows = _cumulative_rows(course)
+    header = [*_identification(source, identity), f"Planned cycles: {course.planned_cycles}"]
+    pages = [
+        _table_page("Lu-177 dosimetry report — course" + (" (continued)" if i else ""),
+                    header, columns, chunk, footer=_course_footer(course) if i == 0 else ())
+        for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
+    ]  # fmt: skip
+    resolved = _resolve_dvhs(course.course_map, dvhs, masks)
+    if resolved:
+        pages.append(_dvh_page(resolved, "Cumulative DVHs — course"))
+    warnings = [f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings]
+    settings = course.cycles[0].settings if course.cycles else {}
+    lines = ["Warnings:", *(warnings or ["none"]), "", *_settings_lines(settings, identity)]
+    pages += _text_pages("Warnings, software and settings — course", lines)
+    return _render(pages)
+
+
+# -- DICOM encapsulation -----------------------------------------------------
+def encapsulate_pdf(
+    pdf: bytes, source: SourceContext, identity: ResultIdentity, *, title: str
+) -> Dataset:
+    """An Encapsulated PDF dataset holding ``pdf`` in the reference CT's study."""
+    uids = output_uids(source, identity, OutputObject.PDF)
+    ds = patient_study_dataset(source)
+    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPInstanceUID = uids.sop_instance_uid
+    ds.Modality = OutputObject.PDF.modality
+    ds.SeriesInstanceUID = uids.series_instance_uid
+    ds.SeriesNumber = identity.series_number(OutputObject.PDF)
+    ds.SeriesDescription = identity.series_description(OutputObject.PDF)
+    set_equipment(ds, identity)
+    ds.ConversionType = "SYN"
+    set_creation(ds, identity)
+    ds.InstanceNumber = 1
+    ds.AcquisitionDateTime = dicom_date(identity.created_at) + dicom_time(identity.created_at)
+    ds.BurnedInAnnotation = "YES"
+    ds.DocumentTitle = title
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.SourceInstanceSequence = [sop_reference(ref) for ref in source.all_instances]
+    ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(pdf)
+    ds.file_meta = file_meta(ENCAPSULATED_PDF_STORAGE, uids.sop_instance_uid)
+    ds.preamble = b"\x00" * 128
+    logger.info("Encapsulated PDF %s for %s: %d bytes", uids.sop_instance_uid, identity.label, len(pdf))
+    return ds
+
+
+def write_cycle_pdf(
+    result: CycleResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    dvhs: Mapping[str, CumulativeDvh] | None = None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+) -> Dataset:
+    """Encapsulated PDF report of one cycle."""
+    _require_kind(identity, ResultKind.CYCLE)
+    pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks)
+    return encapsulate_pdf(pdf, source, identity, title=identity.series_description(OutputObject.PDF))
+
+
+def write_course_pdf(
+    course: CourseResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    dvhs: Mapping[str, CumulativeDvh] | None = None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+) -> Dataset:
+    """Encapsulated PDF report of a course."""
+    _require_kind(identity, ResultKind.COURSE)
+    pdf = render_course_pdf(course, source, identity, dvhs=dvhs, masks=masks)
+    return encapsulate_pdf(pdf, source, identity, title=identity.series_description(OutputObject.PDF))
+
+
+def _require_kind(identity: ResultIdentity, kind: ResultKind) -> None:
+    if identity.kind is not kind:
+        raise ValueError(
+            f"Expected a {kind.value} result identity, got {identity.kind.value}; "
+            "build the ResultIdentity with the matching kind."
+        )
+
+
+def extract_pdf(ds: Dataset) -> bytes:
+    """The PDF bytes of an Encapsulated PDF dataset (padding removed)."""
+    data = bytes(ds.EncapsulatedDocument)
+    length = ds.get("EncapsulatedDocumentLength")
+    return data[: int(length)] if length is not None else data
