@@ -140,6 +140,29 @@ def dose_grid_scaling(max_dose_gy: float, bits: int = DEFAULT_BITS) -> str:
     return text
 
 
+def check_dose_values(array_gy: npt.NDArray[np.float64], tolerance_gy: float = 0.0) -> None:
+    """Refuse NaN, infinite and negative doses (below ``-tolerance_gy``).
+
+    Raises
+    ------
+    DicomInputError
+        The dose contains NaN/infinite values, or values below ``-tolerance_gy``
+        (negative doses are physically impossible; tiny negative noise within
+        the tolerance is clipped to 0 when quantized).
+    """
+    if not np.all(np.isfinite(array_gy)):
+        raise DicomInputError(
+            "The dose map contains NaN or infinite values; fix the dose computation "
+            "(e.g. mask air voxels) before writing RT Dose."
+        )
+    lowest = float(array_gy.min()) if array_gy.size else 0.0
+    if lowest < -tolerance_gy:
+        raise DicomInputError(
+            f"The dose map has negative values down to {lowest:g} Gy; absorbed dose "
+            "cannot be negative. Check the background subtraction of the dose map."
+        )
+
+
 def quantize(
     array_gy: npt.NDArray[np.float64], scaling: float, bits: int = DEFAULT_BITS
 ) -> npt.NDArray[np.unsignedinteger[Any]]:
@@ -148,20 +171,9 @@ def quantize(
     Raises
     ------
     DicomInputError
-        The dose contains NaN or values below -scaling (negative doses are
-        physically impossible; tiny negative noise is clipped to 0).
+        See :func:`check_dose_values` (tolerance: one scaling step).
     """
-    if not np.all(np.isfinite(array_gy)):
-        raise DicomInputError(
-            "The dose map contains NaN or infinite values; fix the dose computation "
-            "(e.g. mask air voxels) before writing RT Dose."
-        )
-    lowest = float(array_gy.min()) if array_gy.size else 0.0
-    if lowest < -scaling:
-        raise DicomInputError(
-            f"The dose map has negative values down to {lowest:g} Gy; absorbed dose "
-            "cannot be negative. Check the background subtraction of the dose map."
-        )
+    check_dose_values(array_gy, tolerance_gy=scaling)
     pixels = np.rint(np.clip(array_gy, 0.0, None) / scaling)
     top = max_pixel_value(bits)
     return np.clip(pixels, 0, top).astype("<u2" if bits == 16 else "<u4")
@@ -348,6 +360,7 @@ def write_rt_dose(
             "Convert the map to Gy (or label it) before writing."
         )
     grid = dose_grid(dose)
+    check_dose_values(grid.array_gy, tolerance_gy=float(np.max(np.abs(grid.array_gy), initial=0.0)) * 1e-6)
     scaling_text = dose_grid_scaling(
         float(grid.array_gy.max()) if grid.array_gy.size else 0.0, bits
     )
