@@ -180,9 +180,17 @@ def _draw_curve(ax: Axes, voi: VoiDose) -> None:
 
 
 # -- pages -------------------------------------------------------------------
+def person_name_text(value: str) -> str:
+    """A DICOM PN (``Family^Given^Middle^Prefix^Suffix``) as ``Family, Given Middle``."""
+    parts = [p for p in value.split("=")[0].split("^")]
+    family, given = (parts + ["", ""])[:2]
+    rest = " ".join(p for p in [given, *parts[2:3]] if p)
+    return f"{family}, {rest}" if rest else family or "–"
+
+
 def _identification(source: SourceContext, identity: ResultIdentity) -> list[str]:
     return [
-        f"Patient: {source.patient_name or '–'}    ID: {source.patient_id}"
+        f"Patient: {person_name_text(source.patient_name)}    ID: {source.patient_id}"
         f"    born {_dicom_date_text(source.patient_birth_date)}    sex {source.patient_sex or '–'}",
         f"Study: {_dicom_date_text(source.study_date)}    accession {source.accession_number or '–'}"
         f"    study UID {source.study_instance_uid}",
