@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +39,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomio.rtstruct import RoiDefinition, build_rtstruct
 from dicomio.valuerep import format_ds
@@ -75,6 +76,8 @@ CT_INTERCEPT = -1024
 #: Largest stored value used for scaled SPECT pixels.
 SPECT_MAX_STORED = 60000
 PT_MAX_STORED = 32000
+#: Namespace of the phantom's name-based UUIDs.
+PHANTOM_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:theranode:synthetic-phantom")
 #: ROI display colours, cycled.
 COLORS = ((220, 120, 40), (255, 200, 0), (0, 160, 255), (160, 0, 200), (0, 200, 80), (255, 0, 0))
 
@@ -173,14 +176,14 @@ class CourseManifest:
 
 
 class _Uids:
-    """Deterministic UIDs from the seed and a role name."""
+    """Deterministic UIDs from the seed and a role name (PS3.5 B.2, UUID v5 under 2.25)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def __call__(self, *role: object) -> str:
-        name = ":".join(str(r) for r in ("theranode-phantom", self.seed, *role))
-        return str(generate_uid(prefix=None, entropy_srcs=[name]))
+        name = ":".join(str(r) for r in (self.seed, *role))
+        return f"2.25.{uuid.uuid5(PHANTOM_UID_NAMESPACE, name).int}"
 
 
 def write_course(out_dir: Path, spec: CourseWriteSpec | None = None, seed: int = 0) -> CourseManifest:
