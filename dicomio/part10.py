@@ -21,7 +21,7 @@ from io import BytesIO
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomio.source import InstanceReference, SourceContext
 from dicomio.uids import MANUFACTURER, MODEL_NAME, ResultIdentity, derive_uid
@@ -75,7 +75,9 @@ def common_instance_reference(
     Instances in the output's own study go to Referenced Series Sequence,
     the others to Studies Containing Other Referenced Instances Sequence.
     """
-    by_study: dict[str, dict[str, list[InstanceReference]]] = defaultdict(lambda: defaultdict(list))
+    by_study: dict[str, dict[str, list[InstanceReference]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for ref in refs:
         by_study[ref.study_instance_uid][ref.series_instance_uid].append(ref)
     own = by_study.pop(source.study_instance_uid, {})

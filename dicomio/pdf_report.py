@@ -56,7 +56,11 @@ A4_INCHES = (8.27, 11.69)
 CURVES_PER_PAGE = 6
 TABLE_ROWS_PER_PAGE = 28
 TEXT_LINES_PER_PAGE = 70
-PDF_METADATA: dict[str, Any] = {"Creator": "theranode", "Producer": None, "CreationDate": None}
+PDF_METADATA: dict[str, Any] = {
+    "Creator": "theranode",
+    "Producer": None,
+    "CreationDate": None,
+}
 
 
 # -- small formatting helpers --------------------------------------------------
@@ -94,7 +98,11 @@ def _page() -> Figure:
 
 
 # -- kinetic model curves --------------------------------------------------------
-def model_curve(fit: KineticFit, elapsed_h: npt.NDArray[np.float64], points: Sequence[tuple[float, float]]) -> npt.NDArray[np.float64] | None:
+def model_curve(
+    fit: KineticFit,
+    elapsed_h: npt.NDArray[np.float64],
+    points: Sequence[tuple[float, float]],
+) -> npt.NDArray[np.float64] | None:
     """The fitted curve at ``elapsed_h``, or ``None`` when it cannot be drawn.
 
     Monoexponential: Ḋ₀ e^(−λt); biexponential with uptake:
@@ -105,7 +113,9 @@ def model_curve(fit: KineticFit, elapsed_h: npt.NDArray[np.float64], points: Seq
     p = fit.parameters
     if fit.model is KineticModel.MONOEXPONENTIAL:
         lam = p.get("lambda_per_h") or (
-            math.log(2) / fit.effective_half_life_h if fit.effective_half_life_h else None
+            math.log(2) / fit.effective_half_life_h
+            if fit.effective_half_life_h
+            else None
         )
         if lam is None:
             return None
@@ -116,12 +126,16 @@ def model_curve(fit: KineticFit, elapsed_h: npt.NDArray[np.float64], points: Seq
         if not all(k in p for k in keys):
             return None
         a, l1, l2 = (p[k] for k in keys)
-        return np.asarray(a * (np.exp(-l1 * elapsed_h) - np.exp(-l2 * elapsed_h)), dtype=float)
+        return np.asarray(
+            a * (np.exp(-l1 * elapsed_h) - np.exp(-l2 * elapsed_h)), dtype=float
+        )
     return _trapezoid_curve(fit, elapsed_h, points)
 
 
 def _trapezoid_curve(
-    fit: KineticFit, elapsed_h: npt.NDArray[np.float64], points: Sequence[tuple[float, float]]
+    fit: KineticFit,
+    elapsed_h: npt.NDArray[np.float64],
+    points: Sequence[tuple[float, float]],
 ) -> npt.NDArray[np.float64] | None:
     lam = fit.parameters.get("lambda_tail_per_h")
     if lam is None or not points:
@@ -130,7 +144,7 @@ def _trapezoid_curve(
     values = np.asarray([v for _, v in points])
     inside = np.interp(elapsed_h, times, values)
     tail = values[-1] * np.exp(-lam * (elapsed_h - times[-1]))
-    return np.where(elapsed_h > times[-1], tail, inside)
+    return np.asarray(np.where(elapsed_h > times[-1], tail, inside), dtype=np.float64)
 
 
 def _curve_series(voi: VoiDose) -> tuple[str, list[tuple[float, float]]]:
@@ -148,7 +162,11 @@ def _curve_series(voi: VoiDose) -> tuple[str, list[tuple[float, float]]]:
         / max(float(np.sum(np.asarray([v for _, v in series]) ** 2)), 1e-300)
         for name, series in (("rate", rate), ("activity", activity))
     }
-    return ("activity", activity) if errors["activity"] < errors["rate"] else ("rate", rate)
+    return (
+        ("activity", activity)
+        if errors["activity"] < errors["rate"]
+        else ("rate", rate)
+    )
 
 
 def _draw_curve(ax: Axes, voi: VoiDose) -> None:
@@ -156,10 +174,14 @@ def _draw_curve(ax: Axes, voi: VoiDose) -> None:
     unit = "Gy/h" if kind == "rate" else "MBq"
     ax.set_title(f"{voi.name} ({voi.kind.value})", fontsize=9)
     ax.set_xlabel("time after injection (h)", fontsize=8)
-    ax.set_ylabel(("mean dose rate" if kind == "rate" else "activity") + f" ({unit})", fontsize=8)
+    ax.set_ylabel(
+        ("mean dose rate" if kind == "rate" else "activity") + f" ({unit})", fontsize=8
+    )
     ax.tick_params(labelsize=7)
     if not points:
-        ax.text(0.5, 0.5, "no time points", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no time points", ha="center", va="center", transform=ax.transAxes
+        )
         return
     times = [t for t, _ in points]
     ax.plot(times, [v for _, v in points], "o", color="black", label="measured")
@@ -169,11 +191,15 @@ def _draw_curve(ax: Axes, voi: VoiDose) -> None:
         if curve is not None:
             ax.plot(grid, curve, "-", color="tab:blue", label=voi.fit.model.value)
         ax.text(
-            0.98, 0.95,
+            0.98,
+            0.95,
             f"integral {_num(voi.fit.integral)} ± {_num(voi.fit.integral_sd, 2)}\n"
             f"T_eff {_num(voi.fit.effective_half_life_h)} h",
-            ha="right", va="top", fontsize=7, transform=ax.transAxes,
-        )  # fmt: skip
+            ha="right",
+            va="top",
+            fontsize=7,
+            transform=ax.transAxes,
+        )
     ax.set_xlim(left=0.0)
     ax.set_ylim(bottom=0.0)
     ax.legend(fontsize=7, loc="lower left")
@@ -189,14 +215,19 @@ def person_name_text(value: str) -> str:
 
 
 def _identification(source: SourceContext, identity: ResultIdentity) -> list[str]:
-    return [
+    patient = (
         f"Patient: {person_name_text(source.patient_name)}    ID: {source.patient_id}"
-        f"    born {_dicom_date_text(source.patient_birth_date)}    sex {source.patient_sex or '–'}",
+        f"    born {_dicom_date_text(source.patient_birth_date)}    sex {source.patient_sex or '–'}"
+    )
+    study = (
         f"Study: {_dicom_date_text(source.study_date)}    accession {source.accession_number or '–'}"
-        f"    study UID {source.study_instance_uid}",
+        f"    study UID {source.study_instance_uid}"
+    )
+    result = (
         f"Result: {identity.label}    computed {identity.created_at:%Y-%m-%d %H:%M}"
-        f"    theranode {identity.software_version}",
-    ]
+        f"    theranode {identity.software_version}"
+    )
+    return [patient, study, result]
 
 
 def _header(fig: Figure, title: str, lines: Sequence[str]) -> None:
@@ -206,16 +237,23 @@ def _header(fig: Figure, title: str, lines: Sequence[str]) -> None:
 
 
 def _table_page(
-    title: str, header_lines: Sequence[str], columns: Sequence[str], rows: Sequence[Sequence[str]],
+    title: str,
+    header_lines: Sequence[str],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
     footer: Sequence[str] = (),
-) -> Figure:  # fmt: skip
+) -> Figure:
     fig = _page()
     _header(fig, title, header_lines)
     top = 0.90 - 0.018 * len(header_lines)
     ax = fig.add_axes((0.04, 0.30, 0.92, top - 0.30))
     ax.axis("off")
     if rows:
-        table = ax.table(cellText=[list(r) for r in rows], colLabels=list(columns), loc="upper center")
+        table = ax.table(
+            cellText=[list(r) for r in rows],
+            colLabels=list(columns),
+            loc="upper center",
+        )
         table.auto_set_font_size(False)
         table.set_fontsize(6.5)
         table.auto_set_column_width(list(range(len(columns))))
@@ -226,37 +264,63 @@ def _table_page(
 
 
 VOI_COLUMNS = (
-    "VOI", "kind", "vol (mL)", "mean AD (Gy)", "± sd", "min", "max", "D98", "D2",
-    "TIA (MBq·h)", "T_eff (h)", "RC", "model", "note",
-)  # fmt: skip
+    "VOI",
+    "kind",
+    "vol (mL)",
+    "mean AD (Gy)",
+    "± sd",
+    "min",
+    "max",
+    "D98",
+    "D2",
+    "TIA (MBq·h)",
+    "T_eff (h)",
+    "RC",
+    "model",
+    "note",
+)
 
 
 def voi_row(voi: VoiDose) -> list[str]:
     """One row of the VOI dose table."""
     return [
-        voi.name[:22], voi.kind.value, _num(voi.volume_ml), _num(voi.mean_gy), _num(voi.mean_gy_sd, 2),
-        _num(voi.min_gy), _num(voi.max_gy), _num(voi.d98_gy), _num(voi.d2_gy),
-        _num(voi.time_integrated_activity_mbq_h), _num(voi.effective_half_life_h),
-        _num(voi.recovery_coefficient), voi.fit.model.value if voi.fit is not None else "–",
+        voi.name[:22],
+        voi.kind.value,
+        _num(voi.volume_ml),
+        _num(voi.mean_gy),
+        _num(voi.mean_gy_sd, 2),
+        _num(voi.min_gy),
+        _num(voi.max_gy),
+        _num(voi.d98_gy),
+        _num(voi.d2_gy),
+        _num(voi.time_integrated_activity_mbq_h),
+        _num(voi.effective_half_life_h),
+        _num(voi.recovery_coefficient),
+        voi.fit.model.value if voi.fit is not None else "–",
         ("excluded: " + (voi.exclusion_reason or "")) if voi.excluded else "",
-    ]  # fmt: skip
+    ]
 
 
 def _cycle_lines(result: CycleResult) -> list[str]:
     times = ", ".join(f"{t:g}" for t in result.time_points_h) or "–"
+    activity = _num(result.administered_activity_mbq, 5)
     return [
-        f"Cycle {result.cycle_number}: administered {_num(result.administered_activity_mbq, 5)} MBq"
-        f" Lu-177 DOTATATE; time points {times} h",
+        f"Cycle {result.cycle_number}: administered {activity} MBq Lu-177 DOTATATE; "
+        + f"time points {times} h",
         f"Method: {result.method.value}",
     ]
 
 
-def _dose_table_pages(result: CycleResult, source: SourceContext, identity: ResultIdentity) -> list[Figure]:
+def _dose_table_pages(
+    result: CycleResult, source: SourceContext, identity: ResultIdentity
+) -> list[Figure]:
     rows = [voi_row(v) for v in result.vois]
     header = [*_identification(source, identity), *_cycle_lines(result)]
     title = f"Lu-177 dosimetry report — cycle {result.cycle_number}"
     return [
-        _table_page(title if i == 0 else title + " (continued)", header, VOI_COLUMNS, chunk)
+        _table_page(
+            title if i == 0 else title + " (continued)", header, VOI_COLUMNS, chunk
+        )
         for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
     ]
 
@@ -285,7 +349,9 @@ def _dvh_page(dvhs: Mapping[str, CumulativeDvh], heading: str) -> Figure:
     ax = fig.add_axes((0.1, 0.45, 0.85, 0.45))
     for name in sorted(dvhs):
         dvh = dvhs[name]
-        ax.plot(dvh.dose_bins, 100.0 * np.asarray(dvh.volume_fraction), label=name, lw=1)
+        ax.plot(
+            dvh.dose_bins, 100.0 * np.asarray(dvh.volume_fraction), label=name, lw=1
+        )
     ax.set_xlabel("absorbed dose (Gy)")
     ax.set_ylabel("volume receiving at least the dose (%)")
     ax.set_ylim(0, 102)
@@ -295,16 +361,28 @@ def _dvh_page(dvhs: Mapping[str, CumulativeDvh], heading: str) -> Figure:
     return fig
 
 
-REGISTRATION_COLUMNS = ("time (h)", "metric", "before", "after", "translation (mm)", "rotation (°)", "converged")
+REGISTRATION_COLUMNS = (
+    "time (h)",
+    "metric",
+    "before",
+    "after",
+    "translation (mm)",
+    "rotation (°)",
+    "converged",
+)
 
 
 def _registration_rows(result: CycleResult) -> list[list[str]]:
     return [
         [
-            _num(r.elapsed_h), r.metric, _num(r.value_before, 4), _num(r.value_after, 4),
+            _num(r.elapsed_h),
+            r.metric,
+            _num(r.value_before, 4),
+            _num(r.value_after, 4),
             ", ".join(f"{v:.1f}" for v in r.translation_mm),
-            ", ".join(f"{v:.2f}" for v in r.rotation_deg), "yes" if r.converged else "NO",
-        ]  # fmt: skip
+            ", ".join(f"{v:.2f}" for v in r.rotation_deg),
+            "yes" if r.converged else "NO",
+        ]
         for r in result.registration
     ]
 
@@ -313,8 +391,22 @@ def _text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
     pages = []
     for i, chunk in enumerate(_chunks(list(lines), TEXT_LINES_PER_PAGE)):
         fig = _page()
-        fig.text(0.06, 0.965, title + (" (continued)" if i else ""), fontsize=12, weight="bold", va="top")
-        fig.text(0.06, 0.93, "\n".join(chunk) or "–", fontsize=7, family="monospace", va="top")
+        fig.text(
+            0.06,
+            0.965,
+            title + (" (continued)" if i else ""),
+            fontsize=12,
+            weight="bold",
+            va="top",
+        )
+        fig.text(
+            0.06,
+            0.93,
+            "\n".join(chunk) or "–",
+            fontsize=7,
+            family="monospace",
+            va="top",
+        )
         pages.append(fig)
     return pages
 
@@ -325,7 +417,9 @@ def _registration_page(result: CycleResult, heading: str) -> Figure:
     return _table_page(heading, note, REGISTRATION_COLUMNS, rows)
 
 
-def _settings_lines(settings: Mapping[str, object], identity: ResultIdentity) -> list[str]:
+def _settings_lines(
+    settings: Mapping[str, object], identity: ResultIdentity
+) -> list[str]:
     return [f"theranode {identity.software_version}", "", *flatten_settings(settings)]
 
 
@@ -368,7 +462,9 @@ def render_cycle_pdf(
     """
     label = f"cycle {result.cycle_number}"
     pages = _dose_table_pages(result, source, identity)
-    pages += _curve_pages(result.vois, f"Time–activity curves and fitted models — {label}")
+    pages += _curve_pages(
+        result.vois, f"Time–activity curves and fitted models — {label}"
+    )
     resolved = _resolve_dvhs(result.dose_map, dvhs, masks)
     if resolved:
         pages.append(_dvh_page(resolved, f"Cumulative DVHs — {label}"))
@@ -384,14 +480,24 @@ CUMULATIVE_COLUMNS_FIXED = ("VOI", "kind", "total AD (Gy)", "± sd", "projected 
 
 def _cumulative_rows(course: CourseResult) -> tuple[list[str], list[list[str]]]:
     numbers = sorted({n for d in course.cumulative for n in d.per_cycle_gy})
-    columns = [*CUMULATIVE_COLUMNS_FIXED[:2], *(f"C{n} (Gy)" for n in numbers), *CUMULATIVE_COLUMNS_FIXED[2:]]
+    columns = [
+        *CUMULATIVE_COLUMNS_FIXED[:2],
+        *(f"C{n} (Gy)" for n in numbers),
+        *CUMULATIVE_COLUMNS_FIXED[2:],
+    ]
     rows = []
     for dose in course.cumulative:
         per_cycle = [_num(dose.per_cycle_gy.get(n)) for n in numbers]
-        rows.append([
-            dose.name[:22] + (" (excluded)" if dose.excluded else ""), dose.kind.value, *per_cycle,
-            _num(dose.total_gy), _num(dose.total_gy_sd, 2), _num(course.projected_total_gy.get(dose.name)),
-        ])  # fmt: skip
+        rows.append(
+            [
+                dose.name[:22] + (" (excluded)" if dose.excluded else ""),
+                dose.kind.value,
+                *per_cycle,
+                _num(dose.total_gy),
+                _num(dose.total_gy_sd, 2),
+                _num(course.projected_total_gy.get(dose.name)),
+            ]
+        )
     return columns, rows
 
 
@@ -406,8 +512,10 @@ def _course_footer(course: CourseResult) -> list[str]:
     lines.append("Flags:")
     lines.extend(f"• {flag}" for flag in course.flags or ("none",))
     for cycle in course.cycles:
-        lines.append(f"Cycle {cycle.cycle_number}: {cycle.method.value}; "
-                     f"{_num(cycle.administered_activity_mbq, 5)} MBq")  # fmt: skip
+        lines.append(
+            f"Cycle {cycle.cycle_number}: {cycle.method.value}; "
+            f"{_num(cycle.administered_activity_mbq, 5)} MBq"
+        )
     return lines
 
 
@@ -421,18 +529,33 @@ def render_course_pdf(
 ) -> bytes:
     """The PDF report of a course: cumulative doses, lesion indices, flags, per-cycle summary."""
     columns, rows = _cumulative_rows(course)
-    header = [*_identification(source, identity), f"Planned cycles: {course.planned_cycles}"]
+    header = [
+        *_identification(source, identity),
+        f"Planned cycles: {course.planned_cycles}",
+    ]
     pages = [
-        _table_page("Lu-177 dosimetry report — course" + (" (continued)" if i else ""),
-                    header, columns, chunk, footer=_course_footer(course) if i == 0 else ())
+        _table_page(
+            "Lu-177 dosimetry report — course" + (" (continued)" if i else ""),
+            header,
+            columns,
+            chunk,
+            footer=_course_footer(course) if i == 0 else (),
+        )
         for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
-    ]  # fmt: skip
+    ]
     resolved = _resolve_dvhs(course.course_map, dvhs, masks)
     if resolved:
         pages.append(_dvh_page(resolved, "Cumulative DVHs — course"))
-    warnings = [f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings]
+    warnings = [
+        f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings
+    ]
     settings = course.cycles[0].settings if course.cycles else {}
-    lines = ["Warnings:", *(warnings or ["none"]), "", *_settings_lines(settings, identity)]
+    lines = [
+        "Warnings:",
+        *(warnings or ["none"]),
+        "",
+        *_settings_lines(settings, identity),
+    ]
     pages += _text_pages("Warnings, software and settings — course", lines)
     return _render(pages)
 
@@ -454,7 +577,9 @@ def encapsulate_pdf(
     ds.ConversionType = "SYN"
     set_creation(ds, identity)
     ds.InstanceNumber = 1
-    ds.AcquisitionDateTime = dicom_date(identity.created_at) + dicom_time(identity.created_at)
+    ds.AcquisitionDateTime = dicom_date(identity.created_at) + dicom_time(
+        identity.created_at
+    )
     ds.BurnedInAnnotation = "YES"
     ds.DocumentTitle = title
     ds.ConceptNameCodeSequence = []
@@ -464,7 +589,12 @@ def encapsulate_pdf(
     ds.EncapsulatedDocumentLength = len(pdf)
     ds.file_meta = file_meta(ENCAPSULATED_PDF_STORAGE, uids.sop_instance_uid)
     ds.preamble = b"\x00" * 128
-    logger.info("Encapsulated PDF %s for %s: %d bytes", uids.sop_instance_uid, identity.label, len(pdf))
+    logger.info(
+        "Encapsulated PDF %s for %s: %d bytes",
+        uids.sop_instance_uid,
+        identity.label,
+        len(pdf),
+    )
     return ds
 
 
@@ -479,7 +609,9 @@ def write_cycle_pdf(
     """Encapsulated PDF report of one cycle."""
     _require_kind(identity, ResultKind.CYCLE)
     pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks)
-    return encapsulate_pdf(pdf, source, identity, title=identity.series_description(OutputObject.PDF))
+    return encapsulate_pdf(
+        pdf, source, identity, title=identity.series_description(OutputObject.PDF)
+    )
 
 
 def write_course_pdf(
@@ -493,7 +625,9 @@ def write_course_pdf(
     """Encapsulated PDF report of a course."""
     _require_kind(identity, ResultKind.COURSE)
     pdf = render_course_pdf(course, source, identity, dvhs=dvhs, masks=masks)
-    return encapsulate_pdf(pdf, source, identity, title=identity.series_description(OutputObject.PDF))
+    return encapsulate_pdf(
+        pdf, source, identity, title=identity.series_description(OutputObject.PDF)
+    )
 
 
 def _require_kind(identity: ResultIdentity, kind: ResultKind) -> None:

@@ -93,9 +93,10 @@ def dose_grid(dose: Volume) -> DoseGrid:
     direction = dose.direction_matrix
     row, col, slice_axis = direction[:, 0], direction[:, 1], direction[:, 2]
     normal = np.cross(row, col)
-    if abs(float(row @ col)) > ORTHOGONALITY_TOLERANCE or abs(
-        abs(float(slice_axis @ normal)) - 1.0
-    ) > ORTHOGONALITY_TOLERANCE:
+    if (
+        abs(float(row @ col)) > ORTHOGONALITY_TOLERANCE
+        or abs(abs(float(slice_axis @ normal)) - 1.0) > ORTHOGONALITY_TOLERANCE
+    ):
         raise DicomInputError(
             f"The dose grid's axes are not orthogonal (direction {dose.direction}); "
             "RT Dose needs a rectilinear grid. Resample the dose onto the reference CT grid."
@@ -140,7 +141,9 @@ def dose_grid_scaling(max_dose_gy: float, bits: int = DEFAULT_BITS) -> str:
     return text
 
 
-def check_dose_values(array_gy: npt.NDArray[np.float64], tolerance_gy: float = 0.0) -> None:
+def check_dose_values(
+    array_gy: npt.NDArray[np.float64], tolerance_gy: float = 0.0
+) -> None:
     """Refuse NaN, infinite and negative doses (below ``-tolerance_gy``).
 
     Raises
@@ -231,7 +234,9 @@ def _plan_overview(
     item.PlanOverviewIndex = 1
     item.RTPlanLabel = _plan_label(identity)
     if source.reference_ct:
-        item.ReferencedImageSequence = [sop_reference(ref) for ref in source.reference_ct]
+        item.ReferencedImageSequence = [
+            sop_reference(ref) for ref in source.reference_ct
+        ]
     if identity.kind is ResultKind.CYCLE:
         item.CurrentFractionNumber = int(identity.cycle_number or 0)
     if source.structure_set is not None:
@@ -267,13 +272,17 @@ def _rt_dose_module(
     references = []
     for ref in source.images:
         item = sop_reference(ref)
-        item.PurposeOfReferenceCodeSequence = [_code_item(*IMAGE_USED_FOR_DOSE_CALCULATION)]
+        item.PurposeOfReferenceCodeSequence = [
+            _code_item(*IMAGE_USED_FOR_DOSE_CALCULATION)
+        ]
         references.append(item)
     if references:
         ds.ReferencedInstanceSequence = references
 
 
-def _dvh_module(ds: Dataset, source: SourceContext, dvhs: Mapping[str, CumulativeDvh]) -> None:
+def _dvh_module(
+    ds: Dataset, source: SourceContext, dvhs: Mapping[str, CumulativeDvh]
+) -> None:
     """RT DVH module for the VOIs that are ROIs of the referenced structure set."""
     if source.structure_set is None:
         logger.info("No RTSTRUCT referenced: DVHs are left out of the RT Dose.")
@@ -282,11 +291,16 @@ def _dvh_module(ds: Dataset, source: SourceContext, dvhs: Mapping[str, Cumulativ
     for name, dvh in dvhs.items():
         roi_number = source.roi_number(name)
         if roi_number is None:
-            logger.warning("VOI %s is not an ROI of the RTSTRUCT; its DVH is left out.", name)
+            logger.warning(
+                "VOI %s is not an ROI of the RTSTRUCT; its DVH is left out.", name
+            )
             continue
         width = dicom_bin_width_gy(dvh)
         if width is None:
-            logger.warning("The DVH of VOI %s does not start at 0 Gy in uniform bins; left out.", name)
+            logger.warning(
+                "The DVH of VOI %s does not start at 0 Gy in uniform bins; left out.",
+                name,
+            )
             continue
         items.append(_dvh_item(dvh, roi_number, width))
     if items:
@@ -360,7 +374,10 @@ def write_rt_dose(
             "Convert the map to Gy (or label it) before writing."
         )
     grid = dose_grid(dose)
-    check_dose_values(grid.array_gy, tolerance_gy=float(np.max(np.abs(grid.array_gy), initial=0.0)) * 1e-6)
+    check_dose_values(
+        grid.array_gy,
+        tolerance_gy=float(np.max(np.abs(grid.array_gy), initial=0.0)) * 1e-6,
+    )
     scaling_text = dose_grid_scaling(
         float(grid.array_gy.max()) if grid.array_gy.size else 0.0, bits
     )
@@ -373,7 +390,9 @@ def write_rt_dose(
     _rt_dose_module(ds, source, identity, comment, fractions_included)
     if dvhs:
         _dvh_module(ds, source, dvhs)
-    for keyword, items in common_instance_reference(source, source.all_instances).items():
+    for keyword, items in common_instance_reference(
+        source, source.all_instances
+    ).items():
         setattr(ds, keyword, items)
     ds.file_meta = file_meta(RT_DOSE_STORAGE, ds.SOPInstanceUID)
     ds.preamble = b"\x00" * 128
@@ -419,7 +438,9 @@ def cycle_rt_dose(
             "for a cycle computed voxel-wise."
         )
     comment = f"Lu-177 absorbed dose, cycle {result.cycle_number}; method: {result.method.value}"
-    return write_rt_dose(result.dose_map, source, identity, dvhs=dvhs, comment=comment[:10240])
+    return write_rt_dose(
+        result.dose_map, source, identity, dvhs=dvhs, comment=comment[:10240]
+    )
 
 
 def course_rt_dose(
@@ -473,7 +494,9 @@ def read_rt_dose(ds: Dataset) -> Volume:
     row = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
     col = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
     normal = np.cross(row, col)
-    position = np.asarray([float(v) for v in ds.ImagePositionPatient]) + normal * offsets[0]
+    position = (
+        np.asarray([float(v) for v in ds.ImagePositionPatient]) + normal * offsets[0]
+    )
     direction = np.column_stack([row, col, normal]).ravel()
     return Volume(
         array=array,

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import highdicom as hd
-from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -44,7 +43,6 @@ from dicomio.uids import (
     OutputObject,
     ResultIdentity,
     ResultKind,
-    derive_uid,
     device_uid,
     output_uids,
     tracking_uid,
@@ -104,7 +102,9 @@ TIME_INTEGRATED_ACTIVITY = _private("TIA", "Time-integrated activity")
 EFFECTIVE_HALF_LIFE = _private("TEFF", "Effective half-life")
 RECOVERY_COEFFICIENT = _private("RC", "Recovery coefficient applied")
 CUMULATIVE_DOSE = _private("CUMAD", "Cumulative absorbed dose over the cycles")
-PROJECTED_DOSE = _private("PROJAD", "Projected cumulative absorbed dose for the planned cycles")
+PROJECTED_DOSE = _private(
+    "PROJAD", "Projected cumulative absorbed dose for the planned cycles"
+)
 LESION_COUNT = _private("NLES", "Number of lesions in the lesion indices")
 DOSIMETRY_METHOD = _private("DOSEMETHOD", "Dosimetry method")
 CURVE_MODEL = _private("TACMODEL", "Time-activity curve model")
@@ -125,8 +125,12 @@ METHOD_CODES: dict[DoseMethod, Code] = {
 }
 MODEL_CODES: dict[KineticModel, Code] = {
     KineticModel.MONOEXPONENTIAL: _private("MONOEXP", "Monoexponential"),
-    KineticModel.BIEXPONENTIAL_UPTAKE: _private("BIEXPUPTAKE", "Biexponential with uptake"),
-    KineticModel.TRAPEZOID_TAIL: _private("TRAPEZTAIL", "Trapezoid with physical-decay tail"),
+    KineticModel.BIEXPONENTIAL_UPTAKE: _private(
+        "BIEXPUPTAKE", "Biexponential with uptake"
+    ),
+    KineticModel.TRAPEZOID_TAIL: _private(
+        "TRAPEZTAIL", "Trapezoid with physical-decay tail"
+    ),
 }
 ORGAN_SITES: dict[Organ, tuple[Code, Code | None]] = {
     Organ.LIVER: (LIVER, None),
@@ -145,7 +149,11 @@ VOI_MEASUREMENTS: dict[str, tuple[Code, Code | None, Code]] = {
     "d98_gy": (ABSORBED_DOSE, D98, GRAY),
     "d2_gy": (ABSORBED_DOSE, D2, GRAY),
     "volume_ml": (VOLUME, None, CUBIC_CENTIMETER),
-    "time_integrated_activity_mbq_h": (TIME_INTEGRATED_ACTIVITY, None, MEGABECQUEREL_HOUR),
+    "time_integrated_activity_mbq_h": (
+        TIME_INTEGRATED_ACTIVITY,
+        None,
+        MEGABECQUEREL_HOUR,
+    ),
     "effective_half_life_h": (EFFECTIVE_HALF_LIFE, None, HOUR),
     "recovery_coefficient": (RECOVERY_COEFFICIENT, None, NO_UNITS),
 }
@@ -164,29 +172,52 @@ LESION_INDEX_MEASUREMENTS: dict[str, tuple[Code, Code | None, Code]] = {
 UNCERTAINTY_OF = {"mean_gy": "mean_gy_sd", "total_gy": "total_gy_sd"}
 
 PRIVATE_CODES: tuple[Code, ...] = (
-    PROCEDURE, D98, D2, TIME_INTEGRATED_ACTIVITY, EFFECTIVE_HALF_LIFE, RECOVERY_COEFFICIENT,
-    CUMULATIVE_DOSE, PROJECTED_DOSE, LESION_COUNT, DOSIMETRY_METHOD, CURVE_MODEL,
-    UPTAKE_MODEL, EXCLUSION, NOTE, FLAG, WARNING,
-    *METHOD_CODES.values(), *MODEL_CODES.values(),
-)  # fmt: skip
+    PROCEDURE,
+    D98,
+    D2,
+    TIME_INTEGRATED_ACTIVITY,
+    EFFECTIVE_HALF_LIFE,
+    RECOVERY_COEFFICIENT,
+    CUMULATIVE_DOSE,
+    PROJECTED_DOSE,
+    LESION_COUNT,
+    DOSIMETRY_METHOD,
+    CURVE_MODEL,
+    UPTAKE_MODEL,
+    EXCLUSION,
+    NOTE,
+    FLAG,
+    WARNING,
+    *METHOD_CODES.values(),
+    *MODEL_CODES.values(),
+)
 
 
 # -- building ---------------------------------------------------------------
 def _measurement(key: str, value: float, sd: float | None = None) -> hd.sr.Measurement:
-    name, derivation, unit = {**VOI_MEASUREMENTS, **COURSE_MEASUREMENTS, **LESION_INDEX_MEASUREMENTS}[
-        key
-    ]
+    name, derivation, unit = {
+        **VOI_MEASUREMENTS,
+        **COURSE_MEASUREMENTS,
+        **LESION_INDEX_MEASUREMENTS,
+    }[key]
     properties = None
     if sd is not None:
         properties = hd.sr.MeasurementProperties(
-            upper_measurement_uncertainty=float(sd), lower_measurement_uncertainty=float(sd)
+            upper_measurement_uncertainty=float(sd),
+            lower_measurement_uncertainty=float(sd),
         )
     return hd.sr.Measurement(
-        name=name, value=float(value), unit=unit, derivation=derivation, properties=properties
+        name=name,
+        value=float(value),
+        unit=unit,
+        derivation=derivation,
+        properties=properties,
     )
 
 
-def _finding(voi_kind: VoiKind, organ: Organ | None) -> tuple[Code, Code, list[hd.sr.FindingSite]]:
+def _finding(
+    voi_kind: VoiKind, organ: Organ | None
+) -> tuple[Code, Code, list[hd.sr.FindingSite]]:
     """Finding type, finding category and finding sites of a VOI."""
     if voi_kind is VoiKind.LESION:
         return NEOPLASM, MORPHOLOGICALLY_ABNORMAL, []
@@ -214,9 +245,13 @@ def _voi_measurements(voi: VoiDose) -> list[hd.sr.Measurement]:
 
 
 def _voi_evaluations(voi: VoiDose) -> list[hd.sr.QualitativeEvaluation]:
-    evaluations = [hd.sr.QualitativeEvaluation(DOSIMETRY_METHOD, METHOD_CODES[voi.method])]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(DOSIMETRY_METHOD, METHOD_CODES[voi.method])
+    ]
     if voi.fit is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(CURVE_MODEL, MODEL_CODES[voi.fit.model]))
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(CURVE_MODEL, MODEL_CODES[voi.fit.model])
+        )
     return evaluations
 
 
@@ -268,7 +303,9 @@ def _cycle_time_point(cycle_number: int) -> hd.sr.TimePointContext:
 
 
 def _course_time_point() -> hd.sr.TimePointContext:
-    return hd.sr.TimePointContext(time_point="course", protocol_time_point_identifier="COURSE")
+    return hd.sr.TimePointContext(
+        time_point="course", protocol_time_point_identifier="COURSE"
+    )
 
 
 def settings_digest(settings: dict[str, object]) -> str:
@@ -277,7 +314,9 @@ def settings_digest(settings: dict[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _algorithm(identity: ResultIdentity, settings: dict[str, object]) -> hd.sr.AlgorithmIdentification:
+def _algorithm(
+    identity: ResultIdentity, settings: dict[str, object]
+) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name="theranode LED dosimetry",
         version=identity.software_version,
@@ -293,9 +332,16 @@ def cycle_groups(
     algorithm = _algorithm(identity, result.settings)
     return [
         _group(
-            source, voi.name, voi.kind, voi.organ, _cycle_time_point(result.cycle_number),
-            algorithm, _voi_measurements(voi), _voi_evaluations(voi), _voi_texts(voi),
-        )  # fmt: skip
+            source,
+            voi.name,
+            voi.kind,
+            voi.organ,
+            _cycle_time_point(result.cycle_number),
+            algorithm,
+            _voi_measurements(voi),
+            _voi_evaluations(voi),
+            _voi_texts(voi),
+        )
         for voi in result.vois
     ]
 
@@ -309,9 +355,15 @@ def _cumulative_group(
         measurements.append(_measurement("projected_total_gy", projected))
     texts = [_text(EXCLUSION, "excluded")] if dose.excluded else []
     return _group(
-        source, dose.name, dose.kind, dose.organ, _course_time_point(), algorithm,
-        measurements, texts=texts,
-    )  # fmt: skip
+        source,
+        dose.name,
+        dose.kind,
+        dose.organ,
+        _course_time_point(),
+        algorithm,
+        measurements,
+        texts=texts,
+    )
 
 
 def _per_cycle_groups(
@@ -319,9 +371,14 @@ def _per_cycle_groups(
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     return [
         _group(
-            source, dose.name, dose.kind, dose.organ, _cycle_time_point(number), algorithm,
+            source,
+            dose.name,
+            dose.kind,
+            dose.organ,
+            _cycle_time_point(number),
+            algorithm,
             [_measurement("mean_gy", value)],
-        )  # fmt: skip
+        )
         for number, value in sorted(dose.per_cycle_gy.items())
     ]
 
@@ -333,9 +390,14 @@ def _lesion_indices_group(
         _measurement(key, getattr(indices, key)) for key in LESION_INDEX_MEASUREMENTS
     ]
     return _group(
-        source, LESION_INDICES_ID, VoiKind.LESION, None, _course_time_point(), algorithm,
+        source,
+        LESION_INDICES_ID,
+        VoiKind.LESION,
+        None,
+        _course_time_point(),
+        algorithm,
         measurements,
-    )  # fmt: skip
+    )
 
 
 def course_groups(
@@ -355,7 +417,10 @@ def course_groups(
 
 def _observation_context() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_uid(), name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
+        uid=device_uid(),
+        name=MANUFACTURER,
+        manufacturer_name=MANUFACTURER,
+        model_name=MODEL_NAME,
     )
     return hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -364,7 +429,9 @@ def _observation_context() -> hd.sr.ObservationContext:
     )
 
 
-def _evaluations_container(flags: Sequence[str], warnings: Sequence[str]) -> Dataset | None:
+def _evaluations_container(
+    flags: Sequence[str], warnings: Sequence[str]
+) -> Dataset | None:
     """TID 1500 row 12: report-level qualitative evaluations (flags and warnings as TEXT)."""
     items = [_text(FLAG, f) for f in flags] + [_text(WARNING, w) for w in warnings]
     if not items:
@@ -440,7 +507,9 @@ def build_report(
         coding_schemes=[_coding_scheme()],
     )
     _pin_clock_values(sr, identity)
-    logger.info("SR %s for %s: %d groups", sr.SOPInstanceUID, identity.label, len(groups))
+    logger.info(
+        "SR %s for %s: %d groups", sr.SOPInstanceUID, identity.label, len(groups)
+    )
     return sr
 
 
@@ -449,7 +518,9 @@ def _pin_clock_values(sr: Dataset, identity: ResultIdentity) -> None:
     sr.InstanceCreationDate = dicom_date(identity.created_at)
     sr.InstanceCreationTime = dicom_time(identity.created_at)
     for item in sr.get("ContributingEquipmentSequence", []):
-        item.ContributionDateTime = dicom_date(identity.created_at) + dicom_time(identity.created_at)
+        item.ContributionDateTime = dicom_date(identity.created_at) + dicom_time(
+            identity.created_at
+        )
 
 
 def write_cycle_sr(
@@ -458,7 +529,10 @@ def write_cycle_sr(
     """TID 1500 dose report of one cycle (one group per VOI, warnings as text)."""
     _require_kind(identity, ResultKind.CYCLE)
     return build_report(
-        cycle_groups(result, source, identity), source, identity, warnings=result.warnings
+        cycle_groups(result, source, identity),
+        source,
+        identity,
+        warnings=result.warnings,
     )
 
 
@@ -467,11 +541,16 @@ def write_course_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 dose report of a course: cumulative doses, lesion indices and flags."""
     _require_kind(identity, ResultKind.COURSE)
-    warnings = [f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings]
+    warnings = [
+        f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings
+    ]
     return build_report(
-        course_groups(course, source, identity), source, identity,
-        flags=course.flags, warnings=warnings,
-    )  # fmt: skip
+        course_groups(course, source, identity),
+        source,
+        identity,
+        flags=course.flags,
+        warnings=warnings,
+    )
 
 
 def _require_kind(identity: ResultIdentity, kind: ResultKind) -> None:
@@ -514,7 +593,9 @@ class ReportValues:
         raise KeyError((name, time_point))
 
 
-def _key(table: dict[str, tuple[Code, Code | None, Code]], name: Any, derivation: Any) -> str | None:
+def _key(
+    table: dict[str, tuple[Code, Code | None, Code]], name: Any, derivation: Any
+) -> str | None:
     for key, (concept, wanted, _unit) in table.items():
         if name == concept and (wanted is None or derivation == wanted):
             return key
@@ -549,9 +630,14 @@ def _read_group(group: Any) -> GroupValues:
         tracking_identifier=str(group.tracking_identifier),
         tracking_uid=str(tracking),
         time_point=_time_point(group),
-        finding_type=str(group.finding_type.value) if group.finding_type is not None else "",
+        finding_type=str(group.finding_type.value)
+        if group.finding_type is not None
+        else "",
         finding_sites=[
-            (str(s.value.value), str(s.laterality.value) if s.laterality is not None else None)
+            (
+                str(s.value.value),
+                str(s.laterality.value) if s.laterality is not None else None,
+            )
             for s in group.finding_sites
         ],
     )
@@ -596,7 +682,10 @@ def _read_report_texts(ds: Dataset) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     for item in ds.ContentSequence:
         code = item.ConceptNameCodeSequence[0]
-        if item.ValueType != "CONTAINER" or code.CodeValue != QUALITATIVE_EVALUATIONS.value:
+        if (
+            item.ValueType != "CONTAINER"
+            or code.CodeValue != QUALITATIVE_EVALUATIONS.value
+        ):
             continue
         for child in item.ContentSequence:
             value = child.ConceptNameCodeSequence[0].CodeValue

@@ -106,7 +106,9 @@ class ResultIdentity:
         object.__setattr__(self, "kind", ResultKind(self.kind))
         if self.version < 1:
             raise ValueError(f"A result version starts at 1, got {self.version}.")
-        if self.kind is ResultKind.CYCLE and (self.cycle_number is None or self.cycle_number < 1):
+        if self.kind is ResultKind.CYCLE and (
+            self.cycle_number is None or self.cycle_number < 1
+        ):
             raise ValueError(
                 f"A cycle result needs a cycle number >= 1, got {self.cycle_number!r}."
             )
@@ -164,7 +166,9 @@ def input_fingerprint(source: SourceContext) -> tuple[str, ...]:
     return (source.study_instance_uid, source.frame_of_reference_uid, *referenced)
 
 
-def output_uids(source: SourceContext, identity: ResultIdentity, obj: OutputObject) -> OutputUids:
+def output_uids(
+    source: SourceContext, identity: ResultIdentity, obj: OutputObject
+) -> OutputUids:
     """Series and SOP Instance UIDs of ``obj`` for this result and these inputs.
 
     The series UID depends on the patient, the result (kind, cycle, version)
@@ -181,7 +185,9 @@ def output_uids(source: SourceContext, identity: ResultIdentity, obj: OutputObje
     )
     series_uid = derive_uid(*series_parts)
     instance_uid = derive_uid("instance", series_uid, *input_fingerprint(source))
-    logger.debug("Derived %s UIDs for %s: series %s", obj.value, identity.label, series_uid)
+    logger.debug(
+        "Derived %s UIDs for %s: series %s", obj.value, identity.label, series_uid
+    )
     return OutputUids(series_instance_uid=series_uid, sop_instance_uid=instance_uid)
 
 

@@ -43,7 +43,9 @@ def format_ds(value: float) -> str:
         text = _shortest(number, precision)
         if len(text) <= DS_MAX_CHARS:
             return text
-    raise AssertionError(f"{number!r} cannot be written in 16 characters")  # pragma: no cover
+    raise AssertionError(
+        f"{number!r} cannot be written in 16 characters"
+    )  # pragma: no cover
 
 
 def _shortest(number: float, precision: int) -> str:

@@ -50,13 +50,24 @@ def test_orthanc_files_results_in_the_reference_ct_study(orthanc: OrthancPeer) -
     for name, ds in objects.items():
         answer = _upload(orthanc, ds)
         assert answer["Status"] == "Success", (name, answer)
-        assert (answer["ParentStudy"], answer["ParentPatient"]) == (ct_study, ct_patient), name
+        assert (answer["ParentStudy"], answer["ParentPatient"]) == (
+            ct_study,
+            ct_patient,
+        ), name
         stored[name] = answer
     tags = orthanc.get(f"/instances/{stored['SR']['ID']}/simplified-tags")
-    assert (tags["PatientID"], tags["StudyInstanceUID"]) == (source.patient_id, source.study_instance_uid)
+    assert (tags["PatientID"], tags["StudyInstanceUID"]) == (
+        source.patient_id,
+        source.study_instance_uid,
+    )
     study = orthanc.get(f"/studies/{ct_study}")
-    assert len(study["Series"]) == 2 + len(objects)  # CT, RTSTRUCT and six result series
-    modalities = {orthanc.get(f"/series/{s}")["MainDicomTags"]["Modality"] for s in study["Series"]}
+    assert len(study["Series"]) == 2 + len(
+        objects
+    )  # CT, RTSTRUCT and six result series
+    modalities = {
+        orthanc.get(f"/series/{s}")["MainDicomTags"]["Modality"]
+        for s in study["Series"]
+    }
     assert modalities == {"CT", "RTSTRUCT", "RTDOSE", "SR", "DOC"}
     # Sending the same result again is recognised as the same instance.
     again = _upload(orthanc, cycle_rt_dose(cycle, source, identity()))

@@ -62,7 +62,11 @@ def reference_ct(
     n_slices: int = 3, key: str = "c1", spacing_mm: float = 2.5
 ) -> list[Dataset]:
     """A tiny axial CT series (real CT image datasets with 4 x 4 pixels)."""
-    study, series, frame = _uid(key + "study"), _uid(key + "series"), _uid(key + "frame")
+    study, series, frame = (
+        _uid(key + "study"),
+        _uid(key + "series"),
+        _uid(key + "frame"),
+    )
     slices = []
     for k in range(n_slices):
         ds = Dataset()
@@ -70,10 +74,18 @@ def reference_ct(
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.SOPClassUID = CT_STORAGE
         ds.SOPInstanceUID = _uid(f"{key}ct{k}")
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
+            study,
+            series,
+            frame,
+        )
         ds.Modality = "CT"
         ds.StudyID, ds.AccessionNumber = "42", "ACC42"
-        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20240301", "091500", "Ref^Doc"
+        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = (
+            "20240301",
+            "091500",
+            "Ref^Doc",
+        )
         ds.SeriesNumber, ds.InstanceNumber = 2, k + 1
         ds.ImagePositionPatient = ["-5", "-5", str(k * spacing_mm)]
         ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
@@ -81,7 +93,12 @@ def reference_ct(
         ds.SliceThickness = str(spacing_mm)
         ds.Rows = ds.Columns = 4
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            16,
+            15,
+            1,
+        )
         ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
         ds.PixelData = np.zeros((4, 4), dtype="<i2").tobytes()
         slices.append(ds)
@@ -101,7 +118,10 @@ def spect_elsewhere(key: str = "c1") -> Dataset:
 
 
 def structure_set(
-    ct: list[Dataset], dose: Volume, boxes: dict[str, tuple[slice, slice, slice]], key: str = "c1"
+    ct: list[Dataset],
+    dose: Volume,
+    boxes: dict[str, tuple[slice, slice, slice]],
+    key: str = "c1",
 ) -> Dataset:
     """An RTSTRUCT with one box ROI per entry, contoured on every dose plane it covers.
 
@@ -174,15 +194,23 @@ def box_mask(box: tuple[slice, slice, slice]) -> npt.NDArray[np.bool_]:
     return mask
 
 
-def source_for_cycle(key: str = "c1", dose: Volume | None = None) -> tuple[SourceContext, Dataset]:
+def source_for_cycle(
+    key: str = "c1", dose: Volume | None = None
+) -> tuple[SourceContext, Dataset]:
     """The source context of a cycle and its RTSTRUCT (ROIs 'liver' and 'lesion 1')."""
     ct = reference_ct(n_slices=SHAPE[0], key=key)
-    rtss = structure_set(ct, dose or dose_map(), {"liver": LIVER_BOX, "lesion 1": LESION_BOX}, key)
-    source = source_context_from_datasets(ct, structure_set=rtss, source_images=[spect_elsewhere(key)])
+    rtss = structure_set(
+        ct, dose or dose_map(), {"liver": LIVER_BOX, "lesion 1": LESION_BOX}, key
+    )
+    source = source_context_from_datasets(
+        ct, structure_set=rtss, source_images=[spect_elsewhere(key)]
+    )
     return source, rtss
 
 
-def identity(kind: ResultKind = ResultKind.CYCLE, cycle: int | None = 1, version: int = 1) -> ResultIdentity:
+def identity(
+    kind: ResultKind = ResultKind.CYCLE, cycle: int | None = 1, version: int = 1
+) -> ResultIdentity:
     return ResultIdentity(
         kind=kind,
         version=version,
@@ -192,9 +220,13 @@ def identity(kind: ResultKind = ResultKind.CYCLE, cycle: int | None = 1, version
     )
 
 
-def _curve(d0: float, lam: float, activity0: float, volume_ml: float) -> tuple[CurvePoint, ...]:
+def _curve(
+    d0: float, lam: float, activity0: float, volume_ml: float
+) -> tuple[CurvePoint, ...]:
     return tuple(
-        CurvePoint(t, d0 * math.exp(-lam * t), activity0 * math.exp(-lam * t), volume_ml)
+        CurvePoint(
+            t, d0 * math.exp(-lam * t), activity0 * math.exp(-lam * t), volume_ml
+        )
         for t in (4.0, 24.0, 72.0, 192.0)
     )
 
@@ -215,35 +247,71 @@ def cycle_result(cycle: int = 1, dose: Volume | None = None) -> CycleResult:
     """A multi-time-point cycle with an organ of each laterality, marrow and two lesions."""
     lam_liver, lam_lesion = math.log(2) / 70.0, math.log(2) / 95.0
     liver = VoiDose(
-        name="liver", kind=VoiKind.ORGAN, method=DoseMethod.MULTI_TIME_POINT,
-        volume_ml=1532.25, mean_gy=1.0812, mean_gy_sd=0.0734, min_gy=0.2114, max_gy=3.9071,
-        d98_gy=0.4012, d2_gy=2.8855, organ=Organ.LIVER,
-        time_integrated_activity_mbq_h=61234.5, effective_half_life_h=70.0,
+        name="liver",
+        kind=VoiKind.ORGAN,
+        method=DoseMethod.MULTI_TIME_POINT,
+        volume_ml=1532.25,
+        mean_gy=1.0812,
+        mean_gy_sd=0.0734,
+        min_gy=0.2114,
+        max_gy=3.9071,
+        d98_gy=0.4012,
+        d2_gy=2.8855,
+        organ=Organ.LIVER,
+        time_integrated_activity_mbq_h=61234.5,
+        effective_half_life_h=70.0,
         fit=_mono_fit(1.0812 * lam_liver, lam_liver, 0.0734),
         curve=_curve(1.0812 * lam_liver, lam_liver, 480.0, 1532.25),
-    )  # fmt: skip
+    )
     kidney_left = VoiDose(
-        name="kidney_left", kind=VoiKind.ORGAN, method=DoseMethod.MULTI_TIME_POINT,
-        volume_ml=160.5, mean_gy=2.731, mean_gy_sd=0.151, organ=Organ.KIDNEY_LEFT,
+        name="kidney_left",
+        kind=VoiKind.ORGAN,
+        method=DoseMethod.MULTI_TIME_POINT,
+        volume_ml=160.5,
+        mean_gy=2.731,
+        mean_gy_sd=0.151,
+        organ=Organ.KIDNEY_LEFT,
         notes=("cyst excluded from the VOI",),
-    )  # fmt: skip
-    kidney_right = dataclasses.replace(kidney_left, name="kidney_right", organ=Organ.KIDNEY_RIGHT, notes=())
+    )
+    kidney_right = dataclasses.replace(
+        kidney_left, name="kidney_right", organ=Organ.KIDNEY_RIGHT, notes=()
+    )
     marrow = VoiDose(
-        name="marrow L2-L4", kind=VoiKind.MARROW, method=DoseMethod.MULTI_TIME_POINT,
-        volume_ml=42.0, mean_gy=0.291, mean_gy_sd=0.05,
-    )  # fmt: skip
+        name="marrow L2-L4",
+        kind=VoiKind.MARROW,
+        method=DoseMethod.MULTI_TIME_POINT,
+        volume_ml=42.0,
+        mean_gy=0.291,
+        mean_gy_sd=0.05,
+    )
     lesion = VoiDose(
-        name="lesion 1", kind=VoiKind.LESION, method=DoseMethod.MULTI_TIME_POINT,
-        volume_ml=12.25, mean_gy=31.99, mean_gy_sd=2.4, min_gy=12.5, max_gy=58.25,
-        d98_gy=14.0, d2_gy=55.0, time_integrated_activity_mbq_h=9876.5,
-        effective_half_life_h=95.0, fit=_mono_fit(31.99 * lam_lesion, lam_lesion, 2.4),
-        curve=_curve(31.99 * lam_lesion, lam_lesion, 60.0, 12.25), recovery_coefficient=0.71,
-    )  # fmt: skip
+        name="lesion 1",
+        kind=VoiKind.LESION,
+        method=DoseMethod.MULTI_TIME_POINT,
+        volume_ml=12.25,
+        mean_gy=31.99,
+        mean_gy_sd=2.4,
+        min_gy=12.5,
+        max_gy=58.25,
+        d98_gy=14.0,
+        d2_gy=55.0,
+        time_integrated_activity_mbq_h=9876.5,
+        effective_half_life_h=95.0,
+        fit=_mono_fit(31.99 * lam_lesion, lam_lesion, 2.4),
+        curve=_curve(31.99 * lam_lesion, lam_lesion, 60.0, 12.25),
+        recovery_coefficient=0.71,
+    )
     small = VoiDose(
-        name="lesion 2", kind=VoiKind.LESION, method=DoseMethod.MULTI_TIME_POINT,
-        volume_ml=1.4, mean_gy=18.0, mean_gy_sd=3.0, recovery_coefficient=0.48,
-        excluded=True, exclusion_reason="volume 1.4 mL below the 2 mL minimum",
-    )  # fmt: skip
+        name="lesion 2",
+        kind=VoiKind.LESION,
+        method=DoseMethod.MULTI_TIME_POINT,
+        volume_ml=1.4,
+        mean_gy=18.0,
+        mean_gy_sd=3.0,
+        recovery_coefficient=0.48,
+        excluded=True,
+        exclusion_reason="volume 1.4 mL below the 2 mL minimum",
+    )
     return CycleResult(
         cycle_number=cycle,
         method=DoseMethod.MULTI_TIME_POINT,
@@ -252,10 +320,21 @@ def cycle_result(cycle: int = 1, dose: Volume | None = None) -> CycleResult:
         vois=(liver, kidney_left, kidney_right, marrow, lesion, small),
         dose_map=dose if dose is not None else dose_map(),
         registration=(
-            RegistrationQuality(24.0, "mean squares", 1520.0, 210.5, (1.2, -0.4, 3.1), (0.2, 0.0, -0.5), True),
-        ),  # fmt: skip
+            RegistrationQuality(
+                24.0,
+                "mean squares",
+                1520.0,
+                210.5,
+                (1.2, -0.4, 3.1),
+                (0.2, 0.0, -0.5),
+                True,
+            ),
+        ),
         warnings=("kidney_left: 2 voxels of gas clipped",),
-        settings={"kinetics": {"model": "auto", "min_points": 3}, "density": {"curve": "schneider2000"}},
+        settings={
+            "kinetics": {"model": "auto", "min_points": 3},
+            "density": {"curve": "schneider2000"},
+        },
     )
 
 
@@ -263,10 +342,19 @@ def course_result(dose: Volume | None = None) -> CourseResult:
     """A two-cycle course with cumulative doses, lesion indices and flags."""
     c1, c2 = cycle_result(1, dose), cycle_result(2, dose)
     cumulative = (
-        CumulativeDose("liver", VoiKind.ORGAN, 2.2, 0.11, {1: 1.0812, 2: 1.1188}, Organ.LIVER),
-        CumulativeDose("kidney_left", VoiKind.ORGAN, 5.46, 0.2, {1: 2.731, 2: 2.729}, Organ.KIDNEY_LEFT),
+        CumulativeDose(
+            "liver", VoiKind.ORGAN, 2.2, 0.11, {1: 1.0812, 2: 1.1188}, Organ.LIVER
+        ),
+        CumulativeDose(
+            "kidney_left",
+            VoiKind.ORGAN,
+            5.46,
+            0.2,
+            {1: 2.731, 2: 2.729},
+            Organ.KIDNEY_LEFT,
+        ),
         CumulativeDose("lesion 1", VoiKind.LESION, 57.63, 3.3, {1: 31.99, 2: 25.64}),
-    )  # fmt: skip
+    )
     return CourseResult(
         cycles=(c1, c2),
         cumulative=cumulative,

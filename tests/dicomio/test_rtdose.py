@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 import pydicom.dicomio
+import pytest
 import SimpleITK as sitk
 
 if not hasattr(pydicom.dicomio, "read_file"):
@@ -17,7 +18,7 @@ if not hasattr(pydicom.dicomio, "read_file"):
     # which pydicom 3 removed; dcmread is the same function under its new name.
     pydicom.dicomio.read_file = pydicom.dcmread  # type: ignore[attr-defined]
 
-from dicompylercore import dicomparser, dvh, dvhcalc  # noqa: E402
+from dicompylercore import dicomparser, dvh, dvhcalc
 
 from dicomio.errors import DicomInputError, UnsupportedObjectError
 from dicomio.part10 import decode, encode
@@ -76,20 +77,28 @@ def test_values_and_geometry_round_trip(bits: int) -> None:
     assert back.pixel_array.max() >= (2**bits - 1) * (1 - 1e-8)
 
 
-@pytest.mark.parametrize("direction", [ROTATED, ROTATED_FLIPPED], ids=["rotated", "flipped"])
-def test_non_identity_direction_keeps_every_voxel_in_place(direction: tuple[float, ...]) -> None:
+@pytest.mark.parametrize(
+    "direction", [ROTATED, ROTATED_FLIPPED], ids=["rotated", "flipped"]
+)
+def test_non_identity_direction_keeps_every_voxel_in_place(
+    direction: tuple[float, ...],
+) -> None:
     dose = dose_map(direction=direction)
     back, _ = _round_trip(dose)
     volume = read_rt_dose(back)
     offsets = [float(v) for v in back.GridFrameOffsetVector]
-    assert offsets[0] == 0.0 and all(b > a for a, b in zip(offsets, offsets[1:], strict=False))
+    assert offsets[0] == 0.0 and all(b > a for a, b in itertools.pairwise(offsets))
     np.testing.assert_allclose(
         _on_original_grid(volume, dose), dose.array, atol=float(back.DoseGridScaling)
     )
 
 
-@pytest.mark.parametrize("direction", [None, ROTATED, ROTATED_FLIPPED], ids=["axial", "rotated", "flipped"])
-def test_simpleitk_gdcm_reads_same_values_and_geometry(tmp_path: Path, direction: tuple[float, ...] | None) -> None:
+@pytest.mark.parametrize(
+    "direction", [None, ROTATED, ROTATED_FLIPPED], ids=["axial", "rotated", "flipped"]
+)
+def test_simpleitk_gdcm_reads_same_values_and_geometry(
+    tmp_path: Path, direction: tuple[float, ...] | None
+) -> None:
     dose = dose_map(direction=direction)
     _, data = _round_trip(dose)
     path = tmp_path / "dose.dcm"
@@ -97,7 +106,9 @@ def test_simpleitk_gdcm_reads_same_values_and_geometry(tmp_path: Path, direction
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
-    scaling = float(reader.GetMetaData("3004|000e"))  # GDCM leaves Dose Grid Scaling to us
+    scaling = float(
+        reader.GetMetaData("3004|000e")
+    )  # GDCM leaves Dose Grid Scaling to us
     read = Volume.from_sitk(image, unit="Gy")
     read = read.with_array(read.array.astype(float) * scaling)
     np.testing.assert_allclose(read.spacing_mm, dose.spacing_mm)
@@ -112,7 +123,9 @@ def test_dicompyler_reads_dose_and_dvh(tmp_path: Path) -> None:
     data = dicomparser.DicomParser(ds).GetDoseData()
     scaling = float(ds.DoseGridScaling)
     assert data["dosemax"] * scaling == pytest.approx(dose.array.max(), abs=scaling)
-    assert data["doseunits"] == "GY" and data["dosesummationtype"] == DOSE_SUMMATION_TYPE
+    assert (
+        data["doseunits"] == "GY" and data["dosesummationtype"] == DOSE_SUMMATION_TYPE
+    )
     # The DVH module as dicompyler reads it equals the DVH written.
     stored = dvh.DVH.from_dicom_dvh(ds, 1)
     np.testing.assert_allclose(stored.counts, dvhs["liver"].volume_ml_at(), rtol=1e-9)
@@ -129,16 +142,27 @@ def test_identity_references_and_labels() -> None:
     source, rtss = source_for_cycle(dose=dose)
     ds = decode(encode(cycle_rt_dose(cycle_result(2, dose), source, identity(cycle=2))))
     assert (ds.PatientID, ds.PatientName, ds.StudyInstanceUID) == (
-        source.patient_id, source.patient_name, source.study_instance_uid,
-    )  # fmt: skip
+        source.patient_id,
+        source.patient_name,
+        source.study_instance_uid,
+    )
     assert ds.FrameOfReferenceUID == source.frame_of_reference_uid
     assert ds.SeriesDescription == "theranode Lu-177 AD cycle 2 v1"
-    assert (ds.Manufacturer, ds.DoseType, ds.DoseUnits) == ("theranode", "PHYSICAL", "GY")
+    assert (ds.Manufacturer, ds.DoseType, ds.DoseUnits) == (
+        "theranode",
+        "PHYSICAL",
+        "GY",
+    )
     assert ds.FrameIncrementPointer == 0x3004000C
     overview = ds.PlanOverviewSequence[0]
-    assert overview.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == rtss.SOPInstanceUID
+    assert (
+        overview.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID
+        == rtss.SOPInstanceUID
+    )
     assert overview.CurrentFractionNumber == 2
-    referenced = {item.ReferencedSOPInstanceUID for item in ds.ReferencedInstanceSequence}
+    referenced = {
+        item.ReferencedSOPInstanceUID for item in ds.ReferencedInstanceSequence
+    }
     assert referenced == {ref.sop_instance_uid for ref in source.images}
     other = ds.StudiesContainingOtherReferencedInstancesSequence[0]
     assert other.StudyInstanceUID == source.source_images[0].study_instance_uid
@@ -149,7 +173,9 @@ def test_same_inputs_same_bytes_new_version_new_series() -> None:
     dose = dose_map()
     source, _ = source_for_cycle(dose=dose)
     first = encode(write_rt_dose(dose, source, identity()))
-    again = encode(write_rt_dose(dose_map(), source_for_cycle(dose=dose)[0], identity()))
+    again = encode(
+        write_rt_dose(dose_map(), source_for_cycle(dose=dose)[0], identity())
+    )
     assert first == again
     v2 = write_rt_dose(dose, source, identity(version=2))
     assert v2.SeriesInstanceUID != decode(first).SeriesInstanceUID
@@ -187,14 +213,18 @@ def test_bad_maps_are_refused_with_reasons() -> None:
     negative[0, 0, 0] = -1.0
     with pytest.raises(DicomInputError, match="negative"):
         write_rt_dose(dose.with_array(negative), source, identity())
-    sheared = Volume(dose.array, dose.spacing_mm, direction=(1, 0.5, 0, 0, 1, 0, 0, 0, 1), unit="Gy")
+    sheared = Volume(
+        dose.array, dose.spacing_mm, direction=(1, 0.5, 0, 0, 1, 0, 0, 0, 1), unit="Gy"
+    )
     with pytest.raises(DicomInputError, match="orthogonal"):
         write_rt_dose(sheared, source, identity())
 
 
 def _dciodvfy(path: Path) -> str:
     tool = require_tool("dciodvfy")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [tool, str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
     return run.stdout + run.stderr
 
 
@@ -203,7 +233,10 @@ def _dciodvfy(path: Path) -> str:
 def test_dciodvfy_finds_no_error(tmp_path: Path, kind: ResultKind) -> None:
     dose = dose_map(direction=ROTATED)
     source, _ = source_for_cycle(dose=dose)
-    dvhs = {"liver": cumulative_dvh(dose, box_mask(LIVER_BOX)), "lesion 1": cumulative_dvh(dose, box_mask(LESION_BOX))}
+    dvhs = {
+        "liver": cumulative_dvh(dose, box_mask(LIVER_BOX)),
+        "lesion 1": cumulative_dvh(dose, box_mask(LESION_BOX)),
+    }
     if kind is ResultKind.CYCLE:
         ds = cycle_rt_dose(cycle_result(1, dose), source, identity(), dvhs=dvhs)
     else:
