@@ -58,7 +58,9 @@ def read_ct_series(datasets: Sequence[Dataset]) -> Volume:
     array = np.stack([hounsfield(ds) for ds in ordered]).astype(np.float32)
     logger.debug(
         "Read CT series %s: %d slices, spacing %s mm",
-        ordered[0].get("SeriesInstanceUID"), len(ordered), geometry.spacing_mm,
+        ordered[0].get("SeriesInstanceUID"),
+        len(ordered),
+        geometry.spacing_mm,
     )
     return Volume(
         array=array,

@@ -58,7 +58,12 @@ from dicomio.errors import (
     UnsupportedObjectError,
 )
 from dicomio.headers import acquisition_datetime, injection, parse_da, parse_tm
-from dicomio.series import direction_matrix, orientation_axes, pixel_spacing_xy, sort_slices
+from dicomio.series import (
+    direction_matrix,
+    orientation_axes,
+    pixel_spacing_xy,
+    sort_slices,
+)
 from dosimetry.radionuclides import Radionuclide, nuclear_data
 from dosimetry.volume import Volume
 
@@ -190,17 +195,25 @@ def _read_nm(ds: Dataset, calibration: CountsCalibration | None) -> SpectImage:
         encoding = SpectEncoding.NM_REAL_WORLD_VALUES
     elif calibration is not None:
         values = counts_to_bq_per_ml(
-            stored * _rescale(ds)[0], calibration, duration_s, geometry["voxel_ml"], radionuclide
+            stored * _rescale(ds)[0],
+            calibration,
+            duration_s,
+            geometry["voxel_ml"],
+            radionuclide,
         )
         encoding = SpectEncoding.NM_COUNTS_CALIBRATED
-        notes.append(f"counts calibrated with {calibration.cps_per_mbq} cps/MBq over {duration_s} s")
+        notes.append(
+            f"counts calibrated with {calibration.cps_per_mbq} cps/MBq over {duration_s} s"
+        )
     else:
         raise UnsupportedObjectError(
             f"NM object {ds.get('SOPInstanceUID', '?')} holds counts (no Real World Value "
             "Mapping in Bq/mL) and no camera calibration was given; configure the camera's "
             "sensitivity (cps/MBq) for this device."
         )
-    return _spect_image(ds, values, geometry, start, duration_s, radionuclide, encoding, notes)
+    return _spect_image(
+        ds, values, geometry, start, duration_s, radionuclide, encoding, notes
+    )
 
 
 def _nm_frames(ds: Dataset) -> npt.NDArray[np.float64]:
@@ -209,9 +222,7 @@ def _nm_frames(ds: Dataset) -> npt.NDArray[np.float64]:
         pixels = pixels[None]
     frames = pixels.shape[0]
     slice_vector = ds.get("SliceVector")
-    pointers = ds.get("FrameIncrementPointer")
-    pointer_list = [] if pointers is None else (list(pointers) if isinstance(pointers, Sequence) and not isinstance(pointers, str) else [pointers])
-    if slice_vector is not None and SLICE_VECTOR_TAG in [int(p) for p in pointer_list]:
+    if slice_vector is not None and SLICE_VECTOR_TAG in _frame_pointers(ds):
         order = np.asarray([int(v) for v in slice_vector])
         if sorted(order.tolist()) != list(range(1, frames + 1)):
             raise InconsistentSeriesError(
@@ -225,6 +236,16 @@ def _nm_frames(ds: Dataset) -> npt.NDArray[np.float64]:
             f"NumberOfSlices is {declared} but the object holds {frames} frames."
         )
     return pixels
+
+
+def _frame_pointers(ds: Dataset) -> list[int]:
+    """Tags of Frame Increment Pointer (single- or multi-valued AT)."""
+    pointers = ds.get("FrameIncrementPointer")
+    if pointers is None:
+        return []
+    if isinstance(pointers, int):
+        return [int(pointers)]
+    return [int(p) for p in pointers]
 
 
 def _nm_geometry(ds: Dataset, frames: int) -> dict[str, Any]:
@@ -280,7 +301,9 @@ def _bq_per_ml_mapping(ds: Dataset) -> tuple[float, float] | None:
         units = item.get("MeasurementUnitsCodeSequence")
         code = str(units[0].get("CodeValue", "")).strip().lower() if units else ""
         if code in BQ_PER_ML_CODES and "RealWorldValueSlope" in item:
-            return float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept", 0.0))
+            return float(item.RealWorldValueSlope), float(
+                item.get("RealWorldValueIntercept", 0.0)
+            )
     return None
 
 
@@ -409,7 +432,9 @@ def _radionuclide(ds: Dataset) -> Radionuclide | None:
     try:
         return Radionuclide(shot.radionuclide)
     except ValueError:
-        logger.warning("Radionuclide %r is not one theranode has data for", shot.radionuclide)
+        logger.warning(
+            "Radionuclide %r is not one theranode has data for", shot.radionuclide
+        )
         return None
 
 

@@ -76,10 +76,21 @@ CT_INTERCEPT = -1024
 #: Largest stored value used for scaled SPECT pixels.
 SPECT_MAX_STORED = 60000
 PT_MAX_STORED = 32000
+#: Default camera: 10 cps/MBq (Lu-177, MEGP, 208 keV ± 10 %), 60 views × 20 s.
+DEFAULT_COUNTING = CountingStatistics(cps_per_mbq=10.0, duration_s=1200.0)
 #: Namespace of the phantom's name-based UUIDs.
-PHANTOM_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:theranode:synthetic-phantom")
+PHANTOM_UID_NAMESPACE = uuid.uuid5(
+    uuid.NAMESPACE_URL, "urn:theranode:synthetic-phantom"
+)
 #: ROI display colours, cycled.
-COLORS = ((220, 120, 40), (255, 200, 0), (0, 160, 255), (160, 0, 200), (0, 200, 80), (255, 0, 0))
+COLORS = (
+    (220, 120, 40),
+    (255, 200, 0),
+    (0, 160, 255),
+    (160, 0, 200),
+    (0, 200, 80),
+    (255, 0, 0),
+)
 
 
 class SpectStorage(str, Enum):
@@ -133,7 +144,7 @@ class CourseWriteSpec:
     spect_storage: SpectStorage = SpectStorage.NM_BQML
     spect_fwhm_mm: float = 0.0
     poisson_noise: bool = False
-    counting: CountingStatistics = CountingStatistics(cps_per_mbq=10.0, duration_s=1200.0)
+    counting: CountingStatistics = DEFAULT_COUNTING
     views: int = 60
     supersampling: int = 3
     patient_id: str = "PHANTOM-LU177-001"
@@ -186,7 +197,9 @@ class _Uids:
         return f"2.25.{uuid.uuid5(PHANTOM_UID_NAMESPACE, name).int}"
 
 
-def write_course(out_dir: Path, spec: CourseWriteSpec | None = None, seed: int = 0) -> CourseManifest:
+def write_course(
+    out_dir: Path, spec: CourseWriteSpec | None = None, seed: int = 0
+) -> CourseManifest:
     """Render and write the course; return what was written.
 
     Parameters
@@ -219,12 +232,19 @@ def write_course(out_dir: Path, spec: CourseWriteSpec | None = None, seed: int =
         "acquisition_duration_s": spec.counting.duration_s,
         "decay_during_acquisition_simulated": True,
     }
-    truth["grids"] = {"ct": _grid_truth(spec.grids.ct), "spect": _grid_truth(spec.grids.spect)}
-    truth["roi_interpreted_types"] = {v.name: _interpreted_type(v.kind) for v in spec.course.model.vois}
+    truth["grids"] = {
+        "ct": _grid_truth(spec.grids.ct),
+        "spect": _grid_truth(spec.grids.spect),
+    }
+    truth["roi_interpreted_types"] = {
+        v.name: _interpreted_type(v.kind) for v in spec.course.model.vois
+    }
     truth_path = out_dir / "truth.json"
     truth_path.write_text(json.dumps(truth, indent=2, sort_keys=True))
     logger.info("Wrote phantom course of %d time points to %s", len(written), out_dir)
-    return CourseManifest(out_dir, spec.patient_id, truth_path, truth, tuple(written), spec)
+    return CourseManifest(
+        out_dir, spec.patient_id, truth_path, truth, tuple(written), spec
+    )
 
 
 def _grid_truth(grid: ImageGrid) -> dict[str, Any]:
@@ -255,17 +275,29 @@ def _write_time_point(
     ct_files = _save_all(folder / "CT", "CT", ct_datasets)
     spect_vox = voxelise(model, spec.grids.spect, tp.transform, spec.supersampling)
     spect_datasets = _spect_datasets(context, spect_vox, rng)
-    spect_files = _save_all(folder / "SPECT", spect_datasets[0].Modality, spect_datasets)
+    spect_files = _save_all(
+        folder / "SPECT", spect_datasets[0].Modality, spect_datasets
+    )
     rtstruct_file = None
     if spec.write_rtstruct and tp.index == 0:
         rtstruct = _rtstruct(context, ct_datasets)
         rtstruct_file = folder / "RTSTRUCT.dcm"
         _save(rtstruct, rtstruct_file)
     entry = next(e for e in truth["time_points"] if e["label"] == tp.label)
-    entry.update(_time_point_record(context, ct_vox, ct_files, spect_files, rtstruct_file, out_dir))
+    entry.update(
+        _time_point_record(
+            context, ct_vox, ct_files, spect_files, rtstruct_file, out_dir
+        )
+    )
     return TimePointFiles(
-        tp, context.study_uid, context.frame_uid, context.ct_series_uid, ct_files,
-        context.spect_series_uid, spect_files, rtstruct_file,
+        tp,
+        context.study_uid,
+        context.frame_uid,
+        context.ct_series_uid,
+        ct_files,
+        context.spect_series_uid,
+        spect_files,
+        rtstruct_file,
     )
 
 
@@ -284,18 +316,26 @@ def _time_point_record(
         "frame_of_reference_uid": context.frame_uid,
         "ct_series_instance_uid": context.ct_series_uid,
         "spect_series_instance_uid": context.spect_series_uid,
-        "rtstruct_sop_instance_uid": context.uids(context.tp.label, "rtstruct") if rtstruct_file else None,
+        "rtstruct_sop_instance_uid": context.uids(context.tp.label, "rtstruct")
+        if rtstruct_file
+        else None,
         "spect_acquisition_start": context.spect_start.isoformat(),
         "ct_acquisition_datetime": context.ct_start.isoformat(),
         "files": {
             "ct": [str(p.relative_to(out_dir)) for p in ct_files],
             "spect": [str(p.relative_to(out_dir)) for p in spect_files],
-            "rtstruct": str(rtstruct_file.relative_to(out_dir)) if rtstruct_file else None,
+            "rtstruct": str(rtstruct_file.relative_to(out_dir))
+            if rtstruct_file
+            else None,
         },
         "ct_voxelised_volume_ml": {
             v.name: {
-                "partial_volume": float(ct_vox.fraction(model.voi_labels(v.name)).sum()) * voxel_ml,
-                "voxel_centres": float(ct_vox.centre_mask(model.voi_labels(v.name)).sum()) * voxel_ml,
+                "partial_volume": float(ct_vox.fraction(model.voi_labels(v.name)).sum())
+                * voxel_ml,
+                "voxel_centres": float(
+                    ct_vox.centre_mask(model.voi_labels(v.name)).sum()
+                )
+                * voxel_ml,
             }
             for v in model.vois
         },
@@ -315,9 +355,18 @@ class _StudyContext:
         self.ct_series_uid = uids(tp.label, "ct-series")
         self.spect_series_uid = uids(tp.label, "spect-series")
         self.spect_start = tp.acquisition_datetime
-        self.ct_start = tp.acquisition_datetime + timedelta(seconds=spec.counting.duration_s + 120)
+        self.ct_start = tp.acquisition_datetime + timedelta(
+            seconds=spec.counting.duration_s + 120
+        )
 
-    def base(self, sop_class: str, sop_uid: str, modality: str, series_uid: str, series_number: int) -> Dataset:
+    def base(
+        self,
+        sop_class: str,
+        sop_uid: str,
+        modality: str,
+        series_uid: str,
+        series_number: int,
+    ) -> Dataset:
         ds = Dataset()
         ds.file_meta = _file_meta(sop_class, sop_uid)
         ds.SpecificCharacterSet = "ISO_IR 100"
@@ -357,7 +406,9 @@ def _save(ds: Dataset, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def _save_all(folder: Path, prefix: str, datasets: Sequence[Dataset]) -> tuple[Path, ...]:
+def _save_all(
+    folder: Path, prefix: str, datasets: Sequence[Dataset]
+) -> tuple[Path, ...]:
     if len(datasets) == 1:
         paths = [folder / f"{prefix}.dcm"]
     else:
@@ -372,7 +423,9 @@ def _dt(moment: datetime) -> tuple[str, str]:
 
 
 # -- CT ---------------------------------------------------------------------------
-def _ct_datasets(context: _StudyContext, hu: npt.NDArray[np.float32], grid: ImageGrid) -> list[Dataset]:
+def _ct_datasets(
+    context: _StudyContext, hu: npt.NDArray[np.float32], grid: ImageGrid
+) -> list[Dataset]:
     stored = np.clip(np.rint(hu) - CT_INTERCEPT, 0, 4095).astype(np.uint16)
     day, tod = _dt(context.ct_start)
     out = []
@@ -400,7 +453,9 @@ def _ct_datasets(context: _StudyContext, hu: npt.NDArray[np.float32], grid: Imag
     return out
 
 
-def _image_plane(ds: Dataset, grid: ImageGrid, position: npt.NDArray[np.float64]) -> None:
+def _image_plane(
+    ds: Dataset, grid: ImageGrid, position: npt.NDArray[np.float64]
+) -> None:
     direction = np.asarray(grid.direction).reshape(3, 3)
     ds.ImagePositionPatient = [format_ds(round(float(v), 6)) for v in position]
     ds.ImageOrientationPatient = [
@@ -409,7 +464,9 @@ def _image_plane(ds: Dataset, grid: ImageGrid, position: npt.NDArray[np.float64]
     ds.PixelSpacing = [format_ds(grid.spacing_mm[1]), format_ds(grid.spacing_mm[0])]
 
 
-def _pixels(ds: Dataset, array: npt.NDArray[Any], bits_stored: int, signed: bool) -> None:
+def _pixels(
+    ds: Dataset, array: npt.NDArray[Any], bits_stored: int, signed: bool
+) -> None:
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(array.shape[-2]), int(array.shape[-1])
@@ -417,18 +474,23 @@ def _pixels(ds: Dataset, array: npt.NDArray[Any], bits_stored: int, signed: bool
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 1 if signed else 0
-    ds.PixelData = np.ascontiguousarray(array.astype(np.int16 if signed else np.uint16)).tobytes()
+    ds.PixelData = np.ascontiguousarray(
+        array.astype(np.int16 if signed else np.uint16)
+    ).tobytes()
 
 
 # -- SPECT --------------------------------------------------------------------------
-def _spect_activity(context: _StudyContext, vox: Voxelisation, rng: np.random.Generator) -> Volume:
+def _spect_activity(
+    context: _StudyContext, vox: Voxelisation, rng: np.random.Generator
+) -> Volume:
     """Bq/mL (or counts for NM_COUNTS) at acquisition start, blurred and noisy as asked."""
     spec = context.spec
     model = spec.course.model
     cycle = spec.course.cycle(context.tp.cycle_number)
     grid = spec.grids.spect
     activity = grid.volume(
-        vox.render(concentration_table_bq_per_ml(model, cycle, context.tp.elapsed_h)), "Bq/mL"
+        vox.render(concentration_table_bq_per_ml(model, cycle, context.tp.elapsed_h)),
+        "Bq/mL",
     )
     activity = spect_blur(activity, spec.spect_fwhm_mm)
     if not spec.poisson_noise and spec.spect_storage is not SpectStorage.NM_COUNTS:
@@ -446,7 +508,9 @@ def _spect_activity(context: _StudyContext, vox: Voxelisation, rng: np.random.Ge
     return activity.with_array((counts.array / per).astype(np.float32))
 
 
-def _spect_datasets(context: _StudyContext, vox: Voxelisation, rng: np.random.Generator) -> list[Dataset]:
+def _spect_datasets(
+    context: _StudyContext, vox: Voxelisation, rng: np.random.Generator
+) -> list[Dataset]:
     values = _spect_activity(context, vox, rng)
     if context.spec.spect_storage is SpectStorage.PT_BQML:
         return _pt_datasets(context, values)
@@ -459,9 +523,13 @@ def _radiopharmaceutical(context: _StudyContext, dose_value: float) -> Dataset:
     item.Radiopharmaceutical = "Lu-177 DOTATATE"
     item.RadiopharmaceuticalRoute = "Intravenous"
     item.RadiopharmaceuticalStartTime = cycle.injection_datetime.strftime("%H%M%S")
-    item.RadiopharmaceuticalStartDateTime = cycle.injection_datetime.strftime("%Y%m%d%H%M%S")
+    item.RadiopharmaceuticalStartDateTime = cycle.injection_datetime.strftime(
+        "%Y%m%d%H%M%S"
+    )
     item.RadionuclideTotalDose = format_ds(dose_value)
-    half_life_s = nuclear_data(context.spec.course.model.radionuclide).half_life_h * 3600.0
+    half_life_s = (
+        nuclear_data(context.spec.course.model.radionuclide).half_life_h * 3600.0
+    )
     item.RadionuclideHalfLife = format_ds(round(half_life_s, 1))
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = LU177_CODE
@@ -476,7 +544,9 @@ def _nm_dataset(context: _StudyContext, values: Volume) -> Dataset:
     sop = context.uids(context.tp.label, "nm")
     ds = context.base(NM_IMAGE_STORAGE, sop, "NM", context.spect_series_uid, 1)
     counts = spec.spect_storage is SpectStorage.NM_COUNTS
-    ds.SeriesDescription = "SPECT Lu-177 counts" if counts else "SPECT Lu-177 quantitative Bq/mL"
+    ds.SeriesDescription = (
+        "SPECT Lu-177 counts" if counts else "SPECT Lu-177 quantitative Bq/mL"
+    )
     day, tod = _dt(context.spect_start)
     ds.SeriesDate, ds.SeriesTime = day, tod
     ds.AcquisitionDate, ds.AcquisitionTime = day, tod
@@ -525,7 +595,9 @@ def _energy_window() -> Dataset:
 def _detector(grid: ImageGrid) -> Dataset:
     detector = Dataset()
     direction = np.asarray(grid.direction).reshape(3, 3)
-    detector.ImagePositionPatient = [format_ds(round(float(v), 6)) for v in grid.origin_mm]
+    detector.ImagePositionPatient = [
+        format_ds(round(float(v), 6)) for v in grid.origin_mm
+    ]
     detector.ImageOrientationPatient = [
         format_ds(round(float(v), 9)) for v in (*direction[:, 0], *direction[:, 1])
     ]
@@ -543,7 +615,7 @@ def _rotation(spec: CourseWriteSpec) -> Dataset:
     rotation.AngularStep = format_ds(360.0 / spec.views)
     rotation.RotationDirection = "CW"
     rotation.ScanArc = "360"
-    rotation.ActualFrameDuration = int(round(spec.counting.duration_s * 1000.0 / spec.views))
+    rotation.ActualFrameDuration = round(spec.counting.duration_s * 1000.0 / spec.views)
     rotation.NumberOfFramesInRotation = spec.views
     return rotation
 
@@ -570,7 +642,9 @@ def _nm_pixels(ds: Dataset, values: Volume, counts: bool) -> None:
     mapping.LUTLabel = "BQML"
     unit = Dataset()
     unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = (
-        "Bq/mL", "UCUM", "becquerels per milliliter",
+        "Bq/mL",
+        "UCUM",
+        "becquerels per milliliter",
     )
     mapping.MeasurementUnitsCodeSequence = DicomSequence([unit])
     ds.RealWorldValueMappingSequence = DicomSequence([mapping])
@@ -601,7 +675,7 @@ def _pt_datasets(context: _StudyContext, values: Volume) -> list[Dataset]:
         ds.DecayCorrection = "START"
         ds.DecayFactor = "1"
         ds.FrameReferenceTime = "0"
-        ds.ActualFrameDuration = int(round(spec.counting.duration_s * 1000.0))
+        ds.ActualFrameDuration = round(spec.counting.duration_s * 1000.0)
         ds.CollimatorType = ""
         ds.PatientOrientationCodeSequence = DicomSequence()
         ds.PatientGantryRelationshipCodeSequence = DicomSequence()
@@ -633,7 +707,9 @@ def _rtstruct(context: _StudyContext, ct_datasets: Sequence[Dataset]) -> Dataset
             name=voi.name,
             interpreted_type=_interpreted_type(voi.kind),
             contours=tuple(
-                c for z in z_positions for c in voi_contours(model, voi.name, context.tp.transform, z)
+                c
+                for z in z_positions
+                for c in voi_contours(model, voi.name, context.tp.transform, z)
             ),
             color_rgb=COLORS[i % len(COLORS)],
         )

@@ -70,12 +70,18 @@ def read_rois(ds: Dataset) -> list[RoiContours]:
             f"{ds.get('SOPClassUID', '?')!r}."
         )
     if "StructureSetROISequence" not in ds:
-        raise MissingAttributeError("StructureSetROISequence is missing; the ROIs have no names.")
+        raise MissingAttributeError(
+            "StructureSetROISequence is missing; the ROIs have no names."
+        )
     types = {
-        int(item.ReferencedROINumber): str(item.get("RTROIInterpretedType", "") or "") or None
+        int(item.ReferencedROINumber): str(item.get("RTROIInterpretedType", "") or "")
+        or None
         for item in ds.get("RTROIObservationsSequence", []) or []
     }
-    contours = {int(item.ReferencedROINumber): item for item in ds.get("ROIContourSequence", []) or []}
+    contours = {
+        int(item.ReferencedROINumber): item
+        for item in ds.get("ROIContourSequence", []) or []
+    }
     rois = []
     for item in ds.StructureSetROISequence:
         number = int(item.ROINumber)
@@ -85,7 +91,9 @@ def read_rois(ds: Dataset) -> list[RoiContours]:
             RoiContours(
                 number=number,
                 name=str(item.get("ROIName", "")).strip(),
-                frame_of_reference_uid=str(item.get("ReferencedFrameOfReferenceUID", "")),
+                frame_of_reference_uid=str(
+                    item.get("ReferencedFrameOfReferenceUID", "")
+                ),
                 interpreted_type=types.get(number),
                 contours=polygons,
                 color_rgb=tuple(int(c) for c in color) if color else None,  # type: ignore[arg-type]
@@ -95,14 +103,18 @@ def read_rois(ds: Dataset) -> list[RoiContours]:
     return rois
 
 
-def _contours_of(item: Dataset | None) -> tuple[tuple[FloatArray, ...], tuple[str, ...]]:
+def _contours_of(
+    item: Dataset | None,
+) -> tuple[tuple[FloatArray, ...], tuple[str, ...]]:
     if item is None:
         return (), ()
     polygons: list[FloatArray] = []
     skipped: dict[str, int] = {}
     for contour in item.get("ContourSequence", []) or []:
         kind = str(contour.get("ContourGeometricType", "")).upper()
-        data = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=np.float64)
+        data = np.asarray(
+            [float(v) for v in contour.get("ContourData", [])], dtype=np.float64
+        )
         if kind != "CLOSED_PLANAR" or data.size < 9:
             skipped[kind or "empty"] = skipped.get(kind or "empty", 0) + 1
             continue
@@ -125,7 +137,9 @@ def contour_normal(contours: Sequence[FloatArray]) -> FloatArray:
     )
     norm = float(np.linalg.norm(normal))
     if norm == 0:
-        raise UnsupportedObjectError("A contour is degenerate (zero area); its plane is unknown.")
+        raise UnsupportedObjectError(
+            "A contour is degenerate (zero area); its plane is unknown."
+        )
     normal = normal / norm
     # Orient it towards +z (or +x/+y for sagittal/coronal planes) for stable plane order.
     axis = int(np.argmax(np.abs(normal)))
@@ -133,7 +147,9 @@ def contour_normal(contours: Sequence[FloatArray]) -> FloatArray:
 
 
 def _plane_basis(normal: FloatArray) -> tuple[FloatArray, FloatArray]:
-    helper = np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    helper = (
+        np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    )
     u = np.cross(normal, helper)
     u /= np.linalg.norm(u)
     return u, np.cross(normal, u)
@@ -152,7 +168,9 @@ def roi_mask(
     """
     mask = np.zeros(grid.shape, dtype=bool)
     if not roi.contours:
-        logger.warning("ROI %s (%d) has no contours; its mask is empty", roi.name, roi.number)
+        logger.warning(
+            "ROI %s (%d) has no contours; its mask is empty", roi.name, roi.number
+        )
         return grid.with_array(mask, unit="mask")
     normal = contour_normal(roi.contours)
     u, v = _plane_basis(normal)
@@ -160,11 +178,15 @@ def roi_mask(
     positions = np.array(sorted(planes))
     half = 0.5 * (contour_spacing_mm or _default_spacing(positions, grid, normal))
     for position in positions:
-        _fill_plane(mask, grid, planes[float(position)], normal, u, v, position, positions, half)
+        _fill_plane(
+            mask, grid, planes[float(position)], normal, u, v, position, positions, half
+        )
     return grid.with_array(mask, unit="mask")
 
 
-def _group_by_plane(contours: Sequence[FloatArray], normal: FloatArray) -> dict[float, list[FloatArray]]:
+def _group_by_plane(
+    contours: Sequence[FloatArray], normal: FloatArray
+) -> dict[float, list[FloatArray]]:
     planes: dict[float, list[FloatArray]] = {}
     keys: list[float] = []
     for contour in contours:
@@ -200,7 +222,10 @@ def _fill_plane(
         return
     zs, ys, xs = box
     k, j, i = np.meshgrid(
-        np.arange(zs.start, zs.stop), np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop), indexing="ij"
+        np.arange(zs.start, zs.stop),
+        np.arange(ys.start, ys.stop),
+        np.arange(xs.start, xs.stop),
+        indexing="ij",
     )
     points = grid.index_to_patient(np.stack([i, j, k], axis=-1).reshape(-1, 3))
     d = points @ normal
@@ -277,14 +302,18 @@ def build_rtstruct(
     ds.StructureSetTime = created.strftime("%H%M%S")
     ds.InstanceCreationDate = ds.StructureSetDate
     ds.InstanceCreationTime = ds.StructureSetTime
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([_frame_reference(reference_ct)])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence(
+        [_frame_reference(reference_ct)]
+    )
     slices = _slice_lookup(reference_ct)
     normal = _slice_normal(reference_ct)
     ds.StructureSetROISequence = DicomSequence()
     ds.ROIContourSequence = DicomSequence()
     ds.RTROIObservationsSequence = DicomSequence()
     for number, roi in enumerate(rois, start=1):
-        ds.StructureSetROISequence.append(_roi_item(number, roi, str(first.FrameOfReferenceUID)))
+        ds.StructureSetROISequence.append(
+            _roi_item(number, roi, str(first.FrameOfReferenceUID))
+        )
         ds.ROIContourSequence.append(_contour_item(number, roi, slices, normal))
         ds.RTROIObservationsSequence.append(_observation_item(number, roi))
     return ds
@@ -300,8 +329,16 @@ def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
 
 def _copy_patient_study(ds: Dataset, source: Dataset) -> None:
     for keyword in (
-        "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-        "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+        "SpecificCharacterSet",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
         "ReferringPhysicianName",
     ):
         if keyword in source:
@@ -320,7 +357,9 @@ def _frame_reference(reference_ct: Sequence[Dataset]) -> Dataset:
     series.SeriesInstanceUID = first.SeriesInstanceUID
     series.ContourImageSequence = images
     study = Dataset()
-    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, as used)
+    study.ReferencedSOPClassUID = (
+        "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, as used)
+    )
     study.ReferencedSOPInstanceUID = first.StudyInstanceUID
     study.RTReferencedSeriesSequence = DicomSequence([series])
     frame = Dataset()
@@ -337,7 +376,10 @@ def _slice_normal(reference_ct: Sequence[Dataset]) -> FloatArray:
 def _slice_lookup(reference_ct: Sequence[Dataset]) -> list[tuple[float, Dataset]]:
     normal = _slice_normal(reference_ct)
     return sorted(
-        ((float(np.dot(normal, [float(v) for v in ct.ImagePositionPatient])), ct) for ct in reference_ct),
+        (
+            (float(np.dot(normal, [float(v) for v in ct.ImagePositionPatient])), ct)
+            for ct in reference_ct
+        ),
         key=lambda item: item[0],
     )
 
@@ -352,7 +394,10 @@ def _roi_item(number: int, roi: RoiDefinition, frame_uid: str) -> Dataset:
 
 
 def _contour_item(
-    number: int, roi: RoiDefinition, slices: list[tuple[float, Dataset]], normal: FloatArray
+    number: int,
+    roi: RoiDefinition,
+    slices: list[tuple[float, Dataset]],
+    normal: FloatArray,
 ) -> Dataset:
     item = Dataset()
     item.ROIDisplayColor = list(roi.color_rgb)
@@ -360,7 +405,9 @@ def _contour_item(
     item.ContourSequence = DicomSequence()
     positions = np.array([p for p, _ in slices])
     for contour in roi.contours:
-        ct = slices[int(np.argmin(np.abs(positions - float(np.mean(contour @ normal)))))][1]
+        ct = slices[
+            int(np.argmin(np.abs(positions - float(np.mean(contour @ normal)))))
+        ][1]
         ref = Dataset()
         ref.ReferencedSOPClassUID = ct.SOPClassUID
         ref.ReferencedSOPInstanceUID = ct.SOPInstanceUID

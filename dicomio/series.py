@@ -74,7 +74,9 @@ def orientation_axes(iop: Sequence[float]) -> tuple[FloatArray, FloatArray, Floa
     return row, col, np.cross(row, col)
 
 
-def direction_matrix(row: FloatArray, col: FloatArray, slice_dir: FloatArray) -> Matrix3:
+def direction_matrix(
+    row: FloatArray, col: FloatArray, slice_dir: FloatArray
+) -> Matrix3:
     """Row-major 3×3 with the index-axis unit vectors as columns."""
     matrix = np.column_stack([row, col, slice_dir])
     return tuple(float(v) for v in matrix.reshape(-1))  # type: ignore[return-value]
@@ -84,7 +86,9 @@ def pixel_spacing_xy(ds: Dataset) -> tuple[float, float]:
     """(column spacing, row spacing) — i.e. spacing along x then y index axes."""
     spacing = [float(v) for v in required(ds, "PixelSpacing")]  # type: ignore[attr-defined]
     if len(spacing) != 2 or min(spacing) <= 0:
-        raise InconsistentSeriesError(f"PixelSpacing must be two positive numbers, got {spacing}.")
+        raise InconsistentSeriesError(
+            f"PixelSpacing must be two positive numbers, got {spacing}."
+        )
     return spacing[1], spacing[0]
 
 
@@ -98,7 +102,9 @@ def sort_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], StackGeomet
         a tilted stack; or uneven slice gaps (a missing slice).
     """
     if not datasets:
-        raise InconsistentSeriesError("No instances were given; a series needs at least one slice.")
+        raise InconsistentSeriesError(
+            "No instances were given; a series needs at least one slice."
+        )
     first = datasets[0]
     row, col, normal = orientation_axes(required(first, "ImageOrientationPatient"))  # type: ignore[arg-type]
     _check_uniform(datasets, row, col)
@@ -118,7 +124,9 @@ def sort_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], StackGeomet
     )
 
 
-def _check_uniform(datasets: Sequence[Dataset], row: FloatArray, col: FloatArray) -> None:
+def _check_uniform(
+    datasets: Sequence[Dataset], row: FloatArray, col: FloatArray
+) -> None:
     first = datasets[0]
     shape = (int(required(first, "Rows")), int(required(first, "Columns")))  # type: ignore[call-overload]
     spacing = pixel_spacing_xy(first)
@@ -139,9 +147,13 @@ def _check_uniform(datasets: Sequence[Dataset], row: FloatArray, col: FloatArray
             )
 
 
-def _slice_gap_mm(ordered: Sequence[Dataset], positions: FloatArray, normal: FloatArray) -> float:
+def _slice_gap_mm(
+    ordered: Sequence[Dataset], positions: FloatArray, normal: FloatArray
+) -> float:
     if len(ordered) == 1:
-        thickness = ordered[0].get("SliceThickness") or ordered[0].get("SpacingBetweenSlices")
+        thickness = ordered[0].get("SliceThickness") or ordered[0].get(
+            "SpacingBetweenSlices"
+        )
         if thickness in (None, ""):
             raise MissingAttributeError(
                 "A single-slice volume needs SliceThickness or SpacingBetweenSlices to know its depth."

@@ -41,7 +41,6 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -105,7 +104,9 @@ class Ellipsoid:
 
     def level(self, points_mm: FloatArray) -> FloatArray:
         """Σ((p − c)/a)² of model points ``(..., 3)``; ≤ 1 means inside."""
-        scaled = (points_mm - np.asarray(self.center_mm)) / np.asarray(self.semi_axes_mm)
+        scaled = (points_mm - np.asarray(self.center_mm)) / np.asarray(
+            self.semi_axes_mm
+        )
         return np.asarray(np.einsum("...i,...i->...", scaled, scaled), dtype=np.float64)
 
     def contains(self, points_mm: FloatArray) -> npt.NDArray[np.bool_]:
@@ -116,7 +117,9 @@ class Ellipsoid:
         """The eight corners of the bounding box, ``(8, 3)``."""
         c = np.asarray(self.center_mm)
         a = np.asarray(self.semi_axes_mm)
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        signs = np.array(
+            [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+        )
         return np.asarray(c + signs * a, dtype=np.float64)
 
     def sample_points(self, n_per_axis: int = 14) -> FloatArray:
@@ -130,11 +133,13 @@ class Ellipsoid:
             indexing="ij",
         )
         sphere = np.stack(
-            [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], axis=-1
+            [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)],
+            axis=-1,
         ).reshape(-1, 3)
         unit = np.concatenate([interior, sphere])
         return np.asarray(
-            np.asarray(self.center_mm) + unit * np.asarray(self.semi_axes_mm), dtype=np.float64
+            np.asarray(self.center_mm) + unit * np.asarray(self.semi_axes_mm),
+            dtype=np.float64,
         )
 
 
@@ -160,9 +165,27 @@ class RigidTransform:
     def matrix(self) -> FloatArray:
         """The 3×3 rotation matrix R."""
         ax, ay, az = (math.radians(v) for v in self.rotation_deg)
-        rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
-        ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
-        rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+        rx = np.array(
+            [
+                [1, 0, 0],
+                [0, math.cos(ax), -math.sin(ax)],
+                [0, math.sin(ax), math.cos(ax)],
+            ]
+        )
+        ry = np.array(
+            [
+                [math.cos(ay), 0, math.sin(ay)],
+                [0, 1, 0],
+                [-math.sin(ay), 0, math.cos(ay)],
+            ]
+        )
+        rz = np.array(
+            [
+                [math.cos(az), -math.sin(az), 0],
+                [math.sin(az), math.cos(az), 0],
+                [0, 0, 1],
+            ]
+        )
         return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
     @property
@@ -396,7 +419,9 @@ def cycle_kinetics(model: PhantomModel, cycle: CycleSpec) -> dict[str, Kinetics]
     the cycle's uptake scale. λ_eff of lesions is scaled and floored at λ_phys.
     """
     lam_phys = nuclear_data(model.radionuclide).decay_constant_per_h
-    lesion_structures = {s for v in model.vois if v.kind is VoiKind.LESION for s in v.structures}
+    lesion_structures = {
+        s for v in model.vois if v.kind is VoiKind.LESION for s in v.structures
+    }
     activity_scale = cycle.injected_activity_mbq / model.reference_activity_mbq
     out: dict[str, Kinetics] = {}
     for s in model.structures:
@@ -448,7 +473,11 @@ def stp_formula_dose_gy(
         reference_elapsed_h
     )
     delta_h = elapsed_h - reference_elapsed_h
-    return mean_dose_gy(model, voi, reference) * ratio * math.exp(k_r.lambda_eff_per_h * delta_h)
+    return (
+        mean_dose_gy(model, voi, reference)
+        * ratio
+        * math.exp(k_r.lambda_eff_per_h * delta_h)
+    )
 
 
 def course_time_points(course: CourseSpec, seed: int) -> tuple[TimePoint, ...]:
@@ -477,7 +506,8 @@ def course_time_points(course: CourseSpec, seed: int) -> tuple[TimePoint, ...]:
                     index=index,
                     elapsed_h=elapsed_h,
                     injection_datetime=cycle.injection_datetime,
-                    acquisition_datetime=cycle.injection_datetime + timedelta(hours=elapsed_h),
+                    acquisition_datetime=cycle.injection_datetime
+                    + timedelta(hours=elapsed_h),
                     transform=transform,
                 )
             )
@@ -533,7 +563,9 @@ def _ancestors(model: PhantomModel, name: str) -> set[str]:
 def _check_disjoint(model: PhantomModel) -> None:
     for i, a in enumerate(model.structures):
         for b in model.structures[i + 1 :]:
-            if a.name in _ancestors(model, b.name) or b.name in _ancestors(model, a.name):
+            if a.name in _ancestors(model, b.name) or b.name in _ancestors(
+                model, a.name
+            ):
                 continue
             small, big = sorted((a, b), key=lambda s: s.shape.volume_ml)
             if bool(np.any(big.shape.contains(small.shape.sample_points()))):
@@ -545,7 +577,9 @@ def _check_disjoint(model: PhantomModel) -> None:
 def _check_vois(model: PhantomModel) -> None:
     for voi in model.vois:
         members = [model.structure(n) for n in voi.structures]
-        if any(m.hu != members[0].hu or m.kinetics != members[0].kinetics for m in members):
+        if any(
+            m.hu != members[0].hu or m.kinetics != members[0].kinetics for m in members
+        ):
             raise PhantomError(
                 f"VOI {voi.name}: its structures must share HU and kinetics so that the "
                 "VOI is uniform."
@@ -604,15 +638,26 @@ def default_model(
     lobes, so some slices carry two liver contours.
     """
 
-    def organ(name: str, structure: str, center: Vector3, axes: Vector3, parent: str) -> Structure:
+    def organ(
+        name: str, structure: str, center: Vector3, axes: Vector3, parent: str
+    ) -> Structure:
         hu, dose, t_half = DEFAULT_DESIGN[name]
         return Structure(
-            structure, Ellipsoid(center, axes), hu, _kinetics_for_dose(dose, hu, t_half, density), parent
+            structure,
+            Ellipsoid(center, axes),
+            hu,
+            _kinetics_for_dose(dose, hu, t_half, density),
+            parent,
         )
 
     body_hu = BACKGROUND_DESIGN["Body"][0]
     structures: list[Structure] = [
-        Structure("Body", Ellipsoid((0.0, 0.0, 0.0), (165.0, 115.0, 600.0)), body_hu, _background_kinetics("Body"))
+        Structure(
+            "Body",
+            Ellipsoid((0.0, 0.0, 0.0), (165.0, 115.0, 600.0)),
+            body_hu,
+            _background_kinetics("Body"),
+        )
     ]
     if lungs:
         for side, x in (("R", -85.0), ("L", 85.0)):
@@ -626,8 +671,16 @@ def default_model(
                 )
             )
     structures += [
-        organ("Liver", "Liver_right_lobe", (-65.0, -20.0, 15.0), (75.0, 60.0, 50.0), "Body"),
-        organ("Liver", "Liver_left_lobe", (42.0, -55.0, 35.0), (30.0, 25.0, 22.0), "Body"),
+        organ(
+            "Liver",
+            "Liver_right_lobe",
+            (-65.0, -20.0, 15.0),
+            (75.0, 60.0, 50.0),
+            "Body",
+        ),
+        organ(
+            "Liver", "Liver_left_lobe", (42.0, -55.0, 35.0), (30.0, 25.0, 22.0), "Body"
+        ),
         organ("Kidney_L", "Kidney_L", (75.0, 62.0, -22.0), (28.0, 22.0, 38.0), "Body"),
         organ("Kidney_R", "Kidney_R", (-75.0, 65.0, -30.0), (28.0, 22.0, 38.0), "Body"),
         organ("Spleen", "Spleen", (108.0, 25.0, 22.0), (32.0, 26.0, 42.0), "Body"),
@@ -644,7 +697,13 @@ def default_model(
             )
         )
         structures.append(
-            organ("BoneMarrow_L2-L4", f"Marrow_{level}", (0.0, 70.0, z), (19.0, 13.5, 9.0), f"Vertebra_{level}")
+            organ(
+                "BoneMarrow_L2-L4",
+                f"Marrow_{level}",
+                (0.0, 70.0, z),
+                (19.0, 13.5, 9.0),
+                f"Vertebra_{level}",
+            )
         )
     lesions = (
         ("Lesion_01", (-85.0, -30.0, 25.0), 12.0, "Liver_right_lobe", "liver"),
@@ -656,14 +715,22 @@ def default_model(
     for name, centre, radius, parent, _ in lesions:
         structures.append(organ(name, name, centre, (radius, radius, radius), parent))
     vois = [
-        VoiSpec("Liver", VoiKind.ORGAN, ("Liver_right_lobe", "Liver_left_lobe"), Organ.LIVER),
+        VoiSpec(
+            "Liver", VoiKind.ORGAN, ("Liver_right_lobe", "Liver_left_lobe"), Organ.LIVER
+        ),
         VoiSpec("Kidney_L", VoiKind.ORGAN, ("Kidney_L",), Organ.KIDNEY_LEFT),
         VoiSpec("Kidney_R", VoiKind.ORGAN, ("Kidney_R",), Organ.KIDNEY_RIGHT),
         VoiSpec("Spleen", VoiKind.ORGAN, ("Spleen",), Organ.SPLEEN),
         VoiSpec(
-            "BoneMarrow_L2-L4", VoiKind.MARROW, ("Marrow_L2", "Marrow_L3", "Marrow_L4"), Organ.BONE_MARROW
+            "BoneMarrow_L2-L4",
+            VoiKind.MARROW,
+            ("Marrow_L2", "Marrow_L3", "Marrow_L4"),
+            Organ.BONE_MARROW,
         ),
-    ] + [VoiSpec(name, VoiKind.LESION, (name,), site=site) for name, _, _, _, site in lesions]
+    ] + [
+        VoiSpec(name, VoiKind.LESION, (name,), site=site)
+        for name, _, _, _, site in lesions
+    ]
     model = PhantomModel(tuple(structures), tuple(vois), density=density)
     validate_model(model)
     return model
@@ -716,12 +783,16 @@ class ImageGrid:
 
     @classmethod
     def centred(
-        cls, shape_xyz: tuple[int, int, int], spacing_mm: Vector3, centre_mm: Vector3 = (0.0, 0.0, 0.0)
+        cls,
+        shape_xyz: tuple[int, int, int],
+        spacing_mm: Vector3,
+        centre_mm: Vector3 = (0.0, 0.0, 0.0),
     ) -> ImageGrid:
         """An axial grid whose centre is at ``centre_mm``."""
         nx, ny, nz = shape_xyz
         origin = tuple(
-            c - (n - 1) * s / 2.0 for c, n, s in zip(centre_mm, (nx, ny, nz), spacing_mm)
+            c - (n - 1) * s / 2.0
+            for c, n, s in zip(centre_mm, (nx, ny, nz), spacing_mm)
         )
         return cls((nz, ny, nx), spacing_mm, origin)  # type: ignore[arg-type]
 
@@ -750,7 +821,9 @@ class ImageGrid:
 
     def patient_to_index(self, xyz: FloatArray) -> FloatArray:
         """Continuous (i, j, k) indices of patient points ``(..., 3)``."""
-        return np.asarray((xyz - np.asarray(self.origin_mm)) @ np.linalg.inv(self._index_matrix).T)
+        return np.asarray(
+            (xyz - np.asarray(self.origin_mm)) @ np.linalg.inv(self._index_matrix).T
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -776,7 +849,9 @@ class Voxelisation:
 
     def fraction(self, labels: Sequence[int]) -> npt.NDArray[np.float32]:
         """Fraction of each voxel occupied by the given labels."""
-        table = np.zeros(int(max(self.centre_labels.max(), self.edge_labels.max(initial=0))) + 2)
+        table = np.zeros(
+            int(max(self.centre_labels.max(), self.edge_labels.max(initial=0))) + 2
+        )
         table[list(labels)] = 1.0
         return self.render(table)
 
@@ -804,7 +879,9 @@ def _index_box(
     return slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0])
 
 
-def _box_blocks(box: tuple[slice, slice, slice]) -> Iterator[tuple[slice, slice, slice]]:
+def _box_blocks(
+    box: tuple[slice, slice, slice],
+) -> Iterator[tuple[slice, slice, slice]]:
     zs, ys, xs = box
     per_slice = (ys.stop - ys.start) * (xs.stop - xs.start)
     step = max(1, _POINTS_PER_BLOCK // max(per_slice, 1))
@@ -815,14 +892,20 @@ def _box_blocks(box: tuple[slice, slice, slice]) -> Iterator[tuple[slice, slice,
 def _block_points(grid: ImageGrid, block: tuple[slice, slice, slice]) -> FloatArray:
     zs, ys, xs = block
     k, j, i = np.meshgrid(
-        np.arange(zs.start, zs.stop), np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop), indexing="ij"
+        np.arange(zs.start, zs.stop),
+        np.arange(ys.start, ys.stop),
+        np.arange(xs.start, xs.stop),
+        indexing="ij",
     )
     ijk = np.stack([i, j, k], axis=-1).astype(np.float64)
     return grid.index_to_patient(ijk)
 
 
 def voxelise(
-    model: PhantomModel, grid: ImageGrid, transform: RigidTransform, supersampling: int = 3
+    model: PhantomModel,
+    grid: ImageGrid,
+    transform: RigidTransform,
+    supersampling: int = 3,
 ) -> Voxelisation:
     """Label every voxel of ``grid`` with the phantom seen through ``transform``.
 
@@ -843,12 +926,19 @@ def voxelise(
             continue
         band = half_diagonal / min(s.shape.semi_axes_mm)
         for block in _box_blocks(box):
-            radius = np.sqrt(s.shape.level(transform.to_model(_block_points(grid, block))))
+            radius = np.sqrt(
+                s.shape.level(transform.to_model(_block_points(grid, block)))
+            )
             labels[block][radius <= 1.0] = index + 1
             edge[block] |= np.abs(radius - 1.0) <= band
     edge_index = np.flatnonzero(edge).astype(np.int64)
     edge_labels = _edge_labels(model, grid, transform, edge_index, supersampling)
-    logger.debug("Voxelised %d structures: %d surface voxels of %d", len(model.structures), edge_index.size, labels.size)
+    logger.debug(
+        "Voxelised %d structures: %d surface voxels of %d",
+        len(model.structures),
+        edge_index.size,
+        labels.size,
+    )
     return Voxelisation(grid, labels, edge_index, edge_labels)
 
 
@@ -860,14 +950,18 @@ def _edge_labels(
     n: int,
 ) -> npt.NDArray[np.uint8]:
     offsets_1d = (np.arange(n) + 0.5) / n - 0.5
-    offsets = np.stack(np.meshgrid(offsets_1d, offsets_1d, offsets_1d, indexing="ij"), -1).reshape(-1, 3)
+    offsets = np.stack(
+        np.meshgrid(offsets_1d, offsets_1d, offsets_1d, indexing="ij"), -1
+    ).reshape(-1, 3)
     k, j, i = np.unravel_index(edge_index, grid.shape_zyx)
     centres = np.stack([i, j, k], axis=-1).astype(np.float64)
     out = np.zeros((edge_index.size, offsets.shape[0]), dtype=np.uint8)
     batch = max(1, _POINTS_PER_BLOCK // offsets.shape[0])
     for start in range(0, edge_index.size, batch):
         ijk = centres[start : start + batch, None, :] + offsets[None, :, :]
-        out[start : start + batch] = _paint(model, transform.to_model(grid.index_to_patient(ijk)))
+        out[start : start + batch] = _paint(
+            model, transform.to_model(grid.index_to_patient(ijk))
+        )
     return out
 
 
@@ -884,7 +978,10 @@ def concentration_table_bq_per_ml(
 ) -> FloatArray:
     """Activity concentration (Bq/mL) per voxelisation label at ``elapsed_h``."""
     kinetics = cycle_kinetics(model, cycle)
-    values = [kinetics[s.name].concentration_mbq_per_ml(elapsed_h) * 1e6 for s in model.structures]
+    values = [
+        kinetics[s.name].concentration_mbq_per_ml(elapsed_h) * 1e6
+        for s in model.structures
+    ]
     return np.array([0.0] + values, dtype=np.float64)
 
 
@@ -897,7 +994,11 @@ def render_ct(
     voxelisation: Voxelisation | None = None,
 ) -> Volume:
     """CT image (HU, float32) of the phantom on ``grid``."""
-    vox = voxelisation if voxelisation is not None else voxelise(model, grid, transform, supersampling)
+    vox = (
+        voxelisation
+        if voxelisation is not None
+        else voxelise(model, grid, transform, supersampling)
+    )
     return grid.volume(vox.render(hu_table(model)), "HU")
 
 
@@ -916,9 +1017,17 @@ def render_activity(
     ``cycle`` defaults to one reference-activity cycle without lesion change.
     """
     if cycle is None:
-        cycle = CycleSpec(1, model.reference_activity_mbq, datetime(2000, 1, 1), (elapsed_h,))
-    vox = voxelisation if voxelisation is not None else voxelise(model, grid, transform, supersampling)
-    return grid.volume(vox.render(concentration_table_bq_per_ml(model, cycle, elapsed_h)), "Bq/mL")
+        cycle = CycleSpec(
+            1, model.reference_activity_mbq, datetime(2000, 1, 1), (elapsed_h,)
+        )
+    vox = (
+        voxelisation
+        if voxelisation is not None
+        else voxelise(model, grid, transform, supersampling)
+    )
+    return grid.volume(
+        vox.render(concentration_table_bq_per_ml(model, cycle, elapsed_h)), "Bq/mL"
+    )
 
 
 @dataclass(frozen=True)
@@ -933,7 +1042,9 @@ class CountingStatistics:
     cps_per_mbq: float
     duration_s: float
 
-    def expected_counts_per_bq_per_ml(self, voxel_ml: float, decay_per_h: float) -> float:
+    def expected_counts_per_bq_per_ml(
+        self, voxel_ml: float, decay_per_h: float
+    ) -> float:
         """Counts per unit concentration (Bq/mL) in one voxel."""
         lam_t = decay_per_h * self.duration_s / 3600.0
         decay = (1.0 - math.exp(-lam_t)) / lam_t if lam_t > 0 else 1.0
@@ -946,25 +1057,35 @@ def spect_blur(volume: Volume, fwhm_mm: float) -> Volume:
         return volume
     sigma_mm = fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     sigma_vox = [sigma_mm / s for s in reversed(volume.spacing_mm)]
-    blurred = ndimage.gaussian_filter(volume.array.astype(np.float64), sigma_vox, mode="constant")
+    blurred = ndimage.gaussian_filter(
+        volume.array.astype(np.float64), sigma_vox, mode="constant"
+    )
     return volume.with_array(blurred.astype(np.float32))
 
 
 def expected_counts(
-    activity: Volume, statistics: CountingStatistics, radionuclide: Radionuclide = Radionuclide.LU177
+    activity: Volume,
+    statistics: CountingStatistics,
+    radionuclide: Radionuclide = Radionuclide.LU177,
 ) -> Volume:
     """Noise-free counts of an activity image (Bq/mL), per :class:`CountingStatistics`."""
     if activity.unit != "Bq/mL":
-        raise GeometryError(f"Expected an activity image in Bq/mL, got unit {activity.unit!r}.")
+        raise GeometryError(
+            f"Expected an activity image in Bq/mL, got unit {activity.unit!r}."
+        )
     per = statistics.expected_counts_per_bq_per_ml(
         activity.voxel_volume_ml, nuclear_data(radionuclide).decay_constant_per_h
     )
-    return activity.with_array((activity.array.astype(np.float64) * per).astype(np.float32), "counts")
+    return activity.with_array(
+        (activity.array.astype(np.float64) * per).astype(np.float32), "counts"
+    )
 
 
 def poisson_counts(expected: Volume, rng: np.random.Generator) -> Volume:
     """Poisson realisation of an expected-counts image (seeded by ``rng``)."""
-    return expected.with_array(rng.poisson(np.clip(expected.array, 0, None)).astype(np.float32))
+    return expected.with_array(
+        rng.poisson(np.clip(expected.array, 0, None)).astype(np.float32)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -994,7 +1115,10 @@ def ellipsoid_section(
         return None
     eigval, eigvec = np.linalg.eigh(q2 / rhs)
     semi = 1.0 / np.sqrt(eigval)
-    perimeter = math.pi * (3 * (semi[0] + semi[1]) - math.sqrt((3 * semi[0] + semi[1]) * (semi[0] + 3 * semi[1])))
+    perimeter = math.pi * (
+        3 * (semi[0] + semi[1])
+        - math.sqrt((3 * semi[0] + semi[1]) * (semi[0] + 3 * semi[1]))
+    )
     n = int(min(512, max(24, math.ceil(perimeter / max_edge_mm))))
     theta = 2.0 * math.pi / n
     scale = math.sqrt(theta / math.sin(theta))
@@ -1031,7 +1155,9 @@ def voi_contours(
 # --------------------------------------------------------------------------
 # Truth
 # --------------------------------------------------------------------------
-def analytic_truth(course: CourseSpec, time_points: Sequence[TimePoint]) -> dict[str, Any]:
+def analytic_truth(
+    course: CourseSpec, time_points: Sequence[TimePoint]
+) -> dict[str, Any]:
     """JSON-ready analytic truth of a course (no voxelised quantities).
 
     Schema (keys): ``radionuclide``, ``led_gy_per_h_per_mbq_per_ml``,
@@ -1074,7 +1200,9 @@ def _voi_truth(model: PhantomModel, voi: VoiSpec) -> dict[str, Any]:
     }
 
 
-def _cycle_truth(course: CourseSpec, cycle: CycleSpec, time_points: Sequence[TimePoint]) -> dict[str, Any]:
+def _cycle_truth(
+    course: CourseSpec, cycle: CycleSpec, time_points: Sequence[TimePoint]
+) -> dict[str, Any]:
     model = course.model
     kinetics = cycle_kinetics(model, cycle)
     reference = _stp_reference(course, cycle, time_points)
@@ -1102,7 +1230,9 @@ def _cycle_truth(course: CourseSpec, cycle: CycleSpec, time_points: Sequence[Tim
         "lesion_uptake_scale": cycle.lesion_uptake_scale,
         "lesion_lambda_scale": cycle.lesion_lambda_scale,
         "stp_reference": (
-            {"cycle": reference[0].number, "elapsed_h": reference[1]} if reference else None
+            {"cycle": reference[0].number, "elapsed_h": reference[1]}
+            if reference
+            else None
         ),
         "vois": vois,
     }
@@ -1140,13 +1270,16 @@ def _time_point_truth(course: CourseSpec, tp: TimePoint) -> dict[str, Any]:
     }
 
 
-def with_lesion_lambda_change(course: CourseSpec, cycle_number: int, scale: float) -> CourseSpec:
+def with_lesion_lambda_change(
+    course: CourseSpec, cycle_number: int, scale: float
+) -> CourseSpec:
     """A copy of ``course`` whose lesions clear faster/slower in one cycle.
 
     Useful to show where the single-time-point formula departs from truth.
     """
     cycles = tuple(
-        replace(c, lesion_lambda_scale=scale) if c.number == cycle_number else c for c in course.cycles
+        replace(c, lesion_lambda_scale=scale) if c.number == cycle_number else c
+        for c in course.cycles
     )
     return replace(course, cycles=cycles)
 
@@ -1172,6 +1305,7 @@ __all__ = [
     "cycle_kinetics",
     "default_course",
     "default_model",
+    "ellipsoid_section",
     "expected_counts",
     "hu_table",
     "mean_dose_gy",
@@ -1182,8 +1316,7 @@ __all__ = [
     "spect_blur",
     "stp_formula_dose_gy",
     "validate_model",
-    "voxelise",
     "voi_contours",
-    "ellipsoid_section",
+    "voxelise",
     "with_lesion_lambda_change",
 ]

@@ -71,7 +71,9 @@ def test_slices_are_sorted_and_rescaled_to_hu() -> None:
     np.testing.assert_array_equal(volume.array, stored * 2.0 - 1000.0)
     assert volume.spacing_mm == pytest.approx((0.8, 0.6, 2.5))
     assert volume.origin_mm == pytest.approx((-10.0, 20.0, 100.0))
-    assert volume.metadata["sop_instance_uids"] == tuple(s.SOPInstanceUID for s in slices)
+    assert volume.metadata["sop_instance_uids"] == tuple(
+        s.SOPInstanceUID for s in slices
+    )
     assert volume.metadata["frame_of_reference_uid"] == FRAME
 
 
@@ -79,7 +81,9 @@ def test_orientation_comes_from_iop_and_slices_follow_the_normal() -> None:
     # Rows run along -x, columns along +y: normal = row × col = (0, 0, -1).
     orientation = (-1, 0, 0, 0, 1, 0)
     pixels = np.arange(12).reshape(3, 4)
-    slices = [ct_slice(k, (0.0, 0.0, -2.0 * k), pixels + k, orientation) for k in range(4)]
+    slices = [
+        ct_slice(k, (0.0, 0.0, -2.0 * k), pixels + k, orientation) for k in range(4)
+    ]
     volume = read_ct_series(list(reversed(slices)))
     np.testing.assert_allclose(volume.direction_matrix[:, 0], (-1, 0, 0))
     np.testing.assert_allclose(volume.direction_matrix[:, 2], (0, 0, -1))

@@ -45,7 +45,11 @@ def radiopharmaceutical(dose: str, with_datetime: bool = True) -> Sequence:
         item.RadiopharmaceuticalStartDateTime = INJECTED.strftime("%Y%m%d%H%M%S")
     item.RadionuclideTotalDose = dose
     code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "447553000", "SCT", "^177^Lutetium"
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (
+        "447553000",
+        "SCT",
+        "^177^Lutetium",
+    )
     item.RadionuclideCodeSequence = Sequence([code])
     return Sequence([item])
 
@@ -82,7 +86,9 @@ def nm_dataset(
     rotation.ActualFrameDuration = 15000
     rotation.NumberOfFramesInRotation = 64
     ds.RotationInformationSequence = Sequence([rotation])  # 960 s in total
-    ds.RadiopharmaceuticalInformationSequence = radiopharmaceutical("7400", with_datetime)
+    ds.RadiopharmaceuticalInformationSequence = radiopharmaceutical(
+        "7400", with_datetime
+    )
     ds.Rows, ds.Columns = ny, nx
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -100,7 +106,11 @@ def nm_dataset(
         mapping.LUTExplanation = "Bq/mL"
         mapping.LUTLabel = "BQML"
         unit = Dataset()
-        unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "Bq/mL", "UCUM", "Bq/mL"
+        unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = (
+            "Bq/mL",
+            "UCUM",
+            "Bq/mL",
+        )
         mapping.MeasurementUnitsCodeSequence = Sequence([unit])
         ds.RealWorldValueMappingSequence = Sequence([mapping])
     return round_trip(ds)
@@ -118,7 +128,9 @@ def test_real_world_value_mapping_gives_bq_per_ml_and_geometry() -> None:
     assert spect.volume.unit == "Bq/mL"
     assert spect.volume.spacing_mm == (3.0, 4.0, 4.5)
     assert spect.volume.origin_mm == (-10.0, 20.0, -30.0)
-    np.testing.assert_allclose(spect.volume.index_to_patient([1, 1, 2]), (-7.0, 24.0, -21.0))
+    np.testing.assert_allclose(
+        spect.volume.index_to_patient([1, 1, 2]), (-7.0, 24.0, -21.0)
+    )
     assert spect.acquisition_start == ACQUIRED
     assert spect.injection_datetime == INJECTED
     assert spect.elapsed_h == pytest.approx(25.0)
@@ -130,7 +142,9 @@ def test_real_world_value_mapping_gives_bq_per_ml_and_geometry() -> None:
 def test_counts_are_calibrated_with_decay_during_acquisition() -> None:
     stored = np.full((2, 2, 2), 1234, dtype=np.uint16)
     ds = nm_dataset(stored, rwv_slope=None)
-    plain = read_spect(ds, CountsCalibration(12.5, correct_decay_during_acquisition=False))
+    plain = read_spect(
+        ds, CountsCalibration(12.5, correct_decay_during_acquisition=False)
+    )
     voxel_ml = 3 * 4 * 4.5 / 1000
     expected = 1234 / (12.5 * 960.0) * 1e6 / voxel_ml
     np.testing.assert_allclose(plain.volume.array, expected, rtol=1e-6)
@@ -162,7 +176,9 @@ def test_slice_vector_orders_the_frames() -> None:
 
 def test_projections_are_refused() -> None:
     with pytest.raises(UnsupportedObjectError, match="RECON TOMO"):
-        read_spect(nm_dataset(frames(), image_type=("ORIGINAL", "PRIMARY", "TOMO", "EMISSION")))
+        read_spect(
+            nm_dataset(frames(), image_type=("ORIGINAL", "PRIMARY", "TOMO", "EMISSION"))
+        )
 
 
 def test_missing_detector_geometry_is_reported() -> None:
@@ -179,7 +195,9 @@ def test_injection_time_without_date_is_left_to_the_caller() -> None:
     assert spect.elapsed_h is None
 
 
-def pt_series(values: np.ndarray, correction: str = "START", units: str = "BQML") -> list[Dataset]:
+def pt_series(
+    values: np.ndarray, correction: str = "START", units: str = "BQML"
+) -> list[Dataset]:
     out = []
     nz = values.shape[0]
     for k in range(nz):
@@ -208,7 +226,11 @@ def pt_series(values: np.ndarray, correction: str = "START", units: str = "BQML"
         slope = float(values[nz - 1 - k].max()) / 30000 or 1.0
         ds.RescaleSlope = format_ds(slope)
         ds.RescaleIntercept = "0"
-        ds.PixelData = np.rint(values[nz - 1 - k] / float(ds.RescaleSlope)).astype(np.int16).tobytes()
+        ds.PixelData = (
+            np.rint(values[nz - 1 - k] / float(ds.RescaleSlope))
+            .astype(np.int16)
+            .tobytes()
+        )
         out.append(round_trip(ds))
     return out
 
@@ -218,7 +240,9 @@ def test_pt_bqml_series_is_read_per_slice() -> None:
     spect = read_spect(pt_series(values))
     assert spect.encoding is SpectEncoding.PT_BQML
     quantum = float(values.max()) / 30000  # one stored step
-    np.testing.assert_allclose(spect.volume.array, values, atol=quantum / 2 + 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(
+        spect.volume.array, values, atol=quantum / 2 + 1e-3, rtol=1e-6
+    )
     assert spect.volume.spacing_mm == (4.0, 4.0, 5.0)
     assert spect.injected_activity_mbq == pytest.approx(7400.0)  # PT doses are in Bq
     assert spect.acquisition_duration_s == pytest.approx(900.0)
@@ -227,7 +251,9 @@ def test_pt_bqml_series_is_read_per_slice() -> None:
 def test_pt_admin_decay_correction_is_undone() -> None:
     values = np.full((2, 3, 3), 2e5)
     spect = read_spect(pt_series(values, correction="ADMIN"))
-    np.testing.assert_allclose(spect.volume.array, 2e5 * math.exp(-LAMBDA_PER_H * 25.0), rtol=1e-4)
+    np.testing.assert_allclose(
+        spect.volume.array, 2e5 * math.exp(-LAMBDA_PER_H * 25.0), rtol=1e-4
+    )
     assert spect.notes
 
 

@@ -35,8 +35,16 @@ from dosimetry.radionuclides import nuclear_data
 from tests.peers import require_tool
 
 ROI_NAMES = [
-    "Liver", "Kidney_L", "Kidney_R", "Spleen", "BoneMarrow_L2-L4",
-    "Lesion_01", "Lesion_02", "Lesion_03", "Lesion_04", "Lesion_05",
+    "Liver",
+    "Kidney_L",
+    "Kidney_R",
+    "Spleen",
+    "BoneMarrow_L2-L4",
+    "Lesion_01",
+    "Lesion_02",
+    "Lesion_03",
+    "Lesion_04",
+    "Lesion_05",
 ]
 TINY = PhantomGrids(
     ImageGrid.centred((48, 40, 20), (8.0, 8.0, 8.0)),
@@ -65,7 +73,9 @@ def read_nm(tp: TimePointFiles, calibration: CountsCalibration | None = None):
     return read_spect([pydicom.dcmread(p) for p in tp.spect_files], calibration)
 
 
-def test_one_study_per_time_point_sharing_a_frame_of_reference(course: CourseManifest) -> None:
+def test_one_study_per_time_point_sharing_a_frame_of_reference(
+    course: CourseManifest,
+) -> None:
     labels = [tp.time_point.label for tp in course.time_points]
     assert labels == ["c1_t4h", "c1_t24h", "c1_t72h", "c1_t192h", "c3_t26h"]
     studies = set()
@@ -73,11 +83,17 @@ def test_one_study_per_time_point_sharing_a_frame_of_reference(course: CourseMan
         ct = pydicom.dcmread(tp.ct_files[0])
         nm = pydicom.dcmread(tp.spect_files[0])
         assert ct.StudyInstanceUID == nm.StudyInstanceUID == tp.study_instance_uid
-        assert ct.FrameOfReferenceUID == nm.FrameOfReferenceUID == tp.frame_of_reference_uid
+        assert (
+            ct.FrameOfReferenceUID
+            == nm.FrameOfReferenceUID
+            == tp.frame_of_reference_uid
+        )
         assert ct.PatientID == nm.PatientID == course.patient_id
         studies.add(tp.study_instance_uid)
     assert len(studies) == len(course.time_points)
-    with_rtstruct = [tp.time_point.label for tp in course.time_points if tp.rtstruct_file]
+    with_rtstruct = [
+        tp.time_point.label for tp in course.time_points if tp.rtstruct_file
+    ]
     assert with_rtstruct == ["c1_t4h", "c3_t26h"]
 
 
@@ -106,7 +122,9 @@ def test_spect_reads_back_as_rendered_with_its_timing(course: CourseManifest) ->
     assert spect.elapsed_h == pytest.approx(72.0)
     assert spect.injected_activity_mbq == pytest.approx(cycle.injected_activity_mbq)
     assert spect.injection_datetime == cycle.injection_datetime
-    assert spect.acquisition_duration_s == pytest.approx(course.spec.counting.duration_s)
+    assert spect.acquisition_duration_s == pytest.approx(
+        course.spec.counting.duration_s
+    )
 
 
 def test_contours_rasterise_to_the_analytic_voxels(course: CourseManifest) -> None:
@@ -138,7 +156,9 @@ def test_liver_contours_have_holes_and_two_lobes(course: CourseManifest) -> None
     assert max(by_plane.values()) >= 3  # two lobes and a lesion hole on one plane
 
 
-def test_spect_concentration_inside_an_organ_is_the_truth(course: CourseManifest) -> None:
+def test_spect_concentration_inside_an_organ_is_the_truth(
+    course: CourseManifest,
+) -> None:
     tp = course.time_point("c1_t4h")
     spect = read_nm(tp)
     rois = {r.name: r for r in read_rois(pydicom.dcmread(tp.rtstruct_file))}
@@ -160,11 +180,15 @@ def test_truth_json_matches_the_model(course: CourseManifest) -> None:
     for cycle in truth["cycles"]:
         for name, entry in cycle["vois"].items():
             rho = truth["vois"][name]["density_g_per_ml"]
-            expected = lu.led_gy_per_h_per_mbq_per_ml * entry["c0_mbq_per_ml"] / (
-                rho * entry["lambda_eff_per_h"]
+            expected = (
+                lu.led_gy_per_h_per_mbq_per_ml
+                * entry["c0_mbq_per_ml"]
+                / (rho * entry["lambda_eff_per_h"])
             )
             assert entry["mean_dose_gy"] == pytest.approx(expected, rel=1e-12)
-            assert truth["vois"][name]["volume_ml"] == pytest.approx(model.voi_volume_ml(name))
+            assert truth["vois"][name]["volume_ml"] == pytest.approx(
+                model.voi_volume_ml(name)
+            )
     c3 = next(c for c in truth["cycles"] if c["number"] == 3)
     assert c3["stp_reference"] == {"cycle": 2, "elapsed_h": 24.0}
     assert c3["vois"]["Kidney_L"]["stp_formula_dose_gy"] == pytest.approx(
@@ -173,26 +197,44 @@ def test_truth_json_matches_the_model(course: CourseManifest) -> None:
     written = {tp["label"]: tp for tp in truth["time_points"]}
     for tp in course.time_points:
         entry = written[tp.time_point.label]
-        assert entry["transform"]["rotation_deg"] == list(tp.time_point.transform.rotation_deg)
+        assert entry["transform"]["rotation_deg"] == list(
+            tp.time_point.transform.rotation_deg
+        )
         assert entry["frame_of_reference_uid"] == tp.frame_of_reference_uid
         assert (course.out_dir / entry["files"]["spect"][0]) == tp.spect_files[0]
         vol = entry["ct_voxelised_volume_ml"]["Spleen"]["partial_volume"]
         assert vol == pytest.approx(model.voi_volume_ml("Spleen"), rel=0.01)
 
 
-def test_same_seed_gives_identical_objects(course: CourseManifest, tmp_path: Path) -> None:
-    again = write_course(tmp_path, CourseWriteSpec(cycles=(3,), write_rtstruct=False), seed=5)
+def test_same_seed_gives_identical_objects(
+    course: CourseManifest, tmp_path: Path
+) -> None:
+    again = write_course(
+        tmp_path, CourseWriteSpec(cycles=(3,), write_rtstruct=False), seed=5
+    )
     original = course.time_point("c3_t26h")
-    assert again.time_points[0].spect_files[0].read_bytes() == original.spect_files[0].read_bytes()
-    assert again.time_points[0].ct_files[7].read_bytes() == original.ct_files[7].read_bytes()
-    other = write_course(tmp_path / "other", CourseWriteSpec(cycles=(3,), grids=TINY), seed=6)
+    assert (
+        again.time_points[0].spect_files[0].read_bytes()
+        == original.spect_files[0].read_bytes()
+    )
+    assert (
+        again.time_points[0].ct_files[7].read_bytes()
+        == original.ct_files[7].read_bytes()
+    )
+    other = write_course(
+        tmp_path / "other", CourseWriteSpec(cycles=(3,), grids=TINY), seed=6
+    )
     assert other.time_points[0].study_instance_uid != original.study_instance_uid
 
 
 def test_counts_variant_reads_back_with_the_stated_calibration(tmp_path: Path) -> None:
     counting = CountingStatistics(cps_per_mbq=8.0, duration_s=900.0)
     spec = CourseWriteSpec(
-        grids=TINY, spect_storage=SpectStorage.NM_COUNTS, counting=counting, cycles=(4,), views=45
+        grids=TINY,
+        spect_storage=SpectStorage.NM_COUNTS,
+        counting=counting,
+        cycles=(4,),
+        views=45,
     )
     manifest = write_course(tmp_path, spec, seed=2)
     tp = manifest.time_points[0]
@@ -206,12 +248,17 @@ def test_counts_variant_reads_back_with_the_stated_calibration(tmp_path: Path) -
     per_count = 1e6 / (8.0 * 900.0) / TINY.spect.voxel_volume_ml
     lam_t = nuclear_data("Lu-177").decay_constant_per_h * 900.0 / 3600.0
     per_count *= lam_t / (1 - math.exp(-lam_t))
-    np.testing.assert_allclose(spect.volume.array, expected.array, atol=0.5 * per_count + 1e-3)
+    np.testing.assert_allclose(
+        spect.volume.array, expected.array, atol=0.5 * per_count + 1e-3
+    )
 
 
 def test_pt_variant_with_noise_reads_back(tmp_path: Path) -> None:
     spec = CourseWriteSpec(
-        grids=TINY, spect_storage=SpectStorage.PT_BQML, cycles=(4,), poisson_noise=True,
+        grids=TINY,
+        spect_storage=SpectStorage.PT_BQML,
+        cycles=(4,),
+        poisson_noise=True,
         spect_fwhm_mm=15.0,
     )
     manifest = write_course(tmp_path, spec, seed=4)
@@ -221,12 +268,17 @@ def test_pt_variant_with_noise_reads_back(tmp_path: Path) -> None:
     assert spect.elapsed_h == pytest.approx(24.0)
     assert spect.injected_activity_mbq == pytest.approx(7400.0)
     course = default_course()
-    clean = render_activity(course.model, TINY.spect, 24.0, tp.time_point.transform, cycle=course.cycle(4))
+    clean = render_activity(
+        course.model, TINY.spect, 24.0, tp.time_point.transform, cycle=course.cycle(4)
+    )
     total_clean = float(clean.array.sum())
     assert float(spect.volume.array.sum()) == pytest.approx(total_clean, rel=0.02)
     assert not np.allclose(spect.volume.array, clean.array, rtol=0.01)
     again = write_course(tmp_path / "again", spec, seed=4)
-    assert again.time_points[0].spect_files[3].read_bytes() == tp.spect_files[3].read_bytes()
+    assert (
+        again.time_points[0].spect_files[3].read_bytes()
+        == tp.spect_files[3].read_bytes()
+    )
 
 
 @pytest.mark.peer
@@ -238,13 +290,22 @@ def test_every_object_passes_dciodvfy(course: CourseManifest, tmp_path: Path) ->
         seed=1,
     ).time_points[0]
     pt = write_course(
-        tmp_path / "pt", CourseWriteSpec(grids=TINY, spect_storage=SpectStorage.PT_BQML, cycles=(4,)),
+        tmp_path / "pt",
+        CourseWriteSpec(grids=TINY, spect_storage=SpectStorage.PT_BQML, cycles=(4,)),
         seed=1,
     ).time_points[0]
     first = course.time_point("c1_t4h")
-    files = [first.ct_files[0], first.spect_files[0], first.rtstruct_file, counts.spect_files[0], pt.spect_files[0]]
+    files = [
+        first.ct_files[0],
+        first.spect_files[0],
+        first.rtstruct_file,
+        counts.spect_files[0],
+        pt.spect_files[0],
+    ]
     for path in files:
-        result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [dciodvfy, str(path)], capture_output=True, text=True, check=False
+        )
         report = result.stdout + result.stderr
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, (path.name, errors)

@@ -9,11 +9,17 @@ from datetime import datetime
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from dicomio.errors import UnsupportedObjectError
-from dicomio.rtstruct import RoiContours, RoiDefinition, build_rtstruct, read_rois, roi_mask
+from dicomio.rtstruct import (
+    RoiContours,
+    RoiDefinition,
+    build_rtstruct,
+    read_rois,
+    roi_mask,
+)
 from dicomio.valuerep import format_ds
 from dosimetry.volume import Volume
 
@@ -25,20 +31,31 @@ def circle(cx: float, cy: float, z: float, r: float, n: int = 96) -> np.ndarray:
     theta = 2 * math.pi / n
     scale = math.sqrt(theta / math.sin(theta))
     a = np.arange(n) * theta
-    return np.column_stack([cx + r * scale * np.cos(a), cy + r * scale * np.sin(a), np.full(n, z)])
+    return np.column_stack(
+        [cx + r * scale * np.cos(a), cy + r * scale * np.sin(a), np.full(n, z)]
+    )
 
 
 def square(cx: float, cy: float, z: float, half: float) -> np.ndarray:
     return np.array(
-        [[cx - half, cy - half, z], [cx + half, cy - half, z], [cx + half, cy + half, z], [cx - half, cy + half, z]]
+        [
+            [cx - half, cy - half, z],
+            [cx + half, cy - half, z],
+            [cx + half, cy + half, z],
+            [cx - half, cy + half, z],
+        ]
     )
 
 
-def sphere_roi(radius: float = 30.0, centre=(1.0, 2.0, 3.0), spacing: float = 2.0) -> RoiContours:
+def sphere_roi(
+    radius: float = 30.0, centre=(1.0, 2.0, 3.0), spacing: float = 2.0
+) -> RoiContours:
     cx, cy, cz = centre
     planes = np.arange(cz - radius + spacing / 2, cz + radius, spacing)
     contours = tuple(
-        circle(cx, cy, z, math.sqrt(radius**2 - (z - cz) ** 2)) for z in planes if abs(z - cz) < radius
+        circle(cx, cy, z, math.sqrt(radius**2 - (z - cz) ** 2))
+        for z in planes
+        if abs(z - cz) < radius
     )
     return RoiContours(1, "Sphere", FRAME, "GTV", contours)
 
@@ -61,7 +78,9 @@ def test_sphere_on_a_coarser_offset_spect_grid() -> None:
     spect = grid((20, 20, 20), (4.8, 4.8, 4.8), (-44.3, -43.1, -42.7))
     mask = roi_mask(roi, spect)
     expected_ml = 4 / 3 * math.pi * 30.0**3 / 1000
-    assert mask.array.sum() * spect.voxel_volume_ml == pytest.approx(expected_ml, rel=0.04)
+    assert mask.array.sum() * spect.voxel_volume_ml == pytest.approx(
+        expected_ml, rel=0.04
+    )
 
 
 def test_sphere_on_a_rotated_grid() -> None:
@@ -70,13 +89,19 @@ def test_sphere_on_a_rotated_grid() -> None:
     target = grid((30, 40, 40), (2.5, 2.5, 2.5), (0.0, -50.0, -35.0), rotated)
     mask = roi_mask(sphere_roi(), target)
     expected_ml = 4 / 3 * math.pi * 30.0**3 / 1000
-    assert mask.array.sum() * target.voxel_volume_ml == pytest.approx(expected_ml, rel=0.04)
+    assert mask.array.sum() * target.voxel_volume_ml == pytest.approx(
+        expected_ml, rel=0.04
+    )
     centre_index = np.rint(target.patient_to_index([1.0, 2.0, 3.0])).astype(int)
     assert mask.array[centre_index[2], centre_index[1], centre_index[0]]
 
 
 def test_inner_contour_is_a_hole() -> None:
-    contours = tuple(c for z in (0.0, 2.0, 4.0) for c in (square(0, 0, z, 20), square(0, 0, z, 10)[::-1]))
+    contours = tuple(
+        c
+        for z in (0.0, 2.0, 4.0)
+        for c in (square(0, 0, z, 20), square(0, 0, z, 10)[::-1])
+    )
     roi = RoiContours(1, "Ring", FRAME, "ORGAN", contours)
     target = grid((3, 60, 60), (1.0, 1.0, 2.0), (-29.5, -29.5, 0.0))
     mask = roi_mask(roi, target).array
@@ -95,7 +120,9 @@ def test_two_islands_on_one_plane() -> None:
 
 
 def test_boundary_slices_extend_half_the_contour_spacing() -> None:
-    contours = tuple(square(0, 0, z, 5) for z in np.arange(0.0, 9.0, 2.0))  # planes 0..8
+    contours = tuple(
+        square(0, 0, z, 5) for z in np.arange(0.0, 9.0, 2.0)
+    )  # planes 0..8
     roi = RoiContours(1, "Box", FRAME, "ORGAN", contours)
     target = grid((29, 12, 12), (1.0, 1.0, 0.5), (-5.5, -5.5, -3.0))  # z = -3 .. 11
     mask = roi_mask(roi, target).array
@@ -115,7 +142,9 @@ def test_gaps_between_contour_planes_stay_empty() -> None:
 
 def test_empty_roi_gives_an_empty_mask() -> None:
     roi = RoiContours(3, "Empty", FRAME, "ORGAN", ())
-    assert not roi_mask(roi, grid((2, 3, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))).array.any()
+    assert not roi_mask(
+        roi, grid((2, 3, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    ).array.any()
 
 
 def ct_stack(n: int = 10, dz: float = 2.0) -> list[Dataset]:
@@ -137,10 +166,17 @@ def ct_stack(n: int = 10, dz: float = 2.0) -> list[Dataset]:
 
 def test_written_structure_set_reads_back() -> None:
     cts = ct_stack()
-    liver = tuple(c for z in (2.0, 4.0, 6.0) for c in (square(0, 0, z, 20), square(3, 3, z, 4)[::-1]))
+    liver = tuple(
+        c
+        for z in (2.0, 4.0, 6.0)
+        for c in (square(0, 0, z, 20), square(3, 3, z, 4)[::-1])
+    )
     lesion = (circle(3, 3, 4.0, 4.0),)
     ds = build_rtstruct(
-        [RoiDefinition("Liver", "ORGAN", liver, (200, 100, 0)), RoiDefinition("Lesion_01", "GTV", lesion)],
+        [
+            RoiDefinition("Liver", "ORGAN", liver, (200, 100, 0)),
+            RoiDefinition("Lesion_01", "GTV", lesion),
+        ],
         cts,
         sop_instance_uid=generate_uid(entropy_srcs=["rt-sop"]),
         series_instance_uid=generate_uid(entropy_srcs=["rt-series-out"]),

@@ -55,9 +55,17 @@ def test_mean_dose_is_led_formula_with_icrp_factor(model: PhantomModel) -> None:
     cycle = course.cycle(1)
     for voi in model.vois:
         k = cycle_kinetics(model, cycle)[voi.structures[0]]
-        rho = float(SCHNEIDER_2000.density(np.array([model.voi_structure(voi.name).hu]))[0])
-        expected = LU.led_gy_per_h_per_mbq_per_ml * k.c0_mbq_per_ml / (rho * k.lambda_eff_per_h)
-        assert mean_dose_gy(model, voi.name, cycle) == pytest.approx(expected, rel=1e-12)
+        rho = float(
+            SCHNEIDER_2000.density(np.array([model.voi_structure(voi.name).hu]))[0]
+        )
+        expected = (
+            LU.led_gy_per_h_per_mbq_per_ml
+            * k.c0_mbq_per_ml
+            / (rho * k.lambda_eff_per_h)
+        )
+        assert mean_dose_gy(model, voi.name, cycle) == pytest.approx(
+            expected, rel=1e-12
+        )
 
 
 def test_default_doses_have_paper_magnitudes(model: PhantomModel) -> None:
@@ -71,24 +79,31 @@ def test_default_doses_have_paper_magnitudes(model: PhantomModel) -> None:
 
 
 def test_lesion_sizes_cover_the_exclusion_threshold(model: PhantomModel) -> None:
-    volumes = [model.voi_volume_ml(v.name) for v in model.vois if v.kind is VoiKind.LESION]
+    volumes = [
+        model.voi_volume_ml(v.name) for v in model.vois if v.kind is VoiKind.LESION
+    ]
     assert any(v < 2 for v in volumes)
     assert any(2 <= v < 4 for v in volumes)
     assert any(v >= 4 for v in volumes)
 
 
 def test_healthy_liver_excludes_liver_lesions(model: PhantomModel) -> None:
-    lobes = model.structure("Liver_right_lobe").shape.volume_ml + model.structure(
-        "Liver_left_lobe"
-    ).shape.volume_ml
+    lobes = (
+        model.structure("Liver_right_lobe").shape.volume_ml
+        + model.structure("Liver_left_lobe").shape.volume_ml
+    )
     lesions = model.voi_volume_ml("Lesion_01") + model.voi_volume_ml("Lesion_02")
     assert model.voi_volume_ml("Liver") == pytest.approx(lobes - lesions)
 
 
-def test_dose_scales_with_activity_and_is_halved_by_doubling_lambda(model: PhantomModel) -> None:
+def test_dose_scales_with_activity_and_is_halved_by_doubling_lambda(
+    model: PhantomModel,
+) -> None:
     c1 = CycleSpec(1, 7400.0, datetime(2024, 1, 1), (24.0,))
     c2 = CycleSpec(1, 3700.0, datetime(2024, 1, 1), (24.0,), lesion_lambda_scale=2.0)
-    assert mean_dose_gy(model, "Kidney_L", c2) == pytest.approx(mean_dose_gy(model, "Kidney_L", c1) / 2)
+    assert mean_dose_gy(model, "Kidney_L", c2) == pytest.approx(
+        mean_dose_gy(model, "Kidney_L", c1) / 2
+    )
     lam = cycle_kinetics(model, c1)["Lesion_01"].lambda_eff_per_h
     if 2 * lam >= LU.decay_constant_per_h:
         assert mean_dose_gy(model, "Lesion_01", c2) == pytest.approx(
@@ -97,7 +112,9 @@ def test_dose_scales_with_activity_and_is_halved_by_doubling_lambda(model: Phant
 
 
 def test_lambda_eff_is_floored_at_physical_decay(model: PhantomModel) -> None:
-    cycle = CycleSpec(1, 7400.0, datetime(2024, 1, 1), (24.0,), lesion_lambda_scale=0.01)
+    cycle = CycleSpec(
+        1, 7400.0, datetime(2024, 1, 1), (24.0,), lesion_lambda_scale=0.01
+    )
     k = cycle_kinetics(model, cycle)["Lesion_01"]
     assert k.lambda_eff_per_h == pytest.approx(LU.decay_constant_per_h)
 
@@ -127,7 +144,9 @@ def test_overlapping_structures_are_rejected() -> None:
     from dosimetry.phantom import validate_model
 
     with pytest.raises(PhantomError, match="overlap"):
-        validate_model(PhantomModel((body, a, b), (VoiSpec("A", VoiKind.ORGAN, ("A",)),)))
+        validate_model(
+            PhantomModel((body, a, b), (VoiSpec("A", VoiKind.ORGAN, ("A",)),))
+        )
     outside = Structure("C", Ellipsoid((95, 0, 0), (20, 20, 20)), 40.0, k, "Body")
     with pytest.raises(PhantomError, match="not fully inside"):
         validate_model(PhantomModel((body, outside), ()))
@@ -136,13 +155,20 @@ def test_overlapping_structures_are_rejected() -> None:
 def test_voxelised_volumes_match_analytic(model: PhantomModel) -> None:
     vox = voxelise(model, SMALL_CT, RigidTransform((1.0, -1.5, 2.0), (3.0, -2.0, 1.5)))
     for voi in model.vois:
-        fraction_ml = float(vox.fraction(model.voi_labels(voi.name)).sum()) * SMALL_CT.voxel_volume_ml
-        assert fraction_ml == pytest.approx(model.voi_volume_ml(voi.name), rel=0.03), voi.name
+        fraction_ml = (
+            float(vox.fraction(model.voi_labels(voi.name)).sum())
+            * SMALL_CT.voxel_volume_ml
+        )
+        assert fraction_ml == pytest.approx(model.voi_volume_ml(voi.name), rel=0.03), (
+            voi.name
+        )
 
 
 def test_partial_volume_is_the_voxel_average() -> None:
     k = Kinetics(1.0, 0.01)
-    body = Structure("Body", Ellipsoid((0, 0, 0), (500, 500, 500)), 0.0, Kinetics(0.0, 0.01))
+    body = Structure(
+        "Body", Ellipsoid((0, 0, 0), (500, 500, 500)), 0.0, Kinetics(0.0, 0.01)
+    )
     sphere = Structure("S", Ellipsoid((0, 0, 0), (6.0, 6.0, 6.0)), 100.0, k, "Body")
     model = PhantomModel((body, sphere), (VoiSpec("S", VoiKind.ORGAN, ("S",)),))
     grid = ImageGrid.centred((9, 9, 9), (4.0, 4.0, 4.0))
@@ -197,7 +223,8 @@ def test_section_polygon_has_the_ellipse_area() -> None:
 def test_liver_contours_carry_lesion_holes(model: PhantomModel) -> None:
     contours = voi_contours(model, "Liver", RigidTransform(), 25.0)
     areas = [
-        0.5 * float(np.sum(c[:, 0] * np.roll(c[:, 1], -1) - np.roll(c[:, 0], -1) * c[:, 1]))
+        0.5
+        * float(np.sum(c[:, 0] * np.roll(c[:, 1], -1) - np.roll(c[:, 0], -1) * c[:, 1]))
         for c in contours
     ]
     assert sum(a > 0 for a in areas) == 2  # two lobes on this plane
@@ -214,8 +241,10 @@ def test_truth_is_consistent_with_the_model(model: PhantomModel) -> None:
     assert points == course_time_points(course, seed=7)
     c3 = truth["cycles"][2]
     assert not c3["multi_time_point"]
-    for name, entry in c3["vois"].items():
-        assert entry["stp_formula_dose_gy"] == pytest.approx(entry["mean_dose_gy"], rel=1e-9)
+    for entry in c3["vois"].values():
+        assert entry["stp_formula_dose_gy"] == pytest.approx(
+            entry["mean_dose_gy"], rel=1e-9
+        )
     tp = truth["time_points"][1]
     k = truth["cycles"][0]["vois"]["Kidney_L"]
     assert tp["concentration_mbq_per_ml"]["Kidney_L"] == pytest.approx(
