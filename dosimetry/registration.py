@@ -233,6 +233,24 @@ class RigidRegistration:
         transform.SetParameters(self.parameters)
         return transform
 
+    def inverse(self) -> RigidRegistration:
+        """The registration of the reference onto the moving CT (moving → reference points).
+
+        With ``x' = R (x − c) + c + t`` the inverse is ``x = Rᵀ (x' − c') + c' − t``
+        with centre ``c' = c + t``.
+        """
+        rotation = np.asarray(self.transform().GetMatrix()).reshape(3, 3)
+        center = np.asarray(self.center_mm) + np.asarray(self.translation_mm)
+        inverse = sitk.Euler3DTransform()
+        inverse.SetCenter(tuple(float(v) for v in center))
+        inverse.SetMatrix(tuple(float(v) for v in rotation.T.ravel()))
+        inverse.SetTranslation(tuple(-float(v) for v in self.translation_mm))
+        return replace(
+            self,
+            parameters=tuple(float(p) for p in inverse.GetParameters()),  # type: ignore[arg-type]
+            center_mm=tuple(float(v) for v in center),  # type: ignore[arg-type]
+        )
+
     def map_point_mm(self, point_mm: Vector3) -> Vector3:
         """Where the reference point ``point_mm`` lies in moving space."""
         x, y, z = self.transform().TransformPoint(tuple(float(v) for v in point_mm))
