@@ -265,7 +265,7 @@ def course_source_context(cycles: Sequence[SourceContext]) -> SourceContext:
     if not cycles:
         raise DicomInputError("A course needs at least one cycle's source context.")
     first = cycles[0]
-    others = [c for c in cycles[1:]]
+    others = list(cycles[1:])
     patients = {c.patient_key for c in cycles}
     if len(patients) != 1:
         raise DicomInputError(

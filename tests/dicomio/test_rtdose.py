@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import subprocess
@@ -20,7 +21,11 @@ if not hasattr(pydicom.dicomio, "read_file"):
 
 from dicompylercore import dicomparser, dvh, dvhcalc
 
-from dicomio.errors import DicomInputError, UnsupportedObjectError
+from dicomio.errors import (
+    DicomInputError,
+    MissingAttributeError,
+    UnsupportedObjectError,
+)
 from dicomio.part10 import decode, encode
 from dicomio.rtdose import (
     DOSE_SUMMATION_TYPE,
@@ -30,6 +35,7 @@ from dicomio.rtdose import (
     read_rt_dose,
     write_rt_dose,
 )
+from dicomio.source import course_source_context, source_context_from_datasets
 from dicomio.uids import ResultKind
 from dosimetry.roi import cumulative_dvh
 from dosimetry.volume import Volume, resample
@@ -41,7 +47,9 @@ from tests.dicomio.result_records import (
     cycle_result,
     dose_map,
     identity,
+    reference_ct,
     source_for_cycle,
+    structure_set,
 )
 from tests.peers import require_tool
 
@@ -249,3 +257,29 @@ def test_dciodvfy_finds_no_error(tmp_path: Path, kind: ResultKind) -> None:
     warnings = [line for line in report.splitlines() if line.startswith("Warning")]
     explained = ("PLAN_OVERVIEW", "not present in standard DICOM IOD")
     assert all(any(e in w for e in explained) for w in warnings), warnings
+
+
+def test_source_context_refuses_inconsistent_inputs() -> None:
+    ct = reference_ct(3, key="s1")
+    other_frame = structure_set(
+        reference_ct(3, key="s2"), dose_map(), {"liver": LIVER_BOX}, "s2"
+    )
+    with pytest.raises(DicomInputError, match="frame"):
+        source_context_from_datasets(ct, structure_set=other_frame)
+    del ct[0].PatientID
+    with pytest.raises(MissingAttributeError, match="PatientID"):
+        source_context_from_datasets(ct)
+
+
+def test_course_source_keeps_first_cycle_identity_and_all_inputs() -> None:
+    first, _ = source_for_cycle(key="c1")
+    second, _ = source_for_cycle(key="c2")
+    course = course_source_context([first, second])
+    assert course.study_instance_uid == first.study_instance_uid
+    assert course.frame_of_reference_uid == first.frame_of_reference_uid
+    assert {r.sop_instance_uid for r in second.all_instances} <= {
+        r.sop_instance_uid for r in course.all_instances
+    }
+    stranger = dataclasses.replace(second, patient_id="someone else")
+    with pytest.raises(DicomInputError, match="patients"):
+        course_source_context([first, stranger])
