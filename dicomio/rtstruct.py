@@ -340,6 +340,7 @@ def _copy_patient_study(ds: Dataset, source: Dataset) -> None:
         "StudyID",
         "AccessionNumber",
         "ReferringPhysicianName",
+        "StudyDescription",
     ):
         if keyword in source:
             setattr(ds, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
