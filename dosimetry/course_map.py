@@ -90,7 +90,9 @@ def sum_dose_maps(
         registrations.append(reg)
         total += resample_to_reference(dose_map, grid, reg, "linear").array
         ones = dose_map.with_array(np.ones(dose_map.shape, dtype=np.float32))
-        coverage += (resample_to_reference(ones, grid, reg, "nearest").array > 0).astype(np.uint8)
+        coverage += (
+            resample_to_reference(ones, grid, reg, "nearest").array > 0
+        ).astype(np.uint8)
     return CourseMap(
         dose=grid.with_array(total.astype(np.float32), unit="Gy"),
         registrations=tuple(registrations),
@@ -126,5 +128,7 @@ def compute_course(
         return result
     ct_of = {c.cycle_number: ct for c, ct in zip(cycles, reference_cts, strict=True)}
     ordered_cts = [ct_of[c.cycle_number] for c in result.cycles]
-    summed = sum_dose_maps([m for m in maps if m is not None], ordered_cts, registration)
+    summed = sum_dose_maps(
+        [m for m in maps if m is not None], ordered_cts, registration
+    )
     return replace(result, course_map=summed.dose)

@@ -64,7 +64,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dosimetry.absorbed_dose import DEFAULT_GAS_THRESHOLD_G_PER_ML, GasPolicy, led_dose_rate
+from dosimetry.absorbed_dose import (
+    DEFAULT_GAS_THRESHOLD_G_PER_ML,
+    GasPolicy,
+    led_dose_rate,
+)
 from dosimetry.density import SCHNEIDER_2000, DensityCalibration
 from dosimetry.errors import DosimetryError, GeometryError, InsufficientDataError
 from dosimetry.kinetics import fit_best, fit_curve, fit_voxels_monoexponential
@@ -121,7 +125,9 @@ class VoiMask:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", VoiKind(self.kind))
         if not np.any(self.mask.array):
-            raise GeometryError(f"VOI {self.name!r} has an empty mask; remove it or redraw it.")
+            raise GeometryError(
+                f"VOI {self.name!r} has an empty mask; remove it or redraw it."
+            )
 
     @property
     def volume_ml(self) -> float:
@@ -264,7 +270,10 @@ def _plain(value: object) -> object:
     if isinstance(value, Enum):
         return value.value
     if is_dataclass(value) and not isinstance(value, type):
-        return {"type": type(value).__name__, **{k: _plain(v) for k, v in asdict(value).items()}}
+        return {
+            "type": type(value).__name__,
+            **{k: _plain(v) for k, v in asdict(value).items()},
+        }
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
@@ -273,7 +282,9 @@ def _plain(value: object) -> object:
 
 
 # -- grid preparation --------------------------------------------------------
-def density_on_grid(ct: Volume, grid: Volume, calibration: DensityCalibration) -> Volume:
+def density_on_grid(
+    ct: Volume, grid: Volume, calibration: DensityCalibration
+) -> Volume:
     """Mass density of ``ct`` averaged onto ``grid`` (same frame of reference).
 
     HU are converted to g/mL on the CT grid first (density is what LED
@@ -290,11 +301,16 @@ def density_on_grid(ct: Volume, grid: Volume, calibration: DensityCalibration) -
     image.SetSpacing(density.spacing_mm)
     image.SetOrigin(density.origin_mm)
     image.SetDirection(density.direction)
-    factors = [max(1, int(t / s + 1e-6)) for t, s in zip(grid.spacing_mm, ct.spacing_mm, strict=True)]
+    factors = [
+        max(1, int(t / s + 1e-6))
+        for t, s in zip(grid.spacing_mm, ct.spacing_mm, strict=True)
+    ]
     if any(f > 1 for f in factors):
         image = sitk.BinShrink(image, factors)
     shrunk = Volume.from_sitk(image, unit=density.unit)
-    out = resample(shrunk, grid, None, "linear", default_value=calibration.points_g_per_ml[0])
+    out = resample(
+        shrunk, grid, None, "linear", default_value=calibration.points_g_per_ml[0]
+    )
     return out.with_array(out.array.astype(np.float64), unit=density.unit)
 
 
@@ -356,7 +372,9 @@ def _prepare_time_point(
     masks, volumes = _voi_masks_on_spect(
         vois, tp.vois, tp.spect, registration, settings.mask_threshold
     )
-    return _PreparedTimePoint(tp.elapsed_h, activity, density, rate, masks, volumes, registration)
+    return _PreparedTimePoint(
+        tp.elapsed_h, activity, density, rate, masks, volumes, registration
+    )
 
 
 def _curve_point(prepared: _PreparedTimePoint, name: str) -> CurvePoint:
@@ -373,7 +391,9 @@ def _curve_point(prepared: _PreparedTimePoint, name: str) -> CurvePoint:
 
 
 # -- fits and corrections ------------------------------------------------------
-def _fit(times_h: Sequence[float], values: Sequence[float], settings: EngineSettings) -> KineticFit:
+def _fit(
+    times_h: Sequence[float], values: Sequence[float], settings: EngineSettings
+) -> KineticFit:
     lam_phys = nuclear_data(settings.radionuclide).decay_constant_per_h
     if settings.select_model_by_aicc:
         return fit_best(times_h, values, lam_phys)
@@ -390,7 +410,9 @@ def _corrected(voi: VoiDose, settings: EngineSettings) -> VoiDose:
     return apply_lesion_eligibility(voi, settings.min_lesion_volume_ml)
 
 
-def _map_statistics(dose_map: Volume | None, mask: Volume, scale: float = 1.0) -> dict[str, Any]:
+def _map_statistics(
+    dose_map: Volume | None, mask: Volume, scale: float = 1.0
+) -> dict[str, Any]:
     if dose_map is None:
         return {}
     stats = voi_statistics(dose_map, mask)
@@ -451,10 +473,15 @@ def _voxelwise_dose_map(
     lam_phys = nuclear_data(settings.radionuclide).decay_constant_per_h
     grid = prepared[0].dose_rate
     stack = np.stack(
-        [resample_to_reference(p.dose_rate, grid, p.registration).array for p in prepared]
+        [
+            resample_to_reference(p.dose_rate, grid, p.registration).array
+            for p in prepared
+        ]
     )
     tissue = np.asarray(prepared[0].density.array >= settings.gas_threshold_g_per_ml)
-    fit = fit_voxels_monoexponential([p.elapsed_h for p in prepared], stack, lam_phys, tissue)
+    fit = fit_voxels_monoexponential(
+        [p.elapsed_h for p in prepared], stack, lam_phys, tissue
+    )
     warnings = []
     if fit.n_fallback:
         warnings.append(
@@ -462,7 +489,9 @@ def _voxelwise_dose_map(
             "by trapezoid + physical tail (non-positive samples or degenerate fit)"
         )
     if fit.n_clipped:
-        warnings.append(f"voxel-wise fit: λ clipped to λ_phys in {fit.n_clipped} voxels")
+        warnings.append(
+            f"voxel-wise fit: λ clipped to λ_phys in {fit.n_clipped} voxels"
+        )
     return grid.with_array(fit.dose.astype(np.float32), unit=DOSE_UNIT), warnings
 
 
@@ -480,7 +509,8 @@ def register_time_points(
 
 
 def _registration_warnings(
-    ordered: Sequence[TimePointImages], registrations: Sequence[RigidRegistration | None]
+    ordered: Sequence[TimePointImages],
+    registrations: Sequence[RigidRegistration | None],
 ) -> list[str]:
     warnings = []
     for tp, reg in zip(ordered, registrations, strict=True):
@@ -523,7 +553,11 @@ def compute_multi_time_point_cycle(
             f"A multi-time-point cycle needs at least 2 time points, got {len(ordered)}; "
             "use compute_single_time_point_cycle."
         )
-    regs = tuple(registrations) if registrations is not None else register_time_points(inputs, settings)
+    regs = (
+        tuple(registrations)
+        if registrations is not None
+        else register_time_points(inputs, settings)
+    )
     prepared = [
         _prepare_time_point(tp, reg, inputs.vois, settings)
         for tp, reg in zip(ordered, regs, strict=True)
@@ -533,11 +567,20 @@ def compute_multi_time_point_cycle(
     if settings.voxelwise_map:
         dose_map, map_warnings = _voxelwise_dose_map(prepared, settings)
         warnings += map_warnings
-    vois = tuple(_multi_time_point_voi(v, prepared, dose_map, settings) for v in inputs.vois)
-    quality = tuple(
-        reg.quality(tp.elapsed_h) for tp, reg in zip(ordered, regs, strict=True) if reg is not None
+    vois = tuple(
+        _multi_time_point_voi(v, prepared, dose_map, settings) for v in inputs.vois
     )
-    logger.info("Cycle %d: %d VOIs from %d time points", inputs.cycle_number, len(vois), len(ordered))
+    quality = tuple(
+        reg.quality(tp.elapsed_h)
+        for tp, reg in zip(ordered, regs, strict=True)
+        if reg is not None
+    )
+    logger.info(
+        "Cycle %d: %d VOIs from %d time points",
+        inputs.cycle_number,
+        len(vois),
+        len(ordered),
+    )
     return CycleResult(
         cycle_number=inputs.cycle_number,
         method=DoseMethod.MULTI_TIME_POINT,
@@ -567,10 +610,18 @@ def _single_voi_uncorrected(
 ) -> VoiDose:
     ref_voi = _find_voi(reference, voi.name)
     scan = VoiScan(point.activity_mbq, point.volume_ml, point.elapsed_h)
-    ref_scan = _reference_scan(ref_voi, point.elapsed_h) if ref_voi is not None else None
+    ref_scan = (
+        _reference_scan(ref_voi, point.elapsed_h) if ref_voi is not None else None
+    )
     if ref_voi is not None and ref_scan is not None:
         scaled = scale_from_reference_cycle(ref_voi, ref_scan, scan)
-        return replace(scaled, kind=voi.kind, organ=voi.organ, excluded=False, exclusion_reason=None)
+        return replace(
+            scaled,
+            kind=voi.kind,
+            organ=voi.organ,
+            excluded=False,
+            exclusion_reason=None,
+        )
     rate, t = point.mean_dose_rate_gy_per_h, point.elapsed_h
     if settings.stp_fallback is StpFallback.MADSEN:
         lam = settings.population_lambda_per_h(voi)
@@ -641,10 +692,14 @@ def compute_single_time_point_cycle(
     tp = inputs.time_points[0]
     prepared = _prepare_time_point(tp, None, inputs.vois, settings)
     dose_map = prepared.dose_rate.with_array(
-        (prepared.dose_rate.array * hanscheid_dose_gy(1.0, tp.elapsed_h)).astype(np.float32),
+        (prepared.dose_rate.array * hanscheid_dose_gy(1.0, tp.elapsed_h)).astype(
+            np.float32
+        ),
         unit=DOSE_UNIT,
     )
-    vois = tuple(_single_voi(v, prepared, reference, dose_map, settings) for v in inputs.vois)
+    vois = tuple(
+        _single_voi(v, prepared, reference, dose_map, settings) for v in inputs.vois
+    )
     method = _cycle_method(vois)
     warnings = _stp_warnings(vois, reference)
     return CycleResult(
@@ -672,8 +727,14 @@ def _cycle_method(vois: Sequence[VoiDose]) -> DoseMethod:
 
 
 def _stp_warnings(vois: Sequence[VoiDose], reference: CycleResult | None) -> list[str]:
-    fallback = [v.name for v in vois if v.method is not DoseMethod.SINGLE_TIME_POINT_SCALED]
+    fallback = [
+        v.name for v in vois if v.method is not DoseMethod.SINGLE_TIME_POINT_SCALED
+    ]
     if not fallback:
         return []
-    why = "no multi-time-point reference cycle" if reference is None else "absent from the reference cycle"
+    why = (
+        "no multi-time-point reference cycle"
+        if reference is None
+        else "absent from the reference cycle"
+    )
     return [f"VOIs {', '.join(fallback)}: {why}; single-time-point fallback used"]

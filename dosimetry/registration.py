@@ -160,7 +160,9 @@ class RegistrationSettings:
                 f"sampling_percentage must be in (0, 1], got {self.sampling_percentage}."
             )
         object.__setattr__(self, "metric", SimilarityMetric(self.metric))
-        object.__setattr__(self, "initial_alignment", InitialAlignment(self.initial_alignment))
+        object.__setattr__(
+            self, "initial_alignment", InitialAlignment(self.initial_alignment)
+        )
 
 
 @dataclass(frozen=True)
@@ -273,11 +275,14 @@ class RigidRegistration:
 def _working_image(ct: Volume, settings: RegistrationSettings) -> sitk.Image:
     """CT as float32, bin-shrunk to ~``working_spacing_mm``, HU clipped."""
     image = sitk.Cast(ct.to_sitk(), sitk.sitkFloat32)
-    factors = [max(1, int(settings.working_spacing_mm / s + 1e-6)) for s in ct.spacing_mm]
+    factors = [
+        max(1, int(settings.working_spacing_mm / s + 1e-6)) for s in ct.spacing_mm
+    ]
     if any(f > 1 for f in factors):
         image = sitk.BinShrink(image, factors)
     low, high = settings.intensity_window_hu
-    return sitk.Clamp(image, sitk.sitkFloat32, low, high)
+    clamped: sitk.Image = sitk.Clamp(image, sitk.sitkFloat32, low, high)
+    return clamped
 
 
 def body_mask(image: sitk.Image, settings: RegistrationSettings) -> sitk.Image:
@@ -308,7 +313,8 @@ def body_mask(image: sitk.Image, settings: RegistrationSettings) -> sitk.Image:
             f"The reference CT has no voxel above {settings.body_threshold_hu} HU, so no "
             "body mask could be built. Check that the reference image is a CT in HU."
         )
-    return sitk.Cast(filled, sitk.sitkUInt8)
+    mask: sitk.Image = sitk.Cast(filled, sitk.sitkUInt8)
+    return mask
 
 
 def _mask_centroid_mm(mask: sitk.Image) -> Vector3:
@@ -362,20 +368,27 @@ def _evaluate(
 
 
 def _candidate_initialisations(
-    fixed: sitk.Image, moving: sitk.Image, center_mm: Vector3, settings: RegistrationSettings
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    center_mm: Vector3,
+    settings: RegistrationSettings,
 ) -> dict[InitialAlignment, sitk.Euler3DTransform]:
     identity = sitk.Euler3DTransform()
     identity.SetCenter(center_mm)
     geometry = sitk.Euler3DTransform(
         sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.Euler3DTransform(),
+            fixed,
+            moving,
+            sitk.Euler3DTransform(),
             sitk.CenteredTransformInitializerFilter.GEOMETRY,
         )
     )
     moving_body = _mask_centroid_mm(body_mask(moving, settings))
     moments = sitk.Euler3DTransform()
     moments.SetCenter(center_mm)
-    moments.SetTranslation(tuple(m - c for m, c in zip(moving_body, center_mm, strict=True)))
+    moments.SetTranslation(
+        tuple(m - c for m, c in zip(moving_body, center_mm, strict=True))
+    )
     centred = sitk.Euler3DTransform()  # same pure translation, our centre of rotation
     centred.SetCenter(center_mm)
     centred.SetTranslation(geometry.GetTranslation())
@@ -432,7 +445,9 @@ def _with_enough_samples(
     if expected >= settings.min_sampled_voxels or n_body == 0:
         return settings
     fraction = min(1.0, settings.min_sampled_voxels / n_body)
-    logger.debug("Sampling %.3f of %d voxels (%d in the body)", fraction, n_total, n_body)
+    logger.debug(
+        "Sampling %.3f of %d voxels (%d in the body)", fraction, n_total, n_body
+    )
     return replace(settings, sampling_percentage=fraction)
 
 
@@ -515,8 +530,11 @@ def register_rigid(
     _check_plausible(result, settings)
     logger.info(
         "Rigid registration: translation %s mm, rotation %s deg, metric %.4g -> %.4g, %s",
-        np.round(result.translation_mm, 2), np.round(result.rotation_deg, 2),
-        before, after, stop,
+        np.round(result.translation_mm, 2),
+        np.round(result.rotation_deg, 2),
+        before,
+        after,
+        stop,
     )
     return result
 
