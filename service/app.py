@@ -93,5 +93,9 @@ class Node:
         self._stopped.set()
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Block until :meth:`stop`; wakes every second so the main thread can
+        run signal handlers (a signal delivered to another thread would not
+        interrupt an untimed wait)."""
+        while not self._stopped.wait(1.0):
+            pass
 

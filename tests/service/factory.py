@@ -13,7 +13,7 @@ from io import BytesIO
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: F401 (re-exported)
 
 NM = "1.2.840.10008.5.1.4.1.1.20"
 CT = "1.2.840.10008.5.1.4.1.1.2"
