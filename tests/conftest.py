@@ -25,3 +25,11 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
     """A fresh Orthanc PACS with no modalities configured."""
     with run_orthanc(tmp_path / "orthanc") as peer:
         yield peer
+
+
+@pytest.fixture(scope="session")
+def phantom_course(tmp_path_factory: pytest.TempPathFactory):
+    """The default 4-cycle synthetic Lu-177 course on small grids, written once."""
+    from dicomio.phantom import write_course
+
+    return write_course(tmp_path_factory.mktemp("course"), seed=7)
