@@ -1,0 +1,180 @@
+"""Ingest rate: theranode vs dcmtk storescp vs Orthanc, measured in one run.
+
+Sends the same ~300 CT (512×512, 0.5 MB each) + NM instances over loopback on
+one association with dcmtk ``storescu`` (TCP_NODELAY=1, as INTEROP.md
+recommends) to each receiver and prints instances/s and theranode's ratio to
+each. Target on a 2-core machine: ≥ 250 instances/s and ≥ Orthanc's rate.
+
+Receivers:
+
+- theranode ``serve`` (fsync + atomic rename + SQLite commit per instance);
+- dcmtk ``storescp`` with TCP_NODELAY=1 (writes files, no fsync);
+- Orthanc with TCP_NODELAY=1 and ``SyncStorageArea`` (fsync).
+
+Run: ``.venv/bin/python benchmarks/ingest.py [--instances 300] [--repeat 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.peers import free_port, run_orthanc, wait_for_port  # noqa: E402
+
+
+def write_instances(folder: Path, n_ct: int, seed: int = 0) -> int:
+    """``n_ct`` CT slices of 512×512 int16 plus one 64-frame NM; returns the count."""
+    rng = np.random.default_rng(seed)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    when = datetime(2024, 5, 6, 10, 0)
+    for i in range(n_ct):
+        ds = _base("1.2.840.10008.5.1.4.1.1.2", "CT", study, series, when)
+        ds.FrameOfReferenceUID = frame
+        ds.ImagePositionPatient = ["-250", "-250", f"{i * 2.5:.1f}"]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.PixelSpacing = ["0.977", "0.977"]
+        ds.SliceThickness = "2.5"
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        _pixels(ds, rng.integers(0, 2000, (512, 512), dtype=np.int16), signed=True)
+        ds.save_as(folder / f"CT_{i:04d}.dcm", enforce_file_format=True)
+    nm = _base("1.2.840.10008.5.1.4.1.1.20", "NM", study, generate_uid(), when)
+    nm.FrameOfReferenceUID = frame
+    item = Dataset()
+    item.RadiopharmaceuticalStartDateTime = "20240505100000"
+    item.RadiopharmaceuticalStartTime = "100000"
+    item.RadionuclideTotalDose = "7400"
+    nm.RadiopharmaceuticalInformationSequence = [item]
+    nm.NumberOfFrames = 64
+    _pixels(nm, rng.integers(0, 500, (64, 128, 128), dtype=np.uint16), signed=False)
+    nm.save_as(folder / "NM.dcm", enforce_file_format=True)
+    return n_ct + 1
+
+
+def _base(sop_class: str, modality: str, study: str, series: str, when: datetime) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientID = "BENCH-001"
+    ds.PatientName = "Bench^Mark"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.Modality = modality
+    ds.StudyDate = ds.AcquisitionDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.AcquisitionTime = when.strftime("%H%M%S")
+    return ds
+
+
+def _pixels(ds: Dataset, array: np.ndarray, signed: bool) -> None:
+    ds.Rows, ds.Columns = array.shape[-2:]
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = array.tobytes()
+
+
+def storescu_rate(folder: Path, port: int, called: str, n: int) -> float:
+    """Instances/s for one storescu association sending every file of ``folder``."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", called, "+sd", "+sp", "*.dcm",
+         "127.0.0.1", str(port), str(folder)],
+        capture_output=True, text=True, env=dict(os.environ, TCP_NODELAY="1"),
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"storescu to {called} failed: {done.stderr[-2000:]}")
+    return n / elapsed
+
+
+def measure_theranode(folder: Path, n: int, work: Path) -> float:
+    port = free_port()
+    config = work / "theranode.toml"
+    config.write_text(
+        f'[node]\nbind = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "theranode"}"\n'
+        '[security]\nmin_free_disk_mb = 0\n[logging]\nlevel = "WARNING"\n'
+    )
+    node = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
+                             str(config)], cwd=ROOT)
+    try:
+        wait_for_port(port, 60)
+        return storescu_rate(folder, port, "THERANODE", n)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+
+
+def measure_storescp(folder: Path, n: int, work: Path) -> float:
+    port = free_port()
+    out = work / "storescp"
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", "-od", str(out), "-aet", "STORESCP", str(port)],
+                           env=dict(os.environ, TCP_NODELAY="1"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 30)
+        return storescu_rate(folder, port, "STORESCP", n)
+    finally:
+        scp.terminate()
+        scp.wait(timeout=30)
+
+
+def measure_orthanc(folder: Path, n: int, work: Path) -> float:
+    with run_orthanc(work / "orthanc") as orthanc:
+        return storescu_rate(folder, orthanc.dicom_port, orthanc.aet, n)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=300, help="CT instances to send")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per receiver (best kept)")
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: install Debian's dcmtk")
+    with tempfile.TemporaryDirectory(prefix="theranode-bench-") as tmp:
+        work = Path(tmp)
+        folder = work / "instances"
+        folder.mkdir()
+        n = write_instances(folder, args.instances)
+        size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+        print(f"{n} instances, {size_mb:.0f} MB, one association each, storescu TCP_NODELAY=1")
+        rates: dict[str, float] = {}
+        for name, measure in (("theranode", measure_theranode),
+                              ("dcmtk storescp", measure_storescp),
+                              ("Orthanc", measure_orthanc)):
+            best = 0.0
+            for run in range(args.repeat):
+                run_dir = work / f"{name.replace(' ', '_')}-{run}"
+                run_dir.mkdir()
+                best = max(best, measure(folder, n, run_dir))
+                shutil.rmtree(run_dir, ignore_errors=True)
+            rates[name] = best
+            print(f"{name:>15}: {best:7.1f} instances/s")
+        ours = rates["theranode"]
+        for name in ("dcmtk storescp", "Orthanc"):
+            print(f"theranode / {name}: {ours / rates[name]:.2f}")
+        print(f"theranode vs target 250 instances/s: {ours / 250:.2f}")
+
+
+if __name__ == "__main__":
+    main()
