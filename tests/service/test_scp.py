@@ -180,3 +180,20 @@ def test_log_has_association_and_series_lines_but_no_patient_name(node, caplog):
     assert f"Series {nm.SeriesInstanceUID} (NM): 1 instance(s) stored" in caplog.text
     assert "Test^Patient" not in caplog.text
     assert "P1" not in caplog.text, "the PatientID is not logged either"
+
+
+def test_node_keeps_serving_after_every_kind_of_bad_input(node, tmp_path):
+    good = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(factory.encode(good)[:-100])
+    no_uid = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    no_uid_path = tmp_path / "no_uid.dcm"
+    del no_uid.SOPInstanceUID
+    no_uid.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    no_uid_path.write_bytes(factory.encode(no_uid))
+    no_injection = factory.nm("P1", None, INJECTION)
+    held = factory.rtstruct("P1", INJECTION, referenced_frame="9.9.9")
+    statuses = send(node.port, [truncated, no_uid_path, no_injection, held, good])
+    assert statuses == [TRUNCATED, MISSING_ATTRIBUTE, 0, 0, 0]
+    assert send(node.port, [factory.ct("P1", INJECTION, frame="1.2")]) == [0]
+    assert node.index.counts()["instances"] == 4
