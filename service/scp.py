@@ -92,6 +92,7 @@ class StorageSCP:
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = security.max_associations
         self.ae.require_calling_aet = list(security.allowed_calling_ae_titles)
+        self.ae.require_called_aet = True
         self.ae.network_timeout = 300
         self.ae.dimse_timeout = 300
         self.ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs

@@ -197,3 +197,8 @@ def test_node_keeps_serving_after_every_kind_of_bad_input(node, tmp_path):
     assert statuses == [TRUNCATED, MISSING_ATTRIBUTE, 0, 0, 0]
     assert send(node.port, [factory.ct("P1", INJECTION, frame="1.2")]) == [0]
     assert node.index.counts()["instances"] == 4
+
+
+def test_association_calling_another_ae_title_is_rejected(node):
+    with pytest.raises(ConnectionError):
+        send(node.port, [], called="NOTTHENODE")
