@@ -1,0 +1,182 @@
+"""Tables of imported outcome data (patients, cycles, lesions, labs, doses).
+
+One table per CSV kind, keyed like the CSV's natural key, plus
+``outcome_files`` (one row per imported file, by content hash, which makes
+re-imports no-ops) and ``outcome_warnings`` (warnings kept with the file).
+Dates are ISO ``YYYY-MM-DD`` text; laboratory values are stored in their
+canonical unit next to the value and unit as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Migrations("theranode.outcomes")
+
+#: Outcome kind → (table, primary key columns).
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "patients": ("outcome_patients", ("patient_id",)),
+    "cycles": ("outcome_cycles", ("patient_id", "cycle")),
+    "lesions": ("outcome_lesions", ("patient_id", "lesion_id")),
+    "labs": ("outcome_labs", ("patient_id", "date", "analyte")),
+    "doses": ("outcome_doses", ("patient_id", "cycle", "voi")),
+}
+
+
+@MIGRATIONS()
+def m001_outcome_tables(db: sqlite_utils.Database) -> None:
+    """Create the outcome tables."""
+    db["outcome_files"].create(
+        {
+            "sha256": str,
+            "file_name": str,
+            "kind": str,
+            "imported_at": str,
+            "n_rows": int,
+            "warnings": str,
+        },
+        pk="sha256",
+    )
+    db["outcome_patients"].create(
+        {
+            "patient_id": str,
+            "sex": str,
+            "birth_date": str,
+            "age_at_start_y": float,
+            "first_injection_date": str,
+            "progression_date": str,
+            "death_date": str,
+            "last_followup_date": str,
+            "recist_m3": str,
+            "source_sha256": str,
+        },
+        pk="patient_id",
+        not_null={"sex", "first_injection_date"},
+    )
+    db["outcome_cycles"].create(
+        {"patient_id": str, "cycle": int, "admin_date": str, "activity_gbq": float, "source_sha256": str},
+        pk=("patient_id", "cycle"),
+        foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
+    )
+    db["outcome_lesions"].create(
+        {
+            "patient_id": str,
+            "lesion_id": str,
+            "site": str,
+            "vol_bl_cm3": float,
+            "ct_bl_date": str,
+            "vol_m3_cm3": float,
+            "ct_m3_date": str,
+            "source_sha256": str,
+        },
+        pk=("patient_id", "lesion_id"),
+        foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
+    )
+    db["outcome_labs"].create(
+        {
+            "patient_id": str,
+            "date": str,
+            "analyte": str,
+            "value": float,
+            "unit": str,
+            "lln": float,
+            "uln": float,
+            "given_value": float,
+            "given_unit": str,
+            "source_sha256": str,
+        },
+        pk=("patient_id", "date", "analyte"),
+        foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
+    )
+    db["outcome_doses"].create(
+        {"patient_id": str, "cycle": int, "voi": str, "kind": str, "ad_gy": float, "source_sha256": str},
+        pk=("patient_id", "cycle", "voi"),
+        foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
+    )
+    db["outcome_warnings"].create(
+        {"id": int, "sha256": str, "file_name": str, "line": int, "column": str, "message": str},
+        pk="id",
+    )
+    db["outcome_warnings"].create_index(["sha256"])
+
+
+def file_imported(db: sqlite_utils.Database, sha256: str) -> bool:
+    """Whether a file with this content hash was imported before."""
+    return bool(db["outcome_files"].count_where("sha256 = ?", [sha256]))
+
+
+def keys(db: sqlite_utils.Database, kind: str) -> set[tuple[Any, ...]]:
+    """Primary keys present in the table of ``kind``."""
+    table, pk = TABLES[kind]
+    sql = f"select {', '.join(f'[{c}]' for c in pk)} from [{table}]"
+    return {tuple(row) for row in db.execute(sql).fetchall()}
+
+
+def rows(db: sqlite_utils.Database, kind: str) -> list[dict[str, Any]]:
+    """Every row of the table of ``kind``, in primary-key order."""
+    table, pk = TABLES[kind]
+    return list(db[table].rows_where(order_by=", ".join(f"[{c}]" for c in pk)))
+
+
+def store_file(
+    db: sqlite_utils.Database,
+    *,
+    sha256: str,
+    file_name: str,
+    kind: str,
+    imported_at: str,
+    records: Sequence[Mapping[str, Any]],
+    warnings: Iterable[tuple[int, str, str]],
+) -> None:
+    """Upsert the records of one accepted file and its warnings, atomically.
+
+    Parameters
+    ----------
+    warnings
+        ``(line, column, message)`` triples.
+    """
+    table, pk = TABLES[kind]
+    warning_list = list(warnings)
+    with db.atomic():
+        if records:
+            payload = [{**record, "source_sha256": sha256} for record in records]
+            db[table].upsert_all(payload, pk=pk)
+        db["outcome_files"].insert(
+            {
+                "sha256": sha256,
+                "file_name": file_name,
+                "kind": kind,
+                "imported_at": imported_at,
+                "n_rows": len(records),
+                "warnings": json.dumps([message for _, _, message in warning_list]),
+            }
+        )
+        db["outcome_warnings"].insert_all(
+            {"sha256": sha256, "file_name": file_name, "line": line, "column": column, "message": text}
+            for line, column, text in warning_list
+        )
+    logger.info("Imported %d %s row(s) from %s (%s)", len(records), kind, file_name, sha256[:12])
+
+
+def stored_warnings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every kept import warning, oldest first."""
+    return list(db["outcome_warnings"].rows_where(order_by="id"))
+
+
+def content_hash(db: sqlite_utils.Database) -> str:
+    """A hash of every outcome table's contents (changes whenever data change)."""
+    digest = hashlib.sha256()
+    for kind in TABLES:
+        for row in rows(db, kind):
+            row.pop("source_sha256", None)
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
