@@ -36,7 +36,7 @@ from dosimetry.cohort.results import (
 logger = logging.getLogger(__name__)
 
 MIN_LESIONS = 6
-MIN_PATIENTS = 2
+MIN_PATIENTS = 5  # a patient random effect needs several patients
 GRID_POINTS = 60
 Z_95 = float(stats.norm.ppf(0.975))
 
@@ -151,6 +151,9 @@ def tumour_control(data: CohortData) -> TumourControl | NotEstimable:
             f"Tumour control needs ≥ 2 controlled and ≥ 2 uncontrolled lesions; found "
             f"{n_controlled} controlled of {len(table)}."
         )
+    separated = _separation(table)
+    if separated is not None:
+        return separated
     fits = _fit_logistic(table)
     if isinstance(fits, NotEstimable):
         return fits
@@ -173,6 +176,21 @@ def tumour_control(data: CohortData) -> TumourControl | NotEstimable:
         naive_slope_per_gy=naive_b1,
         naive_d50_gy=-naive_b0 / naive_b1 if naive_b1 != 0 else None,
     )
+
+
+def _separation(table: pd.DataFrame) -> NotEstimable | None:
+    """Complete or quasi-complete separation by dose makes the logistic slope infinite."""
+    dose = table["total_ad_gy"]
+    controlled = dose[table["controlled"] == 1.0]
+    growing = dose[table["controlled"] == 0.0]
+    if growing.max() <= controlled.min() or controlled.max() <= growing.min():
+        return NotEstimable(
+            "Complete separation: the controlled and uncontrolled lesions do not overlap in "
+            f"total AD (controlled {controlled.min():.1f}–{controlled.max():.1f} Gy, "
+            f"uncontrolled {growing.min():.1f}–{growing.max():.1f} Gy); the logistic slope is "
+            "infinite and D50 is not estimable."
+        )
+    return None
 
 
 def _fit_logistic(table: pd.DataFrame):  # type: ignore[no-untyped-def]

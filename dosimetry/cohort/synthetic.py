@@ -12,8 +12,10 @@ Generating models, chosen so that each estimand equals what the analyses
 fit:
 
 - ΔV% = β₀ + β₁·(total lesion AD) + u_patient + ε (linear mixed model with
-  the patient random intercept of Fig 3); tumour control ΔV% ≤ 0 then has
-  marginal probability 50 % at D50 = −β₀/β₁.
+  the patient random intercept of Fig 3; u and ε normal truncated at
+  ±2.4 SD, total AD ≤ 300 Gy as in the paper, so ΔV% stays above −100
+  without clipping); tumour control ΔV% ≤ 0 then has marginal probability
+  50 % at D50 = −β₀/β₁ (u + ε is symmetric).
 - Survival: exponential latent times (after an event-free first
   ``EVENT_FREE_MONTHS``) to death and to progression whose
   hazards are proportional, with ratios ``hazard_ratio_os`` and
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from scipy import stats
 
 from dosimetry.cohort.data import Analyte, CohortData, DoseKind
 from dosimetry.cohort.results import LesionIndex
@@ -56,6 +59,10 @@ DATA_CUT = np.datetime64("2023-06-30")
 #: therapy and the month-3 CT; hazards are 0 (in both groups) before, constant after,
 #: which keeps them proportional.
 EVENT_FREE_MONTHS = 10.0
+#: Response noise is normal truncated symmetrically at this many SDs (mean stays 0), so that
+#: with total AD ≤ ``max_total_gy`` no lesion reaches ΔV% = −100 and no clipping biases
+#: the linear dose–response.
+TRUNCATION_SD = 2.4
 
 #: Organ name → (median AD per cycle Gy, log-SD between patients, log trend per cycle,
 #: loading on the shared uptake factor).
@@ -128,14 +135,15 @@ class SyntheticSettings:
     """Tunable generating parameters (defaults: the paper)."""
 
     lesion_median_cycle1_gy: float = 30.5
-    lesion_patient_log_sd: float = 0.45
-    lesion_lesion_log_sd: float = 0.45
+    lesion_patient_log_sd: float = 0.35
+    lesion_lesion_log_sd: float = 0.30
     lesion_cycle_log_sd: float = 0.15
     lesion_log_slope_per_cycle: float = float(np.log(18.74 / 31.99) / 3.0)
-    dose_response_intercept_pct: float = 10.0
-    dose_response_slope_pct_per_gy: float = -0.25
-    patient_sd_pct: float = 8.0
-    residual_sd_pct: float = 12.0
+    dose_response_intercept_pct: float = 8.0
+    dose_response_slope_pct_per_gy: float = -0.20
+    patient_sd_pct: float = 7.0
+    residual_sd_pct: float = 10.0
+    max_total_gy: float = 300.0
     lesions_per_patient: float = PAPER_LESIONS / PAPER_PATIENTS
 
 
@@ -260,13 +268,23 @@ def _lesion_doses(
     patient_ids = lesions["patient_id"].to_numpy()
     unique_ids, patient_index = np.unique(patient_ids, return_inverse=True)
     patient_effect = rng.normal(0.0, settings.lesion_patient_log_sd, unique_ids.size)[patient_index]
-    lesion_log = np.log(settings.lesion_median_cycle1_gy) + patient_effect
-    lesion_log = lesion_log + rng.normal(0.0, settings.lesion_lesion_log_sd, len(lesions))
     n_cycles = cycles.groupby("patient_id")["cycle"].max().reindex(patient_ids).to_numpy()
     repeat = np.asarray(n_cycles, dtype=np.int64)
     cycle = np.concatenate([np.arange(1, k + 1) for k in repeat])
-    log_ad = np.repeat(lesion_log, repeat) + settings.lesion_log_slope_per_cycle * (cycle - 1)
-    log_ad = log_ad + rng.normal(0.0, settings.lesion_cycle_log_sd, cycle.size)
+    owner = np.repeat(np.arange(len(lesions)), repeat)
+    log_ad = np.empty(cycle.size)
+    redraw = np.ones(len(lesions), dtype=bool)
+    for _ in range(1000):
+        lesion_log = np.log(settings.lesion_median_cycle1_gy) + patient_effect[redraw]
+        lesion_log = lesion_log + rng.normal(0.0, settings.lesion_lesion_log_sd, int(redraw.sum()))
+        rows = redraw[owner]
+        log_ad[rows] = np.repeat(lesion_log, repeat[redraw])
+        log_ad[rows] += settings.lesion_log_slope_per_cycle * (cycle[rows] - 1)
+        log_ad[rows] += rng.normal(0.0, settings.lesion_cycle_log_sd, int(rows.sum()))
+        totals = np.bincount(owner, weights=np.round(np.exp(log_ad), 3), minlength=len(lesions))
+        redraw = totals > settings.max_total_gy
+        if not redraw.any():
+            break
     return pd.DataFrame(
         {
             "patient_id": np.repeat(patient_ids, repeat),
@@ -314,19 +332,29 @@ def _responses(
 ) -> pd.DataFrame:
     total = totals.reindex(pd.MultiIndex.from_frame(lesions[["patient_id", "lesion_id"]])).to_numpy()
     unique_ids, index = np.unique(lesions["patient_id"].to_numpy(), return_inverse=True)
-    patient_effect = rng.normal(0.0, settings.patient_sd_pct, unique_ids.size)[index]
+    patient_effect = _symmetric_normal(rng, settings.patient_sd_pct, unique_ids.size)[index]
     delta_pct = (
         settings.dose_response_intercept_pct
         + settings.dose_response_slope_pct_per_gy * total
         + patient_effect
-        + rng.normal(0.0, settings.residual_sd_pct, len(lesions))
+        + _symmetric_normal(rng, settings.residual_sd_pct, len(lesions))
     )
-    delta_pct = np.maximum(delta_pct, -95.0)
+    if np.any(delta_pct <= -100.0):
+        raise ValueError(
+            "The response settings let a lesion vanish (ΔV% ≤ −100); lower the slope, the "
+            "noise or max_total_gy."
+        )
     last = cycles.groupby("patient_id")["admin_date"].max().reindex(lesions["patient_id"]).to_numpy()
     out = lesions.copy()
     out["vol_m3_cm3"] = np.round(out["vol_bl_cm3"].to_numpy() * (1.0 + delta_pct / 100.0), 4)
     out["ct_m3_date"] = last + _days(91.0 + rng.normal(0.0, 7.0, len(lesions)))
     return out
+
+
+def _symmetric_normal(rng: np.random.Generator, sd: float, size: int) -> npt.NDArray[np.float64]:
+    """Normal(0, sd) truncated at ± ``TRUNCATION_SD`` sd: still mean 0, bounded."""
+    draws = stats.truncnorm.rvs(-TRUNCATION_SD, TRUNCATION_SD, scale=sd, size=size, random_state=rng)
+    return np.asarray(draws, dtype=np.float64)
 
 
 def _survival(

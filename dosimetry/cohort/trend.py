@@ -28,6 +28,7 @@ from dosimetry.cohort.results import CycleTrend, Interval, NotEstimable, TestRes
 logger = logging.getLogger(__name__)
 
 MIN_LESIONS = 3
+MIN_PATIENTS = 5
 
 
 def cycle_trend(data: CohortData) -> CycleTrend | NotEstimable:
@@ -38,8 +39,11 @@ def cycle_trend(data: CohortData) -> CycleTrend | NotEstimable:
         return NotEstimable("Lesion doses exist for fewer than two cycles.")
     if doses.groupby(["patient_id", "lesion_id"]).ngroups < MIN_LESIONS:
         return NotEstimable(f"Fewer than {MIN_LESIONS} lesions with doses.")
-    if doses["patient_id"].nunique() < 2:
-        return NotEstimable("A mixed model over patients needs at least two patients.")
+    if doses["patient_id"].nunique() < MIN_PATIENTS:
+        return NotEstimable(
+            f"The mixed model needs lesion doses of ≥ {MIN_PATIENTS} patients (a patient random "
+            f"effect); found {doses['patient_id'].nunique()}."
+        )
     doses["log_ad"] = np.log(doses["ad_gy"].astype(float))
     doses["cycle_number"] = doses["cycle"].astype(float)
     fit = _fit_nested(doses)
