@@ -105,6 +105,24 @@ def cron(value: str) -> str | None:
     return f"must be a 5-field cron expression such as '0 3 * * *' (or empty to disable), got {value!r}"
 
 
+def positive_numbers(values: list[float]) -> str | None:
+    for value in values:
+        if not value > 0:
+            return f"must list numbers greater than 0, got {value}"
+    return None
+
+
+def cycle_numbers(values: list[int]) -> str | None:
+    for value in values:
+        if value < 1:
+            return f"must list cycle numbers 1, 2, …; got {value}"
+    return None
+
+
+def fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
 # -- sections ------------------------------------------------------------
 @dataclass(frozen=True)
 class NodeSettings:
@@ -189,11 +207,155 @@ class CohortSettings:
 
 
 @dataclass(frozen=True)
+class ProtocolSettings:
+    multi_time_point_cycles: list[int] = setting(
+        [1, 2],
+        "Cycle numbers (within a course) imaged at several time points; the other cycles "
+        "are single-time-point cycles.",
+        cycle_numbers,
+    )
+    multi_time_points_h: list[float] = setting(
+        [4.0, 24.0, 72.0, 192.0],
+        "Nominal time points (h) a multi-time-point cycle expects (each must be the "
+        "nominal_h of a grouping time-point window).",
+        positive_numbers,
+    )
+    single_time_point_h: float = setting(
+        24.0, "Nominal time point (h) of a single-time-point cycle's scan.", positive
+    )
+    min_time_points: int = setting(
+        3,
+        "At the forced timeout a multi-time-point cycle runs with what it has if it has at "
+        "least this many time points; otherwise it is marked incomplete.",
+        positive,
+    )
+    quiet_period_s: float = setting(
+        30.0, "A cycle is computed only this long after the last instance of its series.",
+        non_negative,
+    )
+    forced_timeout_h: float = setting(
+        144.0,
+        "Hours after the last instance of a cycle after which it runs with what it has "
+        "(or is marked incomplete) even though expected time points are missing.",
+        positive,
+    )
+    single_time_point_fallback: str = setting(
+        "hanscheid",
+        "Single-time-point method when the course has no multi-time-point cycle to scale "
+        "from: hanscheid (Hänscheid 2018) or madsen (Madsen 2018, population half-lives).",
+        one_of("hanscheid", "madsen"),
+    )
+    population_half_life_organ_h: float = setting(
+        60.0, "Madsen: population effective half-life of organs (h).", positive
+    )
+    population_half_life_marrow_h: float = setting(
+        40.0, "Madsen: population effective half-life of bone marrow (h).", positive
+    )
+    population_half_life_lesion_h: float = setting(
+        90.0, "Madsen: population effective half-life of lesions (h).", positive
+    )
+    planned_cycles: int = setting(
+        4, "Cycles planned per course (projection of total absorbed dose).", positive
+    )
+
+
+SCHNEIDER_HU = [-1000.0, -98.0, 14.0, 100.0, 1600.0]
+SCHNEIDER_G_PER_ML = [0.0012, 0.93, 1.03, 1.12, 1.96]
+
+
+@dataclass(frozen=True)
+class DosimetrySettings:
+    kinetic_model: str = setting(
+        "monoexponential",
+        "Model of the VOI time-dose-rate curves.",
+        one_of("monoexponential", "biexponential-uptake", "trapezoid+physical-tail"),
+    )
+    select_model_by_aicc: bool = setting(
+        False, "Choose between mono- and bi-exponential by AICc (needs ≥ 5 time points)."
+    )
+    min_lesion_volume_ml: float = setting(
+        2.0, "Lesions smaller than this (mL) are flagged and excluded from indices.", positive
+    )
+    apply_recovery_to_marrow: bool = setting(
+        False, "Also divide the bone-marrow dose by RC(volume)."
+    )
+    recovery_plateau: float = setting(
+        1.0, "Recovery curve RC(V) = a / (1 + (b/V)^c): plateau a.", fraction
+    )
+    recovery_half_volume_ml: float = setting(
+        2.0, "Recovery curve: volume b (mL) where RC = a/2.", positive
+    )
+    recovery_slope: float = setting(1.0, "Recovery curve: slope c.", positive)
+    gas_policy: str = setting(
+        "zero-dose",
+        "LED in gas voxels (density below gas_threshold_g_per_ml).",
+        one_of("zero-dose", "water-density", "clip-density", "keep"),
+    )
+    gas_threshold_g_per_ml: float = setting(
+        0.1, "Voxels below this density (g/mL) count as gas.", non_negative
+    )
+    density_points_hu: list[float] = setting(
+        SCHNEIDER_HU, "HU of the HU → density calibration points (strictly increasing)."
+    )
+    density_points_g_per_ml: list[float] = setting(
+        SCHNEIDER_G_PER_ML, "Densities (g/mL) at those points.", positive_numbers
+    )
+    voxelwise_map: bool = setting(
+        True, "Compute the voxel-wise dose map (needed for RT Dose)."
+    )
+
+
+@dataclass(frozen=True)
+class CameraCalibration:
+    manufacturer: str = setting("", "Manufacturer (0008,0070) to match; empty = any.")
+    model_name: str = setting("", "Manufacturer's Model Name (0008,1090); empty = any.")
+    station_name: str = setting("", "Station Name (0008,1010); empty = any.")
+    cps_per_mbq: float = setting(10.0, "Sensitivity of that camera (cps/MBq).", positive)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    default_cps_per_mbq: float = setting(
+        0.0,
+        "Sensitivity (cps/MBq) for SPECT in counts from a camera no [[calibration.cameras]] "
+        "entry matches; 0 = refuse such SPECT.",
+        non_negative,
+    )
+    correct_decay_during_acquisition: bool = setting(
+        True, "Refer counts to the acquisition start (λT / (1 − e^(−λT)))."
+    )
+    cameras: list[CameraCalibration] = setting(
+        [], "Per-camera sensitivities, matched on manufacturer, model and station name."
+    )
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    workers: int = setting(
+        1, "Dosimetry jobs run at the same time (each in its own worker process).", positive
+    )
+    poll_interval_s: float = setting(
+        5.0, "How often cycles are re-examined for completion (s).", positive
+    )
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    retry_base_s: float = setting(
+        10.0, "First retry delay after a failed delivery (s); doubles per attempt.", positive
+    )
+    retry_max_s: float = setting(3600.0, "Longest delay between delivery attempts (s).", positive)
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str = setting("pacs", "Symbolic name of the destination.")
     ae_title: str = setting("PACS", "AE title of the destination.", ae_title)
     host: str = setting("127.0.0.1", "Host name or address.")
     port: int = setting(104, "TCP port.", port)
+    folder: str = setting(
+        "", "Write results as files into this folder instead of sending them (DICOM if empty)."
+    )
 
 
 @dataclass(frozen=True)
@@ -205,6 +367,11 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     grouping: GroupingSettings = field(default_factory=GroupingSettings)
     cohort: CohortSettings = field(default_factory=CohortSettings)
+    protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
+    dosimetry: DosimetrySettings = field(default_factory=DosimetrySettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     destinations: list[Destination] = field(default_factory=list)
     source: str = "built-in defaults"
 
@@ -219,9 +386,17 @@ SECTIONS: dict[str, type] = {
     "logging": LoggingSettings,
     "grouping": GroupingSettings,
     "cohort": CohortSettings,
+    "protocol": ProtocolSettings,
+    "dosimetry": DosimetrySettings,
+    "calibration": CalibrationSettings,
+    "jobs": JobSettings,
+    "outbox": OutboxSettings,
 }
 LIST_SECTIONS: dict[str, type] = {"destinations": Destination}
-NESTED_TABLES: dict[tuple[type, str], type] = {(GroupingSettings, "time_points"): TimePointWindow}
+NESTED_TABLES: dict[tuple[type, str], type] = {
+    (GroupingSettings, "time_points"): TimePointWindow,
+    (CalibrationSettings, "cameras"): CameraCalibration,
+}
 
 
 # -- loading -------------------------------------------------------------
@@ -280,6 +455,8 @@ def _build(cls: type, table: Any, where: str, problems: list[str]) -> Any:
                      for i, item in enumerate(value)]
         if isinstance(value, int) and annotation is float:
             value = float(value)
+        if annotation == list[float]:
+            value = [float(v) for v in value]
         check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:
@@ -304,9 +481,37 @@ def _cross_checks(settings: Settings, problems: list[str]) -> None:
             )
     if bool(settings.security.tls_cert) != bool(settings.security.tls_key):
         problems.append("security: tls_cert and tls_key must be given together")
+    _protocol_checks(settings, problems)
     names = [d.name for d in settings.destinations]
     for name in {n for n in names if names.count(n) > 1}:
         problems.append(f"destinations: the name {name!r} is used more than once")
+
+
+def _protocol_checks(settings: Settings, problems: list[str]) -> None:
+    nominal = {w.nominal_h for w in settings.grouping.time_points}
+    protocol = settings.protocol
+    for hours in [*protocol.multi_time_points_h, protocol.single_time_point_h]:
+        if hours not in nominal:
+            problems.append(
+                f"protocol: time point {hours:g} h is not the nominal_h of any "
+                f"[[grouping.time_points]] window ({', '.join(f'{n:g}' for n in sorted(nominal))})"
+            )
+    if protocol.min_time_points > len(protocol.multi_time_points_h):
+        problems.append(
+            f"protocol.min_time_points ({protocol.min_time_points}) exceeds the "
+            f"{len(protocol.multi_time_points_h)} time points of multi_time_points_h"
+        )
+    if protocol.min_time_points < 2:
+        problems.append("protocol.min_time_points: a kinetic fit needs at least 2 time points")
+    dosimetry = settings.dosimetry
+    hu, rho = dosimetry.density_points_hu, dosimetry.density_points_g_per_ml
+    if len(hu) != len(rho) or len(hu) < 2:
+        problems.append(
+            "dosimetry: density_points_hu and density_points_g_per_ml need the same number "
+            f"(≥ 2) of points, got {len(hu)} and {len(rho)}"
+        )
+    elif any(b <= a for a, b in zip(hu, hu[1:])):
+        problems.append("dosimetry.density_points_hu: must be strictly increasing")
 
 
 def settings_from_dict(data: dict[str, Any], source: str = "configuration") -> Settings:

@@ -12,10 +12,16 @@ from dicomio.headers import InstanceHeader, instance_header
 from service.archive import Archive, sha256_hex
 from service.errors import StartupError
 from service.ingest import Ingest, utc_now
+from service.jobs import JobRunner
+from service.outbox import Outbox
+from service.planner import Planner
 from service.regroup import Regrouper, rules_from_settings
+from service.scheduler import start_scheduler
 from service.scp import StorageSCP
 from service.store import open_database
 from service.store.index import IndexStore
+from service.store.jobs import JobRecord, JobStore
+from service.store.outbox import OutboxStore
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +29,14 @@ DATABASE_NAME = "theranode.db"
 
 
 class Node:
-    """The theranode DICOM node: archive, index, grouping and listener."""
+    """The theranode DICOM node: archive, index, grouping, listener, jobs and outbox.
+
+    Data flow: the listener archives and indexes → the regrouper groups the
+    patient → the planner applies the completion rules and queues jobs → the
+    job runner computes in worker processes → the outbox sends the results.
+    Jobs and deliveries use their own database connection (SQLite in WAL
+    mode serialises the writers).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -36,10 +49,21 @@ class Node:
         self.db = open_database(data_dir / DATABASE_NAME)
         self.index = IndexStore(self.db)
         self.rules = rules_from_settings(settings.grouping)
-        self.regrouper = Regrouper(self.index, self.rules)
+        self.jobs = JobStore(open_database(data_dir / DATABASE_NAME))
+        self.outbox_store = OutboxStore(self.jobs)
+        self.outbox = Outbox(self.outbox_store, settings)
+        self.runner = JobRunner(self.jobs, self.outbox_store, settings,
+                                on_finished=self._job_finished)
+        self.planner = Planner(self.index, self.jobs, settings, on_submitted=self.runner.wake)
+        self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
         self.ingest = Ingest(self.archive, self.index, on_new_series=self._new_series)
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
+        self.scheduler: object | None = None
         self._stopped = threading.Event()
+
+    def _job_finished(self, job: JobRecord) -> None:
+        self.outbox.wake()
+        self.planner.request()
 
     def _new_series(self, header: InstanceHeader) -> None:
         self.regrouper.request(header.patient_key)
@@ -51,6 +75,11 @@ class Node:
         self.regrouper.start()
         for key in self.index.patient_keys():
             self.regrouper.request(key)
+        self.runner.start()
+        self.outbox.start()
+        self.planner.start()
+        self.planner.request()
+        self.scheduler = start_scheduler(self.settings, self.settings.data_dir / DATABASE_NAME)
         try:
             self.scp.start(self.settings.node.bind, self.settings.node.port)
         except OSError as exc:
@@ -89,7 +118,12 @@ class Node:
 
     def stop(self) -> None:
         self.scp.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)  # type: ignore[attr-defined]
+        self.planner.stop()
         self.regrouper.stop()
+        self.runner.stop()
+        self.outbox.stop()
         self._stopped.set()
 
     def wait(self) -> None:

@@ -7,6 +7,8 @@ sqlite-utils :class:`~sqlite_utils.migrations.Migrations` set named
 - :mod:`service.store.index` — instances, series, grouping (patient → course →
   cycle → time point).
 - :mod:`service.store.outcomes` — imported outcome data for cohort statistics.
+- :mod:`service.store.jobs` — dosimetry jobs and reprocess requests.
+- :mod:`service.store.outbox` — result objects and their delivery per destination.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlite_utils.migrations import Migrations
 logger = logging.getLogger(__name__)
 
 #: Modules of this package that declare a ``MIGRATIONS`` set, in apply order.
-SCHEMA_MODULES = ("index",)
+SCHEMA_MODULES = ("index", "jobs", "outbox")
 
 
 def migration_sets() -> list[Migrations]:

@@ -1,0 +1,458 @@
+"""Read → compute → write for one dosimetry job (a cycle or a course).
+
+A job arrives as a :class:`JobSpec`: everything needed, by value, so that it
+can run in a worker process with no database connection. The pipeline
+
+1. reads the archived input files of the cycle (:mod:`dicomio` readers),
+2. builds the engine's inputs (VOIs from the RTSTRUCT drawn on the first CT),
+3. computes with :mod:`dosimetry.cycle` or :mod:`dosimetry.course_map`,
+4. writes RT Dose, SR and PDF (deterministic: UIDs from the inputs and the
+   result version, creation time from the job record) into
+   ``<data_dir>/results/job-<id>/`` by write-and-rename, together with the
+   pickled result and source context that later course and single-time-point
+   jobs read back,
+
+and returns a :class:`JobOutcome` listing the written objects; sending them is
+the outbox's business (:mod:`service.outbox`).
+
+References
+----------
+Hebert K et al., J Nucl Med 2024;65:923-930 (protocol and method).
+DICOM PS3.3 A.18 (RT Dose), A.35.13 (Comprehensive 3D SR), A.45.1
+(Encapsulated PDF).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from config.schema import CalibrationSettings, Settings
+from dicomio.ct import read_ct_series
+from dicomio.dvh import dvhs_from_masks
+from dicomio.nm import CountsCalibration, read_spect
+from dicomio.part10 import encode
+from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from dicomio.rtdose import course_rt_dose, cycle_rt_dose
+from dicomio.rtstruct import RoiContours, read_rois, roi_mask
+from dicomio.source import SourceContext, course_source_context, source_context_from_datasets
+from dicomio.sr import write_course_sr, write_cycle_sr
+from dicomio.uids import ResultIdentity, ResultKind
+from dosimetry.course_map import compute_course
+from dosimetry.cycle import (
+    CycleInputs,
+    EngineSettings,
+    StpFallback,
+    TimePointImages,
+    VoiMask,
+    compute_multi_time_point_cycle,
+    compute_single_time_point_cycle,
+)
+from dosimetry.density import DensityCalibration
+from dosimetry.recovery import SigmoidRecovery
+from dosimetry.results import CourseResult, CycleResult, Organ, VoiKind
+from dosimetry.volume import Volume
+from service.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+RESULTS_DIR = "results"
+RESULT_FILE = "result.pkl"
+SOURCE_FILE = "source.pkl"
+
+
+class PipelineError(ServiceError):
+    """The inputs of a job cannot be turned into results (the message says why)."""
+
+
+class JobKind(str, Enum):
+    CYCLE = "cycle"
+    COURSE = "course"
+
+
+# -- job descriptions (picklable, by value) ----------------------------------
+@dataclass(frozen=True)
+class TimePointInput:
+    """The files of one time point: its SPECT and the CT in its frame of reference."""
+
+    nominal_h: float
+    elapsed_h: float
+    spect_files: tuple[str, ...]
+    ct_files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CycleJobInput:
+    """One cycle's inputs (file paths relative to the data folder).
+
+    ``reference_result`` is the result folder of the multi-time-point cycle a
+    single-time-point cycle is scaled from (``None``: the configured fallback).
+    """
+
+    cycle_number: int
+    injection: str
+    multi_time_point: bool
+    time_points: tuple[TimePointInput, ...]
+    rtstruct_file: str
+    reference_result: str | None = None
+    administered_activity_mbq: float | None = None
+
+
+@dataclass(frozen=True)
+class CourseJobInput:
+    """A course: the result folders of its computed cycles, in cycle order."""
+
+    cycle_results: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to run one job."""
+
+    job_id: int
+    kind: JobKind
+    version: int
+    created_at: str
+    data_dir: str
+    settings: Settings
+    cycle: CycleJobInput | None = None
+    course: CourseJobInput | None = None
+
+    @property
+    def result_folder(self) -> str:
+        """The job's result folder, relative to the data folder."""
+        return f"{RESULTS_DIR}/job-{self.job_id}"
+
+    @property
+    def result_dir(self) -> Path:
+        return Path(self.data_dir) / self.result_folder
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One written DICOM result object."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    description: str
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a finished job produced."""
+
+    objects: tuple[ResultObject, ...]
+    result_dir: str
+    summary: tuple[str, ...] = field(default=())
+
+
+# -- settings → engine ----------------------------------------------------------
+def engine_settings(settings: Settings) -> EngineSettings:
+    """The engine's settings from the ``[dosimetry]`` and ``[protocol]`` sections."""
+    d, p = settings.dosimetry, settings.protocol
+    return EngineSettings(
+        density_calibration=DensityCalibration(
+            tuple(d.density_points_hu), tuple(d.density_points_g_per_ml), name="configured"
+        ),
+        gas_policy=d.gas_policy,
+        gas_threshold_g_per_ml=d.gas_threshold_g_per_ml,
+        kinetic_model=d.kinetic_model,
+        select_model_by_aicc=d.select_model_by_aicc,
+        recovery_curve=SigmoidRecovery(
+            d.recovery_plateau, d.recovery_half_volume_ml, d.recovery_slope
+        ),
+        min_lesion_volume_ml=d.min_lesion_volume_ml,
+        apply_recovery_to_marrow=d.apply_recovery_to_marrow,
+        stp_fallback=StpFallback(p.single_time_point_fallback),
+        population_half_life_h={
+            VoiKind.ORGAN.value: p.population_half_life_organ_h,
+            VoiKind.MARROW.value: p.population_half_life_marrow_h,
+            VoiKind.LESION.value: p.population_half_life_lesion_h,
+        },
+        voxelwise_map=d.voxelwise_map,
+    )
+
+
+def counts_calibration(ds: Dataset, calibration: CalibrationSettings) -> CountsCalibration | None:
+    """The configured sensitivity of the camera that acquired ``ds`` (first match wins)."""
+    facts = {
+        "manufacturer": str(ds.get("Manufacturer", "") or ""),
+        "model_name": str(ds.get("ManufacturerModelName", "") or ""),
+        "station_name": str(ds.get("StationName", "") or ""),
+    }
+    for camera in calibration.cameras:
+        wanted = {k: getattr(camera, k) for k in facts}
+        if all(not value or value == facts[k] for k, value in wanted.items()):
+            return CountsCalibration(camera.cps_per_mbq, calibration.correct_decay_during_acquisition)
+    if calibration.default_cps_per_mbq > 0:
+        return CountsCalibration(
+            calibration.default_cps_per_mbq, calibration.correct_decay_during_acquisition
+        )
+    return None
+
+
+# -- VOIs -----------------------------------------------------------------------
+_LEFT = re.compile(r"(^|[^a-z])(l|lt|left|sin)$|left|links")
+_RIGHT = re.compile(r"(^|[^a-z])(r|rt|right|dex)$|right|rechts")
+
+
+def classify_roi(name: str, interpreted_type: str | None) -> tuple[VoiKind, Organ | None] | None:
+    """VOI kind and organ of an ROI from its name and RTROIInterpretedType.
+
+    Lesions: interpreted type GTV/CTV/PTV or a name with lesion/tumour/GTV/met;
+    organs: liver, spleen, kidney (laterality from the name's suffix); marrow:
+    a name with "marrow". Anything else (BODY, EXTERNAL, …) is not a VOI.
+    """
+    lowered = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if (interpreted_type or "").upper() in ("GTV", "CTV", "PTV") or re.search(
+        r"lesion|tumou?r|gtv|^met|_met", lowered
+    ):
+        return VoiKind.LESION, None
+    if "marrow" in lowered:
+        return VoiKind.MARROW, Organ.BONE_MARROW
+    if "liver" in lowered:
+        return VoiKind.ORGAN, Organ.LIVER
+    if "spleen" in lowered:
+        return VoiKind.ORGAN, Organ.SPLEEN
+    if "kidney" in lowered:
+        side = lowered.replace("kidneys", "").replace("kidney", "")
+        if _LEFT.search(side):
+            return VoiKind.ORGAN, Organ.KIDNEY_LEFT
+        if _RIGHT.search(side):
+            return VoiKind.ORGAN, Organ.KIDNEY_RIGHT
+        return VoiKind.ORGAN, Organ.KIDNEYS
+    return None
+
+
+def voi_masks(rois: Sequence[RoiContours], ct: Volume) -> tuple[tuple[VoiMask, ...], list[str]]:
+    """VOIs on the reference CT grid, and notes on the ROIs left out."""
+    vois, notes = [], []
+    for roi in rois:
+        kind = classify_roi(roi.name, roi.interpreted_type)
+        if kind is None:
+            notes.append(f"ROI {roi.name!r} is not an organ, marrow or lesion VOI; ignored")
+            continue
+        mask = roi_mask(roi, ct)
+        if not mask.array.any():
+            notes.append(f"ROI {roi.name!r} covers no voxel of the reference CT; ignored")
+            continue
+        vois.append(VoiMask(roi.name, kind[0], mask, kind[1]))
+    if not vois:
+        raise PipelineError(
+            "The RTSTRUCT holds no usable VOI (organs, marrow or lesions with contours on "
+            "the first CT); draw them and resend the structure set."
+        )
+    return tuple(vois), notes
+
+
+# -- reading ------------------------------------------------------------------------
+def _read(data_dir: Path, files: Sequence[str]) -> list[Dataset]:
+    return [pydicom.dcmread(data_dir / f) for f in files]
+
+
+@dataclass(frozen=True, eq=False)
+class _ReadCycle:
+    inputs: CycleInputs
+    source: SourceContext
+    rois: list[RoiContours]
+    notes: list[str]
+
+
+def _spect(datasets: list[Dataset], settings: Settings) -> Any:
+    calibration = counts_calibration(datasets[0], settings.calibration)
+    return read_spect(datasets if len(datasets) > 1 else datasets[0], calibration)
+
+
+def _time_point(
+    data_dir: Path, tp: TimePointInput, injection: datetime, settings: Settings
+) -> tuple[TimePointImages, list[Dataset], list[Dataset]]:
+    ct_ds = _read(data_dir, tp.ct_files)
+    spect_ds = _read(data_dir, tp.spect_files)
+    spect = _spect(spect_ds, settings)
+    elapsed_h = spect.elapsed_h
+    if elapsed_h is None:  # injection time of day only: the grouping dated it
+        elapsed_h = (spect.acquisition_start - injection).total_seconds() / 3600.0
+    images = TimePointImages(elapsed_h, read_ct_series(ct_ds), spect.volume)
+    return images, ct_ds, spect_ds
+
+
+def read_cycle(spec: JobSpec) -> _ReadCycle:
+    """Read every input file of a cycle job into the engine's inputs."""
+    job = spec.cycle
+    assert job is not None
+    data_dir = Path(spec.data_dir)
+    injection = datetime.fromisoformat(job.injection)
+    ordered = sorted(job.time_points, key=lambda t: t.elapsed_h)
+    images, ct_sets, spect_sets = [], [], []
+    for tp in ordered:
+        tp_images, ct_ds, spect_ds = _time_point(data_dir, tp, injection, spec.settings)
+        images.append(tp_images)
+        ct_sets.append(ct_ds)
+        spect_sets.extend(spect_ds)
+    structure_set = pydicom.dcmread(data_dir / job.rtstruct_file)
+    rois = read_rois(structure_set)
+    vois, notes = voi_masks(rois, images[0].ct)
+    inputs = CycleInputs(
+        job.cycle_number, tuple(images), vois, job.administered_activity_mbq
+    )
+    source = source_context_from_datasets(
+        ct_sets[0],
+        structure_set=structure_set,
+        source_images=[*spect_sets, *(ds for cts in ct_sets[1:] for ds in cts)],
+    )
+    return _ReadCycle(inputs, source, rois, notes)
+
+
+def load_result(data_dir: Path, result_dir: str) -> tuple[CycleResult, SourceContext, Volume]:
+    """A computed cycle's result, source context and reference CT (for scaling and courses)."""
+    folder = data_dir / result_dir
+    with open(folder / RESULT_FILE, "rb") as f:
+        stored = pickle.load(f)
+    return stored["result"], stored["source"], stored["reference_ct"]
+
+
+# -- writing ------------------------------------------------------------------------
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultObject, ...]:
+    folder = spec.result_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    objects = []
+    for ds in datasets:
+        name = f"{ds.Modality}.dcm"
+        _write_atomic(folder / name, encode(ds))
+        objects.append(
+            ResultObject(
+                path=f"{spec.result_folder}/{name}",
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                modality=str(ds.Modality),
+                description=str(ds.get("SeriesDescription", "")),
+            )
+        )
+    return tuple(objects)
+
+
+def _store_result(spec: JobSpec, payload: dict[str, Any]) -> None:
+    spec.result_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(spec.result_dir / RESULT_FILE, pickle.dumps(payload, protocol=5))
+
+
+def _summary(vois: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(
+        f"{v.name}: {v.mean_gy:.3f} Gy ({v.method.value})"
+        + (" [excluded]" if getattr(v, "excluded", False) else "")
+        for v in vois
+    )
+
+
+# -- cycle and course jobs ----------------------------------------------------------
+def _reference_cycle(spec: JobSpec) -> CycleResult | None:
+    job = spec.cycle
+    assert job is not None
+    if job.multi_time_point or job.reference_result is None:
+        return None
+    result, _, _ = load_result(Path(spec.data_dir), job.reference_result)
+    return result
+
+
+def run_cycle(spec: JobSpec) -> JobOutcome:
+    """Compute one cycle and write its RT Dose, SR and PDF."""
+    job = spec.cycle
+    assert job is not None
+    read = read_cycle(spec)
+    settings = engine_settings(spec.settings)
+    if job.multi_time_point:
+        result = compute_multi_time_point_cycle(read.inputs, settings)
+    else:
+        result = compute_single_time_point_cycle(read.inputs, settings, _reference_cycle(spec))
+    if read.notes:
+        result = _with_warnings(result, read.notes)
+    identity = ResultIdentity(
+        ResultKind.CYCLE, spec.version, datetime.fromisoformat(spec.created_at),
+        cycle_number=job.cycle_number,
+    )
+    datasets = _cycle_objects(result, read, identity)
+    _store_result(spec, {"result": result, "source": read.source,
+                         "reference_ct": read.inputs.reference.ct})
+    objects = _write_objects(spec, datasets)
+    logger.info("Job %d: cycle %d %s written (%d objects)", spec.job_id, job.cycle_number,
+                identity.label, len(objects))
+    return JobOutcome(objects, spec.result_folder, _summary(result.vois))
+
+
+def _with_warnings(result: CycleResult, notes: Sequence[str]) -> CycleResult:
+    from dataclasses import replace
+
+    return replace(result, warnings=(*result.warnings, *notes))
+
+
+def _cycle_objects(
+    result: CycleResult, read: _ReadCycle, identity: ResultIdentity
+) -> list[Dataset]:
+    dvhs = {}
+    if result.dose_map is not None:
+        names = {v.name for v in read.inputs.vois}
+        masks = {r.name: roi_mask(r, result.dose_map) for r in read.rois if r.name in names}
+        dvhs = dvhs_from_masks(result.dose_map, {k: m for k, m in masks.items() if m.array.any()})
+    datasets: list[Dataset] = []
+    if result.dose_map is not None:
+        datasets.append(cycle_rt_dose(result, read.source, identity, dvhs=dvhs))
+    datasets.append(write_cycle_sr(result, read.source, identity))
+    datasets.append(write_cycle_pdf(result, read.source, identity, dvhs=dvhs))
+    return datasets
+
+
+def run_course(spec: JobSpec) -> JobOutcome:
+    """Sum the computed cycles of a course and write its RT Dose, SR and PDF."""
+    job = spec.course
+    assert job is not None
+    data_dir = Path(spec.data_dir)
+    loaded = [load_result(data_dir, folder) for folder in job.cycle_results]
+    cycles = [r for r, _, _ in loaded]
+    course: CourseResult = compute_course(
+        cycles, [ct for _, _, ct in loaded], planned_cycles=spec.settings.protocol.planned_cycles
+    )
+    source = course_source_context([s for _, s, _ in loaded])
+    identity = ResultIdentity(
+        ResultKind.COURSE, spec.version, datetime.fromisoformat(spec.created_at)
+    )
+    datasets: list[Dataset] = []
+    if course.course_map is not None:
+        datasets.append(course_rt_dose(course, source, identity))
+    datasets.append(write_course_sr(course, source, identity))
+    datasets.append(write_course_pdf(course, source, identity))
+    _store_result(spec, {"result": course, "source": source, "reference_ct": loaded[0][2]})
+    objects = _write_objects(spec, datasets)
+    summary = tuple(f"{c.name}: total {c.total_gy:.3f} Gy" for c in course.cumulative)
+    logger.info("Job %d: %s written (%d objects)", spec.job_id, identity.label, len(objects))
+    return JobOutcome(objects, spec.result_folder, (*summary, *course.flags))
+
+
+def run_job(spec: JobSpec) -> JobOutcome:
+    """Run one job (in a worker process); errors propagate with their message."""
+    if spec.kind is JobKind.CYCLE:
+        return run_cycle(spec)
+    return run_course(spec)

@@ -1,0 +1,167 @@
+"""Sending result files to a destination: one interface, a DICOM and a folder implementation.
+
+Like dicomweb-client's ``DICOMClient`` protocol, :class:`Sender` is the small
+surface the outbox needs: send these files, tell me per file what the
+destination answered. :class:`DicomSender` sends by C-STORE on one
+association per batch (pynetdicom SCU, TCP_NODELAY on its socket so small
+objects are not held back by Nagle's algorithm, see INTEROP.md);
+:class:`FolderSender` copies into a folder (write, fsync, rename).
+
+Outcomes
+--------
+* ``SENT`` — status Success (0x0000) or a Warning (0x0001, 0xB000-0xBFFF);
+* ``REFUSED`` — any failure status (0xA7xx, 0xA9xx, 0xCxxx, …): the
+  destination understood and said no; resending will not help;
+* ``UNREACHABLE`` — no association, aborted, or no answer: retry later.
+
+References
+----------
+DICOM PS3.4 B.2.3 (Storage Service statuses), PS3.7 9.1.1 (C-STORE).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+
+from config.schema import Destination
+
+logger = logging.getLogger(__name__)
+
+RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+RESULT_SOP_CLASSES = (RT_DOSE_STORAGE, COMPREHENSIVE_3D_SR_STORAGE, ENCAPSULATED_PDF_STORAGE)
+
+
+class SendState(str, enum.Enum):
+    SENT = "sent"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The destination's answer for one file."""
+
+    path: Path
+    state: SendState
+    status: int | None = None
+    detail: str = ""
+
+
+class Sender(Protocol):
+    """Delivers files to one destination."""
+
+    name: str
+
+    def send(self, paths: Sequence[Path]) -> list[SendResult]:
+        """Send ``paths`` in order; stop at the first UNREACHABLE (later files not tried)."""
+        ...
+
+
+def classify_status(status: int) -> SendState:
+    """PS3.4 B.2.3: success and warnings are delivered; every failure is a refusal."""
+    if status == 0x0000 or status == 0x0001 or 0xB000 <= status <= 0xBFFF:
+        return SendState.SENT
+    return SendState.REFUSED
+
+
+def _nodelay(event: Event) -> None:
+    """Turn Nagle's algorithm off on the association's socket (INTEROP.md)."""
+    sock = getattr(event.assoc.dul, "socket", None)
+    raw = getattr(sock, "socket", None)
+    if raw is not None:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DicomSender:
+    """C-STORE SCU to a ``[[destinations]]`` entry."""
+
+    def __init__(self, destination: Destination, calling_ae_title: str, timeout_s: float = 30.0):
+        self.name = destination.name
+        self.destination = destination
+        self.ae = AE(ae_title=calling_ae_title)
+        for sop_class in RESULT_SOP_CLASSES:
+            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian,
+                                                      ImplicitVRLittleEndian])
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
+
+    def send(self, paths: Sequence[Path]) -> list[SendResult]:
+        d = self.destination
+        try:
+            assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title,
+                                      evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        except (OSError, RuntimeError) as exc:
+            return [SendResult(paths[0], SendState.UNREACHABLE, detail=str(exc))] if paths else []
+        if not assoc.is_established:
+            why = "association rejected" if assoc.is_rejected else "no association"
+            return [SendResult(paths[0], SendState.UNREACHABLE, detail=why)] if paths else []
+        results: list[SendResult] = []
+        try:
+            for path in paths:
+                result = self._store(assoc, path)
+                results.append(result)
+                if result.state is SendState.UNREACHABLE:
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return results
+
+    @staticmethod
+    def _store(assoc: object, path: Path) -> SendResult:
+        try:
+            answer = assoc.send_c_store(dcmread(path))  # type: ignore[attr-defined]
+        except (OSError, RuntimeError, ValueError) as exc:
+            return SendResult(path, SendState.UNREACHABLE, detail=str(exc))
+        if "Status" not in answer:
+            return SendResult(path, SendState.UNREACHABLE,
+                              detail="no C-STORE response (timeout or abort)")
+        status = int(answer.Status)
+        comment = str(answer.get("ErrorComment", "") or "")
+        return SendResult(path, classify_status(status), status, comment)
+
+
+class FolderSender:
+    """Copies result files into a folder (for a shared drive or a test)."""
+
+    def __init__(self, destination: Destination):
+        self.name = destination.name
+        self.folder = Path(destination.folder)
+
+    def send(self, paths: Sequence[Path]) -> list[SendResult]:
+        results = []
+        for path in paths:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                target = self.folder / f"{path.parent.name}-{path.name}"
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(path, tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except OSError as exc:
+                results.append(SendResult(path, SendState.UNREACHABLE, detail=str(exc)))
+                break
+            results.append(SendResult(path, SendState.SENT, 0x0000))
+        return results
+
+
+def sender_for(destination: Destination, calling_ae_title: str) -> Sender:
+    """The sender a destination's settings call for."""
+    if destination.folder:
+        return FolderSender(destination)
+    return DicomSender(destination, calling_ae_title)

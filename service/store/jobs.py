@@ -1,0 +1,301 @@
+"""Dosimetry jobs: one row per computation of a cycle or a course.
+
+Tables
+------
+jobs          one row per job: what it computes (``target``), from which inputs
+              (``fingerprint``), its state, result version, log and outcome.
+generations   per target, a counter bumped by ``theranode reprocess``; it is
+              part of the fingerprint, so a reprocess request makes the same
+              inputs "new" once.
+
+States: ``queued`` → ``running`` → ``done`` | ``failed``; ``incomplete`` (a
+cycle that cannot be computed with what arrived, recorded once per input
+set); ``superseded`` (a queued job overtaken by newer inputs).
+The pair (target, fingerprint) is unique: the same cycle is never computed
+twice for the same inputs.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("theranode.jobs")
+
+
+@MIGRATIONS()
+def m001_jobs(db: sqlite_utils.Database) -> None:
+    db["jobs"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "kind": str,
+            "target": str,
+            "patient_key": str,
+            "label": str,
+            "fingerprint": str,
+            "state": str,
+            "version": int,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "attempts": int,
+            "payload": bytes,
+            "message": str,
+            "result_dir": str,
+            "log_path": str,
+        },
+        pk="id",
+        not_null={"kind", "target", "fingerprint", "state", "created_at"},
+    )
+    db["jobs"].create_index(["target", "fingerprint"], unique=True)  # type: ignore[union-attr]
+    db["jobs"].create_index(["state"])  # type: ignore[union-attr]
+    db["generations"].create(  # type: ignore[union-attr]
+        {"target": str, "generation": int}, pk="target"
+    )
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``jobs``."""
+
+    id: int
+    kind: str
+    target: str
+    patient_key: str
+    label: str
+    fingerprint: str
+    state: JobState
+    version: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    payload: bytes | None
+    message: str
+    result_dir: str | None
+    log_path: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobRecord:
+        values = dict(row)
+        values["state"] = JobState(values["state"])
+        values["message"] = values["message"] or ""
+        values["attempts"] = values["attempts"] or 0
+        return cls(**values)
+
+
+class JobStore:
+    """All SQL on jobs; one connection, writers serialised by ``lock``."""
+
+    def __init__(self, db: sqlite_utils.Database, lock: threading.RLock | None = None) -> None:
+        self.db = db
+        self.lock = lock or threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locking) transaction on this store's connection."""
+        with self.lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[JobRecord]:
+        with self.lock:
+            return [JobRecord.from_row(r) for r in self.db.query(sql, params)]
+
+    # -- queries --------------------------------------------------------------
+    def get(self, job_id: int) -> JobRecord | None:
+        rows = self._rows("select * from jobs where id = ?", [job_id])
+        return rows[0] if rows else None
+
+    def find(self, target: str, fingerprint: str) -> JobRecord | None:
+        rows = self._rows(
+            "select * from jobs where target = ? and fingerprint = ?", [target, fingerprint]
+        )
+        return rows[0] if rows else None
+
+    def of_target(self, target: str) -> list[JobRecord]:
+        return self._rows("select * from jobs where target = ? order by id", [target])
+
+    def latest_done(self, target: str) -> JobRecord | None:
+        rows = self._rows(
+            "select * from jobs where target = ? and state = 'done' order by version desc, id desc"
+            " limit 1",
+            [target],
+        )
+        return rows[0] if rows else None
+
+    def all(self, limit: int = 200) -> list[JobRecord]:
+        return self._rows("select * from jobs order by id desc limit ?", [limit])
+
+    def in_states(self, *states: JobState) -> list[JobRecord]:
+        marks = ", ".join("?" for _ in states)
+        return self._rows(
+            f"select * from jobs where state in ({marks}) order by id", [s.value for s in states]
+        )
+
+    def targets_matching(self, patient_keys: list[str], label_prefix: str = "") -> list[str]:
+        """Targets of these patients whose label starts with ``label_prefix``."""
+        if not patient_keys:
+            return []
+        marks = ", ".join("?" for _ in patient_keys)
+        with self.lock:
+            rows = self.db.query(
+                f"select distinct target, label from jobs where patient_key in ({marks})",
+                patient_keys,
+            )
+            return sorted(r["target"] for r in rows if r["label"].startswith(label_prefix))
+
+    def generation(self, target: str) -> int:
+        with self.lock:
+            rows = list(
+                self.db.query("select generation from generations where target = ?", [target])
+            )
+        return int(rows[0]["generation"]) if rows else 0
+
+    def bump_generation(self, target: str) -> int:
+        """Ask for ``target`` to be recomputed (``theranode reprocess``)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "insert into generations (target, generation) values (?, 1) "
+                "on conflict(target) do update set generation = generation + 1",
+                [target],
+            )
+            row = conn.execute(
+                "select generation from generations where target = ?", [target]
+            ).fetchone()
+        return int(row[0])
+
+    def active_of_patient(self, patient_key: str, kind: str) -> list[JobRecord]:
+        return self._rows(
+            "select * from jobs where patient_key = ? and kind = ? and state in "
+            "('queued', 'running') order by id",
+            [patient_key, kind],
+        )
+
+    # -- changes --------------------------------------------------------------
+    def submit(
+        self,
+        *,
+        kind: str,
+        target: str,
+        patient_key: str,
+        label: str,
+        fingerprint: str,
+        payload: bytes | None,
+        created_at: str,
+        state: JobState = JobState.QUEUED,
+        message: str = "",
+    ) -> JobRecord | None:
+        """Record a job unless one exists for these inputs; returns the new job or None.
+
+        Queued jobs of the same target are superseded by the new one.
+        """
+        with self.transaction() as conn:
+            exists = conn.execute(
+                "select 1 from jobs where target = ? and fingerprint = ?", [target, fingerprint]
+            ).fetchone()
+            if exists:
+                return None
+            conn.execute(
+                "update jobs set state = 'superseded', finished_at = ?, "
+                "message = 'superseded by newer inputs' "
+                "where target = ? and state in ('queued', 'incomplete')",
+                [created_at, target],
+            )
+            cursor = conn.execute(
+                "insert into jobs (kind, target, patient_key, label, fingerprint, state, "
+                "created_at, attempts, payload, message) values (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                [kind, target, patient_key, label, fingerprint, state.value, created_at,
+                 payload, message],
+            )
+            job_id = int(cursor.lastrowid or 0)
+        return self.get(job_id)
+
+    def claim_next(self, now: str, log_dir: str) -> JobRecord | None:
+        """Mark the oldest runnable queued job running and return it.
+
+        A job is runnable when no job of the same target is running. Its
+        result version is fixed at its first start (kept when it resumes
+        after a crash), so a re-run writes the same objects.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "select id, target, version from jobs j where state = 'queued' and not exists "
+                "(select 1 from jobs r where r.target = j.target and r.state = 'running') "
+                "order by id limit 1"
+            ).fetchone()
+            if row is None:
+                return None
+            job_id, target, version = row
+            if version is None:
+                version = 1 + conn.execute(
+                    "select coalesce(max(version), 0) from jobs where target = ?", [target]
+                ).fetchone()[0]
+            conn.execute(
+                "update jobs set state = 'running', started_at = ?, attempts = attempts + 1, "
+                "version = ?, log_path = ? where id = ?",
+                [now, version, f"{log_dir}/job-{job_id}.log", job_id],
+            )
+        return self.get(job_id)
+
+    def finish(
+        self, job_id: int, state: JobState, now: str, message: str,
+        result_dir: str | None = None, conn: sqlite3.Connection | None = None,
+    ) -> None:
+        sql = ("update jobs set state = ?, finished_at = ?, message = ?, result_dir = ? "
+               "where id = ?")
+        params = [state.value, now, message, result_dir, job_id]
+        if conn is not None:
+            conn.execute(sql, params)
+            return
+        with self.transaction() as own:
+            own.execute(sql, params)
+
+    def requeue_interrupted(self) -> list[JobRecord]:
+        """Jobs left ``running`` by a crash go back to the queue (same version)."""
+        interrupted = self.in_states(JobState.RUNNING)
+        with self.transaction() as conn:
+            conn.execute("update jobs set state = 'queued' where state = 'running'")
+        return interrupted
+
+    # -- inputs (read from the index tables) ----------------------------------------
+    def input_instances(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """Archived instances of these series: SOP Instance UID, sha256, path, series."""
+        if not series_uids:
+            return []
+        marks = ", ".join("?" for _ in series_uids)
+        with self.lock:
+            return list(self.db.query(
+                f"select sop_instance_uid, sha256, path, series_uid from instances "
+                f"where series_uid in ({marks}) order by series_uid, path",
+                series_uids,
+            ))
+
+    def injected_activity_mbq(self, series_uid: str) -> float | None:
+        with self.lock:
+            rows = list(self.db.query(
+                "select injected_activity_mbq from series where series_uid = ?", [series_uid]))
+        return rows[0]["injected_activity_mbq"] if rows else None
