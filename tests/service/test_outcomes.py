@@ -1,0 +1,227 @@
+"""Outcome CSV import: every validation rule, idempotence, unit conversion, loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlite_utils
+
+from dosimetry.cohort.analysis import analyse_cohort
+from dosimetry.cohort.data import CohortData, DoseKind, DoseRow
+from dosimetry.cohort.synthetic import synthetic_cohort
+from service.outcomes import FileStatus, OutcomeKind, import_outcome_files, load_cohort_data
+from service.store import outcomes as store
+from service.store.outcomes import MIGRATIONS
+
+PATIENTS = """patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,last_followup_date,recist_m3
+P1,M,66,2020-01-10,2021-06-01,,2023-01-01,SD
+P2,F,70,2020-02-10,,2022-03-01,2022-03-01,PR
+"""
+CYCLES = """patient_id,cycle,admin_date,activity_gbq
+P1,1,2020-01-10,7.4
+P1,2,2020-03-06,7.4
+P2,1,2020-02-10,7.4
+"""
+LESIONS = """patient_id,lesion_id,site,vol_bl_cm3,ct_bl_date,vol_m3_cm3,ct_m3_date
+P1,liver_1,liver,10.5,2019-12-20,8.2,2020-06-01
+P2,node_1,lymph node,4.0,2020-01-20,4.5,2020-05-15
+"""
+LABS = """patient_id,date,analyte,value,unit,lln,uln
+P1,2020-01-05,hgb,13.5,g/dL,13,17
+P1,2020-01-05,creat,80,µmol/L,60,110
+P1,2020-01-25,plt,120,10^9/L,150,400
+P2,2020-01-30,hgb,125,g/L,120,160
+"""
+DOSES = """patient_id,cycle,voi,kind,ad_gy
+P1,1,liver_1,lesion,30.5
+P1,2,liver_1,lesion,25.1
+P1,1,Kidneys,organ,2.7
+P2,1,node_1,lesion,40.2
+"""
+GOOD = {"patients": PATIENTS, "cycles": CYCLES, "lesions": LESIONS, "labs": LABS, "doses": DOSES}
+ORDER = list(GOOD)
+
+
+@pytest.fixture
+def db() -> sqlite_utils.Database:
+    database = sqlite_utils.Database(memory=True)
+    MIGRATIONS.apply(database)
+    return database
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _import_before(db: sqlite_utils.Database, folder: Path, kind: str) -> None:
+    """Import the good files that ``kind`` depends on."""
+    needed = ORDER[: ORDER.index(kind)]
+    report = import_outcome_files(db, [_write(folder, f"good_{k}", GOOD[k]) for k in needed])
+    assert report.ok, report.summary()
+
+
+def _replace(kind: str, old: str, new: str) -> str:
+    assert old in GOOD[kind], old
+    return GOOD[kind].replace(old, new, 1)
+
+
+# (kind, bad content, line, column, words in the message)
+BAD_FILES = [
+    ("patients", _replace("patients", "recist_m3\n", "recist_m3,weight_kg\n").replace("SD\n", "SD,80\n").replace("PR\n", "PR,70\n"), 1, "weight_kg", "unknown column"),
+    ("patients", PATIENTS.replace(",last_followup_date", "").replace(",2023-01-01", "").replace(",2022-03-01,PR", ",PR"), 1, "last_followup_date", "missing"),
+    ("patients", PATIENTS + "P1,M,66,2020-01-10,,,2023-01-01,SD\n", 4, "patient_id", "duplicate of line 2"),
+    ("patients", _replace("patients", ",2022-03-01,2022-03-01,PR", ",2020-01-01,2022-03-01,PR"), 3, "death_date", "death before injection"),
+    ("patients", _replace("patients", "2021-06-01,,2023-01-01", "2021-06-01,2021-01-01,2021-01-01"), 2, "death_date", "progression after death"),
+    ("patients", _replace("patients", "2021-06-01,,2023-01-01", "2021-06-01,,2021-01-01"), 2, "last_followup_date", "out of order"),
+    ("patients", _replace("patients", "P1,M,66,2020-01-10", "P1,M,66,10/01/2020"), 2, "first_injection_date", "ISO date"),
+    ("patients", _replace("patients", "P2,F,", "P2,X,"), 3, "sex", "M or F"),
+    ("patients", _replace("patients", "P2,F,70,", "P2,F,,"), 3, "birth_date", "age_at_start"),
+    ("patients", _replace("patients", ",PR\n", ",VGPR\n"), 3, "recist_m3", "expected one of"),
+    ("cycles", CYCLES + "P9,1,2020-01-10,7.4\n", 5, "patient_id", "orphan"),
+    ("cycles", _replace("cycles", "P1,2,2020-03-06", "P1,2,2020-01-05"), 3, "admin_date", "out of order"),
+    ("cycles", _replace("cycles", "P2,1,2020-02-10,7.4", "P2,1,2020-02-10,7400"), 4, "activity_gbq", "MBq"),
+    ("cycles", _replace("cycles", "P2,1,2020-02-10,7.4", "P2,1,2020-02-10,0"), 4, "activity_gbq", "positive"),
+    ("cycles", CYCLES + "P2,2,2022-04-01,7.4\n", 5, "admin_date", "death before injection"),
+    ("cycles", _replace("cycles", "P2,1,", "P2,one,"), 4, "cycle", "whole number"),
+    ("lesions", _replace("lesions", "P1,liver_1,liver,10.5", "P1,liver_1,liver,0"), 2, "vol_bl_cm3", "positive"),
+    ("lesions", _replace("lesions", "4.5,2020-05-15", "-1,2020-05-15"), 3, "vol_m3_cm3", "positive"),
+    ("lesions", _replace("lesions", "8.2,2020-06-01", "8.2,2019-11-01"), 2, "ct_m3_date", "out of order"),
+    ("lesions", _replace("lesions", "8.2,2020-06-01", "8.2,"), 2, "ct_m3_date", "give both"),
+    ("lesions", LESIONS + "P1,liver_1,liver,3,2019-12-20,2,2020-06-01\n", 4, "patient_id, lesion_id", "duplicate"),
+    ("labs", _replace("labs", "13.5,g/dL", "13.5,mg"), 2, "unit", "unknown unit"),
+    ("labs", LABS + "P2,2020-02-25,lymph,22,%,20,40\n", 6, "unit", "in % instead of an absolute count"),
+    ("labs", LABS + "P2,2020-02-25,crp,5,mg/L,,\n", 6, "analyte", "unknown analyte"),
+    ("labs", _replace("labs", "plt,120,10^9/L", "plt,120000,10^9/L"), 4, "value", "plausible"),
+    ("labs", LABS + "P1,2020-01-05,hgb,13.1,g/dL,13,17\n", 6, "patient_id, date, analyte", "duplicate of line 2"),
+    ("labs", _replace("labs", "13.5,g/dL,13,17", "13.5,g/dL,18,17"), 2, "lln", "above uln"),
+    ("labs", _replace("labs", "13.5,g/dL", "13,5,g/dL"), 2, "", "expected 7 fields"),
+    ("doses", DOSES + "P1,1,liver_9,lesion,10\n", 6, "voi", "orphan"),
+    ("doses", DOSES + "P2,3,node_1,lesion,10\n", 6, "cycle", "orphan"),
+    ("doses", DOSES + "P1,1,Pancreas,organ,1\n", 6, "voi", "unknown organ"),
+    ("doses", _replace("doses", "Kidneys,organ", "Kidneys,tissue"), 4, "kind", "organ or lesion"),
+    ("doses", _replace("doses", "node_1,lesion,40.2", "node_1,lesion,-4"), 5, "ad_gy", "≥ 0"),
+    ("doses", _replace("doses", "node_1,lesion,40.2", "node_1,lesion,4o"), 5, "ad_gy", "expected a number"),
+]
+
+
+@pytest.mark.parametrize(("kind", "content", "line", "column", "words"), BAD_FILES)
+def test_bad_file_is_rejected_with_row_and_column(
+    db: sqlite_utils.Database, tmp_path: Path, kind: str, content: str, line: int, column: str, words: str
+) -> None:
+    _import_before(db, tmp_path, kind)
+    before = store.rows(db, kind)
+    path = _write(tmp_path, f"bad_{kind}", content)
+    report = import_outcome_files(db, [path])
+    assert not report.ok
+    (file_report,) = report.files
+    assert file_report.status is FileStatus.REJECTED
+    matching = [e for e in report.errors if e.line == line and e.column == column and words in e.message]
+    assert matching, report.summary()
+    assert f"{path.name}, line {line}" in str(matching[0])
+    assert store.rows(db, kind) == before  # a rejected file imports nothing
+
+
+def test_unrecognised_file(db: sqlite_utils.Database, tmp_path: Path) -> None:
+    report = import_outcome_files(db, [_write(tmp_path, "x", "name,weight\nA,3\n")])
+    assert not report.ok
+    assert report.errors[0].line == 1 and "not an outcome file" in report.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "line", "column", "words"),
+    [
+        ("lesions", LESIONS + "P1,liver_2,liver,1.5,2019-12-20,1.2,2020-06-01\n", 4, "vol_bl_cm3", "< 2 cm³"),
+        ("labs", LABS + "P2,2020-02-25,wbc,3.1,10^9/L,,\n", 6, "lln", "LLN missing"),
+        ("lesions", LESIONS + "P1,bone_1,bone,5,2019-12-20,5,2020-06-01\n", 4, "site", "bone"),
+    ],
+)
+def test_warnings_are_reported_and_kept(
+    db: sqlite_utils.Database, tmp_path: Path, kind: str, content: str, line: int, column: str, words: str
+) -> None:
+    _import_before(db, tmp_path, kind)
+    report = import_outcome_files(db, [_write(tmp_path, kind, content)])
+    assert report.ok, report.summary()
+    assert any(w.line == line and w.column == column and words in w.message for w in report.warnings)
+    kept = store.stored_warnings(db)
+    assert any(w["line"] == line and w["column"] == column and words in w["message"] for w in kept)
+
+
+def test_all_files_in_any_order_and_reimport_changes_nothing(db: sqlite_utils.Database, tmp_path: Path) -> None:
+    paths = [_write(tmp_path, k, GOOD[k]) for k in reversed(ORDER)]
+    first = import_outcome_files(db, paths)
+    assert first.ok, first.summary()
+    assert [f.kind for f in first.files] == list(OutcomeKind)
+    snapshot = {k: store.rows(db, k) for k in ORDER}
+    files_before = list(db["outcome_files"].rows)
+    second = import_outcome_files(db, paths)
+    assert second.ok
+    assert all(f.status is FileStatus.UNCHANGED for f in second.files)
+    assert {k: store.rows(db, k) for k in ORDER} == snapshot
+    assert list(db["outcome_files"].rows) == files_before
+    assert "unchanged" in second.summary()
+
+
+def test_units_are_converted_to_canonical(db: sqlite_utils.Database, tmp_path: Path) -> None:
+    _import_before(db, tmp_path, "doses")
+    labs = {(r["patient_id"], r["analyte"]): r for r in store.rows(db, "labs")}
+    assert labs[("P1", "creat")]["value"] == pytest.approx(80 / 88.4)
+    assert labs[("P1", "creat")]["unit"] == "mg/dL"
+    assert labs[("P1", "creat")]["given_unit"] == "µmol/L"
+    assert labs[("P2", "hgb")]["value"] == pytest.approx(12.5)
+    assert labs[("P2", "hgb")]["lln"] == pytest.approx(12.0)
+
+
+def test_load_with_own_doses_taking_precedence(db: sqlite_utils.Database, tmp_path: Path) -> None:
+    import_outcome_files(db, [_write(tmp_path, k, GOOD[k]) for k in ORDER])
+    own = [
+        DoseRow("P1", 1, "liver_1", DoseKind.LESION, 33.0),
+        DoseRow("P2", 1, "spleen", DoseKind.ORGAN, 3.9),
+    ]
+    data = load_cohort_data(db, own_doses=own)
+    doses = data.doses.set_index(["patient_id", "cycle", "voi"])["ad_gy"]
+    assert doses.loc[("P1", 1, "liver_1")] == 33.0
+    assert doses.loc[("P1", 2, "liver_1")] == 25.1
+    assert doses.loc[("P2", 1, "spleen")] == 3.9
+    assert len(data.doses) == 5
+    assert data.patients.set_index("patient_id").loc["P2", "death_date"] == pd.Timestamp("2022-03-01")
+
+
+def _export(data: CohortData, folder: Path) -> list[Path]:
+    """Write a CohortData record as the five outcome CSV files."""
+    patients = data.patients.rename(columns={"age_at_start_y": "age_at_start"})
+    labs = data.labs.assign(unit=data.labs["analyte"].map(
+        {"hgb": "g/dL", "creat": "mg/dL", "egfr": "mL/min/1.73m2"}).fillna("10^9/L"))
+    frames = {"patients": patients, "cycles": data.cycles, "lesions": data.lesions, "labs": labs, "doses": data.doses}
+    paths = []
+    for name, frame in frames.items():
+        path = folder / f"{name}.csv"
+        out = frame.copy()
+        for column in out.columns:
+            if pd.api.types.is_datetime64_any_dtype(out[column]):
+                out[column] = out[column].dt.strftime("%Y-%m-%d")
+        out.to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def test_synthetic_cohort_round_trips_through_import(db: sqlite_utils.Database, tmp_path: Path) -> None:
+    cohort = synthetic_cohort(12, seed=3)
+    report = import_outcome_files(db, _export(cohort.data, tmp_path))
+    assert report.ok, report.summary()
+    loaded = load_cohort_data(db)
+    assert len(loaded.patients) == 12
+    assert len(loaded.lesions) == len(cohort.data.lesions)
+    assert len(loaded.labs) == len(cohort.data.labs)
+    assert loaded.doses["ad_gy"].sum() == pytest.approx(cohort.data.doses["ad_gy"].sum())
+    original = analyse_cohort(cohort.data)
+    again = analyse_cohort(loaded)
+    for a, b in zip(again.distributions, original.distributions, strict=True):
+        assert (a.voi, a.cycle, type(a.summary)) == (b.voi, b.cycle, type(b.summary))
+        if hasattr(a.summary, "median"):
+            assert (a.summary.n, a.summary.median) == (b.summary.n, b.summary.median)
+            assert a.summary.mean == pytest.approx(b.summary.mean)
