@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -53,20 +54,98 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from service.regroup import rules_from_settings
-    from service.status import render_status
+def _database(settings: Settings) -> object | None:
     from service.store import open_database
-    from service.store.index import IndexStore
 
-    settings = _settings(args)
     db_path = settings.data_dir / "theranode.db"
     if not db_path.exists():
         print(f"No database at {db_path}: nothing received yet.")
+        return None
+    return open_database(db_path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from service.regroup import rules_from_settings
+    from service.job_status import render_dosimetry_status
+    from service.status import render_status
+    from service.store.index import IndexStore
+
+    settings = _settings(args)
+    db = _database(settings)
+    if db is None:
         return 0
-    index = IndexStore(open_database(db_path))
+    index = IndexStore(db)  # type: ignore[arg-type]
     for line in render_status(index, rules_from_settings(settings.grouping)):
         print(line)
+    for line in render_dosimetry_status(db, settings):  # type: ignore[arg-type]
+        print(line)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from service.job_status import render_job, render_jobs
+
+    settings = _settings(args)
+    db = _database(settings)
+    if db is None:
+        return 0
+    lines = (render_job(db, args.id) if args.id is not None  # type: ignore[arg-type]
+             else render_jobs(db, args.limit))  # type: ignore[arg-type]
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from service.job_status import request_reprocess
+
+    settings = _settings(args)
+    db = _database(settings)
+    if db is None:
+        return 1
+    targets = request_reprocess(db, args.selector)  # type: ignore[arg-type]
+    if not targets:
+        print(f"Nothing matches {args.selector!r}: give a PatientID, or a cycle id such as "
+              "PATIENTID/1.2 (course 1, cycle 2) as listed by `theranode jobs`.")
+        return 1
+    for target in targets:
+        print(f"Recompute requested: {target}")
+    print("A running node queues the new versions within [jobs] poll_interval_s; "
+          "otherwise at its next start.")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    configure_logging_quietly()
+    return run_demo(_settings(args), args)
+
+
+def configure_logging_quietly() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def cmd_outcomes_import(args: argparse.Namespace) -> int:
+    from service.outcomes import import_outcome_files
+    from service.store import open_database
+
+    settings = _settings(args)
+    db = open_database(settings.data_dir / "theranode.db")
+    report = import_outcome_files(db, [Path(p) for p in args.files])
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_cohort_run(args: argparse.Namespace) -> int:
+    from service.scheduler import REPORTS_DIR
+    from service.store import open_database
+
+    settings = _settings(args)
+    cohort_report = importlib.import_module("service.cohort_report")
+    db = open_database(settings.data_dir / "theranode.db")
+    report = cohort_report.run_cohort(db, settings.data_dir.resolve() / REPORTS_DIR)
+    print(f"Cohort report written to {report}")
     return 0
 
 
@@ -89,8 +168,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("serve", cmd_serve, "Run the DICOM node until stopped.")
     command("check-config", cmd_check_config, "Validate the configuration and print it.")
-    command("status", cmd_status, "Show each patient's cycles, time points and what is missing.")
+    command("status", cmd_status,
+            "Show each patient's cycles, what is missing, jobs and result deliveries.")
+    jobs = command("jobs", cmd_jobs, "List dosimetry jobs with their state and deliveries.")
+    jobs.add_argument("id", type=int, nargs="?", default=None,
+                      help="show one job in detail: inputs, log tail, delivery per object")
+    jobs.add_argument("--limit", type=int, default=50, help="how many recent jobs to list")
+    reprocess = command("reprocess", cmd_reprocess,
+                        "Recompute a patient's cycles (or one cycle) as new result versions.")
+    reprocess.add_argument("selector", help="PatientID, or cycle id PATIENTID/COURSE.CYCLE")
+    demo = command("demo", cmd_demo,
+                   "Send a synthetic course to a running node and compare its results to the "
+                   "analytic truth.")
+    add_demo_arguments(demo)
+    outcomes = commands.add_parser("outcomes", help="Outcome data for cohort statistics.")
+    outcome_commands = outcomes.add_subparsers(dest="outcomes_command", required=True)
+    imports = outcome_commands.add_parser("import", help="Import outcome CSV files.")
+    imports.add_argument("files", nargs="+", help="CSV files (labs, lesion volumes, survival)")
+    imports.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    imports.set_defaults(handler=cmd_outcomes_import)
+    cohort = commands.add_parser("cohort", help="Cohort statistics.")
+    cohort_commands = cohort.add_subparsers(dest="cohort_command", required=True)
+    run = cohort_commands.add_parser("run", help="Compute the cohort report now.")
+    run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    run.set_defaults(handler=cmd_cohort_run)
     return parser
+
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("--host", default="127.0.0.1", help="host of the running node")
+    demo.add_argument("--port", type=int, default=None,
+                      help="port of the running node (default: [node] port of the config)")
+    demo.add_argument("--called-ae", default=None,
+                      help="AE title of the node (default: [node] ae_title of the config)")
+    demo.add_argument("--listen-port", type=int, default=11113,
+                      help="port on which the demo receives the results")
+    demo.add_argument("--ae-title", default="THERANODE-DEMO",
+                      help="AE title of the demo's receiver (the node's destination)")
+    demo.add_argument("--work-dir", type=Path, default=Path("theranode-demo"),
+                      help="folder for the synthetic course and the received results")
+    demo.add_argument("--cycles", type=int, nargs="+", default=[1, 2],
+                      help="cycles of the synthetic course to send (1-4)")
+    demo.add_argument("--size", choices=("small", "clinical"), default="small",
+                      help="image grids: small (seconds) or clinical (minutes)")
+    demo.add_argument("--timeout", type=float, default=900.0,
+                      help="seconds to wait for the results")
+    demo.add_argument("--print-destination", action="store_true",
+                      help="print the [[destinations]] entry the node needs, then exit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
