@@ -38,6 +38,15 @@ class DiskFullError(ArchiveError):
 
 
 @dataclass(frozen=True)
+class Staged:
+    """Bytes written and fsynced in ``incoming/``, not yet in their place."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class StoredFile:
     """A file durably in place."""
 
@@ -132,6 +141,39 @@ class Archive:
                 _fsync_dir(new_dir.parent)
             self._known_dirs.add(directory)
 
+    def stage(self, data: bytes) -> Staged:
+        """Write ``data`` to a temporary file in ``incoming/`` and fsync it.
+
+        The GIL is released during the write, the hash and the fsync, so the
+        listener stages an instance on a worker thread while it parses the
+        header. A staged file becomes visible only through :meth:`place`.
+        """
+        temporary = self.incoming / f"{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise ArchiveError(f"Could not write to {self.incoming}: {exc}") from exc
+        return Staged(path=temporary, sha256=sha256_hex(data), size=len(data))
+
+    def place(self, staged: Staged, final_path: Path) -> StoredFile:
+        """Atomically rename a staged file to ``final_path`` and make it durable."""
+        try:
+            self._ensure_dir(final_path.parent)
+            os.replace(staged.path, final_path)
+            _fsync_dir(final_path.parent)
+        except OSError as exc:
+            staged.path.unlink(missing_ok=True)
+            raise ArchiveError(f"Could not place {final_path.name}: {exc}") from exc
+        return StoredFile(path=final_path, sha256=staged.sha256, size=staged.size)
+
+    def discard(self, staged: Staged) -> None:
+        """Remove a staged file that will not be kept (e.g. an identical duplicate)."""
+        staged.path.unlink(missing_ok=True)
+
     def write_atomic(self, data: bytes, final_path: Path, *, check_space: bool = True) -> StoredFile:
         """Write ``data`` to ``final_path`` durably; never leaves a partial file there.
 
@@ -144,35 +186,18 @@ class Archive:
         """
         if check_space:
             self.check_space(len(data))
-        temporary = self.incoming / f"{uuid.uuid4().hex}.tmp"
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._ensure_dir(final_path.parent)
-            os.replace(temporary, final_path)
-            _fsync_dir(final_path.parent)
-        except OSError as exc:
-            temporary.unlink(missing_ok=True)
-            raise ArchiveError(f"Could not write {final_path.name}: {exc}") from exc
-        return StoredFile(path=final_path, sha256=sha256_hex(data), size=len(data))
+        return self.place(self.stage(data), final_path)
 
-    def store_instance(self, data: bytes, header: InstanceHeader) -> StoredFile:
-        """Write an instance at its archive path."""
-        return self.write_atomic(data, self.instance_path(header))
+    def store_instance(self, staged: Staged, header: InstanceHeader) -> StoredFile:
+        """Place a staged instance at its archive path."""
+        return self.place(staged, self.instance_path(header))
 
-    def store_conflict(self, data: bytes, header: InstanceHeader) -> StoredFile:
+    def store_conflict(self, staged: Staged, header: InstanceHeader) -> StoredFile:
         """Keep a conflicting duplicate aside, never overwriting the archived one."""
-        digest = sha256_hex(data)
-        path = self.conflicts / f"{header.sop_instance_uid}.{digest[:12]}.dcm"
-        return self.write_atomic(data, path)
+        path = self.conflicts / f"{header.sop_instance_uid}.{staged.sha256[:12]}.dcm"
+        return self.place(staged, path)
 
-    def store_quarantine(self, data: bytes) -> StoredFile:
+    def store_quarantine(self, staged: Staged) -> StoredFile:
         """Keep bytes that could not be filed; named by time and content hash."""
-        digest = sha256_hex(data)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        path = self.quarantine / f"{stamp}-{digest[:12]}.dcm"
-        # Quarantine ignores the free-space margin: keeping what we received
-        # matters more than the margin, and OSError still reports a full disk.
-        return self.write_atomic(data, path, check_space=False)
+        return self.place(staged, self.quarantine / f"{stamp}-{staged.sha256[:12]}.dcm")

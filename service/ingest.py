@@ -24,6 +24,7 @@ import logging
 import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
@@ -36,7 +37,7 @@ from pydicom.uid import UID
 
 from dicomio.errors import MissingAttributeError, UnsupportedObjectError
 from dicomio.headers import InstanceHeader, instance_header
-from service.archive import Archive, ArchiveError, DiskFullError, sha256_hex
+from service.archive import Archive, ArchiveError, DiskFullError, Staged
 from service.store.index import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,11 @@ class Ingest:
         self.index = index
         self.on_new_series = on_new_series
         self._uid_locks = [threading.Lock() for _ in range(64)]
+        self._stager = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage")
+
+    def close(self) -> None:
+        """Wait for staging in progress and stop the staging threads."""
+        self._stager.shutdown(wait=True)
 
     def _lock_for(self, uid: str) -> threading.Lock:
         return self._uid_locks[zlib.crc32(uid.encode()) % len(self._uid_locks)]
@@ -181,18 +187,26 @@ class Ingest:
     def receive(
         self, data: bytes, peer: Peer, transfer_syntax: str, context_sop_class: str | None = None
     ) -> Outcome:
-        """Store one instance and return the C-STORE status to answer with."""
+        """Store one instance and return the C-STORE status to answer with.
+
+        The bytes are staged (written and fsynced) on a worker thread while
+        this thread parses the header, then renamed into place and indexed.
+        """
         received = utc_now()
+        try:
+            self.archive.check_space(len(data))
+        except DiskFullError as exc:
+            logger.error("Refused an object from %s: %s", peer.calling_ae, exc)
+            return Outcome(OUT_OF_RESOURCES, str(exc))
+        staging = self._stager.submit(self.archive.stage, data)
         try:
             _, header = parse(data, context_sop_class)
         except Rejected as rejection:
-            return self._quarantine(data, rejection, peer, received)
+            return self._quarantine(staging, rejection, peer, received)
         try:
+            staged = staging.result()
             with self._lock_for(header.sop_instance_uid):
-                return self._file(data, header, peer, transfer_syntax, received)
-        except DiskFullError as exc:
-            logger.error("Refused %s from %s: %s", header.sop_instance_uid, peer.calling_ae, exc)
-            return Outcome(OUT_OF_RESOURCES, str(exc), header)
+                return self._file(staged, header, peer, transfer_syntax, received)
         except (ArchiveError, OSError) as exc:
             logger.error("Could not store %s: %s", header.sop_instance_uid, exc)
             return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", header)
@@ -201,13 +215,13 @@ class Ingest:
             return Outcome(OUT_OF_RESOURCES, f"index error: {exc!r}", header)
 
     def _file(
-        self, data: bytes, header: InstanceHeader, peer: Peer, transfer_syntax: str,
+        self, staged: Staged, header: InstanceHeader, peer: Peer, transfer_syntax: str,
         received: datetime,
     ) -> Outcome:
         existing = self.index.instance(header.sop_instance_uid)
         if existing is not None:
-            return self._duplicate(data, header, existing, peer, received)
-        stored = self.archive.store_instance(data, header)
+            return self._duplicate(staged, header, existing, peer, received)
+        stored = self.archive.store_instance(staged, header)
         new_series = self.index.add_instance(
             header,
             path=self.archive.relative(stored.path),
@@ -223,14 +237,14 @@ class Ingest:
         return Outcome(SUCCESS, header=header, new_series=new_series)
 
     def _duplicate(
-        self, data: bytes, header: InstanceHeader, existing: dict[str, object], peer: Peer,
+        self, staged: Staged, header: InstanceHeader, existing: dict[str, object], peer: Peer,
         received: datetime,
     ) -> Outcome:
-        digest = sha256_hex(data)
-        if digest == existing["sha256"]:
+        if staged.sha256 == existing["sha256"]:
+            self.archive.discard(staged)
             logger.info("Identical duplicate of %s ignored", header.sop_instance_uid)
             return Outcome(SUCCESS, "identical duplicate", header, duplicate=True)
-        kept = self.archive.store_conflict(data, header)
+        kept = self.archive.store_conflict(staged, header)
         self.index.add_conflict(
             header.sop_instance_uid, path=self.archive.relative(kept.path), sha256=kept.sha256,
             received=received, calling_ae=peer.calling_ae, peer=peer.address,
@@ -242,10 +256,10 @@ class Ingest:
         return Outcome(SUCCESS, "conflicting duplicate kept aside", header, duplicate=True)
 
     def _quarantine(
-        self, data: bytes, rejection: Rejected, peer: Peer, received: datetime
+        self, staging: Future[Staged], rejection: Rejected, peer: Peer, received: datetime
     ) -> Outcome:
         try:
-            kept = self.archive.store_quarantine(data)
+            kept = self.archive.store_quarantine(staging.result())
         except (ArchiveError, OSError) as exc:
             logger.error("Could not quarantine a rejected object (%s): %s", rejection.reason, exc)
             return Outcome(OUT_OF_RESOURCES, f"{rejection.reason}; and quarantine failed: {exc}")
