@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import sqlite_utils
 
 from dosimetry.cohort.analysis import analyse_cohort
-from dosimetry.cohort.data import CohortData, DoseKind, DoseRow
+from dosimetry.cohort.data import DoseKind, DoseRow
 from dosimetry.cohort.synthetic import synthetic_cohort
 from service.outcomes import FileStatus, OutcomeKind, import_outcome_files, load_cohort_data
 from service.store import outcomes as store
 from service.store.outcomes import MIGRATIONS
+from tests.service.cohort_files import export_outcome_csv
 
 PATIENTS = """patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,last_followup_date,recist_m3
 P1,M,66,2020-01-10,2021-06-01,,2023-01-01,SD
@@ -191,27 +191,9 @@ def test_load_with_own_doses_taking_precedence(db: sqlite_utils.Database, tmp_pa
     assert data.patients.set_index("patient_id").loc["P2", "death_date"] == pd.Timestamp("2022-03-01")
 
 
-def _export(data: CohortData, folder: Path) -> list[Path]:
-    """Write a CohortData record as the five outcome CSV files."""
-    patients = data.patients.rename(columns={"age_at_start_y": "age_at_start"})
-    labs = data.labs.assign(unit=data.labs["analyte"].map(
-        {"hgb": "g/dL", "creat": "mg/dL", "egfr": "mL/min/1.73m2"}).fillna("10^9/L"))
-    frames = {"patients": patients, "cycles": data.cycles, "lesions": data.lesions, "labs": labs, "doses": data.doses}
-    paths = []
-    for name, frame in frames.items():
-        path = folder / f"{name}.csv"
-        out = frame.copy()
-        for column in out.columns:
-            if pd.api.types.is_datetime64_any_dtype(out[column]):
-                out[column] = out[column].dt.strftime("%Y-%m-%d")
-        out.to_csv(path, index=False)
-        paths.append(path)
-    return paths
-
-
 def test_synthetic_cohort_round_trips_through_import(db: sqlite_utils.Database, tmp_path: Path) -> None:
     cohort = synthetic_cohort(12, seed=3)
-    report = import_outcome_files(db, _export(cohort.data, tmp_path))
+    report = import_outcome_files(db, export_outcome_csv(cohort.data, tmp_path))
     assert report.ok, report.summary()
     loaded = load_cohort_data(db)
     assert len(loaded.patients) == 12

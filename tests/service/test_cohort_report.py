@@ -1,0 +1,115 @@
+"""Cohort report runs: folder contents, atomic replacement, failure safety, Chromium rendering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlite_utils
+from matplotlib import image
+
+import service.cohort_report as cohort_report
+from dosimetry.cohort.synthetic import synthetic_cohort
+from service.cohort_report import LATEST, run_cohort
+from service.outcomes import import_outcome_files
+from service.store.outcomes import MIGRATIONS
+from tests.peers import require_tool
+from tests.service.cohort_files import export_outcome_csv
+
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[sqlite_utils.Database, Path, Path]:
+    folder = tmp_path_factory.mktemp("cohort")
+    db = sqlite_utils.Database(memory=True)
+    MIGRATIONS.apply(db)
+    report = import_outcome_files(db, export_outcome_csv(synthetic_cohort(35, seed=2024).data, folder / "csv"))
+    assert report.ok, report.summary()
+    run = run_cohort(db, folder / "reports", now=NOW)
+    return db, folder / "reports", run
+
+
+def test_run_writes_a_versioned_folder(reports: tuple[sqlite_utils.Database, Path, Path]) -> None:
+    _, root, run = reports
+    assert run.parent == root / "cohort"
+    assert run.name.startswith("20240501T120000Z-")
+    assert (root / "cohort" / LATEST).resolve() == run.resolve()
+    for name in ("report.json", "provenance.json", "report.html"):
+        assert (run / name).is_file()
+    for figure in ("fig1_doses_by_cycle", "fig3_dose_response", "fig4_tcp", "fig5_correlations", "fig6_survival"):
+        assert (run / "figures" / f"{figure}.png").stat().st_size > 1000
+        assert (run / "figures" / f"{figure}.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    for table in ("table3_ctcae", "table4_lab_changes", "table5_doses", "table6_lesion_indices", "fig6_survival"):
+        assert (run / "tables" / f"{table}.csv").stat().st_size > 50
+
+
+def test_provenance_records_versions_methods_and_input_hash(reports: tuple[sqlite_utils.Database, Path, Path]) -> None:
+    _, _, run = reports
+    provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
+    assert len(provenance["input_sha256"]) == 64 and run.name.endswith(provenance["input_sha256"][:8])
+    assert {"lifelines", "statsmodels", "scipy", "python"} <= set(provenance["software"])
+    assert provenance["methods"]["cox_ties"] == "Efron"
+    assert "log(-log)" in provenance["methods"]["km_ci_transform"]
+    body = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    assert body["report"]["counts"]["patients"] == 35
+
+
+def test_failed_run_leaves_previous_report(
+    reports: tuple[sqlite_utils.Database, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, root, run = reports
+    before = sorted(p.name for p in (root / "cohort").iterdir())
+
+    def broken(folder: Path, *args: object) -> None:
+        (folder / "report.json").write_text("partial", encoding="utf-8")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(cohort_report, "write_report", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_cohort(db, root, now=NOW + dt.timedelta(days=1))
+    assert sorted(p.name for p in (root / "cohort").iterdir()) == before
+    assert (root / "cohort" / LATEST).resolve() == run.resolve()
+
+
+def test_second_run_moves_latest(reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path) -> None:
+    db, root, _ = reports
+    first = run_cohort(db, tmp_path, now=NOW)
+    second = run_cohort(db, tmp_path, now=NOW)
+    assert first != second and second.name.endswith("-2")
+    assert (tmp_path / "cohort" / LATEST).resolve() == second.resolve()
+
+
+def test_empty_database_still_gives_a_report(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(memory=True)
+    MIGRATIONS.apply(db)
+    run = run_cohort(db, tmp_path, now=NOW)
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "not estimable" in text.lower() or "Not estimable" in text
+
+
+@pytest.mark.peer
+def test_html_renders_in_headless_chromium(reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path) -> None:
+    chromium = require_tool("chromium")
+    _, _, run = reports
+    screenshot = tmp_path / "report.png"
+    completed = subprocess.run(
+        [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+            "--v=0", "--window-size=1280,4000", f"--screenshot={screenshot}",
+            (run / "report.html").as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    console = [line for line in completed.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    pixels = image.imread(screenshot)
+    assert pixels.shape[0] >= 1000 and pixels.shape[1] >= 1000
+    assert float(np.std(pixels[..., :3])) > 0.05  # not a blank page
+    assert float(np.mean(pixels[..., :3] < 0.5)) > 0.005  # text and figures drawn
