@@ -95,7 +95,9 @@ class StorageSCP:
         self.ae.require_called_aet = True
         self.ae.network_timeout = 300
         self.ae.dimse_timeout = 300
-        self.ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
+        # 1 MiB: lets a sender put a 0.5 MB CT slice in one P-DATA PDU rather
+        # than many small ones, each of which the Python DUL handles in a loop.
+        self.ae.maximum_pdu_size = 1024 * 1024
         self.ae.add_supported_context(Verification)
         for sop_class in SOP_CLASS_KINDS:
             self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
