@@ -73,8 +73,10 @@ ORGAN_MODELS = {
     "bone_marrow": (0.29, 0.30, 0.0, 0.25),
 }
 
-#: SD (%) of a post-injection laboratory value around its expected change.
+#: SD (%) of a post-injection laboratory value around its expected change (blood counts;
+#: haemoglobin and creatinine vary less).
 LAB_NOISE_PCT = 15.0
+LAB_NOISE_PCT_BY_ANALYTE = {Analyte.HGB: 5.0, Analyte.CREAT: 8.0}
 #: Analyte → (baseline mean, baseline SD, LLN M, LLN F, ULN, % change per Gy marrow CumAD,
 #: % change at the end of therapy independent of dose, decimals). Canonical units.
 LAB_MODELS: dict[Analyte, tuple[float, float, float, float, float, float, float, int]] = {
@@ -437,10 +439,11 @@ def _lab_rows(
         log_sd = np.sqrt(np.log1p((sd / mean) ** 2))
         baseline = mean * np.exp(rng.normal(-0.5 * log_sd**2, log_sd, n))
         lln = np.where(male, lln_m, lln_f)
+        noise_pct = LAB_NOISE_PCT_BY_ANALYTE.get(analyte, LAB_NOISE_PCT)
         all_visits = [*visits, cycle_visit]
         for number, (dates, marrow_gy, fraction, keep) in enumerate(all_visits):
             rows = cycle_order if number == len(visits) else np.arange(n)
-            change = per_gy * marrow_gy + offset * fraction + rng.normal(0, LAB_NOISE_PCT, rows.size) * (fraction > 0)
+            change = per_gy * marrow_gy + offset * fraction + rng.normal(0, noise_pct, rows.size) * (fraction > 0)
             value = baseline[rows] * np.maximum(1.0 + change / 100.0, 0.05)
             frames.append(
                 pd.DataFrame(
