@@ -60,7 +60,16 @@ from service.outcomes import load_cohort_data
 logger = logging.getLogger(__name__)
 
 LATEST = "latest"
-PACKAGES = ("numpy", "scipy", "pandas", "statsmodels", "lifelines", "matplotlib", "patsy", "sqlite-utils")
+PACKAGES = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "statsmodels",
+    "lifelines",
+    "matplotlib",
+    "patsy",
+    "sqlite-utils",
+)
 FIGURE_FORMATS = ("png", "svg")
 GROWTH_LINE_PCT = 20.0
 
@@ -92,13 +101,13 @@ def run_cohort(
     Exception
         Whatever made the run fail; the previous report and ``latest`` stay.
     """
-    started = now or dt.datetime.now(dt.timezone.utc)
+    started = now or dt.datetime.now(dt.UTC)
     data = load_cohort_data(db, own_doses)
     report = analyse_cohort(data, options)
     input_hash = data.content_hash()
     root = Path(reports_dir) / "cohort"
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{started.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{input_hash[:8]}"
+    name = f"{started.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{input_hash[:8]}"
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     staging.chmod(0o755)
     try:
@@ -133,7 +142,7 @@ def provenance(report: CohortReport, input_hash: str, started: dt.datetime) -> d
     versions = {"python": platform.python_version(), "theranode": _version("theranode")}
     versions.update({name: _version(name) for name in PACKAGES})
     return {
-        "created_at": started.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": started.astimezone(dt.UTC).isoformat(timespec="seconds"),
         "input_sha256": input_hash,
         "software": versions,
         "methods": as_plain(report.methods),
@@ -157,10 +166,14 @@ def write_report(
     """Write JSON, CSV tables, figures and the HTML page into ``folder``."""
     plain = as_plain(report)
     (folder / "report.json").write_text(
-        json.dumps({"provenance": prov, "report": plain}, indent=1, allow_nan=False, ensure_ascii=False),
+        json.dumps(
+            {"provenance": prov, "report": plain}, indent=1, allow_nan=False, ensure_ascii=False
+        ),
         encoding="utf-8",
     )
-    (folder / "provenance.json").write_text(json.dumps(prov, indent=1, ensure_ascii=False), encoding="utf-8")
+    (folder / "provenance.json").write_text(
+        json.dumps(prov, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
     tables = result_tables(data, report)
     (folder / "tables").mkdir()
     for name, frame in tables.items():
@@ -176,11 +189,25 @@ def write_report(
 
 def _summary_columns(summary: object) -> dict[str, Any]:
     if isinstance(summary, NotEstimable):
-        return {"n": 0, "median": None, "min": None, "max": None, "mean": None, "sd": None,
-                "note": summary.reason}  # fmt: skip
+        return {
+            "n": 0,
+            "median": None,
+            "min": None,
+            "max": None,
+            "mean": None,
+            "sd": None,
+            "note": summary.reason,
+        }
     s: Any = summary
-    return {"n": s.n, "median": s.median, "min": s.minimum, "max": s.maximum, "mean": s.mean,
-            "sd": s.sd, "note": ""}  # fmt: skip
+    return {
+        "n": s.n,
+        "median": s.median,
+        "min": s.minimum,
+        "max": s.maximum,
+        "mean": s.mean,
+        "sd": s.sd,
+        "note": "",
+    }
 
 
 def result_tables(data: CohortData, report: CohortReport) -> dict[str, pd.DataFrame]:
@@ -189,7 +216,10 @@ def result_tables(data: CohortData, report: CohortReport) -> dict[str, pd.DataFr
         "table3_ctcae": _table3(report),
         "table4_lab_changes": _table4(report),
         "table5_doses": pd.DataFrame(
-            [{"voi": r.voi, "cycle": r.cycle, **_summary_columns(r.summary)} for r in report.distributions]
+            [
+                {"voi": r.voi, "cycle": r.cycle, **_summary_columns(r.summary)}
+                for r in report.distributions
+            ]
         ),
         "table6_lesion_indices": pd.DataFrame(
             [{"index": r.index.value, **_summary_columns(r.summary)} for r in report.lesion_indices]
@@ -206,10 +236,17 @@ def _table3(report: CohortReport) -> pd.DataFrame:
         return pd.DataFrame([{"note": report.toxicity.reason}])
     return pd.DataFrame(
         [
-            {"term": r.term, "analyte": r.analyte, "patients": r.n_patients,
-             **{f"grade>={k}": r.at_least[k - 1] for k in range(1, 5)},
-             **{f"grade>={k} %": round(100 * r.at_least[k - 1] / r.n_patients, 1) for k in range(1, 5)},
-             "grade 1 undetermined (no LLN)": r.grade1_undetermined}  # fmt: skip
+            {
+                "term": r.term,
+                "analyte": r.analyte,
+                "patients": r.n_patients,
+                **{f"grade>={k}": r.at_least[k - 1] for k in range(1, 5)},
+                **{
+                    f"grade>={k} %": round(100 * r.at_least[k - 1] / r.n_patients, 1)
+                    for k in range(1, 5)
+                },
+                "grade 1 undetermined (no LLN)": r.grade1_undetermined,
+            }
             for r in report.toxicity.rows
         ]
     )
@@ -223,11 +260,19 @@ def _table4(report: CohortReport) -> pd.DataFrame:
             rows.append({"analyte": row.analyte, "timepoint": row.timepoint, "note": r.reason})
             continue
         rows.append(
-            {"analyte": r.analyte, "unit": r.unit, "timepoint": r.timepoint, "n": r.n,
-             "baseline mean": r.baseline_mean, "baseline sd": r.baseline_sd,
-             "follow-up mean": r.followup_mean, "follow-up sd": r.followup_sd,
-             "p paired (primary)": r.paired.p_value, "p unpaired (paper-compatible)": r.unpaired.p_value,
-             "note": ""}  # fmt: skip
+            {
+                "analyte": r.analyte,
+                "unit": r.unit,
+                "timepoint": r.timepoint,
+                "n": r.n,
+                "baseline mean": r.baseline_mean,
+                "baseline sd": r.baseline_sd,
+                "follow-up mean": r.followup_mean,
+                "follow-up sd": r.followup_sd,
+                "p paired (primary)": r.paired.p_value,
+                "p unpaired (paper-compatible)": r.unpaired.p_value,
+                "note": "",
+            }
         )
     return pd.DataFrame(rows)
 
@@ -239,8 +284,17 @@ def _fig5_table(report: CohortReport) -> pd.DataFrame:
         if isinstance(r, NotEstimable):
             rows.append({"organ": row.organ, "analyte": row.analyte, "note": r.reason})
         else:
-            rows.append({"organ": r.organ, "analyte": r.analyte, "n": r.n_observations,
-                         "patients": r.n_patients, "spearman rho": r.rho, "p": r.p_value, "note": ""})  # fmt: skip
+            rows.append(
+                {
+                    "organ": r.organ,
+                    "analyte": r.analyte,
+                    "n": r.n_observations,
+                    "patients": r.n_patients,
+                    "spearman rho": r.rho,
+                    "p": r.p_value,
+                    "note": "",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -260,12 +314,22 @@ def _fig6_table(report: CohortReport) -> pd.DataFrame:
             rows.append({**base, "note": r.reason})
             continue
         rows.append(
-            {**base, "cut Gy": r.cut_gy, "n high": r.high.n, "events high": r.high.events,
-             "median high (95% CI), mo": _median_text(r.high.median), "n low": r.low.n,
-             "events low": r.low.events, "median low (95% CI), mo": _median_text(r.low.median),
-             "HR high vs low": r.hazard_ratio, "HR 95% CI low": r.hazard_ratio_ci.low,
-             "HR 95% CI high": r.hazard_ratio_ci.high, "Cox p": r.hazard_ratio_p,
-             "log-rank p": r.logrank.p_value, "note": ""}  # fmt: skip
+            {
+                **base,
+                "cut Gy": r.cut_gy,
+                "n high": r.high.n,
+                "events high": r.high.events,
+                "median high (95% CI), mo": _median_text(r.high.median),
+                "n low": r.low.n,
+                "events low": r.low.events,
+                "median low (95% CI), mo": _median_text(r.low.median),
+                "HR high vs low": r.hazard_ratio,
+                "HR 95% CI low": r.hazard_ratio_ci.low,
+                "HR 95% CI high": r.hazard_ratio_ci.high,
+                "Cox p": r.hazard_ratio_p,
+                "log-rank p": r.logrank.p_value,
+                "note": "",
+            }
         )
     return pd.DataFrame(rows)
 
@@ -275,8 +339,16 @@ def _fig6_table(report: CohortReport) -> pd.DataFrame:
 
 def _not_estimable(ax: Axes, title: str, reason: str) -> None:
     ax.set_title(title, fontsize=9)
-    ax.text(0.5, 0.5, f"not estimable:\n{reason}", ha="center", va="center", wrap=True, fontsize=8,
-            transform=ax.transAxes)  # fmt: skip
+    ax.text(
+        0.5,
+        0.5,
+        f"not estimable:\n{reason}",
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=8,
+        transform=ax.transAxes,
+    )
     ax.set_axis_off()
 
 
@@ -288,7 +360,11 @@ def figure_doses_by_cycle(data: CohortData, report: CohortReport) -> Figure:
     _boxes(lesion_ax, [lesions.loc[lesions["cycle"] == c, "ad_gy"] for c in range(1, 5)], "lesions")
     organs = organ_doses(data)
     names = ["liver", "spleen", "kidneys", "bone_marrow"]
-    groups = [organs.loc[(organs["organ"] == o) & (organs["cycle"] == c), "ad_gy"] for o in names for c in range(1, 5)]
+    groups = [
+        organs.loc[(organs["organ"] == o) & (organs["cycle"] == c), "ad_gy"]
+        for o in names
+        for c in range(1, 5)
+    ]
     _boxes(organ_ax, groups, "organs (liver, spleen, kidneys, marrow × cycles 1–4)")
     return figure
 
@@ -317,11 +393,15 @@ def figure_dose_response(data: CohortData, report: CohortReport) -> Figure:
     ax.scatter(table["total_ad_gy"], table["delta_v_pct"], s=8, alpha=0.5, rasterized=True)
     xs = [p.x for p in result.curve]
     ax.plot(xs, [p.y for p in result.curve], color="C1", label="mixed model (B-spline)")
-    ax.fill_between(xs, [p.low for p in result.curve], [p.high for p in result.curve], color="C1", alpha=0.25)  # type: ignore[misc]
+    ax.fill_between(
+        xs, [p.low for p in result.curve], [p.high for p in result.curve], color="C1", alpha=0.25
+    )  # type: ignore[misc]
     ax.axhline(GROWTH_LINE_PCT, linestyle=":", color="k", label="+20 %")
     ax.set_xlabel("total lesion absorbed dose (Gy)")
     ax.set_ylabel("ΔV% (BL-CT → M3-CT)")
-    ax.set_title(f"Fig 3 — slope {result.slope_pct_per_gy:.3f} %/Gy (p = {result.slope_p:.2g})", fontsize=9)
+    ax.set_title(
+        f"Fig 3 — slope {result.slope_pct_per_gy:.3f} %/Gy (p = {result.slope_p:.2g})", fontsize=9
+    )
     ax.legend(fontsize=8)
     return figure
 
@@ -336,7 +416,9 @@ def figure_tcp(data: CohortData, report: CohortReport) -> Figure:
         return figure
     xs = [p.x for p in result.curve]
     ax.plot(xs, [p.y for p in result.curve], color="C2")
-    ax.fill_between(xs, [p.low for p in result.curve], [p.high for p in result.curve], color="C2", alpha=0.25)  # type: ignore[misc]
+    ax.fill_between(
+        xs, [p.low for p in result.curve], [p.high for p in result.curve], color="C2", alpha=0.25
+    )  # type: ignore[misc]
     ax.axhline(0.5, linestyle=":", color="k")
     d50 = "n/a" if result.d50_gy is None else f"{result.d50_gy:.1f} Gy"
     ax.set_title(f"Fig 4 — TCP (ΔV% ≤ 0), D50 = {d50}", fontsize=9)
@@ -359,12 +441,17 @@ def figure_correlations(data: CohortData, report: CohortReport) -> Figure:
             continue
         xs = [p.x for p in r.loess]
         ax.plot(xs, [p.y for p in r.loess], color="C3")
-        ax.fill_between(xs, [np.nan if p.low is None else p.low for p in r.loess],
-                        [np.nan if p.high is None else p.high for p in r.loess], color="C3", alpha=0.25)  # fmt: skip
+        ax.fill_between(
+            xs,
+            [np.nan if p.low is None else p.low for p in r.loess],
+            [np.nan if p.high is None else p.high for p in r.loess],
+            color="C3",
+            alpha=0.25,
+        )
         ax.set_title(f"{title}: ρ = {r.rho:.2f} (p = {r.p_value:.2g})", fontsize=8)
         ax.set_xlabel(f"{row.organ} cumulative AD (Gy)", fontsize=8)
         ax.set_ylabel("% change from baseline", fontsize=8)
-    for ax in axes[len(rows):]:
+    for ax in axes[len(rows) :]:
         ax.set_axis_off()
     return figure
 
@@ -388,13 +475,18 @@ def _km_panel(ax: Axes, result: SurvivalComparison, title: str) -> None:
     for number, curve in enumerate(result.curves):
         color = f"C{number}"
         ax.step(curve.times_months, curve.survival, where="post", color=color, label=curve.label)
-        ax.fill_between(curve.times_months, curve.low, curve.high, step="post", color=color, alpha=0.15)
+        ax.fill_between(
+            curve.times_months, curve.low, curve.high, step="post", color=color, alpha=0.15
+        )
         ticks = np.searchsorted(curve.times_months, curve.censor_times_months, side="right") - 1
         heights = np.asarray(curve.survival)[np.clip(ticks, 0, None)]
         ax.plot(curve.censor_times_months, heights, "|", color=color, markersize=6)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("months since first injection", fontsize=8)
-    ax.set_title(f"{title}\nHR {result.hazard_ratio:.2f} (log-rank p = {result.logrank.p_value:.2g})", fontsize=9)
+    ax.set_title(
+        f"{title}\nHR {result.hazard_ratio:.2f} (log-rank p = {result.logrank.p_value:.2g})",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="lower left")
     ax.set_xticks(result.at_risk.times_months)
     for line, (label, counts) in enumerate(result.at_risk.counts.items()):
@@ -439,9 +531,16 @@ def html_table(frame: pd.DataFrame, max_rows: int = 60) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = "".join(
         "<tr>" + "".join(_cell(v) for v in row) + "</tr>"
-        for row in frame.head(max_rows).astype(object).where(frame.head(max_rows).notna(), None).itertuples(index=False)
+        for row in frame.head(max_rows)
+        .astype(object)
+        .where(frame.head(max_rows).notna(), None)
+        .itertuples(index=False)
     )
-    more = f"<p>… {len(frame) - max_rows} more rows in the CSV file.</p>" if len(frame) > max_rows else ""
+    more = (
+        f"<p>… {len(frame) - max_rows} more rows in the CSV file.</p>"
+        if len(frame) > max_rows
+        else ""
+    )
     return f"<table><tr>{head}</tr>{rows}</table>{more}"
 
 
@@ -473,7 +572,8 @@ def render_html(
     """The self-contained HTML report."""
     methods = "".join(
         f"<tr><td class='t'>{html.escape(k)}</td><td class='t'>{html.escape(str(v))}</td></tr>"
-        for k, v in prov["methods"].items() if k != "type"
+        for k, v in prov["methods"].items()
+        if k != "type"
     )
     software = ", ".join(f"{html.escape(k)} {html.escape(v)}" for k, v in prov["software"].items())
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings) or "<li>none</li>"
@@ -483,16 +583,25 @@ def render_html(
         f"{c.patients} patients, {c.cycles} cycles, {c.lesions} lesions, {c.lab_values} laboratory "
         f"values, {c.dose_rows} dose rows. Input data SHA-256 <code>{prov['input_sha256']}</code>.</p>",
         f"<h2>Data warnings</h2><ul>{warnings}</ul>",
-        "<h2>Table 3 — CTCAE v4.03 laboratory toxicity during therapy</h2>" + html_table(tables["table3_ctcae"]),
-        "<h2>Table 4 — laboratory values before and after therapy</h2>" + html_table(tables["table4_lab_changes"]),
+        "<h2>Table 3 — CTCAE v4.03 laboratory toxicity during therapy</h2>"
+        + html_table(tables["table3_ctcae"]),
+        "<h2>Table 4 — laboratory values before and after therapy</h2>"
+        + html_table(tables["table4_lab_changes"]),
         "<h2>Table 5 — absorbed doses (Gy)</h2>" + html_table(tables["table5_doses"]),
         _image(figures, "fig1_doses_by_cycle", "absorbed dose per cycle"),
         "<h2>Absorbed dose across cycles</h2>" + _trend_html(report),
-        "<h2>Table 6 — lesion indices per patient (Gy)</h2>" + html_table(tables["table6_lesion_indices"]),
-        "<h2>Fig 3 — lesion volume change vs total absorbed dose</h2>" + _image(figures, "fig3_dose_response", "dose response"),
-        "<h2>Fig 4 — tumour control probability</h2>" + _image(figures, "fig4_tcp", "tumour control probability"),
-        "<h2>Fig 5 — organ dose vs blood counts</h2>" + html_table(tables["fig5_correlations"]) + _image(figures, "fig5_correlations", "correlations"),
-        "<h2>Fig 6 — survival by lesion dose</h2>" + html_table(tables["fig6_survival"]) + _image(figures, "fig6_survival", "Kaplan-Meier curves"),
+        "<h2>Table 6 — lesion indices per patient (Gy)</h2>"
+        + html_table(tables["table6_lesion_indices"]),
+        "<h2>Fig 3 — lesion volume change vs total absorbed dose</h2>"
+        + _image(figures, "fig3_dose_response", "dose response"),
+        "<h2>Fig 4 — tumour control probability</h2>"
+        + _image(figures, "fig4_tcp", "tumour control probability"),
+        "<h2>Fig 5 — organ dose vs blood counts</h2>"
+        + html_table(tables["fig5_correlations"])
+        + _image(figures, "fig5_correlations", "correlations"),
+        "<h2>Fig 6 — survival by lesion dose</h2>"
+        + html_table(tables["fig6_survival"])
+        + _image(figures, "fig6_survival", "Kaplan-Meier curves"),
         f"<h2>Methods and provenance</h2><table>{methods}</table><p>Software: {software}.</p>",
     ]
     body = "\n".join(sections)

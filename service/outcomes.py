@@ -81,7 +81,9 @@ class ImportIssue:
     severity: Severity
 
     def __str__(self) -> str:
-        where = f"{self.file}, line {self.line}" + (f", column {self.column}" if self.column else "")
+        where = f"{self.file}, line {self.line}" + (
+            f", column {self.column}" if self.column else ""
+        )
         return f"{self.severity.value}: {where}: {self.message}"
 
 
@@ -125,7 +127,11 @@ class ImportReport:
             kind = report.kind.value if report.kind else "unrecognised"
             lines.append(f"{report.path}: {kind}, {report.status.value}, {report.rows} row(s)")
             lines.extend(f"  {issue}" for issue in (*report.errors, *report.warnings))
-        verdict = "all files accepted" if self.ok else "some files were rejected: nothing of them was imported"
+        verdict = (
+            "all files accepted"
+            if self.ok
+            else "some files were rejected: nothing of them was imported"
+        )
         lines.append(verdict)
         return "\n".join(lines)
 
@@ -178,8 +184,16 @@ def _unit_key(unit: str) -> str:
 
 
 _COUNT_UNITS = {
-    "10^9/l": 1.0, "g/l": 1.0, "giga/l": 1.0, "10^3/ul": 1.0, "k/ul": 1.0, "/nl": 1.0,
-    "10^3/mm3": 1.0, "/ul": 1e-3, "cells/ul": 1e-3, "/mm3": 1e-3,
+    "10^9/l": 1.0,
+    "g/l": 1.0,
+    "giga/l": 1.0,
+    "10^3/ul": 1.0,
+    "k/ul": 1.0,
+    "/nl": 1.0,
+    "10^3/mm3": 1.0,
+    "/ul": 1e-3,
+    "cells/ul": 1e-3,
+    "/mm3": 1e-3,
 }
 #: analyte → {normalised unit → factor to the canonical unit}.
 UNIT_FACTORS: dict[Analyte, dict[str, float]] = {
@@ -258,7 +272,9 @@ def read_csv_rows(content: bytes, ctx: _Context) -> tuple[list[str], list[_Row]]
                 f"expected {len(header)} fields as in the header; found {len(values)}",
             )
             continue
-        rows.append(_Row(reader.line_num, dict(zip(header, (v.strip() for v in values), strict=True))))
+        rows.append(
+            _Row(reader.line_num, dict(zip(header, (v.strip() for v in values), strict=True)))
+        )
     return header, rows
 
 
@@ -278,13 +294,19 @@ def recognise_kind(header: Sequence[str], ctx: _Context) -> OutcomeKind:
     for name in header:
         if name not in layout.allowed:
             ctx.error(
-                1, name, f"unknown column for a {kind.value} file; allowed: {', '.join(sorted(layout.allowed))}"
+                1,
+                name,
+                f"unknown column for a {kind.value} file; allowed: {', '.join(sorted(layout.allowed))}",
             )
     for name in layout.required:
         if name not in present:
             ctx.error(1, name, f"required column of a {kind.value} file is missing; add it")
     if layout.one_of and not present & set(layout.one_of):
-        ctx.error(1, layout.one_of[0], f"a {kind.value} file needs one of the columns {' or '.join(layout.one_of)}")
+        ctx.error(
+            1,
+            layout.one_of[0],
+            f"a {kind.value} file needs one of the columns {' or '.join(layout.one_of)}",
+        )
     return kind
 
 
@@ -345,17 +367,27 @@ def _integer(row: _Row, column: str, ctx: _Context) -> int | None:
     return int(value)
 
 
-def _before(ctx: _Context, row: _Row, early: tuple[str, dt.date | None], late: tuple[str, dt.date | None], message: str) -> None:
+def _before(
+    ctx: _Context,
+    row: _Row,
+    early: tuple[str, dt.date | None],
+    late: tuple[str, dt.date | None],
+    message: str,
+) -> None:
     """Error on ``late``'s column when ``late`` is before ``early``."""
     if early[1] is not None and late[1] is not None and late[1] < early[1]:
-        ctx.error(row.line, late[0], f"{message}: {late[0]} {late[1]} is before {early[0]} {early[1]}")
+        ctx.error(
+            row.line, late[0], f"{message}: {late[0]} {late[1]} is before {early[0]} {early[1]}"
+        )
 
 
 def _duplicates(rows: Iterable[tuple[_Row, tuple[Any, ...]]], columns: str, ctx: _Context) -> None:
     seen: dict[tuple[Any, ...], int] = {}
     for row, key in rows:
         if key in seen:
-            ctx.error(row.line, columns, f"duplicate of line {seen[key]} (same {columns}); keep one row")
+            ctx.error(
+                row.line, columns, f"duplicate of line {seen[key]} (same {columns}); keep one row"
+            )
         else:
             seen[key] = row.line
 
@@ -378,7 +410,9 @@ class _Known:
         return cls(
             patients={row["patient_id"]: row for row in store.rows(db, OutcomeKind.PATIENTS.value)},
             cycles={(row["patient_id"], int(row["cycle"])) for row in cycle_rows},
-            admin_dates={(row["patient_id"], int(row["cycle"])): row["admin_date"] for row in cycle_rows},
+            admin_dates={
+                (row["patient_id"], int(row["cycle"])): row["admin_date"] for row in cycle_rows
+            },
             lesions={(k[0], k[1]) for k in store.keys(db, OutcomeKind.LESIONS.value)},
         )
 
@@ -440,7 +474,11 @@ def _patient_record(row: _Row, ctx: _Context) -> dict[str, Any] | None:
     _check_patient_dates(row, ctx, first, birth, dates)
     recist = row.values.get("recist_m3", "").upper() or None
     if recist is not None and recist not in RECIST_VALUES:
-        ctx.error(row.line, "recist_m3", f"expected one of {', '.join(RECIST_VALUES)} or empty; found '{recist}'")
+        ctx.error(
+            row.line,
+            "recist_m3",
+            f"expected one of {', '.join(RECIST_VALUES)} or empty; found '{recist}'",
+        )
     if patient_id is None or sex is None or first is None:
         return None
     return {
@@ -454,34 +492,90 @@ def _patient_record(row: _Row, ctx: _Context) -> dict[str, Any] | None:
     }
 
 
-def _age(row: _Row, ctx: _Context, birth: dt.date | None, age: float | None, first: dt.date | None) -> float | None:
+def _age(
+    row: _Row, ctx: _Context, birth: dt.date | None, age: float | None, first: dt.date | None
+) -> float | None:
     if birth is None and age is None:
-        ctx.error(row.line, "birth_date", "give birth_date or age_at_start (the eGFR equations need the age)")
+        ctx.error(
+            row.line,
+            "birth_date",
+            "give birth_date or age_at_start (the eGFR equations need the age)",
+        )
         return None
     if age is not None and not 0 < age <= 120:
-        ctx.error(row.line, "age_at_start", f"expected an age in years between 0 and 120; found {age:g}")
+        ctx.error(
+            row.line, "age_at_start", f"expected an age in years between 0 and 120; found {age:g}"
+        )
         return None
     if birth is None or first is None:
         return age
     if birth >= first:
-        ctx.error(row.line, "birth_date", f"dates out of order: birth_date {birth} is not before first_injection_date {first}")
+        ctx.error(
+            row.line,
+            "birth_date",
+            f"dates out of order: birth_date {birth} is not before first_injection_date {first}",
+        )
         return None
     from_birth = (first - birth).days / 365.25
     if age is not None and abs(age - from_birth) > 1.0:
-        ctx.warn(row.line, "age_at_start", f"age_at_start {age:g} disagrees with birth_date ({from_birth:.1f} y); using birth_date")
+        ctx.warn(
+            row.line,
+            "age_at_start",
+            f"age_at_start {age:g} disagrees with birth_date ({from_birth:.1f} y); using birth_date",
+        )
     return round(from_birth, 2)
 
 
 def _check_patient_dates(
-    row: _Row, ctx: _Context, first: dt.date | None, birth: dt.date | None, dates: dict[str, dt.date | None]
+    row: _Row,
+    ctx: _Context,
+    first: dt.date | None,
+    birth: dt.date | None,
+    dates: dict[str, dt.date | None],
 ) -> None:
-    death, progression, followup = dates["death_date"], dates["progression_date"], dates["last_followup_date"]
-    _before(ctx, row, ("first_injection_date", first), ("death_date", death), "death before injection")
-    _before(ctx, row, ("first_injection_date", first), ("progression_date", progression), "dates out of order")
-    _before(ctx, row, ("first_injection_date", first), ("last_followup_date", followup), "dates out of order")
-    _before(ctx, row, ("progression_date", progression), ("death_date", death), "dates out of order (progression after death)")
-    _before(ctx, row, ("progression_date", progression), ("last_followup_date", followup), "dates out of order (progression after the last follow-up)")
-    _before(ctx, row, ("last_followup_date", followup), ("death_date", death), "dates out of order (death before the last follow-up)")
+    death, progression, followup = (
+        dates["death_date"],
+        dates["progression_date"],
+        dates["last_followup_date"],
+    )
+    _before(
+        ctx, row, ("first_injection_date", first), ("death_date", death), "death before injection"
+    )
+    _before(
+        ctx,
+        row,
+        ("first_injection_date", first),
+        ("progression_date", progression),
+        "dates out of order",
+    )
+    _before(
+        ctx,
+        row,
+        ("first_injection_date", first),
+        ("last_followup_date", followup),
+        "dates out of order",
+    )
+    _before(
+        ctx,
+        row,
+        ("progression_date", progression),
+        ("death_date", death),
+        "dates out of order (progression after death)",
+    )
+    _before(
+        ctx,
+        row,
+        ("progression_date", progression),
+        ("last_followup_date", followup),
+        "dates out of order (progression after the last follow-up)",
+    )
+    _before(
+        ctx,
+        row,
+        ("last_followup_date", followup),
+        ("death_date", death),
+        "dates out of order (death before the last follow-up)",
+    )
 
 
 def validate_cycles(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict[str, Any]]:
@@ -493,16 +587,43 @@ def validate_cycles(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict
         admin = _date(row, "admin_date", ctx)
         activity = _positive(row, "activity_gbq", ctx)
         if activity is not None and activity > MAX_ACTIVITY_GBQ:
-            ctx.error(row.line, "activity_gbq", f"expected GBq (7.4 per cycle); found {activity:g} — MBq? divide by 1000")
+            ctx.error(
+                row.line,
+                "activity_gbq",
+                f"expected GBq (7.4 per cycle); found {activity:g} — MBq? divide by 1000",
+            )
         first, death = _first_injection(known, patient_id), _death(known, patient_id)
-        _before(ctx, row, ("first_injection_date", first), ("admin_date", admin), "dates out of order (cycle before the first injection)")
+        _before(
+            ctx,
+            row,
+            ("first_injection_date", first),
+            ("admin_date", admin),
+            "dates out of order (cycle before the first injection)",
+        )
         if admin is not None and death is not None and death < admin:
-            ctx.error(row.line, "admin_date", f"death before injection: the patient died on {death}, before this injection on {admin}")
+            ctx.error(
+                row.line,
+                "admin_date",
+                f"death before injection: the patient died on {death}, before this injection on {admin}",
+            )
         if cycle == 1 and admin is not None and first is not None and admin != first:
-            ctx.warn(row.line, "admin_date", f"cycle 1 on {admin} but first_injection_date is {first}")
+            ctx.warn(
+                row.line, "admin_date", f"cycle 1 on {admin} but first_injection_date is {first}"
+            )
         if None not in (patient_id, cycle, admin, activity):
-            records.append({"patient_id": patient_id, "cycle": cycle, "admin_date": _iso(admin), "activity_gbq": activity})
-    _duplicates(((r, (r.values.get("patient_id"), r.values.get("cycle"))) for r in rows), "patient_id, cycle", ctx)
+            records.append(
+                {
+                    "patient_id": patient_id,
+                    "cycle": cycle,
+                    "admin_date": _iso(admin),
+                    "activity_gbq": activity,
+                }
+            )
+    _duplicates(
+        ((r, (r.values.get("patient_id"), r.values.get("cycle"))) for r in rows),
+        "patient_id, cycle",
+        ctx,
+    )
     _check_cycle_order(records, rows, ctx)
     return records
 
@@ -521,7 +642,11 @@ def _check_cycle_order(records: list[dict[str, Any]], rows: list[_Row], ctx: _Co
         for earlier, later in zip(cycles, cycles[1:]):
             if later["admin_date"] <= earlier["admin_date"]:
                 line = lines[(patient_id, str(later["cycle"]))]
-                ctx.error(line, "admin_date", f"dates out of order: cycle {later['cycle']} on {later['admin_date']} is not after cycle {earlier['cycle']} on {earlier['admin_date']}")
+                ctx.error(
+                    line,
+                    "admin_date",
+                    f"dates out of order: cycle {later['cycle']} on {later['admin_date']} is not after cycle {earlier['cycle']} on {earlier['admin_date']}",
+                )
 
 
 def validate_lesions(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict[str, Any]]:
@@ -531,7 +656,11 @@ def validate_lesions(rows: list[_Row], known: _Known, ctx: _Context) -> list[dic
         record = _lesion_record(row, known, ctx)
         if record is not None:
             records.append(record)
-    _duplicates(((r, (r.values.get("patient_id"), r.values.get("lesion_id"))) for r in rows), "patient_id, lesion_id", ctx)
+    _duplicates(
+        ((r, (r.values.get("patient_id"), r.values.get("lesion_id"))) for r in rows),
+        "patient_id, lesion_id",
+        ctx,
+    )
     return records
 
 
@@ -542,10 +671,18 @@ def _lesion_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | 
     if site and site not in KNOWN_SITES:
         ctx.warn(row.line, "site", f"unknown site '{site}'; known: {', '.join(KNOWN_SITES)}")
     if site == "bone":
-        ctx.warn(row.line, "site", "bone lesion: the paper excluded bone lesions (response hard to assess)")
+        ctx.warn(
+            row.line,
+            "site",
+            "bone lesion: the paper excluded bone lesions (response hard to assess)",
+        )
     volume = _positive(row, "vol_bl_cm3", ctx)
     if volume is not None and volume < SMALL_LESION_CM3:
-        ctx.warn(row.line, "vol_bl_cm3", f"lesion < {SMALL_LESION_CM3:g} cm³ ({volume:g}): recovery coefficient below 0.5, the paper excluded such lesions")
+        ctx.warn(
+            row.line,
+            "vol_bl_cm3",
+            f"lesion < {SMALL_LESION_CM3:g} cm³ ({volume:g}): recovery coefficient below 0.5, the paper excluded such lesions",
+        )
     baseline = _date(row, "ct_bl_date", ctx)
     volume_m3 = _positive(row, "vol_m3_cm3", ctx, required=False)
     ct_m3 = _date(row, "ct_m3_date", ctx, required=False)
@@ -556,12 +693,19 @@ def _lesion_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | 
     _before(ctx, row, ("ct_bl_date", baseline), ("ct_m3_date", ct_m3), "dates out of order")
     first = _first_injection(known, patient_id)
     if baseline is not None and first is not None and baseline > first:
-        ctx.warn(row.line, "ct_bl_date", f"baseline CT {baseline} is after the first injection {first}")
+        ctx.warn(
+            row.line, "ct_bl_date", f"baseline CT {baseline} is after the first injection {first}"
+        )
     if None in (patient_id, lesion_id, volume, baseline):
         return None
     return {
-        "patient_id": patient_id, "lesion_id": lesion_id, "site": site, "vol_bl_cm3": volume,
-        "ct_bl_date": _iso(baseline), "vol_m3_cm3": volume_m3, "ct_m3_date": _iso(ct_m3),
+        "patient_id": patient_id,
+        "lesion_id": lesion_id,
+        "site": site,
+        "vol_bl_cm3": volume,
+        "ct_bl_date": _iso(baseline),
+        "vol_m3_cm3": volume_m3,
+        "ct_m3_date": _iso(ct_m3),
     }
 
 
@@ -573,7 +717,17 @@ def validate_labs(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict[s
         if record is not None:
             records.append(record)
     _duplicates(
-        ((r, (r.values.get("patient_id"), r.values.get("date"), r.values.get("analyte", "").lower())) for r in rows),
+        (
+            (
+                r,
+                (
+                    r.values.get("patient_id"),
+                    r.values.get("date"),
+                    r.values.get("analyte", "").lower(),
+                ),
+            )
+            for r in rows
+        ),
         "patient_id, date, analyte",
         ctx,
     )
@@ -585,7 +739,11 @@ def _analyte(row: _Row, ctx: _Context) -> Analyte | None:
     try:
         return Analyte(text) if text else None
     except ValueError:
-        ctx.error(row.line, "analyte", f"unknown analyte '{text}'; expected one of {', '.join(a.value for a in Analyte)}")
+        ctx.error(
+            row.line,
+            "analyte",
+            f"unknown analyte '{text}'; expected one of {', '.join(a.value for a in Analyte)}",
+        )
         return None
 
 
@@ -594,12 +752,25 @@ def _unit_factor(row: _Row, analyte: Analyte, ctx: _Context) -> float | None:
     if unit is None:
         return None
     key = _unit_key(unit)
-    if key in ("%", "percent") and analyte in (Analyte.WBC, Analyte.LYMPH, Analyte.NEUT, Analyte.PLT):
-        ctx.error(row.line, "unit", f"{analyte.value} given in % instead of an absolute count; give the count in 10^9/L (e.g. lymphocytes % × leukocytes / 100)")
+    if key in ("%", "percent") and analyte in (
+        Analyte.WBC,
+        Analyte.LYMPH,
+        Analyte.NEUT,
+        Analyte.PLT,
+    ):
+        ctx.error(
+            row.line,
+            "unit",
+            f"{analyte.value} given in % instead of an absolute count; give the count in 10^9/L (e.g. lymphocytes % × leukocytes / 100)",
+        )
         return None
     factor = UNIT_FACTORS[analyte].get(key)
     if factor is None:
-        ctx.error(row.line, "unit", f"unknown unit '{unit}' for {analyte.value}; expected one of {', '.join(sorted(UNIT_FACTORS[analyte]))}")
+        ctx.error(
+            row.line,
+            "unit",
+            f"unknown unit '{unit}' for {analyte.value}; expected one of {', '.join(sorted(UNIT_FACTORS[analyte]))}",
+        )
     return factor
 
 
@@ -616,19 +787,32 @@ def _lab_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | Non
     canonical = value * factor
     low, high = PLAUSIBLE[analyte]
     if not low <= canonical <= high:
-        ctx.error(row.line, "value", f"{analyte.value} {value:g} {row.values['unit']} = {canonical:g} {CANONICAL_UNITS[analyte]} is outside the plausible {low:g}–{high:g}; check the unit")
+        ctx.error(
+            row.line,
+            "value",
+            f"{analyte.value} {value:g} {row.values['unit']} = {canonical:g} {CANONICAL_UNITS[analyte]} is outside the plausible {low:g}–{high:g}; check the unit",
+        )
         return None
     if lln is not None and uln is not None and lln > uln:
         ctx.error(row.line, "lln", f"lln {lln:g} is above uln {uln:g}")
     if lln is None and analyte in GRADED_WITH_LLN:
-        ctx.warn(row.line, "lln", f"LLN missing: CTCAE grade 1 of {analyte.value} cannot be decided for this value")
+        ctx.warn(
+            row.line,
+            "lln",
+            f"LLN missing: CTCAE grade 1 of {analyte.value} cannot be decided for this value",
+        )
     if patient_id is None or date is None:
         return None
     return {
-        "patient_id": patient_id, "date": date.isoformat(), "analyte": analyte.value,
-        "value": canonical, "unit": CANONICAL_UNITS[analyte],
-        "lln": lln * factor if lln is not None else None, "uln": uln * factor if uln is not None else None,
-        "given_value": value, "given_unit": row.values["unit"],
+        "patient_id": patient_id,
+        "date": date.isoformat(),
+        "analyte": analyte.value,
+        "value": canonical,
+        "unit": CANONICAL_UNITS[analyte],
+        "lln": lln * factor if lln is not None else None,
+        "uln": uln * factor if uln is not None else None,
+        "given_value": value,
+        "given_unit": row.values["unit"],
     }
 
 
@@ -639,7 +823,14 @@ def validate_doses(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict[
         record = _dose_record(row, known, ctx)
         if record is not None:
             records.append(record)
-    _duplicates(((r, (r.values.get("patient_id"), r.values.get("cycle"), r.values.get("voi"))) for r in rows), "patient_id, cycle, voi", ctx)
+    _duplicates(
+        (
+            (r, (r.values.get("patient_id"), r.values.get("cycle"), r.values.get("voi")))
+            for r in rows
+        ),
+        "patient_id, cycle, voi",
+        ctx,
+    )
     return records
 
 
@@ -655,14 +846,35 @@ def _dose_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | No
     if kind_text and kind is None:
         ctx.error(row.line, "kind", f"expected organ or lesion; found '{kind_text}'")
     if kind is DoseKind.ORGAN and voi is not None and canonical_organ(voi) is None:
-        ctx.error(row.line, "voi", f"unknown organ '{voi}'; accepted: {', '.join(accepted_organ_names())}")
-    if kind is DoseKind.LESION and patient_id is not None and voi is not None and (patient_id, voi) not in known.lesions:
-        ctx.error(row.line, "voi", f"orphan: lesion '{voi}' of patient {patient_id} is not in the lesions data; import the lesions file first")
+        ctx.error(
+            row.line, "voi", f"unknown organ '{voi}'; accepted: {', '.join(accepted_organ_names())}"
+        )
+    if (
+        kind is DoseKind.LESION
+        and patient_id is not None
+        and voi is not None
+        and (patient_id, voi) not in known.lesions
+    ):
+        ctx.error(
+            row.line,
+            "voi",
+            f"orphan: lesion '{voi}' of patient {patient_id} is not in the lesions data; import the lesions file first",
+        )
     if patient_id is not None and cycle is not None and (patient_id, cycle) not in known.cycles:
-        ctx.error(row.line, "cycle", f"orphan: cycle {cycle} of patient {patient_id} is not in the cycles data; import the cycles file first")
+        ctx.error(
+            row.line,
+            "cycle",
+            f"orphan: cycle {cycle} of patient {patient_id} is not in the cycles data; import the cycles file first",
+        )
     if None in (patient_id, cycle, voi, kind, dose):
         return None
-    return {"patient_id": patient_id, "cycle": cycle, "voi": voi, "kind": kind.value if kind else None, "ad_gy": dose}
+    return {
+        "patient_id": patient_id,
+        "cycle": cycle,
+        "voi": voi,
+        "kind": kind.value if kind else None,
+        "ad_gy": dose,
+    }
 
 
 VALIDATORS: dict[OutcomeKind, Callable[[list[_Row], _Known, _Context], list[dict[str, Any]]]] = {
@@ -724,7 +936,7 @@ def import_outcome_files(
     parsed = [_parse(Path(p)) for p in paths]
     order = list(OutcomeKind)
     parsed.sort(key=lambda p: order.index(p.kind) if p.kind else -1)
-    stamp = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    stamp = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
     return ImportReport(files=tuple(_import_one(db, item, stamp) for item in parsed))
 
 
@@ -743,10 +955,17 @@ def _import_one(db: sqlite_utils.Database, item: _Parsed, stamp: str) -> FileRep
     warnings = tuple(i for i in ctx.issues if i.severity is Severity.WARNING)
     if errors or item.kind is None:
         logger.warning("%s rejected: %d error(s)", item.path.name, len(errors))
-        return FileReport(str(item.path), item.kind, FileStatus.REJECTED, len(item.rows), errors, warnings)
+        return FileReport(
+            str(item.path), item.kind, FileStatus.REJECTED, len(item.rows), errors, warnings
+        )
     store.store_file(
-        db, sha256=sha256, file_name=item.path.name, kind=item.kind.value, imported_at=stamp,
-        records=records, warnings=((w.line, w.column, str(w)) for w in warnings),
+        db,
+        sha256=sha256,
+        file_name=item.path.name,
+        kind=item.kind.value,
+        imported_at=stamp,
+        records=records,
+        warnings=((w.line, w.column, str(w)) for w in warnings),
     )
     return FileReport(str(item.path), item.kind, FileStatus.IMPORTED, len(records), (), warnings)
 
@@ -770,9 +989,24 @@ def load_cohort_data(db: sqlite_utils.Database, own_doses: Iterable[DoseRow] = (
     doses = _merge_doses(frames[OutcomeKind.DOSES], own_doses)
     return CohortData.from_frames(
         patients=patients,
-        cycles=_frame_or_empty(frames[OutcomeKind.CYCLES], ("patient_id", "cycle", "admin_date", "activity_gbq")),
-        lesions=_frame_or_empty(frames[OutcomeKind.LESIONS], ("patient_id", "lesion_id", "site", "vol_bl_cm3", "ct_bl_date", "vol_m3_cm3", "ct_m3_date")),
-        labs=_frame_or_empty(frames[OutcomeKind.LABS], ("patient_id", "date", "analyte", "value", "lln", "uln")),
+        cycles=_frame_or_empty(
+            frames[OutcomeKind.CYCLES], ("patient_id", "cycle", "admin_date", "activity_gbq")
+        ),
+        lesions=_frame_or_empty(
+            frames[OutcomeKind.LESIONS],
+            (
+                "patient_id",
+                "lesion_id",
+                "site",
+                "vol_bl_cm3",
+                "ct_bl_date",
+                "vol_m3_cm3",
+                "ct_m3_date",
+            ),
+        ),
+        labs=_frame_or_empty(
+            frames[OutcomeKind.LABS], ("patient_id", "date", "analyte", "value", "lln", "uln")
+        ),
         doses=doses,
     )
 
@@ -784,22 +1018,39 @@ def _frame_or_empty(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFra
 
 
 def _patients_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    columns = ("patient_id", "sex", "age_at_start_y", "first_injection_date", "progression_date", "death_date", "last_followup_date", "recist_m3")
+    columns = (
+        "patient_id",
+        "sex",
+        "age_at_start_y",
+        "first_injection_date",
+        "progression_date",
+        "death_date",
+        "last_followup_date",
+        "recist_m3",
+    )
     return _frame_or_empty(frame, columns)
 
 
 def _merge_doses(imported: pd.DataFrame, own_doses: Iterable[DoseRow]) -> pd.DataFrame:
     columns = ["patient_id", "cycle", "voi", "kind", "ad_gy"]
     own = pd.DataFrame(
-        [(d.patient_id, int(d.cycle), d.voi, DoseKind(d.kind).value, float(d.ad_gy)) for d in own_doses],
+        [
+            (d.patient_id, int(d.cycle), d.voi, DoseKind(d.kind).value, float(d.ad_gy))
+            for d in own_doses
+        ],
         columns=columns,
     )
     imported = imported.loc[:, columns] if not imported.empty else pd.DataFrame(columns=columns)
     if own.empty:
         return imported
     keys = set(zip(own["patient_id"], own["cycle"], own["voi"], strict=True))
-    overridden = [k in keys for k in zip(imported["patient_id"], imported["cycle"], imported["voi"], strict=True)]
+    overridden = [
+        k in keys
+        for k in zip(imported["patient_id"], imported["cycle"], imported["voi"], strict=True)
+    ]
     if any(overridden):
-        logger.info("%d imported dose row(s) superseded by theranode's own results", sum(overridden))
+        logger.info(
+            "%d imported dose row(s) superseded by theranode's own results", sum(overridden)
+        )
     kept = imported.loc[[not o for o in overridden]]
     return pd.concat([own, kept], ignore_index=True)

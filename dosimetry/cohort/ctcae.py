@@ -93,15 +93,14 @@ def egfr_ckd_epi(
     """
     if creatinine_mg_dl <= 0 or age_y <= 0:
         raise ValueError(
-            f"CKD-EPI needs a positive creatinine and age; got {creatinine_mg_dl} mg/dL, "
-            f"{age_y} y."
+            f"CKD-EPI needs a positive creatinine and age; got {creatinine_mg_dl} mg/dL, {age_y} y."
         )
     coefficients = _CKD_EPI[equation]
     female = sex is Sex.FEMALE
     kappa = 0.7 if female else 0.9
     alpha = coefficients.alpha_female if female else coefficients.alpha_male
     ratio = creatinine_mg_dl / kappa
-    egfr = (
+    egfr: float = (
         coefficients.scale
         * min(ratio, 1.0) ** alpha
         * max(ratio, 1.0) ** coefficients.exponent_high

@@ -173,7 +173,9 @@ class CohortData:
             "labs": (labs, LAB_COLUMNS),
             "doses": (doses, DOSE_COLUMNS),
         }
-        built = {name: _normalise(name, frame, columns) for name, (frame, columns) in frames.items()}
+        built = {
+            name: _normalise(name, frame, columns) for name, (frame, columns) in frames.items()
+        }
         return cls(**built)
 
     def content_hash(self) -> str:
@@ -220,7 +222,9 @@ def _normalise(name: str, frame: pd.DataFrame | None, columns: tuple[str, ...]) 
 def lesion_doses(data: CohortData) -> pd.DataFrame:
     """Lesion dose rows: ``patient_id, lesion_id, cycle, ad_gy``."""
     doses = data.doses
-    rows = doses.loc[doses["kind"] == DoseKind.LESION.value, ["patient_id", "voi", "cycle", "ad_gy"]]
+    rows = doses.loc[
+        doses["kind"] == DoseKind.LESION.value, ["patient_id", "voi", "cycle", "ad_gy"]
+    ]
     return rows.rename(columns={"voi": "lesion_id"}).reset_index(drop=True)
 
 
@@ -231,13 +235,14 @@ def lesion_totals(data: CohortData) -> pd.DataFrame:
     delta_v_pct``. ΔV% = 100 (V_M3 − V_BL) / V_BL (Hebert 2024, eq. 2).
     """
     per_cycle = lesion_doses(data)
-    totals = (
-        per_cycle.groupby(["patient_id", "lesion_id"], as_index=False)
-        .agg(total_ad_gy=("ad_gy", "sum"), n_cycles=("cycle", "nunique"))
+    totals = per_cycle.groupby(["patient_id", "lesion_id"], as_index=False).agg(
+        total_ad_gy=("ad_gy", "sum"), n_cycles=("cycle", "nunique")
     )
     lesions = data.lesions[["patient_id", "lesion_id", "vol_bl_cm3", "vol_m3_cm3"]]
     merged = totals.merge(lesions, on=["patient_id", "lesion_id"], how="left")
-    merged["delta_v_pct"] = 100.0 * (merged["vol_m3_cm3"] - merged["vol_bl_cm3"]) / merged["vol_bl_cm3"]
+    merged["delta_v_pct"] = (
+        100.0 * (merged["vol_m3_cm3"] - merged["vol_bl_cm3"]) / merged["vol_bl_cm3"]
+    )
     return merged.drop(columns=["vol_m3_cm3"])
 
 

@@ -129,7 +129,9 @@ def toxicity_table(
         _toxicity_row(analyte, in_window, egfr_lln) for analyte in BANDS if _has(in_window, analyte)
     )
     if not rows:
-        return NotEstimable("No gradable analyte (hgb, wbc, lymph, neut, plt, eGFR) during therapy.")
+        return NotEstimable(
+            "No gradable analyte (hgb, wbc, lymph, neut, plt, eGFR) during therapy."
+        )
     window = f"after the first injection up to the last injection + {windows.therapy_tail_days} d"
     return ToxicityTable(rows=rows, window=window)
 
@@ -247,7 +249,9 @@ def _lab_change(
         followup_sd=float(np.std(after, ddof=1)),
         mean_difference=mean_difference,
         difference_ci=Interval(mean_difference - half, mean_difference + half),
-        paired=TestResult("Student paired t-test", float(paired.statistic), float(paired.pvalue), n),
+        paired=TestResult(
+            "Student paired t-test", float(paired.statistic), float(paired.pvalue), n
+        ),
         unpaired=TestResult(
             "Student two-sample t-test, pooled variance (paper-compatible)",
             float(unpaired.statistic),

@@ -388,7 +388,9 @@ class MethodChoices:
     month12_window: str = "last injection + 365 d ± 60 d, nearest value"
     toxicity_window: str = "after the first injection up to the last injection + 56 d"
     trend_model: str = "MixedLM ln(AD) ~ cycle, random intercept patient + lesion-in-patient (REML)"
-    dose_response_model: str = "MixedLM ΔV% ~ AD (+ B-spline curve), random intercept patient (REML)"
+    dose_response_model: str = (
+        "MixedLM ΔV% ~ AD (+ B-spline curve), random intercept patient (REML)"
+    )
     tcp_model: str = "GEE logistic, exchangeable within patient, robust SE; D50 by Fieller"
     correlation: str = (
         "Spearman rank correlation; LOESS span 0.75 degree 2, pointwise 95 % band (R loess)"

@@ -170,7 +170,9 @@ def compare_groups(
     problem = _group_problem(usable, event, endpoint)
     if problem is not None:
         return problem
-    arms = {name: usable.loc[usable["high"] == flag] for name, flag in (("high", 1.0), ("low", 0.0))}
+    arms = {
+        name: usable.loc[usable["high"] == flag] for name, flag in (("high", 1.0), ("low", 0.0))
+    }
     labels = {"high": f"> {cut:.2f} Gy", "low": f"≤ {cut:.2f} Gy"}
     groups, curves = {}, []
     for name, arm in arms.items():

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -232,7 +233,9 @@ def _cycles(rng: np.random.Generator, patients: pd.DataFrame) -> pd.DataFrame:
     jitter = np.where(cycle == 1, 0.0, rng.normal(0.0, 3.0, cycle.size))
     admin = first + _days(56.0 * (cycle - 1) + jitter)
     activity = np.round(rng.normal(7.4, 0.08, cycle.size), 2)
-    return pd.DataFrame({"patient_id": ids, "cycle": cycle, "admin_date": admin, "activity_gbq": activity})
+    return pd.DataFrame(
+        {"patient_id": ids, "cycle": cycle, "admin_date": admin, "activity_gbq": activity}
+    )
 
 
 def _lesion_counts(rng: np.random.Generator, n: int, mean: float) -> npt.NDArray[np.int64]:
@@ -245,7 +248,9 @@ def _lesion_counts(rng: np.random.Generator, n: int, mean: float) -> npt.NDArray
     return counts
 
 
-def _lesions(rng: np.random.Generator, patients: pd.DataFrame, settings: SyntheticSettings) -> pd.DataFrame:
+def _lesions(
+    rng: np.random.Generator, patients: pd.DataFrame, settings: SyntheticSettings
+) -> pd.DataFrame:
     counts = _lesion_counts(rng, len(patients), settings.lesions_per_patient)
     ids = np.repeat(patients["patient_id"].to_numpy(), counts)
     first = np.repeat(patients["first_injection_date"].to_numpy(), counts)
@@ -265,7 +270,10 @@ def _lesions(rng: np.random.Generator, patients: pd.DataFrame, settings: Synthet
 
 
 def _lesion_doses(
-    rng: np.random.Generator, lesions: pd.DataFrame, cycles: pd.DataFrame, settings: SyntheticSettings
+    rng: np.random.Generator,
+    lesions: pd.DataFrame,
+    cycles: pd.DataFrame,
+    settings: SyntheticSettings,
 ) -> pd.DataFrame:
     patient_ids = lesions["patient_id"].to_numpy()
     unique_ids, patient_index = np.unique(patient_ids, return_inverse=True)
@@ -332,7 +340,9 @@ def _responses(
     cycles: pd.DataFrame,
     settings: SyntheticSettings,
 ) -> pd.DataFrame:
-    total = totals.reindex(pd.MultiIndex.from_frame(lesions[["patient_id", "lesion_id"]])).to_numpy()
+    total = totals.reindex(
+        pd.MultiIndex.from_frame(lesions[["patient_id", "lesion_id"]])
+    ).to_numpy()
     unique_ids, index = np.unique(lesions["patient_id"].to_numpy(), return_inverse=True)
     patient_effect = _symmetric_normal(rng, settings.patient_sd_pct, unique_ids.size)[index]
     delta_pct = (
@@ -346,7 +356,9 @@ def _responses(
             "The response settings let a lesion vanish (ΔV% ≤ −100); lower the slope, the "
             "noise or max_total_gy."
         )
-    last = cycles.groupby("patient_id")["admin_date"].max().reindex(lesions["patient_id"]).to_numpy()
+    last = (
+        cycles.groupby("patient_id")["admin_date"].max().reindex(lesions["patient_id"]).to_numpy()
+    )
     out = lesions.copy()
     out["vol_m3_cm3"] = np.round(out["vol_bl_cm3"].to_numpy() * (1.0 + delta_pct / 100.0), 4)
     out["ct_m3_date"] = last + _days(91.0 + rng.normal(0.0, 7.0, len(lesions)))
@@ -355,7 +367,9 @@ def _responses(
 
 def _symmetric_normal(rng: np.random.Generator, sd: float, size: int) -> npt.NDArray[np.float64]:
     """Normal(0, sd) truncated at ± ``TRUNCATION_SD`` sd: still mean 0, bounded."""
-    draws = stats.truncnorm.rvs(-TRUNCATION_SD, TRUNCATION_SD, scale=sd, size=size, random_state=rng)
+    draws = stats.truncnorm.rvs(
+        -TRUNCATION_SD, TRUNCATION_SD, scale=sd, size=size, random_state=rng
+    )
     return np.asarray(draws, dtype=np.float64)
 
 
@@ -363,7 +377,7 @@ def _survival(
     rng: np.random.Generator, patients: pd.DataFrame, totals: pd.Series, truth: SurvivalTruth
 ) -> pd.DataFrame:
     per_patient = totals.groupby(level="patient_id")
-    index = (per_patient.mean() if truth.split_index is LesionIndex.MEAN else per_patient.min())
+    index = per_patient.mean() if truth.split_index is LesionIndex.MEAN else per_patient.min()
     index = index.reindex(patients["patient_id"]).to_numpy()
     high = index > np.median(index)
     rate_death = np.log(2.0) / (truth.median_os_low_months - EVENT_FREE_MONTHS)
@@ -413,7 +427,9 @@ def _labs(
         (m3_dates, marrow_total.to_numpy(), np.ones(n), m3_dates <= end_of_follow_up),
         (m12_dates, 0.6 * marrow_total.to_numpy(), np.full(n, 0.6), m12_dates <= end_of_follow_up),
     ]
-    during = cycles.assign(cum=marrow_cum.reindex(pd.MultiIndex.from_frame(cycles[["patient_id", "cycle"]])).to_numpy())
+    during = cycles.assign(
+        cum=marrow_cum.reindex(pd.MultiIndex.from_frame(cycles[["patient_id", "cycle"]])).to_numpy()
+    )
     order = pd.Index(patients["patient_id"]).get_indexer(during["patient_id"])
     fraction = during["cycle"].to_numpy() / n_cycles.to_numpy()[order]
     cycle_visit = (
@@ -425,11 +441,17 @@ def _labs(
     return _lab_rows(rng, patients, visits, cycle_visit, order)
 
 
+#: A laboratory visit: dates, marrow cumulative AD (Gy), fraction of therapy, kept mask.
+_Visit = tuple[
+    npt.NDArray[Any], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]
+]
+
+
 def _lab_rows(
     rng: np.random.Generator,
     patients: pd.DataFrame,
-    visits: list[tuple[npt.NDArray, npt.NDArray, npt.NDArray, npt.NDArray]],
-    cycle_visit: tuple[npt.NDArray, npt.NDArray, npt.NDArray, npt.NDArray],
+    visits: list[_Visit],
+    cycle_visit: _Visit,
     cycle_order: npt.NDArray[np.int64],
 ) -> pd.DataFrame:
     n = len(patients)
@@ -443,7 +465,11 @@ def _lab_rows(
         all_visits = [*visits, cycle_visit]
         for number, (dates, marrow_gy, fraction, keep) in enumerate(all_visits):
             rows = cycle_order if number == len(visits) else np.arange(n)
-            change = per_gy * marrow_gy + offset * fraction + rng.normal(0, noise_pct, rows.size) * (fraction > 0)
+            change = (
+                per_gy * marrow_gy
+                + offset * fraction
+                + rng.normal(0, noise_pct, rows.size) * (fraction > 0)
+            )
             value = baseline[rows] * np.maximum(1.0 + change / 100.0, 0.05)
             frames.append(
                 pd.DataFrame(

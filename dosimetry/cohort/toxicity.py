@@ -25,13 +25,13 @@ from scipy import stats
 
 from dosimetry.cohort.data import Analyte, CohortData, cumulative_organ_doses
 from dosimetry.cohort.labs import LabWindows, baseline_values
-from dosimetry.cohort.smoothing import loess
 from dosimetry.cohort.results import (
     CorrelationRow,
     CurvePoint,
     DoseToxicityCorrelation,
     NotEstimable,
 )
+from dosimetry.cohort.smoothing import loess
 from dosimetry.results import Organ
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ def correlation_table(
     after = after.loc[after["baseline"] > 0]
     after["change_pct"] = 100.0 * (after["value"] - after["baseline"]) / after["baseline"]
     doses = cumulative_organ_doses(data)[["patient_id", "organ", "cycle", "cum_ad_gy"]]
-    return doses.merge(after[["patient_id", "cycle", "analyte", "change_pct"]], on=["patient_id", "cycle"])
+    return doses.merge(
+        after[["patient_id", "cycle", "analyte", "change_pct"]], on=["patient_id", "cycle"]
+    )
 
 
 def dose_toxicity_correlations(

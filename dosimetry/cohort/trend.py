@@ -109,6 +109,9 @@ def rank_tests(doses: pd.DataFrame) -> tuple[TestResult | NotEstimable, TestResu
     return (
         TestResult("Friedman chi-square", float(friedman.statistic), float(friedman.pvalue), n),
         TestResult(
-            f"Page L trend (decreasing, {page.method})", float(page.statistic), float(page.pvalue), n
+            f"Page L trend (decreasing, {page.method})",
+            float(page.statistic),
+            float(page.pvalue),
+            n,
         ),
     )

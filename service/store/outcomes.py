@@ -63,7 +63,13 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         not_null={"sex", "first_injection_date"},
     )
     db["outcome_cycles"].create(
-        {"patient_id": str, "cycle": int, "admin_date": str, "activity_gbq": float, "source_sha256": str},
+        {
+            "patient_id": str,
+            "cycle": int,
+            "admin_date": str,
+            "activity_gbq": float,
+            "source_sha256": str,
+        },
         pk=("patient_id", "cycle"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
@@ -98,7 +104,14 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
     db["outcome_doses"].create(
-        {"patient_id": str, "cycle": int, "voi": str, "kind": str, "ad_gy": float, "source_sha256": str},
+        {
+            "patient_id": str,
+            "cycle": int,
+            "voi": str,
+            "kind": str,
+            "ad_gy": float,
+            "source_sha256": str,
+        },
         pk=("patient_id", "cycle", "voi"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
@@ -161,7 +174,13 @@ def store_file(
             }
         )
         db["outcome_warnings"].insert_all(
-            {"sha256": sha256, "file_name": file_name, "line": line, "column": column, "message": text}
+            {
+                "sha256": sha256,
+                "file_name": file_name,
+                "line": line,
+                "column": column,
+                "message": text,
+            }
             for line, column, text in warning_list
         )
     logger.info("Imported %d %s row(s) from %s (%s)", len(records), kind, file_name, sha256[:12])

@@ -20,7 +20,7 @@ from service.store.outcomes import MIGRATIONS
 from tests.peers import require_tool
 from tests.service.cohort_files import export_outcome_csv
 
-NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,9 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[sqlite_utils.Data
     folder = tmp_path_factory.mktemp("cohort")
     db = sqlite_utils.Database(memory=True)
     MIGRATIONS.apply(db)
-    report = import_outcome_files(db, export_outcome_csv(synthetic_cohort(35, seed=2024).data, folder / "csv"))
+    report = import_outcome_files(
+        db, export_outcome_csv(synthetic_cohort(35, seed=2024).data, folder / "csv")
+    )
     assert report.ok, report.summary()
     run = run_cohort(db, folder / "reports", now=NOW)
     return db, folder / "reports", run
@@ -41,17 +43,38 @@ def test_run_writes_a_versioned_folder(reports: tuple[sqlite_utils.Database, Pat
     assert (root / "cohort" / LATEST).resolve() == run.resolve()
     for name in ("report.json", "provenance.json", "report.html"):
         assert (run / name).is_file()
-    for figure in ("fig1_doses_by_cycle", "fig3_dose_response", "fig4_tcp", "fig5_correlations", "fig6_survival"):
+    for figure in (
+        "fig1_doses_by_cycle",
+        "fig3_dose_response",
+        "fig4_tcp",
+        "fig5_correlations",
+        "fig6_survival",
+    ):
         assert (run / "figures" / f"{figure}.png").stat().st_size > 1000
-        assert (run / "figures" / f"{figure}.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
-    for table in ("table3_ctcae", "table4_lab_changes", "table5_doses", "table6_lesion_indices", "fig6_survival"):
+        assert (
+            (run / "figures" / f"{figure}.svg")
+            .read_text(encoding="utf-8")
+            .lstrip()
+            .startswith("<?xml")
+        )
+    for table in (
+        "table3_ctcae",
+        "table4_lab_changes",
+        "table5_doses",
+        "table6_lesion_indices",
+        "fig6_survival",
+    ):
         assert (run / "tables" / f"{table}.csv").stat().st_size > 50
 
 
-def test_provenance_records_versions_methods_and_input_hash(reports: tuple[sqlite_utils.Database, Path, Path]) -> None:
+def test_provenance_records_versions_methods_and_input_hash(
+    reports: tuple[sqlite_utils.Database, Path, Path],
+) -> None:
     _, _, run = reports
     provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
-    assert len(provenance["input_sha256"]) == 64 and run.name.endswith(provenance["input_sha256"][:8])
+    assert len(provenance["input_sha256"]) == 64 and run.name.endswith(
+        provenance["input_sha256"][:8]
+    )
     assert {"lifelines", "statsmodels", "scipy", "python"} <= set(provenance["software"])
     assert provenance["methods"]["cox_ties"] == "Efron"
     assert "log(-log)" in provenance["methods"]["km_ci_transform"]
@@ -76,7 +99,9 @@ def test_failed_run_leaves_previous_report(
     assert (root / "cohort" / LATEST).resolve() == run.resolve()
 
 
-def test_second_run_moves_latest(reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path) -> None:
+def test_second_run_moves_latest(
+    reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path
+) -> None:
     db, root, _ = reports
     first = run_cohort(db, tmp_path, now=NOW)
     second = run_cohort(db, tmp_path, now=NOW)
@@ -93,7 +118,9 @@ def test_empty_database_still_gives_a_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.peer
-def test_html_renders_in_headless_chromium(reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path) -> None:
+def test_html_renders_in_headless_chromium(
+    reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path
+) -> None:
     chromium = require_tool("chromium")
     _, _, run = reports
     screenshot = tmp_path / "report.png"
@@ -107,7 +134,9 @@ def test_html_renders_in_headless_chromium(reports: tuple[sqlite_utils.Database,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
-    console = [line for line in completed.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    console = [
+        line for line in completed.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line
+    ]
     assert not console, console
     pixels = image.imread(screenshot)
     assert pixels.shape[0] >= 1000 and pixels.shape[1] >= 1000

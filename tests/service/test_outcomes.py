@@ -72,32 +72,132 @@ def _replace(kind: str, old: str, new: str) -> str:
 
 # (kind, bad content, line, column, words in the message)
 BAD_FILES = [
-    ("patients", _replace("patients", "recist_m3\n", "recist_m3,weight_kg\n").replace("SD\n", "SD,80\n").replace("PR\n", "PR,70\n"), 1, "weight_kg", "unknown column"),
-    ("patients", PATIENTS.replace(",last_followup_date", "").replace(",2023-01-01", "").replace(",2022-03-01,PR", ",PR"), 1, "last_followup_date", "missing"),
-    ("patients", PATIENTS + "P1,M,66,2020-01-10,,,2023-01-01,SD\n", 4, "patient_id", "duplicate of line 2"),
-    ("patients", _replace("patients", ",2022-03-01,2022-03-01,PR", ",2020-01-01,2022-03-01,PR"), 3, "death_date", "death before injection"),
-    ("patients", _replace("patients", "2021-06-01,,2023-01-01", "2021-06-01,2021-01-01,2021-01-01"), 2, "death_date", "progression after death"),
-    ("patients", _replace("patients", "2021-06-01,,2023-01-01", "2021-06-01,,2021-01-01"), 2, "last_followup_date", "out of order"),
-    ("patients", _replace("patients", "P1,M,66,2020-01-10", "P1,M,66,10/01/2020"), 2, "first_injection_date", "ISO date"),
+    (
+        "patients",
+        _replace("patients", "recist_m3\n", "recist_m3,weight_kg\n")
+        .replace("SD\n", "SD,80\n")
+        .replace("PR\n", "PR,70\n"),
+        1,
+        "weight_kg",
+        "unknown column",
+    ),
+    (
+        "patients",
+        PATIENTS.replace(",last_followup_date", "")
+        .replace(",2023-01-01", "")
+        .replace(",2022-03-01,PR", ",PR"),
+        1,
+        "last_followup_date",
+        "missing",
+    ),
+    (
+        "patients",
+        PATIENTS + "P1,M,66,2020-01-10,,,2023-01-01,SD\n",
+        4,
+        "patient_id",
+        "duplicate of line 2",
+    ),
+    (
+        "patients",
+        _replace("patients", ",2022-03-01,2022-03-01,PR", ",2020-01-01,2022-03-01,PR"),
+        3,
+        "death_date",
+        "death before injection",
+    ),
+    (
+        "patients",
+        _replace("patients", "2021-06-01,,2023-01-01", "2021-06-01,2021-01-01,2021-01-01"),
+        2,
+        "death_date",
+        "progression after death",
+    ),
+    (
+        "patients",
+        _replace("patients", "2021-06-01,,2023-01-01", "2021-06-01,,2021-01-01"),
+        2,
+        "last_followup_date",
+        "out of order",
+    ),
+    (
+        "patients",
+        _replace("patients", "P1,M,66,2020-01-10", "P1,M,66,10/01/2020"),
+        2,
+        "first_injection_date",
+        "ISO date",
+    ),
     ("patients", _replace("patients", "P2,F,", "P2,X,"), 3, "sex", "M or F"),
     ("patients", _replace("patients", "P2,F,70,", "P2,F,,"), 3, "birth_date", "age_at_start"),
     ("patients", _replace("patients", ",PR\n", ",VGPR\n"), 3, "recist_m3", "expected one of"),
     ("cycles", CYCLES + "P9,1,2020-01-10,7.4\n", 5, "patient_id", "orphan"),
-    ("cycles", _replace("cycles", "P1,2,2020-03-06", "P1,2,2020-01-05"), 3, "admin_date", "out of order"),
-    ("cycles", _replace("cycles", "P2,1,2020-02-10,7.4", "P2,1,2020-02-10,7400"), 4, "activity_gbq", "MBq"),
-    ("cycles", _replace("cycles", "P2,1,2020-02-10,7.4", "P2,1,2020-02-10,0"), 4, "activity_gbq", "positive"),
+    (
+        "cycles",
+        _replace("cycles", "P1,2,2020-03-06", "P1,2,2020-01-05"),
+        3,
+        "admin_date",
+        "out of order",
+    ),
+    (
+        "cycles",
+        _replace("cycles", "P2,1,2020-02-10,7.4", "P2,1,2020-02-10,7400"),
+        4,
+        "activity_gbq",
+        "MBq",
+    ),
+    (
+        "cycles",
+        _replace("cycles", "P2,1,2020-02-10,7.4", "P2,1,2020-02-10,0"),
+        4,
+        "activity_gbq",
+        "positive",
+    ),
     ("cycles", CYCLES + "P2,2,2022-04-01,7.4\n", 5, "admin_date", "death before injection"),
     ("cycles", _replace("cycles", "P2,1,", "P2,one,"), 4, "cycle", "whole number"),
-    ("lesions", _replace("lesions", "P1,liver_1,liver,10.5", "P1,liver_1,liver,0"), 2, "vol_bl_cm3", "positive"),
-    ("lesions", _replace("lesions", "4.5,2020-05-15", "-1,2020-05-15"), 3, "vol_m3_cm3", "positive"),
-    ("lesions", _replace("lesions", "8.2,2020-06-01", "8.2,2019-11-01"), 2, "ct_m3_date", "out of order"),
+    (
+        "lesions",
+        _replace("lesions", "P1,liver_1,liver,10.5", "P1,liver_1,liver,0"),
+        2,
+        "vol_bl_cm3",
+        "positive",
+    ),
+    (
+        "lesions",
+        _replace("lesions", "4.5,2020-05-15", "-1,2020-05-15"),
+        3,
+        "vol_m3_cm3",
+        "positive",
+    ),
+    (
+        "lesions",
+        _replace("lesions", "8.2,2020-06-01", "8.2,2019-11-01"),
+        2,
+        "ct_m3_date",
+        "out of order",
+    ),
     ("lesions", _replace("lesions", "8.2,2020-06-01", "8.2,"), 2, "ct_m3_date", "give both"),
-    ("lesions", LESIONS + "P1,liver_1,liver,3,2019-12-20,2,2020-06-01\n", 4, "patient_id, lesion_id", "duplicate"),
+    (
+        "lesions",
+        LESIONS + "P1,liver_1,liver,3,2019-12-20,2,2020-06-01\n",
+        4,
+        "patient_id, lesion_id",
+        "duplicate",
+    ),
     ("labs", _replace("labs", "13.5,g/dL", "13.5,mg"), 2, "unit", "unknown unit"),
-    ("labs", LABS + "P2,2020-02-25,lymph,22,%,20,40\n", 6, "unit", "in % instead of an absolute count"),
+    (
+        "labs",
+        LABS + "P2,2020-02-25,lymph,22,%,20,40\n",
+        6,
+        "unit",
+        "in % instead of an absolute count",
+    ),
     ("labs", LABS + "P2,2020-02-25,crp,5,mg/L,,\n", 6, "analyte", "unknown analyte"),
     ("labs", _replace("labs", "plt,120,10^9/L", "plt,120000,10^9/L"), 4, "value", "plausible"),
-    ("labs", LABS + "P1,2020-01-05,hgb,13.1,g/dL,13,17\n", 6, "patient_id, date, analyte", "duplicate of line 2"),
+    (
+        "labs",
+        LABS + "P1,2020-01-05,hgb,13.1,g/dL,13,17\n",
+        6,
+        "patient_id, date, analyte",
+        "duplicate of line 2",
+    ),
     ("labs", _replace("labs", "13.5,g/dL,13,17", "13.5,g/dL,18,17"), 2, "lln", "above uln"),
     ("labs", _replace("labs", "13.5,g/dL", "13,5,g/dL"), 2, "", "expected 7 fields"),
     ("doses", DOSES + "P1,1,liver_9,lesion,10\n", 6, "voi", "orphan"),
@@ -105,13 +205,25 @@ BAD_FILES = [
     ("doses", DOSES + "P1,1,Pancreas,organ,1\n", 6, "voi", "unknown organ"),
     ("doses", _replace("doses", "Kidneys,organ", "Kidneys,tissue"), 4, "kind", "organ or lesion"),
     ("doses", _replace("doses", "node_1,lesion,40.2", "node_1,lesion,-4"), 5, "ad_gy", "≥ 0"),
-    ("doses", _replace("doses", "node_1,lesion,40.2", "node_1,lesion,4o"), 5, "ad_gy", "expected a number"),
+    (
+        "doses",
+        _replace("doses", "node_1,lesion,40.2", "node_1,lesion,4o"),
+        5,
+        "ad_gy",
+        "expected a number",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("kind", "content", "line", "column", "words"), BAD_FILES)
 def test_bad_file_is_rejected_with_row_and_column(
-    db: sqlite_utils.Database, tmp_path: Path, kind: str, content: str, line: int, column: str, words: str
+    db: sqlite_utils.Database,
+    tmp_path: Path,
+    kind: str,
+    content: str,
+    line: int,
+    column: str,
+    words: str,
 ) -> None:
     _import_before(db, tmp_path, kind)
     before = store.rows(db, kind)
@@ -120,7 +232,9 @@ def test_bad_file_is_rejected_with_row_and_column(
     assert not report.ok
     (file_report,) = report.files
     assert file_report.status is FileStatus.REJECTED
-    matching = [e for e in report.errors if e.line == line and e.column == column and words in e.message]
+    matching = [
+        e for e in report.errors if e.line == line and e.column == column and words in e.message
+    ]
     assert matching, report.summary()
     assert f"{path.name}, line {line}" in str(matching[0])
     assert store.rows(db, kind) == before  # a rejected file imports nothing
@@ -135,23 +249,39 @@ def test_unrecognised_file(db: sqlite_utils.Database, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "content", "line", "column", "words"),
     [
-        ("lesions", LESIONS + "P1,liver_2,liver,1.5,2019-12-20,1.2,2020-06-01\n", 4, "vol_bl_cm3", "< 2 cm³"),
+        (
+            "lesions",
+            LESIONS + "P1,liver_2,liver,1.5,2019-12-20,1.2,2020-06-01\n",
+            4,
+            "vol_bl_cm3",
+            "< 2 cm³",
+        ),
         ("labs", LABS + "P2,2020-02-25,wbc,3.1,10^9/L,,\n", 6, "lln", "LLN missing"),
         ("lesions", LESIONS + "P1,bone_1,bone,5,2019-12-20,5,2020-06-01\n", 4, "site", "bone"),
     ],
 )
 def test_warnings_are_reported_and_kept(
-    db: sqlite_utils.Database, tmp_path: Path, kind: str, content: str, line: int, column: str, words: str
+    db: sqlite_utils.Database,
+    tmp_path: Path,
+    kind: str,
+    content: str,
+    line: int,
+    column: str,
+    words: str,
 ) -> None:
     _import_before(db, tmp_path, kind)
     report = import_outcome_files(db, [_write(tmp_path, kind, content)])
     assert report.ok, report.summary()
-    assert any(w.line == line and w.column == column and words in w.message for w in report.warnings)
+    assert any(
+        w.line == line and w.column == column and words in w.message for w in report.warnings
+    )
     kept = store.stored_warnings(db)
     assert any(w["line"] == line and w["column"] == column and words in w["message"] for w in kept)
 
 
-def test_all_files_in_any_order_and_reimport_changes_nothing(db: sqlite_utils.Database, tmp_path: Path) -> None:
+def test_all_files_in_any_order_and_reimport_changes_nothing(
+    db: sqlite_utils.Database, tmp_path: Path
+) -> None:
     paths = [_write(tmp_path, k, GOOD[k]) for k in reversed(ORDER)]
     first = import_outcome_files(db, paths)
     assert first.ok, first.summary()
@@ -188,10 +318,14 @@ def test_load_with_own_doses_taking_precedence(db: sqlite_utils.Database, tmp_pa
     assert doses.loc[("P1", 2, "liver_1")] == 25.1
     assert doses.loc[("P2", 1, "spleen")] == 3.9
     assert len(data.doses) == 5
-    assert data.patients.set_index("patient_id").loc["P2", "death_date"] == pd.Timestamp("2022-03-01")
+    assert data.patients.set_index("patient_id").loc["P2", "death_date"] == pd.Timestamp(
+        "2022-03-01"
+    )
 
 
-def test_synthetic_cohort_round_trips_through_import(db: sqlite_utils.Database, tmp_path: Path) -> None:
+def test_synthetic_cohort_round_trips_through_import(
+    db: sqlite_utils.Database, tmp_path: Path
+) -> None:
     cohort = synthetic_cohort(12, seed=3)
     report = import_outcome_files(db, export_outcome_csv(cohort.data, tmp_path))
     assert report.ok, report.summary()

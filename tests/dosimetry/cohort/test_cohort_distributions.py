@@ -50,7 +50,12 @@ def test_table5_rows_and_missing_organs() -> None:
     rows = {(r.voi, r.cycle): r.summary for r in dose_distributions(_data())}
     lesions_c1 = rows[("lesions", "1")]
     assert isinstance(lesions_c1, Summary)
-    assert (lesions_c1.n, lesions_c1.median, lesions_c1.minimum, lesions_c1.maximum) == (3, 30.0, 10.0, 60.0)
+    assert (lesions_c1.n, lesions_c1.median, lesions_c1.minimum, lesions_c1.maximum) == (
+        3,
+        30.0,
+        10.0,
+        60.0,
+    )
     total = rows[("lesions", "total")]
     assert isinstance(total, Summary) and total.median == 50.0
     assert isinstance(rows[("spleen", "1")], NotEstimable)

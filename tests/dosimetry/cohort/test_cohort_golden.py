@@ -27,11 +27,17 @@ def _compare(actual: object, expected: object, path: str = "$") -> list[str]:
     if isinstance(expected, dict) and isinstance(actual, dict):
         if set(actual) != set(expected):
             return [f"{path}: keys {sorted(set(actual) ^ set(expected))} differ"]
-        return [m for key in expected for m in _compare(actual[key], expected[key], f"{path}.{key}")]
+        return [
+            m for key in expected for m in _compare(actual[key], expected[key], f"{path}.{key}")
+        ]
     if isinstance(expected, list) and isinstance(actual, list):
         if len(actual) != len(expected):
             return [f"{path}: length {len(actual)} != {len(expected)}"]
-        return [m for i, (a, e) in enumerate(zip(actual, expected)) for m in _compare(a, e, f"{path}[{i}]")]
+        return [
+            m
+            for i, (a, e) in enumerate(zip(actual, expected))
+            for m in _compare(a, e, f"{path}[{i}]")
+        ]
     if isinstance(expected, float) or isinstance(actual, float):
         if isinstance(actual, (int, float)) and isinstance(expected, (int, float)):
             if math.isclose(actual, expected, rel_tol=RTOL, abs_tol=ATOL):

@@ -34,7 +34,9 @@ def _cohort(labs: list[tuple[str, str, str, float, float | None]], n: int = 4) -
             "activity_gbq": [7.4] * (2 * n),
         }
     )
-    frame = pd.DataFrame(labs, columns=["patient_id", "date", "analyte", "value", "lln"]).assign(uln=np.nan)
+    frame = pd.DataFrame(labs, columns=["patient_id", "date", "analyte", "value", "lln"]).assign(
+        uln=np.nan
+    )
     return CohortData.from_frames(patients=patients, cycles=cycles, labs=frame)
 
 
@@ -69,7 +71,9 @@ def test_month3_change_paired_and_paper_compatible_unpaired() -> None:
     rows = [(f"P{i}", "2019-12-15", "wbc", v, 4.0) for i, v in enumerate(before)]
     rows += [(f"P{i}", "2020-05-30", "wbc", v, 4.0) for i, v in enumerate(after)]  # last + 94 d
     data = _cohort(rows)
-    result = next(r for r in lab_changes(data, data.labs) if r.analyte == "wbc" and r.timepoint == "month 3")
+    result = next(
+        r for r in lab_changes(data, data.labs) if r.analyte == "wbc" and r.timepoint == "month 3"
+    )
     change = result.result
     assert isinstance(change, LabChange)
     assert change.n == 4
@@ -77,7 +81,9 @@ def test_month3_change_paired_and_paper_compatible_unpaired() -> None:
     assert change.followup_sd == pytest.approx(np.std(after, ddof=1))
     assert change.paired.p_value == pytest.approx(stats.ttest_rel(after, before).pvalue)
     assert change.unpaired.p_value == pytest.approx(stats.ttest_ind(after, before).pvalue)
-    month12 = next(r for r in lab_changes(data, data.labs) if r.analyte == "wbc" and r.timepoint == "month 12")
+    month12 = next(
+        r for r in lab_changes(data, data.labs) if r.analyte == "wbc" and r.timepoint == "month 12"
+    )
     assert isinstance(month12.result, NotEstimable)
     assert "0 patient" in month12.result.reason
 

@@ -63,7 +63,9 @@ def test_fieller_is_unbounded_for_a_non_significant_slope() -> None:
 
 
 def test_stable_above_rule() -> None:
-    table = pd.DataFrame({"total_ad_gy": [10, 50, 80, 95, 120], "delta_v_pct": [40, 25, 10, -30, -50]})
+    table = pd.DataFrame(
+        {"total_ad_gy": [10, 50, 80, 95, 120], "delta_v_pct": [40, 25, 10, -30, -50]}
+    )
     assert stable_above(table) == 80.0
     assert stable_above(table.assign(delta_v_pct=-1.0)) == 10.0
     assert stable_above(table.assign(delta_v_pct=[0, 0, 0, 0, 30])) is None

@@ -7,7 +7,13 @@ import time
 import pytest
 
 from dosimetry.cohort.response import dose_response, tumour_control
-from dosimetry.cohort.results import DoseResponse, Endpoint, LesionIndex, SurvivalComparison, TumourControl
+from dosimetry.cohort.results import (
+    DoseResponse,
+    Endpoint,
+    LesionIndex,
+    SurvivalComparison,
+    TumourControl,
+)
 from dosimetry.cohort.survival import survival_by_index
 from dosimetry.cohort.synthetic import synthetic_cohort
 
@@ -20,10 +26,17 @@ def test_hazard_ratios_within_0_05_of_generating(split_index: LesionIndex) -> No
     cohort = synthetic_cohort(N_PATIENTS, seed=2024, split_index=split_index)
     rows = {(r.endpoint, r.index): r.result for r in survival_by_index(cohort.data)}
     truth = cohort.truth.survival
-    for endpoint, expected in ((Endpoint.OS, truth.hazard_ratio_os), (Endpoint.PFS, truth.hazard_ratio_pfs)):
+    for endpoint, expected in (
+        (Endpoint.OS, truth.hazard_ratio_os),
+        (Endpoint.PFS, truth.hazard_ratio_pfs),
+    ):
         result = rows[(endpoint, split_index)]
         assert isinstance(result, SurvivalComparison)
-        assert abs(result.hazard_ratio - expected) <= 0.05, (endpoint, result.hazard_ratio, expected)
+        assert abs(result.hazard_ratio - expected) <= 0.05, (
+            endpoint,
+            result.hazard_ratio,
+            expected,
+        )
         assert result.hazard_ratio_ci.low < result.hazard_ratio < result.hazard_ratio_ci.high
     assert time.perf_counter() - start < 15
 

@@ -19,7 +19,9 @@ def test_paper_sized_cohort_marginals() -> None:
     counts = data.cycles.groupby("patient_id")["cycle"].max().value_counts().to_dict()
     assert counts == {4: 30, 3: 3, 2: 2}  # Table 2
     assert (data.lesions["vol_bl_cm3"] >= 2.0).all()
-    assert data.lesions["site"].value_counts(normalize=True)["liver"] == pytest.approx(0.65, abs=0.12)
+    assert data.lesions["site"].value_counts(normalize=True)["liver"] == pytest.approx(
+        0.65, abs=0.12
+    )
 
 
 def test_large_cohort_medians_near_table5_and_6() -> None:
