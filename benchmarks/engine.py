@@ -10,8 +10,8 @@ Usage::
     python -m benchmarks.engine [--out DIR] [--keep]
 
 Peak memory is the process's maximum resident set size
-(``resource.getrusage``), which includes the untimed phantom writing: an
-upper bound for the engine.
+(``resource.getrusage``); the phantom is written in a child process, so it
+is the engine's (readers included).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from dosimetry.cycle import (
     register_time_points,
 )
 from dosimetry.phantom import default_course
+from dosimetry.registration import crop_mask
 from dosimetry.results import CycleResult, Organ, VoiKind
 from dosimetry.volume import Volume
 
@@ -65,7 +67,9 @@ def _voi_mask(name: str, mask: Volume, manifest: CourseManifest) -> VoiMask:
     """A phantom ROI with its kind and organ from the truth file (by ROI name)."""
     entry = manifest.truth["vois"][name]
     organ = Organ(entry["organ"]) if entry.get("organ") else None
-    return VoiMask(name=name, kind=VoiKind(entry["kind"]), mask=mask, organ=organ)
+    return VoiMask(
+        name=name, kind=VoiKind(entry["kind"]), mask=crop_mask(mask), organ=organ
+    )
 
 
 def load_cycle_inputs(manifest: CourseManifest, cycle_number: int) -> CycleInputs:
@@ -105,8 +109,12 @@ def run(out_dir: Path, settings: EngineSettings | None = None) -> dict[str, floa
         course=default_course(), grids=PhantomGrids.clinical(), cycles=(1,)
     )
     timings: dict[str, float] = {}
-    with _stage(timings, "write phantom (untimed)"):
-        manifest = write_course(out_dir, spec, seed=1)
+    # The phantom is written in a child process, so that the peak memory is the engine's.
+    with (
+        _stage(timings, "write phantom (untimed)"),
+        ProcessPoolExecutor(max_workers=1) as pool,
+    ):
+        manifest = pool.submit(write_course, out_dir, spec, 1).result()
     with _stage(timings, "read DICOM + rasterise VOIs"):
         inputs = load_cycle_inputs(manifest, 1)
     with _stage(timings, "registration (3 CTs)"):
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'engine total':32s} {engine_s:7.1f} s  ({engine_s / TARGET_S:.2f} × the {TARGET_S:g} s target)"
     )
     print(
-        f"{'peak RSS (incl. writing)':32s} {peak_mb:7.0f} MB ({peak_mb / TARGET_MB:.2f} × the 2 GB target)"
+        f"{'peak RSS (readers + engine)':32s} {peak_mb:7.0f} MB ({peak_mb / TARGET_MB:.2f} × the 2 GB target)"
     )
     return 0 if engine_s <= TARGET_S and peak_mb <= TARGET_MB else 1
 

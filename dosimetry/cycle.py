@@ -282,6 +282,21 @@ def _plain(value: object) -> object:
 
 
 # -- grid preparation --------------------------------------------------------
+def _density_float32(
+    ct: Volume, calibration: DensityCalibration, slab: int = 16
+) -> Volume:
+    """HU → g/mL in float32, a few slices at a time (bounds float64 temporaries)."""
+    if ct.unit.lower() not in ("", "hu"):
+        raise DosimetryError(
+            f"Expected a CT volume in HU, got unit {ct.unit!r}. Convert the image to "
+            "Hounsfield units (rescale slope/intercept) first."
+        )
+    out = np.empty(ct.shape, dtype=np.float32)
+    for start in range(0, ct.shape[0], slab):
+        out[start : start + slab] = calibration.density(ct.array[start : start + slab])
+    return ct.with_array(out, unit="g/mL")
+
+
 def density_on_grid(
     ct: Volume, grid: Volume, calibration: DensityCalibration
 ) -> Volume:
@@ -296,11 +311,8 @@ def density_on_grid(
     ----------
     Hebert et al. 2024 (LED with density correction); Schneider et al. 2000.
     """
-    density = calibration.density_volume(ct)
-    image = sitk.GetImageFromArray(density.array.astype(np.float32))
-    image.SetSpacing(density.spacing_mm)
-    image.SetOrigin(density.origin_mm)
-    image.SetDirection(density.direction)
+    density = _density_float32(ct, calibration)
+    image = density.to_sitk()
     factors = [
         max(1, int(t / s + 1e-6))
         for t, s in zip(grid.spacing_mm, ct.spacing_mm, strict=True)

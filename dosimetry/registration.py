@@ -110,14 +110,17 @@ class RegistrationSettings:
         smoothing applied at each level, in millimetres.
     sampling_percentage:
         Fraction (0-1] of the voxels sampled by the metric per level.
-    min_sampled_voxels:
-        On small images the fraction is raised so that about this many
-        voxels of the body are sampled at the finest level.
+    min_sampled_voxels, max_sampled_voxels:
+        The fraction is raised on small images and lowered on large ones so
+        that between these many body voxels are sampled at the finest level
+        (the cap bounds the time per iteration on clinical CTs).
     max_iterations:
         Iteration cap per level.
     learning_rate_mm, min_step_mm, relaxation_factor:
         Regular-step gradient descent: first step, stopping step, step
-        reduction at each direction change (steps in ~mm of motion).
+        reduction at each direction change (steps in ~mm of motion). With
+        0.5 the step collapsed before the optimum on clinical CTs (errors up
+        to 1 mm); 0.7 reached 0.05 mm for the same time.
     body_threshold_hu:
         HU above which a voxel belongs to the body mask.
     intensity_window_hu:
@@ -133,15 +136,16 @@ class RegistrationSettings:
 
     metric: SimilarityMetric = SimilarityMetric.MEAN_SQUARES
     initial_alignment: InitialAlignment = InitialAlignment.AUTO
-    working_spacing_mm: float = 2.0
+    working_spacing_mm: float = 3.0
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas_mm: tuple[float, ...] = (4.0, 2.0, 0.0)
     sampling_percentage: float = 0.10
     min_sampled_voxels: int = 60_000
+    max_sampled_voxels: int = 80_000
     max_iterations: int = 200
     learning_rate_mm: float = 2.0
     min_step_mm: float = 1e-3
-    relaxation_factor: float = 0.5
+    relaxation_factor: float = 0.7
     body_threshold_hu: float = -500.0
     intensity_window_hu: tuple[float, float] = (-1000.0, 1500.0)
     closing_radius_mm: float = 6.0
@@ -274,7 +278,9 @@ class RigidRegistration:
 # -- image preparation ---------------------------------------------------
 def _working_image(ct: Volume, settings: RegistrationSettings) -> sitk.Image:
     """CT as float32, bin-shrunk to ~``working_spacing_mm``, HU clipped."""
-    image = sitk.Cast(ct.to_sitk(), sitk.sitkFloat32)
+    image = ct.to_sitk()
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
     factors = [
         max(1, int(settings.working_spacing_mm / s + 1e-6)) for s in ct.spacing_mm
     ]
@@ -340,6 +346,10 @@ def _base_method(
     method = sitk.ImageRegistrationMethod()
     _set_metric(method, settings.metric)
     method.SetMetricFixedMask(mask)
+    # Gradients at the sampled points only: precomputing gradient images of
+    # the whole CT at every level costs more than the sampled metric itself.
+    method.SetMetricUseFixedImageGradientFilter(False)
+    method.SetMetricUseMovingImageGradientFilter(False)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(sampling_percentage, settings.random_seed)
     method.SetInterpolator(sitk.sitkLinear)
@@ -438,16 +448,16 @@ def _configure_optimizer(
 def _with_enough_samples(
     mask: sitk.Image, settings: RegistrationSettings
 ) -> RegistrationSettings:
-    """Raise the sampling fraction so that ≥ ``min_sampled_voxels`` body voxels are used."""
+    """Bring the expected number of sampled body voxels into [min, max]."""
     n_body = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-    n_total = int(np.prod(mask.GetSize()))
-    expected = settings.sampling_percentage * n_body
-    if expected >= settings.min_sampled_voxels or n_body == 0:
+    if n_body == 0:
         return settings
-    fraction = min(1.0, settings.min_sampled_voxels / n_body)
-    logger.debug(
-        "Sampling %.3f of %d voxels (%d in the body)", fraction, n_total, n_body
+    expected = settings.sampling_percentage * n_body
+    target = min(
+        max(expected, settings.min_sampled_voxels), settings.max_sampled_voxels
     )
+    fraction = min(1.0, target / n_body)
+    logger.debug("Sampling %.4f of the voxels (%d in the body)", fraction, n_body)
     return replace(settings, sampling_percentage=fraction)
 
 
@@ -571,6 +581,33 @@ def resample_to_reference(
     return resample(volume, reference, transform, interpolation=interpolation)
 
 
+def crop_mask(mask: Volume, margin: int = 2) -> Volume:
+    """The mask on the sub-grid of its bounding box plus ``margin`` voxels.
+
+    Geometry is kept exact (origin moved to the first kept voxel), so the
+    cropped mask resamples, measures and propagates like the full one. Organs
+    fill a small part of a clinical CT: cropping keeps VOI memory and
+    resampling cost proportional to the organ, not to the 512×512×N grid.
+    """
+    array = np.asarray(mask.array, dtype=bool)
+    nonzero = np.nonzero(array)
+    if nonzero[0].size == 0:
+        return mask.with_array(array, unit="mask")
+    lo = [max(0, int(ax.min()) - margin) for ax in nonzero]
+    hi = [
+        min(n, int(ax.max()) + margin + 1)
+        for ax, n in zip(nonzero, array.shape, strict=True)
+    ]
+    origin = mask.index_to_patient(np.array([lo[2], lo[1], lo[0]], dtype=float))
+    return Volume(
+        array=np.ascontiguousarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]),
+        spacing_mm=mask.spacing_mm,
+        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        direction=mask.direction,
+        unit="mask",
+    )
+
+
 def resample_mask(
     mask: Volume,
     reference: Volume,
@@ -589,7 +626,8 @@ def resample_mask(
     GeometryError
         When the mask is empty on the target grid.
     """
-    occupancy = mask.with_array(mask.array.astype(np.float32), unit="fraction")
+    cropped = crop_mask(mask)
+    occupancy = cropped.with_array(cropped.array.astype(np.float32), unit="fraction")
     fraction = resample_to_reference(occupancy, reference, registration, "linear")
     result = fraction.with_array(fraction.array >= threshold, unit="mask")
     if not result.array.any():
