@@ -24,7 +24,7 @@ from sqlite_utils.migrations import Migrations
 logger = logging.getLogger(__name__)
 
 #: Modules of this package that declare a ``MIGRATIONS`` set, in apply order.
-SCHEMA_MODULES = ("index", "jobs", "outbox")
+SCHEMA_MODULES = ("index", "jobs", "outbox", "outcomes")
 
 
 def migration_sets() -> list[Migrations]:
