@@ -65,8 +65,8 @@ def _database(settings: Settings) -> object | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from service.regroup import rules_from_settings
     from service.job_status import render_dosimetry_status
+    from service.regroup import rules_from_settings
     from service.status import render_status
     from service.store.index import IndexStore
 

@@ -29,7 +29,7 @@ import os
 import pickle
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -46,7 +46,11 @@ from dicomio.part10 import encode
 from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
 from dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from dicomio.rtstruct import RoiContours, read_rois, roi_mask
-from dicomio.source import SourceContext, course_source_context, source_context_from_datasets
+from dicomio.source import (
+    SourceContext,
+    course_source_context,
+    source_context_from_datasets,
+)
 from dicomio.sr import write_course_sr, write_cycle_sr
 from dicomio.uids import ResultIdentity, ResultKind
 from dosimetry.course_map import compute_course
@@ -404,8 +408,6 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
 
 
 def _with_warnings(result: CycleResult, notes: Sequence[str]) -> CycleResult:
-    from dataclasses import replace
-
     return replace(result, warnings=(*result.warnings, *notes))
 
 

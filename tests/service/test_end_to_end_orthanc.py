@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from io import BytesIO
 
 from dicomio.phantom import CourseWriteSpec, write_course
 from dicomio.sr import read_sr_report

@@ -15,6 +15,7 @@ import pytest
 
 from config.schema import Settings
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
+from dosimetry.results import CycleResult, Organ, VoiKind
 from service.job_status import render_dosimetry_status
 from service.pipeline import (
     RESULT_FILE,
@@ -27,7 +28,6 @@ from service.pipeline import (
 )
 from service.store import open_database
 from service.store.jobs import JobRecord, JobState, JobStore
-from dosimetry.results import CycleResult, Organ, VoiKind
 from tests.peers import free_port, wait_for_port
 from tests.service.nodes import make_settings, running_node, send
 
@@ -56,7 +56,7 @@ def nominal_hours(course: CourseManifest) -> list[float]:
 def reference(course: CourseManifest, tmp_path_factory: pytest.TempPathFactory) -> tuple[CycleResult, bytes]:
     """The cycle computed directly by the pipeline, without a node: the expected result."""
     out = course.out_dir
-    rel = lambda p: str(Path(p).relative_to(out))  # noqa: E731
+    rel = lambda p: str(Path(p).relative_to(out))
     tps = course.time_points
     spec = JobSpec(
         job_id=0, kind=JobKind.CYCLE, version=1, created_at="2024-01-01T00:00:00",
