@@ -55,7 +55,15 @@ def read_ct_series(datasets: Sequence[Dataset]) -> Volume:
     _check_same(datasets, "SeriesInstanceUID")
     _check_same(datasets, "FrameOfReferenceUID")
     ordered, geometry = sort_slices(datasets)
-    array = np.stack([hounsfield(ds) for ds in ordered]).astype(np.float32)
+    first = ordered[0]
+    array = np.empty((len(ordered), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    for k, ds in enumerate(ordered):  # slice by slice: no full-size float64 copy
+        if (int(ds.Rows), int(ds.Columns)) != array.shape[1:]:
+            raise InconsistentSeriesError(
+                f"CT slice {ds.get('SOPInstanceUID')} is {ds.Rows}×{ds.Columns} but the series "
+                f"starts with {array.shape[1]}×{array.shape[2]}; all slices must match."
+            )
+        array[k] = hounsfield(ds)
     logger.debug(
         "Read CT series %s: %d slices, spacing %s mm",
         ordered[0].get("SeriesInstanceUID"),
