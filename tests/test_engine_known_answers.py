@@ -19,10 +19,18 @@ small test grids (CT 4 mm, SPECT 8 mm) make partial volume large, so:
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
 import pytest
+from pydicom import dcmread
 
 from benchmarks.engine import load_cycle_inputs
+from dicomio.part10 import decode, encode
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
+from dicomio.source import source_context_from_datasets
+from dicomio.sr import VOI_MEASUREMENTS, read_sr_report, write_cycle_sr
+from dicomio.uids import ResultIdentity, ResultKind
 from dosimetry.cycle import (
     EngineSettings,
     compute_multi_time_point_cycle,
@@ -124,3 +132,24 @@ def test_dicom_path_equals_the_in_memory_path(
         assert cycle2.voi(name).mean_gy == pytest.approx(
             memory.voi(name).mean_gy, rel=0.01
         )
+
+
+def test_sr_carries_the_engines_numbers_for_the_synthetic_course(
+    manifest: CourseManifest, cycle2: CycleResult
+) -> None:
+    """Round trip: engine result of the synthetic course → SR bytes → numbers."""
+    reference = next(tp for tp in manifest.time_points if tp.time_point.cycle_number == 2)
+    source = source_context_from_datasets(
+        [dcmread(p, stop_before_pixels=True) for p in reference.ct_files],
+        structure_set=dcmread(reference.rtstruct_file),
+    )
+    identity = ResultIdentity(ResultKind.CYCLE, 1, datetime(2024, 6, 1, 12, 0), cycle_number=2)
+    report = read_sr_report(decode(encode(write_cycle_sr(cycle2, source, identity))))
+    for voi in cycle2.vois:
+        group = report.group(voi.name, "cycle 2")
+        for key in VOI_MEASUREMENTS:
+            value = getattr(voi, key)
+            if value is None or not math.isfinite(value):
+                assert key not in group.values, (voi.name, key)
+            else:
+                assert group.values[key] == pytest.approx(value, rel=1e-9), (voi.name, key)
