@@ -52,8 +52,6 @@ class SourceContext:
     study_instance_uid, study_id, accession_number, study_date, study_time,
     referring_physician_name, study_description:
         General Study module values of the reference CT's study.
-    specific_character_set:
-        Character set of the reference CT (copied so names survive).
     frame_of_reference_uid:
         Frame of reference of the reference CT; the dose grid is in it.
     reference_ct:
@@ -81,7 +79,6 @@ class SourceContext:
     study_time: str = ""
     referring_physician_name: str = ""
     study_description: str = ""
-    specific_character_set: tuple[str, ...] = ()
     structure_set: InstanceReference | None = None
     roi_numbers: tuple[tuple[str, int], ...] = ()
     source_images: tuple[InstanceReference, ...] = ()
@@ -145,15 +142,6 @@ def instance_reference(ds: Dataset) -> InstanceReference:
         sop_instance_uid=_required(ds, "SOPInstanceUID", "instance"),
         modality=_text(ds, "Modality"),
     )
-
-
-def _character_set(ds: Dataset) -> tuple[str, ...]:
-    value = ds.get("SpecificCharacterSet")
-    if not value:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(v) for v in value)
 
 
 def _structure_set_frames(structure_set: Dataset) -> set[str]:
@@ -241,7 +229,6 @@ def source_context_from_datasets(
         study_time=_text(first, "StudyTime"),
         referring_physician_name=_text(first, "ReferringPhysicianName"),
         study_description=_text(first, "StudyDescription"),
-        specific_character_set=_character_set(first),
         frame_of_reference_uid=frame_uid,
         reference_ct=_unique(instance_reference(ds) for ds in reference_ct),
         structure_set=structure_ref,
@@ -278,15 +265,20 @@ def course_source_context(cycles: Sequence[SourceContext]) -> SourceContext:
     return replace(first, source_images=_unique(extra))
 
 
+#: Specific Character Set of every result object (PS3.3 C.12.1.1.2: ISO_IR 192 = UTF-8).
+UTF8 = "ISO_IR 192"
+
+
 def patient_study_dataset(source: SourceContext) -> Dataset:
     """Patient and General Study module attributes copied from ``source``.
 
     Type 2 attributes are present (possibly empty) as the modules require.
     """
     ds = Dataset()
-    if source.specific_character_set:
-        charset = source.specific_character_set
-        ds.SpecificCharacterSet = charset[0] if len(charset) == 1 else list(charset)
+    # Results are always UTF-8: their texts carry λ, ≥ and method names such
+    # as "Hänscheid", and UTF-8 also holds any patient name the input's
+    # character set could (pydicom has decoded it to text already).
+    ds.SpecificCharacterSet = UTF8
     ds.PatientName = source.patient_name
     ds.PatientID = source.patient_id
     if source.issuer_of_patient_id:

@@ -177,3 +177,19 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_non_ascii_method_names_and_notes_survive_in_utf8() -> None:
+    from dataclasses import replace
+
+    from dosimetry.results import DoseMethod
+
+    result = cycle_result(3)
+    first = replace(result.vois[0], method=DoseMethod.HANSCHEID,
+                    notes=("λ_eff ≥ λ_phys enforced",))
+    result = replace(result, method=DoseMethod.HANSCHEID, vois=(first, *result.vois[1:]))
+    source, _ = source_for_cycle("c3")
+    ds = decode(encode(write_cycle_sr(result, source, identity(ResultKind.CYCLE, 3))))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    group = read_sr_report(ds).group(first.name, "cycle 3")
+    assert "λ_eff ≥ λ_phys enforced" in group.texts["NOTE"]
