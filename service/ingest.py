@@ -36,7 +36,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from dicomio.errors import MissingAttributeError, UnsupportedObjectError
-from dicomio.headers import InstanceHeader, instance_header
+from dicomio.headers import InstanceHeader, SeriesKind, instance_header
 from service.archive import Archive, ArchiveError, DiskFullError, Staged
 from service.store.index import IndexStore
 
@@ -99,11 +99,26 @@ def _truncated_elements(ds: Dataset) -> list[str]:
     return short
 
 
-def _pixel_shortfall(ds: Dataset) -> str | None:
-    """For native (uncompressed) pixel data, say how much is missing, if any."""
-    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None:
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _pixel_problem(ds: Dataset, header: InstanceHeader) -> tuple[int, str] | None:
+    """Status and reason when an image's pixel data is absent or not the declared size.
+
+    Native pixel data must hold exactly Rows × Columns × frames × samples ×
+    BitsAllocated / 8 bytes (PS3.5 8.1.1), padded to an even length; an image
+    object without any pixel data was cut at an element boundary or is not an
+    image at all. Encapsulated (compressed) pixel data is stored as received.
+    """
+    if header.kind not in (SeriesKind.SPECT, SeriesKind.CT):
         return None
-    if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        return TRUNCATED, (
+            "an image object without Pixel Data (7FE0,0010): truncated at an element boundary "
+            "or not an image; resend the complete object"
+        )
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if "PixelData" not in ds or syntax is None or UID(syntax).is_compressed:
         return None
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -111,13 +126,23 @@ def _pixel_shortfall(ds: Dataset) -> str | None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
-        return "Rows, Columns or BitsAllocated missing or not numbers for the pixel data"
-    expected = rows * columns * frames * samples * bits // 8
+        return TRUNCATED, "Rows, Columns or BitsAllocated missing or not numbers for the pixel data"
+    dimensions = f"{rows}×{columns}×{frames}×{samples}×{bits}"
+    if min(rows, columns, frames, samples) < 1 or bits not in (1, 8, 16, 32, 64):
+        return UNDECODABLE, (
+            f"impossible pixel dimensions Rows × Columns × frames × samples × bits = {dimensions}"
+        )
+    expected = -(-rows * columns * frames * samples * bits // 8)  # ceiling: 1-bit data
     actual = len(ds["PixelData"].value or b"")
     if actual < expected:
-        return (
+        return TRUNCATED, (
             f"pixel data has {actual} bytes but Rows × Columns × frames × samples × bits "
-            f"({rows}×{columns}×{frames}×{samples}×{bits}) needs {expected}"
+            f"({dimensions}) needs {expected}"
+        )
+    if actual > expected + expected % 2:
+        return UNDECODABLE, (
+            f"pixel data has {actual} bytes but Rows × Columns × frames × samples × bits "
+            f"({dimensions}) gives {expected}: the dimensions do not describe the pixels"
         )
     return None
 
@@ -154,11 +179,11 @@ def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, Instance
             f"abstract syntax {context_sop_class}",
         )
     try:
-        shortfall = _pixel_shortfall(ds)
+        problem = _pixel_problem(ds, header)
     except Exception as exc:
-        shortfall = f"pixel data attributes could not be read: {exc!r}"
-    if shortfall:
-        raise Rejected(TRUNCATED, shortfall)
+        problem = UNDECODABLE, f"pixel data attributes could not be read: {exc!r}"
+    if problem:
+        raise Rejected(*problem)
     return ds, header
 
 
@@ -207,6 +232,8 @@ class Ingest:
             staged = staging.result()
             with self._lock_for(header.sop_instance_uid):
                 return self._file(staged, header, peer, transfer_syntax, received)
+        except Rejected as rejection:
+            return self._quarantine(staging, rejection, peer, received)
         except (ArchiveError, OSError) as exc:
             logger.error("Could not store %s: %s", header.sop_instance_uid, exc)
             return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", header)
@@ -221,6 +248,7 @@ class Ingest:
         existing = self.index.instance(header.sop_instance_uid)
         if existing is not None:
             return self._duplicate(staged, header, existing, peer, received)
+        self._check_series_owner(header)
         stored = self.archive.store_instance(staged, header)
         new_series = self.index.add_instance(
             header,
@@ -235,6 +263,22 @@ class Ingest:
         if new_series:
             self.on_new_series(header)
         return Outcome(SUCCESS, header=header, new_series=new_series)
+
+    def _check_series_owner(self, header: InstanceHeader) -> None:
+        """Refuse an instance whose series UID already names another patient's series.
+
+        Without this, the instance would be counted in (and read with) the
+        other patient's series: one patient's images in another's dosimetry.
+        """
+        owner = self.index.series_owner(header.series_instance_uid)
+        if owner is None:
+            return
+        if owner["patient_key"] != header.patient_key:
+            raise Rejected(
+                MISSING_ATTRIBUTE,
+                f"SeriesInstanceUID {header.series_instance_uid} already belongs to a series of "
+                "another patient; the sender must give this series its own UID",
+            )
 
     def _duplicate(
         self, staged: Staged, header: InstanceHeader, existing: dict[str, object], peer: Peer,

@@ -146,6 +146,13 @@ class IndexStore:
             )
         return rows[0] if rows else None
 
+    def series_owner(self, series_uid: str) -> dict[str, Any] | None:
+        """The patient key and study UID of an indexed series (None when new)."""
+        with self.lock:
+            rows = list(self.db.query(
+                "select patient_key, study_uid from series where series_uid = ?", [series_uid]))
+        return rows[0] if rows else None
+
     def add_instance(
         self,
         header: InstanceHeader,
