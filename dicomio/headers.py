@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -200,6 +201,31 @@ def _radionuclide(item: Dataset) -> tuple[str | None, str | None]:
     return (name or None), None
 
 
+#: Administered activities outside (0, 100 GBq] are recording errors, not treatments
+#: (a Lu-177 PRRT cycle is about 7.4 GBq; Hebert et al. 2024).
+MAX_PLAUSIBLE_ACTIVITY_MBQ = 100_000.0
+
+
+def _activity_mbq(dose: Any, modality: str) -> float | None:
+    """RadionuclideTotalDose in MBq, or None when absent, not a number or implausible.
+
+    RadionuclideTotalDose is in MBq for NM (PS3.3 C.8.4.10.1) and in Bq for
+    PET (C.8.9.1.1.4). A negative, zero, infinite or astronomical value is
+    dropped rather than carried into dosimetry.
+    """
+    if dose in (None, ""):
+        return None
+    try:
+        activity_mbq = float(dose)
+    except (TypeError, ValueError):
+        return None
+    if modality == "PT":
+        activity_mbq /= 1e6
+    if not (math.isfinite(activity_mbq) and 0 < activity_mbq <= MAX_PLAUSIBLE_ACTIVITY_MBQ):
+        return None
+    return activity_mbq
+
+
 def injection(ds: Dataset) -> Injection | None:
     """The administration recorded in the Radiopharmaceutical Information Sequence.
 
@@ -217,15 +243,7 @@ def injection(ds: Dataset) -> Injection | None:
     event_uid = _text(item, "RadiopharmaceuticalAdministrationEventUID") or _text(
         ds, "RadiopharmaceuticalAdministrationEventUID"
     )
-    dose = item.get("RadionuclideTotalDose")
-    activity_mbq: float | None = None
-    if dose not in (None, ""):
-        try:
-            activity_mbq = float(dose)
-        except (TypeError, ValueError):
-            activity_mbq = None
-        if activity_mbq is not None and _text(ds, "Modality") == "PT":
-            activity_mbq /= 1e6
+    activity_mbq = _activity_mbq(item.get("RadionuclideTotalDose"), _text(ds, "Modality"))
     name, code = _radionuclide(item)
     return Injection(
         start=start,
