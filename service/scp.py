@@ -40,6 +40,29 @@ class _AssociationTally:
     duplicates: int = 0
 
 
+class SlotCountingAE(AE):
+    """An AE whose association limit counts only associations that exist.
+
+    pynetdicom checks ``maximum_associations`` against every acceptor thread,
+    including TCP connections that never sent an A-ASSOCIATE-RQ (a health
+    check, a port scan, a peer that connected and closed): each held a slot
+    until the 30 s ACSE timeout, so a few of them locked modalities out with
+    "local limit exceeded". During negotiation (the only caller that is itself
+    an unestablished association) the list holds the established acceptors
+    and the one asking; everywhere else it is unchanged. Two peers negotiating
+    at the same instant may both see one slot free (a limit overshoot of one,
+    never a lock-out).
+    """
+
+    @property
+    def active_associations(self) -> list[Any]:
+        associations: list[Any] = super().active_associations
+        current = threading.current_thread()
+        if current in associations and not getattr(current, "is_established", True):
+            return [a for a in associations if a.is_established or a is current]
+        return associations
+
+
 class HostFilteringServer(ThreadedAssociationServer):
     """An association server that drops connections from hosts not allowed.
 
@@ -89,7 +112,7 @@ class StorageSCP:
     ) -> None:
         self.ingest = ingest
         self.security = security
-        self.ae = AE(ae_title=ae_title)
+        self.ae = SlotCountingAE(ae_title=ae_title)
         self.ae.maximum_associations = security.max_associations
         self.ae.require_calling_aet = list(security.allowed_calling_ae_titles)
         self.ae.require_called_aet = True
