@@ -42,7 +42,6 @@ class Staged:
     """Bytes written and fsynced in ``incoming/``, not yet in their place."""
 
     path: Path
-    sha256: str
     size: int
 
 
@@ -144,9 +143,9 @@ class Archive:
     def stage(self, data: bytes) -> Staged:
         """Write ``data`` to a temporary file in ``incoming/`` and fsync it.
 
-        The GIL is released during the write, the hash and the fsync, so the
-        listener stages an instance on a worker thread while it parses the
-        header. A staged file becomes visible only through :meth:`place`.
+        The GIL is released during the write and the fsync, so the listener
+        stages an instance on a worker thread while it parses and hashes it.
+        A staged file becomes visible only through :meth:`place`.
         """
         temporary = self.incoming / f"{uuid.uuid4().hex}.tmp"
         try:
@@ -157,9 +156,9 @@ class Archive:
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             raise ArchiveError(f"Could not write to {self.incoming}: {exc}") from exc
-        return Staged(path=temporary, sha256=sha256_hex(data), size=len(data))
+        return Staged(path=temporary, size=len(data))
 
-    def place(self, staged: Staged, final_path: Path) -> StoredFile:
+    def place(self, staged: Staged, final_path: Path, sha256: str) -> StoredFile:
         """Atomically rename a staged file to ``final_path`` and make it durable."""
         try:
             self._ensure_dir(final_path.parent)
@@ -168,7 +167,7 @@ class Archive:
         except OSError as exc:
             staged.path.unlink(missing_ok=True)
             raise ArchiveError(f"Could not place {final_path.name}: {exc}") from exc
-        return StoredFile(path=final_path, sha256=staged.sha256, size=staged.size)
+        return StoredFile(path=final_path, sha256=sha256, size=staged.size)
 
     def discard(self, staged: Staged) -> None:
         """Remove a staged file that will not be kept (e.g. an identical duplicate)."""
@@ -186,18 +185,18 @@ class Archive:
         """
         if check_space:
             self.check_space(len(data))
-        return self.place(self.stage(data), final_path)
+        return self.place(self.stage(data), final_path, sha256_hex(data))
 
-    def store_instance(self, staged: Staged, header: InstanceHeader) -> StoredFile:
+    def store_instance(self, staged: Staged, header: InstanceHeader, sha256: str) -> StoredFile:
         """Place a staged instance at its archive path."""
-        return self.place(staged, self.instance_path(header))
+        return self.place(staged, self.instance_path(header), sha256)
 
-    def store_conflict(self, staged: Staged, header: InstanceHeader) -> StoredFile:
+    def store_conflict(self, staged: Staged, header: InstanceHeader, sha256: str) -> StoredFile:
         """Keep a conflicting duplicate aside, never overwriting the archived one."""
-        path = self.conflicts / f"{header.sop_instance_uid}.{staged.sha256[:12]}.dcm"
-        return self.place(staged, path)
+        path = self.conflicts / f"{header.sop_instance_uid}.{sha256[:12]}.dcm"
+        return self.place(staged, path, sha256)
 
-    def store_quarantine(self, staged: Staged) -> StoredFile:
+    def store_quarantine(self, staged: Staged, sha256: str) -> StoredFile:
         """Keep bytes that could not be filed; named by time and content hash."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        return self.place(staged, self.quarantine / f"{stamp}-{staged.sha256[:12]}.dcm")
+        return self.place(staged, self.quarantine / f"{stamp}-{sha256[:12]}.dcm", sha256)

@@ -37,7 +37,7 @@ from pydicom.uid import UID
 
 from dicomio.errors import MissingAttributeError, UnsupportedObjectError
 from dicomio.headers import InstanceHeader, SeriesKind, instance_header
-from service.archive import Archive, ArchiveError, DiskFullError, Staged
+from service.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
 from service.store.index import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class Ingest:
         """Store one instance and return the C-STORE status to answer with.
 
         The bytes are staged (written and fsynced) on a worker thread while
-        this thread parses the header, then renamed into place and indexed.
+        this thread parses and hashes them, then renamed into place and indexed.
         """
         received = utc_now()
         try:
@@ -227,11 +227,12 @@ class Ingest:
         try:
             _, header = parse(data, context_sop_class)
         except Rejected as rejection:
-            return self._quarantine(staging, rejection, peer, received)
+            return self._quarantine(staging, sha256_hex(data), rejection, peer, received)
+        digest = sha256_hex(data)  # releases the GIL: overlaps the staging fsync
         try:
             staged = staging.result()
             with self._lock_for(header.sop_instance_uid):
-                return self._file(staged, header, peer, transfer_syntax, received)
+                return self._file(staged, digest, header, peer, transfer_syntax, received)
         except Rejected as rejection:
             return self._quarantine(staging, rejection, peer, received)
         except (ArchiveError, OSError) as exc:
@@ -242,14 +243,14 @@ class Ingest:
             return Outcome(OUT_OF_RESOURCES, f"index error: {exc!r}", header)
 
     def _file(
-        self, staged: Staged, header: InstanceHeader, peer: Peer, transfer_syntax: str,
-        received: datetime,
+        self, staged: Staged, digest: str, header: InstanceHeader, peer: Peer,
+        transfer_syntax: str, received: datetime,
     ) -> Outcome:
         existing = self.index.instance(header.sop_instance_uid)
         if existing is not None:
-            return self._duplicate(staged, header, existing, peer, received)
+            return self._duplicate(staged, digest, header, existing, peer, received)
         self._check_series_owner(header)
-        stored = self.archive.store_instance(staged, header)
+        stored = self.archive.store_instance(staged, header, digest)
         new_series = self.index.add_instance(
             header,
             path=self.archive.relative(stored.path),
@@ -281,14 +282,14 @@ class Ingest:
             )
 
     def _duplicate(
-        self, staged: Staged, header: InstanceHeader, existing: dict[str, object], peer: Peer,
-        received: datetime,
+        self, staged: Staged, digest: str, header: InstanceHeader, existing: dict[str, object],
+        peer: Peer, received: datetime,
     ) -> Outcome:
-        if staged.sha256 == existing["sha256"]:
+        if digest == existing["sha256"]:
             self.archive.discard(staged)
             logger.info("Identical duplicate of %s ignored", header.sop_instance_uid)
             return Outcome(SUCCESS, "identical duplicate", header, duplicate=True)
-        kept = self.archive.store_conflict(staged, header)
+        kept = self.archive.store_conflict(staged, header, digest)
         self.index.add_conflict(
             header.sop_instance_uid, path=self.archive.relative(kept.path), sha256=kept.sha256,
             received=received, calling_ae=peer.calling_ae, peer=peer.address,
@@ -300,10 +301,11 @@ class Ingest:
         return Outcome(SUCCESS, "conflicting duplicate kept aside", header, duplicate=True)
 
     def _quarantine(
-        self, staging: Future[Staged], rejection: Rejected, peer: Peer, received: datetime
+        self, staging: Future[Staged], digest: str, rejection: Rejected, peer: Peer,
+        received: datetime,
     ) -> Outcome:
         try:
-            kept = self.archive.store_quarantine(staging.result())
+            kept = self.archive.store_quarantine(staging.result(), digest)
         except (ArchiveError, OSError) as exc:
             logger.error("Could not quarantine a rejected object (%s): %s", rejection.reason, exc)
             return Outcome(OUT_OF_RESOURCES, f"{rejection.reason}; and quarantine failed: {exc}")
