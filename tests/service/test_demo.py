@@ -1,0 +1,25 @@
+"""`theranode demo` output: VOI doses beside the truth, with what explains the gap."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from dicomio.part10 import decode, encode
+from dicomio.sr import write_cycle_sr
+from service.demo import comparison_lines
+from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
+
+
+def test_comparison_lines_show_dose_truth_difference_and_notes():
+    result = cycle_result(1)
+    source, _ = source_for_cycle("c1")
+    report = decode(encode(write_cycle_sr(result, source, identity())))
+    truth = {voi.name: {"mean_dose_gy": voi.mean_gy * 2} for voi in result.vois}
+    manifest = SimpleNamespace(truth={"cycles": [{"number": 1, "vois": truth}]})
+    lines = "\n".join(comparison_lines(manifest, {1: report}))
+    for voi in result.vois:
+        assert voi.name in lines
+    assert "-50.0%" in lines
+    excluded = [v for v in result.vois if v.excluded]
+    assert excluded and f"excluded: {excluded[0].exclusion_reason}" in lines
+    assert "partial volume" in lines
