@@ -17,8 +17,8 @@ from tests.service.nodes import make_settings, running_node
 
 ORGANS = ("Liver", "Kidney_L", "Kidney_R", "Spleen")
 # Orthanc 1.10's Lua SendToModality() takes an instance; a study goes through the REST API.
-ROUTE = ("function OnStableStudy(id, tags, meta) "
-         "RestApiPost('/modalities/theranode/store', id) end\n")
+#: The routing script shipped for PACS administrators, tested here as they would use it.
+ROUTE = (Path(__file__).parents[2] / "config" / "orthanc-route-to-theranode.lua").read_text()
 
 
 def result_series(orthanc: OrthancPeer) -> dict[str, dict[str, Any]]:
@@ -69,6 +69,7 @@ def test_orthanc_routes_a_course_and_receives_rt_dose_sr_and_pdf(tmp_path: Path)
             assert reports[1].StudyInstanceUID == first_ct.study_instance_uid
             assert reports[1].PatientID == course.patient_id
             computed = {j.label: j for j in node.jobs.all() if j.kind == "cycle"}
+            assert "Lua: Error" not in orthanc.log(), "the routing script failed in Orthanc"
     truth = {c["number"]: c["vois"] for c in course.truth["cycles"]}
     for number, ds in reports.items():
         values = read_sr_report(ds)
