@@ -234,7 +234,7 @@ class Ingest:
             with self._lock_for(header.sop_instance_uid):
                 return self._file(staged, digest, header, peer, transfer_syntax, received)
         except Rejected as rejection:
-            return self._quarantine(staging, rejection, peer, received)
+            return self._quarantine(staging, digest, rejection, peer, received)
         except (ArchiveError, OSError) as exc:
             logger.error("Could not store %s: %s", header.sop_instance_uid, exc)
             return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", header)
