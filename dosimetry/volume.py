@@ -101,16 +101,15 @@ class Volume:
 
     def index_to_patient(self, ijk: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Patient coordinates (mm) of continuous indices ``(..., 3)`` in ``(i, j, k)``."""
-        idx = np.asarray(ijk, dtype=float)
-        return idx @ (self.direction_matrix * np.asarray(self.spacing_mm)).T + np.asarray(
-            self.origin_mm
-        )
+        idx = np.asarray(ijk, dtype=np.float64)
+        axes = self.direction_matrix * np.asarray(self.spacing_mm)
+        return np.asarray(idx @ axes.T + np.asarray(self.origin_mm), dtype=np.float64)
 
     def patient_to_index(self, xyz: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Continuous ``(i, j, k)`` indices of patient points ``(..., 3)``."""
-        pts = np.asarray(xyz, dtype=float) - np.asarray(self.origin_mm)
+        pts = np.asarray(xyz, dtype=np.float64) - np.asarray(self.origin_mm)
         inv = np.linalg.inv(self.direction_matrix * np.asarray(self.spacing_mm))
-        return pts @ inv.T
+        return np.asarray(pts @ inv.T, dtype=np.float64)
 
     def same_grid(self, other: Volume, tolerance_mm: float = 1e-3) -> bool:
         """True when ``other`` has the same shape, spacing, origin and direction."""
@@ -157,9 +156,9 @@ class Volume:
             raise GeometryError(f"Expected a 3-D image, got {image.GetDimension()}-D.")
         return cls(
             array=sitk.GetArrayFromImage(image),
-            spacing_mm=tuple(image.GetSpacing()),  # type: ignore[arg-type]
-            origin_mm=tuple(image.GetOrigin()),  # type: ignore[arg-type]
-            direction=tuple(image.GetDirection()),  # type: ignore[arg-type]
+            spacing_mm=tuple(image.GetSpacing()),
+            origin_mm=tuple(image.GetOrigin()),
+            direction=tuple(image.GetDirection()),
             unit=unit,
         )
 
