@@ -118,6 +118,7 @@ class Node:
 
     def stop(self) -> None:
         self.scp.stop()
+        self.ingest.close()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)  # type: ignore[attr-defined]
         self.planner.stop()
