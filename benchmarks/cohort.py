@@ -15,36 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import sqlite_utils
 
-from dosimetry.cohort.synthetic import synthetic_cohort
-from service.cohort_report import run_cohort
-from service.outcomes import import_outcome_files
-from service.store.outcomes import MIGRATIONS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.service.cohort_files
+
+from dosimetry.cohort.synthetic import synthetic_cohort  # noqa: E402
+from service.cohort_report import run_cohort  # noqa: E402
+from service.outcomes import import_outcome_files  # noqa: E402
+from service.store.outcomes import MIGRATIONS  # noqa: E402
+from tests.service.cohort_files import export_outcome_csv  # noqa: E402
 
 TARGET_S = 60.0
-LAB_UNITS = {"hgb": "g/dL", "creat": "mg/dL", "egfr": "mL/min/1.73m2"}
-
-
-def _write_csv(data, folder: Path) -> list[Path]:  # type: ignore[no-untyped-def]
-    frames = {
-        "patients": data.patients.rename(columns={"age_at_start_y": "age_at_start"}),
-        "cycles": data.cycles,
-        "lesions": data.lesions,
-        "labs": data.labs.assign(unit=data.labs["analyte"].map(LAB_UNITS).fillna("10^9/L")),
-        "doses": data.doses,
-    }
-    paths = []
-    for name, frame in frames.items():
-        out = frame.copy()
-        for column in out.columns:
-            if pd.api.types.is_datetime64_any_dtype(out[column]):
-                out[column] = out[column].dt.strftime("%Y-%m-%d")
-        path = folder / f"{name}.csv"
-        out.to_csv(path, index=False)
-        paths.append(path)
-    return paths
 
 
 def main(n_patients: int = 10_000) -> float:
@@ -53,7 +34,7 @@ def main(n_patients: int = 10_000) -> float:
         root = Path(folder)
         start = time.perf_counter()
         cohort = synthetic_cohort(n_patients, seed=1)
-        paths = _write_csv(cohort.data, root)
+        paths = export_outcome_csv(cohort.data, root)
         generated = time.perf_counter()
         db = sqlite_utils.Database(memory=True)
         MIGRATIONS.apply(db)
