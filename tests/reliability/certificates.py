@@ -33,7 +33,7 @@ class Pki:
 
 
 def _openssl(*args: str | Path) -> None:
-    done = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True,
+    done = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, check=False,
                           timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(map(str, args))} failed: {done.stderr}")

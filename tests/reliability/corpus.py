@@ -33,7 +33,6 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
 from tests.service import factory

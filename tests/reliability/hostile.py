@@ -30,8 +30,14 @@ from pynetdicom.association import Association
 from config.schema import Settings
 from service.app import Node
 from service.archive import sha256_hex
-from tests.reliability.corpus import INJECTION, Expect, HostileCase, Victim, hostile_corpus, \
-    write_corpus
+from tests.reliability.corpus import (
+    INJECTION,
+    Expect,
+    HostileCase,
+    Victim,
+    hostile_corpus,
+    write_corpus,
+)
 from tests.service import factory
 from tests.service.nodes import running_node, scu, send
 

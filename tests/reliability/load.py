@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 

@@ -40,7 +40,7 @@ class SmallDisk:
         folder.mkdir(parents=True)
         self.mounted = shutil.which("mount") is not None and subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
-            capture_output=True).returncode == 0
+            check=False, capture_output=True).returncode == 0
         self.budget_bytes = size_mb * 1024 * 1024
         if not self.mounted:
             warnings.warn("mounting a tmpfs is not permitted here: simulating ENOSPC instead",
