@@ -1,0 +1,142 @@
+"""A synthetic course computed by a real ``theranode serve``, and what it produced.
+
+Shared by the job-kill, outage and hostile-processing tests: the node
+configuration (short quiet period and poll interval, small outbox backoff,
+one DICOM destination), reading the node's database from the test while the
+node runs (SQLite WAL lets a reader in), and the per-cycle results a run is
+compared with (VOI mean doses, RT Dose pixel bytes).
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydicom
+
+from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
+from service.pipeline import RESULT_FILE
+from service.store import open_database
+from service.store.jobs import JobRecord, JobState, JobStore
+from tests.reliability.processes import write_config
+
+T = TypeVar("T")
+
+NODE_SETTINGS: dict[str, dict[str, Any]] = {
+    "protocol": {"quiet_period_s": 1.0},
+    "jobs": {"poll_interval_s": 0.5},
+    "outbox": {"retry_base_s": 0.2, "retry_max_s": 1.0},
+}
+
+
+def course_files(manifest: CourseManifest) -> list[Path]:
+    """Every file of a written course: CT, SPECT and RTSTRUCT of each time point."""
+    files: list[Path] = []
+    for tp in manifest.time_points:
+        files += [*tp.ct_files, *tp.spect_files]
+        files += [tp.rtstruct_file] if tp.rtstruct_file is not None else []
+    return files
+
+
+def write_node_config(work: Path, destination_port: int,
+                      **sections: dict[str, Any]) -> tuple[Path, int, Path]:
+    """A node configuration sending to one DICOM destination ``PACS`` on ``destination_port``.
+
+    Returns the configuration file, the node's DICOM port and its data folder.
+    """
+    config, data_dir = work / "node.toml", work / "data"
+    merged = {name: {**values, **sections.pop(name, {})} for name, values in NODE_SETTINGS.items()}
+    port = write_config(config, data_dir, **merged, **sections)
+    with open(config, "a", encoding="utf-8") as handle:
+        handle.write(f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                     f'host = "127.0.0.1"\nport = {destination_port}\n')
+    return config, port, data_dir
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Poll ``condition`` until it returns something true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class NodeDatabase:
+    """Read-only view of a node's jobs and outbox from the test process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.jobs = JobStore(open_database(data_dir / "theranode.db"))
+
+    def close(self) -> None:
+        self.jobs.db.conn.close()
+
+    def all_jobs(self) -> list[JobRecord]:
+        return sorted(self.jobs.all(1000), key=lambda j: j.id)
+
+    def of_kind(self, kind: str, *states: JobState) -> list[JobRecord]:
+        return [j for j in self.all_jobs() if j.kind == kind and (not states or j.state in states)]
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with self.jobs.lock:
+            return list(self.jobs.db.query(sql, params or []))
+
+    def result_objects(self) -> list[dict[str, Any]]:
+        """Every result object, in the order the jobs produced them (the outbox's order)."""
+        return self.query("select o.*, j.kind, j.label, j.patient_key from result_objects o "
+                          "join jobs j on j.id = o.job_id order by o.id")
+
+    def deliveries(self, *states: str) -> list[dict[str, Any]]:
+        rows = self.query("select * from deliveries order by object_id")
+        return [r for r in rows if not states or r["state"] in states]
+
+    def all_delivered(self) -> bool:
+        rows = self.deliveries()
+        return bool(rows) and all(r["state"] == "sent" for r in rows)
+
+
+@dataclass(frozen=True)
+class CycleOutput:
+    """What a cycle job produced: mean dose per VOI and the RT Dose pixel bytes."""
+
+    cycle_number: int
+    mean_gy: dict[str, float]
+    rtdose_pixels: bytes | None
+
+
+def cycle_output(data_dir: Path, job: JobRecord) -> CycleOutput:
+    folder = data_dir / str(job.result_dir)
+    result = pickle.loads((folder / RESULT_FILE).read_bytes())["result"]
+    rtdose = folder / "RTDOSE.dcm"
+    pixels = pydicom.dcmread(rtdose).PixelData if rtdose.exists() else None
+    return CycleOutput(result.cycle_number, {v.name: v.mean_gy for v in result.vois}, pixels)
+
+
+def outputs_by_cycle(db: NodeDatabase, patient_key: str | None = None) -> dict[int, CycleOutput]:
+    """The done cycle jobs' outputs keyed by cycle number (optionally of one patient)."""
+    jobs = [j for j in db.of_kind("cycle", JobState.DONE)
+            if patient_key is None or j.patient_key == patient_key]
+    outputs = [cycle_output(db.data_dir, j) for j in jobs]
+    return {o.cycle_number: o for o in outputs}
+
+
+COURSE_SEED = 11
+_COURSES: dict[str, CourseManifest] = {}
+
+
+def two_cycle_course(root: Path) -> CourseManifest:
+    """The synthetic course's cycles 1 and 2 (both multi-time-point) on small grids.
+
+    Written once per test session under ``root`` (the job-kill and outage
+    tests share it, so the outage run can serve as the kill test's clean run).
+    """
+    if "course" not in _COURSES:
+        _COURSES["course"] = write_course(root, CourseWriteSpec(cycles=(1, 2)), COURSE_SEED)
+    return _COURSES["course"]
