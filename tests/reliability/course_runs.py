@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from itertools import zip_longest
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,19 +28,31 @@ from tests.reliability.processes import write_config
 T = TypeVar("T")
 
 NODE_SETTINGS: dict[str, dict[str, Any]] = {
-    "protocol": {"quiet_period_s": 1.0},
+    "protocol": {"quiet_period_s": 2.0},
     "jobs": {"poll_interval_s": 0.5},
     "outbox": {"retry_base_s": 0.2, "retry_max_s": 1.0},
 }
 
 
 def course_files(manifest: CourseManifest) -> list[Path]:
-    """Every file of a written course: CT, SPECT and RTSTRUCT of each time point."""
-    files: list[Path] = []
+    """Every file of a written course, the cycles' time points interleaved.
+
+    Cycle 1's first time point, cycle 2's first, cycle 1's second, ...: every
+    cycle's last instance arrives near the end of the transfer, so no cycle
+    turns quiet (and is computed, and gets a course result of its own) while
+    another is still arriving; the run then has one course job, as a clean
+    run to compare with must.
+    """
+    per_cycle_points: dict[int, list[list[Path]]] = {}
     for tp in manifest.time_points:
-        files += [*tp.ct_files, *tp.spect_files]
+        files = [*tp.ct_files, *tp.spect_files]
         files += [tp.rtstruct_file] if tp.rtstruct_file is not None else []
-    return files
+        per_cycle_points.setdefault(tp.time_point.cycle_number, []).append(files)
+    ordered: list[Path] = []
+    for group in zip_longest(*per_cycle_points.values(), fillvalue=[]):
+        for files in group:
+            ordered += files
+    return ordered
 
 
 def write_node_config(work: Path, destination_port: int,
@@ -57,14 +70,14 @@ def write_node_config(work: Path, destination_port: int,
     return config, port, data_dir
 
 
-def wait_for(condition: Callable[[], T], timeout_s: float, what: str) -> T:
+def wait_for(condition: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.2) -> T:
     """Poll ``condition`` until it returns something true; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
@@ -140,3 +153,12 @@ def two_cycle_course(root: Path) -> CourseManifest:
     if "course" not in _COURSES:
         _COURSES["course"] = write_course(root, CourseWriteSpec(cycles=(1, 2)), COURSE_SEED)
     return _COURSES["course"]
+
+
+def course_totals_gy(db: NodeDatabase) -> dict[str, float]:
+    """Total dose per VOI of the latest done course job (empty when there is none)."""
+    done = db.of_kind("course", JobState.DONE)
+    if not done:
+        return {}
+    result = pickle.loads((db.data_dir / str(done[-1].result_dir) / RESULT_FILE).read_bytes())
+    return {c.name: c.total_gy for c in result["result"].cumulative}

@@ -22,6 +22,7 @@ from tests.reliability.course_runs import (
     CycleOutput,
     NodeDatabase,
     course_files,
+    course_totals_gy,
     outputs_by_cycle,
     two_cycle_course,
     wait_for,
@@ -42,6 +43,7 @@ class CourseRun:
     objects: list[dict[str, Any]]
     arrivals: list[Arrival]
     outputs: dict[int, CycleOutput]
+    course_totals_gy: dict[str, float]
     failed_attempts_while_down: int
     pending_while_down: int
     seconds: float
@@ -74,7 +76,8 @@ def run_outage(work: Path, manifest: CourseManifest, cycles: int,
         time.sleep(SETTLE_S)
         assert node.stop() == 0, "the node did not stop cleanly"
         return CourseRun(db.all_jobs(), db.result_objects(), list(destination.arrivals),
-                         outputs_by_cycle(db), failures, pending, time.monotonic() - started)
+                         outputs_by_cycle(db), course_totals_gy(db), failures, pending,
+                         time.monotonic() - started)
     finally:
         node.stop()
         destination.stop()
