@@ -9,7 +9,11 @@ Receivers:
 
 - theranode ``serve`` (fsync + atomic rename + SQLite commit per instance);
 - dcmtk ``storescp`` with TCP_NODELAY=1 (writes files, no fsync);
-- Orthanc with TCP_NODELAY=1 and ``SyncStorageArea`` (fsync).
+- Orthanc with TCP_NODELAY=1 and ``SyncStorageArea`` (fsync);
+- a bare pynetdicom Storage SCP whose handler only writes, fsyncs and renames
+  each instance (TCP_NODELAY on), i.e. the floor of any durable pynetdicom
+  receiver on this disk, and the same SCP with a handler that stores nothing
+  (pynetdicom's own ceiling).
 
 Run: ``.venv/bin/python benchmarks/ingest.py [--instances 300] [--repeat 2]``
 """
@@ -143,6 +147,54 @@ def measure_orthanc(folder: Path, n: int, work: Path) -> float:
         return storescu_rate(folder, orthanc.dicom_port, orthanc.aet, n)
 
 
+def _bare_pynetdicom(folder: Path, n: int, work: Path, durable: bool) -> float:
+    import socket
+
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+    out = work / "bare"
+    out.mkdir()
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        data = event.encoded_dataset()
+        if durable:
+            target = out / f"{event.request.AffectedSOPInstanceUID}.dcm"
+            temporary = target.with_suffix(".tmp")
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+            directory = os.open(out, os.O_RDONLY)
+            os.fsync(directory)
+            os.close(directory)
+        return 0x0000
+
+    def on_open(event):  # type: ignore[no-untyped-def]
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    ae = AE("BARE")
+    ae.maximum_pdu_size = 1024 * 1024
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.20"):
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                           (evt.EVT_CONN_OPEN, on_open)])
+    try:
+        return storescu_rate(folder, port, "BARE", n)
+    finally:
+        server.shutdown()
+
+
+def measure_bare_durable(folder: Path, n: int, work: Path) -> float:
+    return _bare_pynetdicom(folder, n, work, durable=True)
+
+
+def measure_bare_noop(folder: Path, n: int, work: Path) -> float:
+    return _bare_pynetdicom(folder, n, work, durable=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300, help="CT instances to send")
@@ -161,7 +213,9 @@ def main() -> None:
         rates: dict[str, float] = {}
         for name, measure in (("theranode", measure_theranode),
                               ("dcmtk storescp", measure_storescp),
-                              ("Orthanc", measure_orthanc)):
+                              ("Orthanc", measure_orthanc),
+                              ("pynetdicom, durable write only", measure_bare_durable),
+                              ("pynetdicom, no-op handler", measure_bare_noop)):
             best = 0.0
             for run in range(args.repeat):
                 run_dir = work / f"{name.replace(' ', '_')}-{run}"
@@ -169,9 +223,9 @@ def main() -> None:
                 best = max(best, measure(folder, n, run_dir))
                 shutil.rmtree(run_dir, ignore_errors=True)
             rates[name] = best
-            print(f"{name:>15}: {best:7.1f} instances/s")
+            print(f"{name:>31}: {best:7.1f} instances/s")
         ours = rates["theranode"]
-        for name in ("dcmtk storescp", "Orthanc"):
+        for name in [n for n in rates if n != "theranode"]:
             print(f"theranode / {name}: {ours / rates[name]:.2f}")
         print(f"theranode vs target 250 instances/s: {ours / 250:.2f}")
 
