@@ -5,7 +5,9 @@
     DicomInputError
     ├── MissingAttributeError   a required attribute is absent or empty
     ├── UnsupportedObjectError  SOP class / modality / units theranode cannot use
-    └── InconsistentSeriesError slices or frames that do not form one volume
+    ├── InconsistentSeriesError slices or frames that do not form one volume
+    ├── TruncatedObjectError    an element or the pixel data shorter than declared
+    └── InconsistentPixelDataError  pixel dimensions that do not describe the pixels
 """
 
 
@@ -23,3 +25,11 @@ class UnsupportedObjectError(DicomInputError):
 
 class InconsistentSeriesError(DicomInputError):
     """The instances of a series do not form one regular volume."""
+
+
+class TruncatedObjectError(DicomInputError):
+    """An element value, or the pixel data, is shorter than declared (a cut object)."""
+
+
+class InconsistentPixelDataError(DicomInputError):
+    """The image dimensions are impossible or do not match the pixel data's length."""

@@ -11,9 +11,10 @@ Statuses (PS3.4 Annex B.2.3, and theranode's own codes in the 0xC000 range):
 0x0000 stored (or an identical duplicate already stored)
 0xA700 out of resources: disk below the configured minimum, write error
 0xA900 data set does not match the SOP class of its presentation context
-0xC100 cannot understand: bytes are not a decodable DICOM data set
+0xC100 cannot understand: not a decodable data set, or impossible pixel dimensions
 0xC101 cannot understand: truncated (an element or the pixel data is short)
-0xC110 cannot file: a UID or PatientID is missing or invalid
+0xC110 cannot file: a UID or PatientID is missing or invalid, or the series
+       UID already belongs to another patient
 0xC120 cannot file: SOP class not stored by theranode
 ====== ==============================================================
 """
@@ -27,16 +28,18 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from io import BytesIO
 
-from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
-from dicomio.errors import MissingAttributeError, UnsupportedObjectError
-from dicomio.headers import InstanceHeader, SeriesKind, instance_header
+from dicomio.errors import (
+    DicomInputError,
+    InconsistentPixelDataError,
+    MissingAttributeError,
+    TruncatedObjectError,
+    UnsupportedObjectError,
+)
+from dicomio.headers import InstanceHeader, instance_header
+from dicomio.integrity import check_pixel_data, decode
 from service.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
 from service.store.index import IndexStore
 
@@ -49,8 +52,6 @@ UNDECODABLE = 0xC100
 TRUNCATED = 0xC101
 MISSING_ATTRIBUTE = 0xC110
 UNSUPPORTED_SOP_CLASS = 0xC120
-
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -85,68 +86,6 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _truncated_elements(ds: Dataset) -> list[str]:
-    """Top-level elements whose value is shorter than their declared length."""
-    short = []
-    for element in ds._dict.values():  # raw elements: no value conversion
-        if (
-            isinstance(element, RawDataElement)
-            and element.value is not None
-            and element.length != _UNDEFINED_LENGTH
-            and len(element.value) < element.length
-        ):
-            short.append(f"{element.tag} ({len(element.value)} of {element.length} bytes)")
-    return short
-
-
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-def _pixel_problem(ds: Dataset, header: InstanceHeader) -> tuple[int, str] | None:
-    """Status and reason when an image's pixel data is absent or not the declared size.
-
-    Native pixel data must hold exactly Rows × Columns × frames × samples ×
-    BitsAllocated / 8 bytes (PS3.5 8.1.1), padded to an even length; an image
-    object without any pixel data was cut at an element boundary or is not an
-    image at all. Encapsulated (compressed) pixel data is stored as received.
-    """
-    if header.kind not in (SeriesKind.SPECT, SeriesKind.CT):
-        return None
-    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        return TRUNCATED, (
-            "an image object without Pixel Data (7FE0,0010): truncated at an element boundary "
-            "or not an image; resend the complete object"
-        )
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if "PixelData" not in ds or syntax is None or UID(syntax).is_compressed:
-        return None
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return TRUNCATED, "Rows, Columns or BitsAllocated missing or not numbers for the pixel data"
-    dimensions = f"{rows}×{columns}×{frames}×{samples}×{bits}"
-    if min(rows, columns, frames, samples) < 1 or bits not in (1, 8, 16, 32, 64):
-        return UNDECODABLE, (
-            f"impossible pixel dimensions Rows × Columns × frames × samples × bits = {dimensions}"
-        )
-    expected = -(-rows * columns * frames * samples * bits // 8)  # ceiling: 1-bit data
-    actual = len(ds["PixelData"].value or b"")
-    if actual < expected:
-        return TRUNCATED, (
-            f"pixel data has {actual} bytes but Rows × Columns × frames × samples × bits "
-            f"({dimensions}) needs {expected}"
-        )
-    if actual > expected + expected % 2:
-        return UNDECODABLE, (
-            f"pixel data has {actual} bytes but Rows × Columns × frames × samples × bits "
-            f"({dimensions}) gives {expected}: the dimensions do not describe the pixels"
-        )
-    return None
-
-
 def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, InstanceHeader]:
     """Decode the header of received bytes and check they can be filed.
 
@@ -156,14 +95,11 @@ def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, Instance
         With the status and reason when the object cannot be filed.
     """
     try:
-        ds = dcmread(BytesIO(data), force=False)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        raise Rejected(UNDECODABLE, f"not a decodable DICOM data set: {exc}") from exc
-    except Exception as exc:  # pydicom raises many kinds on hostile bytes
-        raise Rejected(UNDECODABLE, f"not a decodable DICOM data set: {exc!r}") from exc
-    short = _truncated_elements(ds)
-    if short:
-        raise Rejected(TRUNCATED, "truncated object: " + "; ".join(short[:3]))
+        ds = decode(data)
+    except TruncatedObjectError as exc:
+        raise Rejected(TRUNCATED, str(exc)) from exc
+    except DicomInputError as exc:
+        raise Rejected(UNDECODABLE, str(exc)) from exc
     try:
         header = instance_header(ds)
     except MissingAttributeError as exc:
@@ -179,11 +115,13 @@ def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, Instance
             f"abstract syntax {context_sop_class}",
         )
     try:
-        problem = _pixel_problem(ds, header)
-    except Exception as exc:
-        problem = UNDECODABLE, f"pixel data attributes could not be read: {exc!r}"
-    if problem:
-        raise Rejected(*problem)
+        check_pixel_data(ds, header.kind)
+    except TruncatedObjectError as exc:
+        raise Rejected(TRUNCATED, str(exc)) from exc
+    except InconsistentPixelDataError as exc:
+        raise Rejected(UNDECODABLE, str(exc)) from exc
+    except Exception as exc:  # a malformed value among the image attributes
+        raise Rejected(UNDECODABLE, f"pixel data attributes could not be read: {exc!r}") from exc
     return ds, header
 
 
