@@ -25,6 +25,7 @@ DICOM PS3.3 A.18 (RT Dose), A.35.13 (Comprehensive 3D SR), A.45.1
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -35,12 +36,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
 from config.schema import CalibrationSettings, Settings
 from dicomio.ct import read_ct_series
 from dicomio.dvh import dvhs_from_masks
+from dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
 from dicomio.nm import CountsCalibration, read_spect
 from dicomio.part10 import encode
 from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
@@ -72,6 +75,7 @@ from service.errors import ServiceError
 logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
+MIN_HU, MAX_HU = -1100.0, 3100.0  # the CT scale with a margin (PS3.3 C.11.1.1.2)
 RESULT_FILE = "result.pkl"
 SOURCE_FILE = "source.pkl"
 
@@ -281,17 +285,82 @@ def _spect(datasets: list[Dataset], settings: Settings) -> Any:
     return read_spect(datasets if len(datasets) > 1 else datasets[0], calibration)
 
 
+def check_plausible_spect(spect: Volume, nominal_h: float) -> None:
+    """Refuse a SPECT whose field of view holds no activity or more than any treatment.
+
+    Counts scaled by a wrong RescaleSlope or Real World Value Mapping (or
+    never calibrated) would otherwise give absorbed doses of 10^30 Gy or NaN
+    that are sent to the PACS as results.
+
+    References
+    ----------
+    dicomio.headers.MAX_PLAUSIBLE_ACTIVITY_MBQ (100 GBq: no PRRT cycle administers more).
+    """
+    total_mbq = float(np.sum(spect.array, dtype=np.float64)) * spect.voxel_volume_ml / 1e6
+    if not math.isfinite(total_mbq) or not 0 < total_mbq <= MAX_PLAUSIBLE_ACTIVITY_MBQ:
+        raise PipelineError(
+            f"The SPECT at {nominal_h:g} h holds {total_mbq:.3g} MBq in its field of view; "
+            f"expected more than 0 and at most {MAX_PLAUSIBLE_ACTIVITY_MBQ:g} MBq (the most a "
+            f"Lu-177 treatment administers). Check "
+            f"the SPECT's units and scaling (Real World Value Mapping, RescaleSlope) and resend it."
+        )
+
+
+def check_plausible_ct(ct: Volume, nominal_h: float) -> None:
+    """Refuse a CT whose numbers are not Hounsfield units (median outside air…bone).
+
+    Densities derived from such a CT would silently change every dose.
+
+    References
+    ----------
+    DICOM PS3.3 C.11.1.1.2 (Rescale Intercept/Slope to HU); the CT scale spans
+    −1024 HU (air) to 3071 HU in 12-bit images.
+    """
+    median_hu = float(np.median(ct.array))
+    if not MIN_HU <= median_hu <= MAX_HU:
+        raise PipelineError(
+            f"The CT at {nominal_h:g} h has a median of {median_hu:.0f} HU; CT numbers lie "
+            f"between {MIN_HU:g} (air) and {MAX_HU:g} HU. Check its RescaleSlope and "
+            f"RescaleIntercept and resend it."
+        )
+
+
 def _time_point(
     data_dir: Path, tp: TimePointInput, injection: datetime, settings: Settings
 ) -> tuple[TimePointImages, list[Dataset], list[Dataset]]:
     ct_ds = _read(data_dir, tp.ct_files)
     spect_ds = _read(data_dir, tp.spect_files)
     spect = _spect(spect_ds, settings)
+    check_plausible_spect(spect.volume, tp.nominal_h)
     elapsed_h = spect.elapsed_h
     if elapsed_h is None:  # injection time of day only: the grouping dated it
         elapsed_h = (spect.acquisition_start - injection).total_seconds() / 3600.0
-    images = TimePointImages(elapsed_h, read_ct_series(ct_ds), spect.volume)
+    ct = read_ct_series(ct_ds)
+    check_plausible_ct(ct, tp.nominal_h)
+    images = TimePointImages(elapsed_h, ct, spect.volume)
     return images, ct_ds, spect_ds
+
+
+def frame_mismatch_note(
+    tp: TimePointInput, ct_ds: list[Dataset], spect_ds: list[Dataset]
+) -> list[str]:
+    """A warning when a time point's SPECT and CT are in different frames of reference.
+
+    The completion rules take another CT of the time point when none shares
+    the SPECT's frame (service/completion.py); the SPECT is then placed on
+    that CT by patient coordinates, which only a hybrid scanner guarantees,
+    so the result says so (PS3.3 C.7.4.1: one frame of reference, one
+    patient coordinate system).
+    """
+    spect_frame = str(spect_ds[0].get("FrameOfReferenceUID", ""))
+    ct_frame = str(ct_ds[0].get("FrameOfReferenceUID", ""))
+    if spect_frame == ct_frame:
+        return []
+    note = (f"The SPECT at {tp.nominal_h:g} h is not in its CT's frame of reference "
+            f"(SPECT {spect_frame or 'none'}, CT {ct_frame or 'none'}); it was placed on the CT "
+            f"by patient coordinates without registration: check the fusion before using the "
+            f"doses.")
+    return [note]
 
 
 def read_cycle(spec: JobSpec) -> _ReadCycle:
@@ -301,15 +370,17 @@ def read_cycle(spec: JobSpec) -> _ReadCycle:
     data_dir = Path(spec.data_dir)
     injection = datetime.fromisoformat(job.injection)
     ordered = sorted(job.time_points, key=lambda t: t.elapsed_h)
-    images, ct_sets, spect_sets = [], [], []
+    images, ct_sets, spect_sets, frame_notes = [], [], [], []
     for tp in ordered:
         tp_images, ct_ds, spect_ds = _time_point(data_dir, tp, injection, spec.settings)
         images.append(tp_images)
         ct_sets.append(ct_ds)
         spect_sets.extend(spect_ds)
+        frame_notes += frame_mismatch_note(tp, ct_ds, spect_ds)
     structure_set = pydicom.dcmread(data_dir / job.rtstruct_file)
     rois = read_rois(structure_set)
     vois, notes = voi_masks(rois, images[0].ct)
+    notes = [*frame_notes, *notes]
     inputs = CycleInputs(
         job.cycle_number, tuple(images), vois, job.administered_activity_mbq
     )

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import pickle
 import time
-from itertools import zip_longest
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
 
+from config.schema import Settings
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from service.pipeline import RESULT_FILE
+from service.pipeline import (
+    RESULT_FILE,
+    CycleJobInput,
+    JobKind,
+    JobSpec,
+    TimePointInput,
+    run_job,
+)
 from service.store import open_database
 from service.store.jobs import JobRecord, JobState, JobStore
 from tests.reliability.processes import write_config
@@ -162,3 +170,33 @@ def course_totals_gy(db: NodeDatabase) -> dict[str, float]:
         return {}
     result = pickle.loads((db.data_dir / str(done[-1].result_dir) / RESULT_FILE).read_bytes())
     return {c.name: c.total_gy for c in result["result"].cumulative}
+
+
+def direct_cycle_output(manifest: CourseManifest) -> CycleOutput:
+    """A one-cycle course computed by the pipeline itself, without a node: the clean result.
+
+    The result is written below the course folder (``results/job-0``), as
+    tests/service/test_pipeline.py's reference does.
+    """
+    out = manifest.out_dir
+
+    def rel(path: Path) -> str:
+        return str(Path(path).relative_to(out))
+
+    points = manifest.time_points
+    structure = points[0].rtstruct_file
+    assert structure is not None, "the course was written without an RTSTRUCT"
+    spec = JobSpec(
+        job_id=0, kind=JobKind.CYCLE, version=1, created_at="2024-01-01T00:00:00",
+        data_dir=str(out), settings=Settings(),
+        cycle=CycleJobInput(
+            points[0].time_point.cycle_number, points[0].time_point.injection_datetime.isoformat(),
+            True,
+            tuple(TimePointInput(0, tp.time_point.elapsed_h, tuple(map(rel, tp.spect_files)),
+                                 tuple(map(rel, tp.ct_files))) for tp in points),
+            rel(structure)))
+    outcome = run_job(spec)
+    folder = out / outcome.result_dir
+    result = pickle.loads((folder / RESULT_FILE).read_bytes())["result"]
+    return CycleOutput(result.cycle_number, {v.name: v.mean_gy for v in result.vois},
+                       pydicom.dcmread(folder / "RTDOSE.dcm").PixelData)
