@@ -69,6 +69,7 @@ def write_node_config(work: Path, destination_port: int,
 
     Returns the configuration file, the node's DICOM port and its data folder.
     """
+    work.mkdir(parents=True, exist_ok=True)
     config, data_dir = work / "node.toml", work / "data"
     merged = {name: {**values, **sections.pop(name, {})} for name, values in NODE_SETTINGS.items()}
     port = write_config(config, data_dir, **merged, **sections)

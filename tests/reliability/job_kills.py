@@ -12,8 +12,10 @@ Shared by the CI test and ``benchmarks/reliability.py``.
 
 from __future__ import annotations
 
+import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,3 +112,74 @@ def run_job_kills(work: Path, manifest: CourseManifest, cycles: int, kills: int 
         node.stop()
         destination.stop()
         db.close()
+
+
+def _job_problems(run: CourseRun, cycles: int) -> list[str]:
+    problems = []
+    per_target = Counter(j.target for j in run.jobs)
+    if set(per_target.values()) != {1}:
+        problems.append(f"more than one job for a target: {dict(per_target)}")
+    kinds = Counter(j.kind for j in run.jobs)
+    if kinds != {"cycle": cycles, "course": 1}:
+        problems.append(f"expected {cycles} cycle jobs and 1 course job, found {dict(kinds)}")
+    for job in run.jobs:
+        if (job.state, job.version) != (JobState.DONE, 1):
+            problems.append(f"job {job.id} ({job.kind} {job.label}) ended {job.state.value} "
+                            f"version {job.version}: {job.message[:200]}")
+    return problems
+
+
+def _result_problems(run: CourseRun, clean: CourseRun) -> list[str]:
+    problems = []
+    if run.outputs.keys() != clean.outputs.keys():
+        problems.append(f"cycles {sorted(run.outputs)} computed, clean run {sorted(clean.outputs)}")
+    for number in sorted(run.outputs.keys() & clean.outputs.keys()):
+        found, expected = run.outputs[number], clean.outputs[number]
+        if found.mean_gy.keys() != expected.mean_gy.keys():
+            problems.append(f"cycle {number}: VOIs differ from the clean run")
+        for name in found.mean_gy.keys() & expected.mean_gy.keys():
+            if not math.isclose(found.mean_gy[name], expected.mean_gy[name], rel_tol=1e-9):
+                problems.append(f"cycle {number} {name}: {found.mean_gy[name]!r} Gy, clean "
+                                f"run {expected.mean_gy[name]!r} Gy")
+        if found.rtdose_pixels is None or found.rtdose_pixels != expected.rtdose_pixels:
+            problems.append(f"cycle {number}: RT Dose pixels differ from the clean run")
+    for name, total_gy in clean.course_totals_gy.items():
+        if not math.isclose(run.course_totals_gy.get(name, math.nan), total_gy, rel_tol=1e-9):
+            problems.append(f"course total {name} differs from the clean run")
+    return problems
+
+
+def _delivery_problems(run: CourseRun, clean: CourseRun, kills: int) -> list[str]:
+    problems = []
+    produced = [o["sop_instance_uid"] for o in run.objects]
+    if produced != [o["sop_instance_uid"] for o in clean.objects]:
+        problems.append("the result objects are not the clean run's (UIDs or order differ)")
+    received = [a.sop_instance_uid for a in run.arrivals]
+    if list(dict.fromkeys(received)) != produced:
+        problems.append("the destination's first arrivals are not every object in order")
+    hashes: dict[str, set[str]] = {}
+    for arrival in run.arrivals:
+        hashes.setdefault(arrival.sop_instance_uid, set()).add(arrival.sha256)
+    problems += [f"{uid} arrived as different objects" for uid, h in hashes.items() if len(h) > 1]
+    problems += [f"{uid} arrived {n} times after {kills} kills"
+                 for uid, n in Counter(received).items() if n > kills + 1]
+    return problems
+
+
+def compare_with_clean(report: JobKillReport, clean: CourseRun, cycles: int) -> list[str]:
+    """Every broken promise of a kill run: jobs once, clean results, the same objects delivered.
+
+    A resend of an object the destination acknowledged before a kill (same
+    UID, same bytes) is allowed (docs/conformance.md); it is counted in
+    :func:`resent`.
+    """
+    if report.run is None:
+        return ["the run did not finish"]
+    run = report.run
+    return (_job_problems(run, cycles) + _result_problems(run, clean)
+            + _delivery_problems(run, clean, report.kills))
+
+
+def resent(run: CourseRun) -> int:
+    """How many extra arrivals (resends of an already delivered object) the destination saw."""
+    return len(run.arrivals) - len({a.sop_instance_uid for a in run.arrivals})
