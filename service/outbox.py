@@ -26,7 +26,7 @@ from pathlib import Path
 
 from config.schema import Settings
 from service.ingest import utc_now
-from service.sender import Sender, SendState, sender_for
+from service.sender import Sender, SendResult, SendState, sender_for
 from service.store.outbox import DeliveryState, OutboxStore, PendingObject
 
 logger = logging.getLogger(__name__)
@@ -103,10 +103,12 @@ class Outbox:
             if not pending:
                 return
             by_path = {self.data_dir / p.path: p for p in pending}
-            results = sender.send(list(by_path))
-            for result in results:
+
+            def record(result: SendResult) -> None:  # committed before the next object goes
                 self._record(sender.name, by_path[result.path], result.state, result.status,
                              result.detail)
+
+            results = sender.send(list(by_path), on_result=record)
             if not results or results[-1].state is SendState.UNREACHABLE:
                 self._failed(sender.name, results[-1].detail if results else "nothing sent")
                 return

@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,13 +62,24 @@ class SendResult:
     detail: str = ""
 
 
+OnResult = Callable[[SendResult], None]
+
+
+def _ignore(result: SendResult) -> None:
+    return None
+
+
 class Sender(Protocol):
     """Delivers files to one destination."""
 
     name: str
 
-    def send(self, paths: Sequence[Path]) -> list[SendResult]:
-        """Send ``paths`` in order; stop at the first UNREACHABLE (later files not tried)."""
+    def send(self, paths: Sequence[Path], on_result: OnResult = _ignore) -> list[SendResult]:
+        """Send ``paths`` in order; stop at the first UNREACHABLE (later files not tried).
+
+        ``on_result`` is called with each answer as soon as it arrives, so the
+        caller can record a delivery before the next object goes out.
+        """
         ...
 
 
@@ -99,21 +110,24 @@ class DicomSender:
                                                       ImplicitVRLittleEndian])
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
 
-    def send(self, paths: Sequence[Path]) -> list[SendResult]:
+    def send(self, paths: Sequence[Path], on_result: OnResult = _ignore) -> list[SendResult]:
+        if not paths:
+            return []
         d = self.destination
         try:
             assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title,
                                       evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
         except (OSError, RuntimeError) as exc:
-            return [SendResult(paths[0], SendState.UNREACHABLE, detail=str(exc))] if paths else []
+            return _unreachable(paths[0], str(exc), on_result)
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else "no association"
-            return [SendResult(paths[0], SendState.UNREACHABLE, detail=why)] if paths else []
+            return _unreachable(paths[0], why, on_result)
         results: list[SendResult] = []
         try:
             for path in paths:
                 result = self._store(assoc, path)
                 results.append(result)
+                on_result(result)
                 if result.state is SendState.UNREACHABLE:
                     break
         finally:
@@ -142,7 +156,7 @@ class FolderSender:
         self.name = destination.name
         self.folder = Path(destination.folder)
 
-    def send(self, paths: Sequence[Path]) -> list[SendResult]:
+    def send(self, paths: Sequence[Path], on_result: OnResult = _ignore) -> list[SendResult]:
         results = []
         for path in paths:
             try:
@@ -155,9 +169,17 @@ class FolderSender:
                 os.replace(tmp, target)
             except OSError as exc:
                 results.append(SendResult(path, SendState.UNREACHABLE, detail=str(exc)))
+                on_result(results[-1])
                 break
             results.append(SendResult(path, SendState.SENT, 0x0000))
+            on_result(results[-1])
         return results
+
+
+def _unreachable(path: Path, why: str, on_result: OnResult) -> list[SendResult]:
+    result = SendResult(path, SendState.UNREACHABLE, detail=why)
+    on_result(result)
+    return [result]
 
 
 def sender_for(destination: Destination, calling_ae_title: str) -> Sender:

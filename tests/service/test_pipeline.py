@@ -144,9 +144,12 @@ def test_node_killed_during_a_job_finishes_it_after_restart_with_identical_resul
         wait_for_port(port)
         assert set(send(port, files_of(course, *nominal_hours(course)))) == {0}
         store = JobStore(open_database(data_dir / "theranode.db"))
-        wait_for(lambda: [j for j in cycle_jobs(store) if j.state is JobState.RUNNING], 60,
-                 "the job to start")
-        time.sleep(6.0)  # well inside the computation
+        (job,) = wait_for(lambda: [j for j in cycle_jobs(store) if j.state is JobState.RUNNING],
+                          60, "the job to start")
+        job_log = data_dir / "jobs" / f"job-{job.id}.log"
+        # kill once the first time point is registered: mid-computation, seconds from the end
+        wait_for(lambda: job_log.exists() and "Rigid registration" in job_log.read_text(), 60,
+                 "the job's first registration")
         assert not [j for j in cycle_jobs(store) if j.state is JobState.DONE]
         node.send_signal(signal.SIGKILL)
         node.wait()
