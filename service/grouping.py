@@ -257,7 +257,8 @@ def _closest(candidates: Iterable[Placement], facts: dict[str, SeriesFacts],
 def _follow(s: SeriesFacts, host: Placement | None, role: Role, waiting: str) -> Placement:
     if host is None:
         return Placement(s.series_uid, role, State.HELD, note=waiting)
-    return replace(host, series_uid=s.series_uid, role=role, note="")
+    note = f"belongs to an ignored SPECT: {host.note}" if host.state is State.IGNORED else ""
+    return replace(host, series_uid=s.series_uid, role=role, note=note)
 
 
 def group_patient(series: Sequence[SeriesFacts], rules: GroupingRules) -> list[Placement]:

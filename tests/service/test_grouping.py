@@ -119,9 +119,11 @@ def test_scan_outside_every_window_is_ungrouped():
     assert placed["x"].state is State.UNGROUPED and "500.0 h" in placed["x"].note
 
 
-def test_other_radionuclide_is_placed_but_ignored():
-    placed = by_uid(group_patient([spect("x", CYCLE1, 24, nuclide="Ga-68")], RULES))
+def test_other_radionuclide_is_placed_but_ignored_with_its_ct():
+    ct = SeriesFacts("ct", Role.CT, "s", "for-x", acquired=CYCLE1 + timedelta(hours=24))
+    placed = by_uid(group_patient([spect("x", CYCLE1, 24, nuclide="Ga-68"), ct], RULES))
     assert placed["x"].state is State.IGNORED and "Ga-68" in placed["x"].note
+    assert placed["ct"].state is State.IGNORED and "Ga-68" in placed["ct"].note
 
 
 def test_grouping_does_not_depend_on_arrival_order():
