@@ -66,6 +66,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that after return it survives a crash or power cut.
+
+    A temporary sibling is written, flushed and fsynced, renamed over ``path``
+    and the directory fsynced (the rename itself is only durable then). A
+    reader never sees a partial file at ``path``.
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 class Archive:
     """Durable file storage under one data folder."""
 
@@ -172,20 +192,6 @@ class Archive:
     def discard(self, staged: Staged) -> None:
         """Remove a staged file that will not be kept (e.g. an identical duplicate)."""
         staged.path.unlink(missing_ok=True)
-
-    def write_atomic(self, data: bytes, final_path: Path, *, check_space: bool = True) -> StoredFile:
-        """Write ``data`` to ``final_path`` durably; never leaves a partial file there.
-
-        Raises
-        ------
-        DiskFullError
-            Free space would drop below the configured minimum.
-        ArchiveError
-            Any I/O error (the temporary file is removed).
-        """
-        if check_space:
-            self.check_space(len(data))
-        return self.place(self.stage(data), final_path, sha256_hex(data))
 
     def store_instance(self, staged: Staged, header: InstanceHeader, sha256: str) -> StoredFile:
         """Place a staged instance at its archive path."""

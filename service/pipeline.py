@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 import re
 from collections.abc import Sequence
@@ -70,6 +69,7 @@ from dosimetry.density import DensityCalibration
 from dosimetry.recovery import SigmoidRecovery
 from dosimetry.results import CourseResult, CycleResult, Organ, VoiKind
 from dosimetry.volume import Volume
+from service.archive import write_durably
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -401,22 +401,13 @@ def load_result(data_dir: Path, result_dir: str) -> tuple[CycleResult, SourceCon
 
 
 # -- writing ------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultObject, ...]:
     folder = spec.result_dir
     folder.mkdir(parents=True, exist_ok=True)
     objects = []
     for ds in datasets:
         name = f"{ds.Modality}.dcm"
-        _write_atomic(folder / name, encode(ds))
+        write_durably(folder / name, encode(ds))
         objects.append(
             ResultObject(
                 path=f"{spec.result_folder}/{name}",
@@ -432,7 +423,7 @@ def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultOb
 
 def _store_result(spec: JobSpec, payload: dict[str, Any]) -> None:
     spec.result_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(spec.result_dir / RESULT_FILE, pickle.dumps(payload, protocol=5))
+    write_durably(spec.result_dir / RESULT_FILE, pickle.dumps(payload, protocol=5))
 
 
 def _summary(vois: Sequence[Any]) -> tuple[str, ...]:

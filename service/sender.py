@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-import shutil
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
 from config.schema import Destination
+from service.archive import write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +160,7 @@ class FolderSender:
         for path in paths:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                target = self.folder / f"{path.parent.name}-{path.name}"
-                tmp = target.with_name(target.name + ".tmp")
-                shutil.copyfile(path, tmp)
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
+                write_durably(self.folder / f"{path.parent.name}-{path.name}", path.read_bytes())
             except OSError as exc:
                 results.append(SendResult(path, SendState.UNREACHABLE, detail=str(exc)))
                 on_result(results[-1])
