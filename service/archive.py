@@ -163,8 +163,8 @@ class Archive:
     def stage(self, data: bytes) -> Staged:
         """Write ``data`` to a temporary file in ``incoming/`` and fsync it.
 
-        The GIL is released during the write and the fsync, so the listener
-        stages an instance on a worker thread while it parses and hashes it.
+        The GIL is released during the write and the fsync, so a worker thread
+        parses and hashes the instance meanwhile (:meth:`Ingest.receive`).
         A staged file becomes visible only through :meth:`place`.
         """
         temporary = self.incoming / f"{uuid.uuid4().hex}.tmp"

@@ -25,9 +25,9 @@ import logging
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
 
@@ -83,7 +83,7 @@ class Rejected(Exception):
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, InstanceHeader]:
@@ -125,6 +125,24 @@ def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, Instance
     return ds, header
 
 
+@dataclass(frozen=True)
+class _Examined:
+    """What the parsing worker found in received bytes."""
+
+    digest: str
+    header: InstanceHeader | None = None
+    rejection: Rejected | None = None
+
+
+def _examine(data: bytes, context_sop_class: str | None) -> _Examined:
+    """Parse and hash received bytes (runs on a worker thread)."""
+    try:
+        _, header = parse(data, context_sop_class)
+    except Rejected as rejection:
+        return _Examined(sha256_hex(data), rejection=rejection)
+    return _Examined(sha256_hex(data), header=header)
+
+
 class Ingest:
     """Files received instances into the archive and the index."""
 
@@ -138,11 +156,11 @@ class Ingest:
         self.index = index
         self.on_new_series = on_new_series
         self._uid_locks = [threading.Lock() for _ in range(64)]
-        self._stager = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage")
+        self._examiners = ThreadPoolExecutor(max_workers=4, thread_name_prefix="examine")
 
     def close(self) -> None:
-        """Wait for staging in progress and stop the staging threads."""
-        self._stager.shutdown(wait=True)
+        """Wait for examinations in progress and stop the worker threads."""
+        self._examiners.shutdown(wait=True)
 
     def _lock_for(self, uid: str) -> threading.Lock:
         return self._uid_locks[zlib.crc32(uid.encode()) % len(self._uid_locks)]
@@ -152,8 +170,11 @@ class Ingest:
     ) -> Outcome:
         """Store one instance and return the C-STORE status to answer with.
 
-        The bytes are staged (written and fsynced) on a worker thread while
-        this thread parses and hashes them, then renamed into place and indexed.
+        A worker thread parses and hashes the bytes while this thread writes
+        and fsyncs them into ``incoming/``: the write and the fsync release
+        the GIL, so the parse runs during them (the other way round, the
+        parse held the GIL and the staging thread started only after it).
+        Then the staged file is renamed into place and indexed.
         """
         received = utc_now()
         try:
@@ -161,18 +182,23 @@ class Ingest:
         except DiskFullError as exc:
             logger.error("Refused an object from %s: %s", peer.calling_ae, exc)
             return Outcome(OUT_OF_RESOURCES, str(exc))
-        staging = self._stager.submit(self.archive.stage, data)
+        examining = self._examiners.submit(_examine, data, context_sop_class)
         try:
-            _, header = parse(data, context_sop_class)
-        except Rejected as rejection:
-            return self._quarantine(staging, sha256_hex(data), rejection, peer, received)
-        digest = sha256_hex(data)  # releases the GIL: overlaps the staging fsync
+            staged = self.archive.stage(data)
+        except ArchiveError as exc:
+            examined = examining.result()
+            logger.error("Could not stage an object from %s: %s", peer.calling_ae, exc)
+            return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", examined.header)
+        examined = examining.result()
+        if examined.header is None:
+            assert examined.rejection is not None
+            return self._quarantine(staged, examined.digest, examined.rejection, peer, received)
+        header = examined.header
         try:
-            staged = staging.result()
             with self._lock_for(header.sop_instance_uid):
-                return self._file(staged, digest, header, peer, transfer_syntax, received)
+                return self._file(staged, examined.digest, header, peer, transfer_syntax, received)
         except Rejected as rejection:
-            return self._quarantine(staging, digest, rejection, peer, received)
+            return self._quarantine(staged, examined.digest, rejection, peer, received)
         except (ArchiveError, OSError) as exc:
             logger.error("Could not store %s: %s", header.sop_instance_uid, exc)
             return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", header)
@@ -239,11 +265,10 @@ class Ingest:
         return Outcome(SUCCESS, "conflicting duplicate kept aside", header, duplicate=True)
 
     def _quarantine(
-        self, staging: Future[Staged], digest: str, rejection: Rejected, peer: Peer,
-        received: datetime,
+        self, staged: Staged, digest: str, rejection: Rejected, peer: Peer, received: datetime,
     ) -> Outcome:
         try:
-            kept = self.archive.store_quarantine(staging.result(), digest)
+            kept = self.archive.store_quarantine(staged, digest)
         except (ArchiveError, OSError) as exc:
             logger.error("Could not quarantine a rejected object (%s): %s", rejection.reason, exc)
             return Outcome(OUT_OF_RESOURCES, f"{rejection.reason}; and quarantine failed: {exc}")
