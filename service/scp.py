@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import SecuritySettings
 from dicomio.headers import SOP_CLASS_KINDS
+from service import polling
 from service.ingest import Ingest, Outcome, Peer
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class StorageSCP:
     ) -> None:
         self.ingest = ingest
         self.security = security
+        polling.install()
         self.ae = SlotCountingAE(ae_title=ae_title)
         self.ae.maximum_associations = security.max_associations
         self.ae.require_calling_aet = list(security.allowed_calling_ae_titles)
@@ -183,6 +185,7 @@ class StorageSCP:
 
     def _on_accepted(self, event: Event) -> None:
         peer = self._peer(event)
+        polling.mark_busy(event.assoc)
         with self._lock:
             self._tallies[id(event.assoc)] = _AssociationTally()
         logger.info("Association accepted from %s (%s)", peer.calling_ae, peer.address)
@@ -214,6 +217,7 @@ class StorageSCP:
         )
 
     def _on_store(self, event: Event) -> Dataset:
+        polling.mark_busy(event.assoc)
         peer = self._peer(event)
         try:
             data = event.encoded_dataset(include_meta=True)
