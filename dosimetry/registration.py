@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from dosimetry.errors import GeometryError, RegistrationError
@@ -216,6 +217,30 @@ class RigidRegistration:
             metric_after=0.0,
             converged=True,
             stop_condition="reference time point",
+        )
+
+    @classmethod
+    def known(cls, affine: npt.ArrayLike, stop_condition: str = "known transform") -> RigidRegistration:
+        """A registration given rather than estimated (a phantom's true pose, a reviewed one).
+
+        ``affine`` is the 4×4 homogeneous matrix mapping reference points to
+        moving points (patient LPS, mm); its 3×3 part must be a rotation.
+        """
+        matrix = np.asarray(affine, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.allclose(matrix[:3, :3] @ matrix[:3, :3].T, np.eye(3),
+                                                     atol=1e-9):
+            raise RegistrationError("A known registration needs a 4×4 rigid affine matrix.")
+        euler = sitk.Euler3DTransform()
+        euler.SetMatrix(tuple(float(v) for v in matrix[:3, :3].ravel()))
+        euler.SetTranslation(tuple(float(v) for v in matrix[:3, 3]))
+        return cls(
+            parameters=tuple(float(p) for p in euler.GetParameters()),  # type: ignore[arg-type]
+            center_mm=(0.0, 0.0, 0.0),
+            metric=SimilarityMetric.MEAN_SQUARES,
+            metric_before=0.0,
+            metric_after=0.0,
+            converged=True,
+            stop_condition=stop_condition,
         )
 
     @property

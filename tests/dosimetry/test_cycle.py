@@ -23,7 +23,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
 
 from dosimetry import phantom as ph
@@ -39,7 +38,7 @@ from dosimetry.cycle import (
 )
 from dosimetry.errors import InsufficientDataError
 from dosimetry.recovery import RecoveryTable
-from dosimetry.registration import RigidRegistration, SimilarityMetric
+from dosimetry.registration import RigidRegistration
 from dosimetry.results import CycleResult, DoseMethod, VoiKind
 from dosimetry.volume import Volume
 
@@ -124,19 +123,7 @@ def moved_cycle1(moved_inputs1: CycleInputs) -> CycleResult:
 def _true_registration(
     reference: ph.RigidTransform, moving: ph.RigidTransform
 ) -> RigidRegistration:
-    affine = ph.relative_affine(reference, moving)
-    euler = sitk.Euler3DTransform()
-    euler.SetMatrix(tuple(float(v) for v in affine[:3, :3].ravel()))
-    euler.SetTranslation(tuple(float(v) for v in affine[:3, 3]))
-    parameters = tuple(float(p) for p in euler.GetParameters())
-    return RigidRegistration(
-        parameters,  # type: ignore[arg-type]
-        (0.0, 0.0, 0.0),
-        SimilarityMetric.MEAN_SQUARES,
-        0.0,
-        0.0,
-        True,
-    )
+    return RigidRegistration.known(ph.relative_affine(reference, moving))
 
 
 @pytest.fixture(scope="module")

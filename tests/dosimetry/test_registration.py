@@ -186,3 +186,14 @@ def test_ct_without_body_raises() -> None:
     )
     with pytest.raises(RegistrationError, match="body mask"):
         register_rigid(air, air)
+
+
+def test_a_known_registration_maps_points_like_its_affine() -> None:
+    truth = ph.RigidTransform(rotation_deg=(1.5, -0.8, 2.0), translation_mm=(3.0, -4.5, 1.2))
+    affine = ph.relative_affine(ph.RigidTransform(), truth)
+    known = RigidRegistration.known(affine)
+    point = (12.0, -30.0, 55.0)
+    expected = affine @ np.array([*point, 1.0])
+    assert known.map_point_mm(point) == pytest.approx(tuple(expected[:3]), abs=1e-9)
+    with pytest.raises(RegistrationError, match="rigid"):
+        RigidRegistration.known(np.diag([2.0, 1.0, 1.0, 1.0]))
