@@ -9,25 +9,35 @@ was not acknowledged (resending may hit an instance that was stored but not
 acknowledged: an identical duplicate, answered Success). After the last kill
 everything left is sent and the whole set is verified. Shared by the CI test
 (5 kills) and ``benchmarks/reliability.py`` (50 kills).
+
+The senders, the retrying store loop (:func:`keep_sending`) and the checks
+(:func:`verify`, :func:`check_all_filed`) are also those of the combined run
+(:mod:`tests.reliability.combined_kills`), where the senders store courses
+while jobs run.
 """
 
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
 
 from service.archive import sha256_hex
 from service.store import open_database
 from service.store.index import IndexStore
-from tests.reliability.processes import start_node, write_config
+from tests.reliability.processes import NodeProcess, start_node, write_config
 from tests.service import factory
 from tests.service.nodes import scu
 
@@ -48,18 +58,42 @@ class KillReport:
 
 
 @dataclass
-class _Sender:
+class Sender:
     """One sender's files and which of them the node acknowledged."""
 
     name: str
-    files: list[tuple[str, Path, str]]  # SOP Instance UID, file, sha256 of the pixel data
+    files: list[tuple[str, Path, str]]  # SOP Instance UID, file, its content_digest
     acknowledged: dict[str, str] = field(default_factory=dict)
+    connected: bool = False  # holds an association (perhaps to a node just killed)
+    answered_at: float = 0.0  # time.monotonic() of the association or the last Success
 
     def pending(self) -> list[tuple[str, Path, str]]:
         return [f for f in self.files if f[0] not in self.acknowledged]
 
+    def storing(self, within_s: float = 1.0) -> bool:
+        """A transfer is under way: an association, and an answer within ``within_s``."""
+        return self.connected and time.monotonic() - self.answered_at < within_s
 
-def write_senders(folder: Path, senders: int, per_sender: int, size: int = 64) -> list[_Sender]:
+
+def content_digest(ds: Dataset) -> str:
+    """sha256 of an instance's pixel data, or of its data set re-encoded when it has none."""
+    if "PixelData" in ds:
+        return sha256_hex(ds.PixelData)
+    encoded = BytesIO()
+    dcmwrite(encoded, Dataset(ds), implicit_vr=False, little_endian=True)  # without file meta
+    return sha256_hex(encoded.getvalue())
+
+
+def sender_of_files(name: str, paths: Iterable[Path]) -> Sender:
+    """A sender (AE title ``name``) of existing DICOM files."""
+    files = []
+    for path in paths:
+        ds = dcmread(path)
+        files.append((str(ds.SOPInstanceUID), path, content_digest(ds)))
+    return Sender(name, files)
+
+
+def write_senders(folder: Path, senders: int, per_sender: int, size: int = 64) -> list[Sender]:
     rng = np.random.default_rng(50)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -74,45 +108,108 @@ def write_senders(folder: Path, senders: int, per_sender: int, size: int = 64) -
             path = folder / f"s{s}-{i:06d}.dcm"
             path.write_bytes(factory.encode(ds))
             files.append((str(ds.SOPInstanceUID), path, sha256_hex(ds.PixelData)))
-        out.append(_Sender(f"KILL{s}", files))
+        out.append(Sender(f"KILL{s}", files))
     return out
 
 
-def _send_until_broken(port: int, sender: _Sender) -> None:
+def _no_delay(event: Event) -> None:
+    """TCP_NODELAY on the sender's socket, as the suite's dcmtk senders (``TCP_NODELAY=1``):
+    without it each C-STORE waits about 40 ms for a delayed ACK."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _send_until_broken(port: int, sender: Sender, no_delay: bool = False) -> None:
     ae = scu(sender.name)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 2  # notice a killed peer soon
-    assoc = ae.associate("127.0.0.1", port, ae_title="THERANODE")
+    handlers = [(evt.EVT_CONN_OPEN, _no_delay)] if no_delay else []
+    assoc = ae.associate("127.0.0.1", port, ae_title="THERANODE", evt_handlers=handlers)
     if not assoc.is_established:
         return
-    for uid, path, pixels in sender.pending():
-        try:
-            answer = assoc.send_c_store(path)
-        except Exception:
-            return
-        if "Status" in answer and answer.Status == 0x0000:
-            sender.acknowledged[uid] = pixels
-        if not assoc.is_established:
-            return
-    assoc.release()
+    sender.answered_at = time.monotonic()
+    sender.connected = True
+    try:
+        for uid, path, pixels in sender.pending():
+            try:
+                answer = assoc.send_c_store(path)
+            except Exception:
+                return
+            if "Status" in answer and answer.Status == 0x0000:
+                sender.acknowledged[uid] = pixels
+                sender.answered_at = time.monotonic()
+            if not assoc.is_established:
+                return
+        assoc.release()
+    finally:
+        sender.connected = False
 
 
-def verify(data_dir: Path, senders: list[_Sender], report: KillReport) -> None:
-    """Every acknowledged instance indexed and archived whole; every indexed file whole."""
+def keep_sending(port: int, sender: Sender, retry_s: float = 0.3) -> None:
+    """Store every file of ``sender``, reconnecting after a broken association.
+
+    As a modality or PACS retries: whatever was not acknowledged is sent again
+    on a new association ``retry_s`` after the node went away, until the node
+    has acknowledged every file. The socket has TCP_NODELAY (about 150
+    instances/s on one association instead of about 20).
+    """
+    while sender.pending():
+        _send_until_broken(port, sender, no_delay=True)
+        if sender.pending():
+            time.sleep(retry_s)
+
+
+def verify(data_dir: Path, senders: list[Sender]) -> list[str]:
+    """Every acknowledged instance indexed and archived whole; every indexed file whole.
+
+    Safe while the senders store: each sender's acknowledgements are copied
+    first, and only then is the index read.
+    """
+    acknowledged = [dict(sender.acknowledged) for sender in senders]
+    problems = []
     index = IndexStore(open_database(data_dir / "theranode.db"))
-    for sender in senders:
-        for uid, pixels in sender.acknowledged.items():
+    try:
+        for uid, pixels in (item for seen in acknowledged for item in seen.items()):
             row = index.instance(uid)
             if row is None:
-                report.problems.append(f"acknowledged {uid} is not indexed")
+                problems.append(f"acknowledged {uid} is not indexed")
                 continue
             stored = (data_dir / row["path"]).read_bytes()
             if sha256_hex(stored) != row["sha256"] or \
-                    sha256_hex(dcmread(BytesIO(stored)).PixelData) != pixels:
-                report.problems.append(f"acknowledged {uid} is not archived whole")
+                    content_digest(dcmread(BytesIO(stored))) != pixels:
+                problems.append(f"acknowledged {uid} is not archived whole")
+        with index.lock:
+            rows = list(index.db.query("select sop_instance_uid, path, sha256 from instances"))
+    finally:
+        index.db.conn.close()
+    for row in rows:
+        path = data_dir / row["path"]
+        if not path.is_file() or sha256_hex(path.read_bytes()) != row["sha256"]:
+            problems.append(f"indexed {row['sop_instance_uid']} is missing or half-written "
+                            f"in the archive")
+    return problems
+
+
+def check_all_filed(data_dir: Path, senders: list[Sender]) -> list[str]:
+    """After the last restart: every file acknowledged and indexed once, nothing else kept."""
+    problems = verify(data_dir, senders)
+    sent = sum(len(s.files) for s in senders)
+    acknowledged = sum(len(s.acknowledged) for s in senders)
+    index = IndexStore(open_database(data_dir / "theranode.db"))
+    counts = index.counts()
     index.db.conn.close()
+    if acknowledged != sent or counts["instances"] != sent:
+        problems.append(f"{acknowledged} acknowledged and {counts['instances']} "
+                        f"indexed of {sent} sent")
+    if counts["quarantine"] or counts["conflicts"]:
+        problems.append(f"after kills: {counts['quarantine']} quarantined, "
+                        f"{counts['conflicts']} conflicts (expected none)")
+    if list((data_dir / "incoming").iterdir()):
+        problems.append("half-written files left in incoming/ after a clean restart")
+    return problems
 
 
-def _round(port: int, senders: list[_Sender], delay_s: float, node_kill: object) -> int:
+def _round(port: int, senders: list[Sender], delay_s: float, node_kill: object) -> int:
     before = sum(len(s.acknowledged) for s in senders)
     threads = [threading.Thread(target=_send_until_broken, args=(port, s)) for s in senders]
     for thread in threads:
@@ -142,7 +239,7 @@ def run_kills(work: Path, kills: int = 5, senders: int = 3, per_sender: int = 40
             report.kills += 1
             report.kills_mid_transfer += int(acked > 0 and any(s.pending() for s in team))
             node = start_node(config, port)  # restart: recovery runs before it listens
-            verify(data_dir, team, report)
+            report.problems += verify(data_dir, team)
         threads = [threading.Thread(target=_send_until_broken, args=(port, s)) for s in team]
         for thread in threads:
             thread.start()
@@ -153,17 +250,11 @@ def run_kills(work: Path, kills: int = 5, senders: int = 3, per_sender: int = 40
             report.problems.append("the node did not stop cleanly after the last round")
     report.seconds = time.monotonic() - started
     report.acknowledged = sum(len(s.acknowledged) for s in team)
-    verify(data_dir, team, report)
-    index = IndexStore(open_database(data_dir / "theranode.db"))
-    counts = index.counts()
-    if report.acknowledged != report.instances or counts["instances"] != report.instances:
-        report.problems.append(f"{report.acknowledged} acknowledged and {counts['instances']} "
-                               f"indexed of {report.instances} sent")
-    if counts["quarantine"] or counts["conflicts"]:
-        report.problems.append(f"after kills: {counts['quarantine']} quarantined, "
-                               f"{counts['conflicts']} conflicts (expected none)")
-    if list((data_dir / "incoming").iterdir()):
-        report.problems.append("half-written files left in incoming/ after a clean restart")
-    log = node.log.read_text(errors="replace")
-    report.duplicates_after_restart = log.count("Identical duplicate of")
+    report.problems += check_all_filed(data_dir, team)
+    report.duplicates_after_restart = identical_duplicates(node)
     return report
+
+
+def identical_duplicates(node: NodeProcess) -> int:
+    """How many resent instances the node answered as identical duplicates (from its log)."""
+    return node.log.read_text(errors="replace").count("Identical duplicate of")
