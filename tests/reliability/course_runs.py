@@ -42,17 +42,20 @@ NODE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def course_files(manifest: CourseManifest) -> list[Path]:
-    """Every file of a written course, the cycles' time points interleaved.
+def course_files(manifest: CourseManifest, cycles: tuple[int, ...] | None = None) -> list[Path]:
+    """Every file of a written course (or of its ``cycles``), the cycles' time points interleaved.
 
     Cycle 1's first time point, cycle 2's first, cycle 1's second, ...: every
     cycle's last instance arrives near the end of the transfer, so no cycle
     turns quiet (and is computed, and gets a course result of its own) while
     another is still arriving; the run then has one course job, as a clean
-    run to compare with must.
+    run to compare with must. Within a time point the CT comes first, then the
+    SPECT and the RTSTRUCT, so a cycle is complete only with its last file.
     """
     per_cycle_points: dict[int, list[list[Path]]] = {}
     for tp in manifest.time_points:
+        if cycles is not None and tp.time_point.cycle_number not in cycles:
+            continue
         files = [*tp.ct_files, *tp.spect_files]
         files += [tp.rtstruct_file] if tp.rtstruct_file is not None else []
         per_cycle_points.setdefault(tp.time_point.cycle_number, []).append(files)
@@ -123,6 +126,11 @@ class NodeDatabase:
         rows = self.deliveries()
         return bool(rows) and all(r["state"] == "sent" for r in rows)
 
+    def patient_ids(self) -> dict[str, str]:
+        """PatientID of every patient key the node has seen."""
+        return {r["patient_key"]: r["patient_id"]
+                for r in self.query("select patient_key, patient_id from patients")}
+
 
 @dataclass(frozen=True)
 class CycleOutput:
@@ -164,12 +172,13 @@ def two_cycle_course(root: Path) -> CourseManifest:
     return _COURSES["course"]
 
 
-def course_totals_gy(db: NodeDatabase) -> dict[str, float]:
-    """Total dose per VOI of the latest done course job (empty when there is none)."""
+def course_totals_gy(db: NodeDatabase, job: JobRecord | None = None) -> dict[str, float]:
+    """Total dose per VOI of a done course job (default: the latest; empty when there is none)."""
     done = db.of_kind("course", JobState.DONE)
-    if not done:
+    job = job or (done[-1] if done else None)
+    if job is None:
         return {}
-    result = pickle.loads((db.data_dir / str(done[-1].result_dir) / RESULT_FILE).read_bytes())
+    result = pickle.loads((db.data_dir / str(job.result_dir) / RESULT_FILE).read_bytes())
     return {c.name: c.total_gy for c in result["result"].cumulative}
 
 

@@ -5,7 +5,9 @@ answers Success and remembers, in arrival order, the SOP Instance UID and the
 sha256 of the encoded dataset of every object, so a test can count what
 arrived, in which order, and tell a resend of the same object (same UID,
 same bytes) from a different object. It can be started late and stopped and
-started again on the same port (a destination that is down, then back).
+started again on the same port (a destination that is down, then back), and
+answer each C-STORE only after ``answer_delay_s`` (a PACS busy filing), so
+a delivery lasts long enough to be interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +46,7 @@ class RecordingDestination:
 
     port: int
     ae_title: str = "PACS"
+    answer_delay_s: float = 0.0
     arrivals: list[Arrival] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: Any = None
@@ -52,6 +56,7 @@ class RecordingDestination:
         ds = event.dataset
         arrival = Arrival(str(ds.SOPInstanceUID), str(ds.SOPClassUID),
                           hashlib.sha256(data).hexdigest())
+        time.sleep(self.answer_delay_s)
         with self._lock:
             self.arrivals.append(arrival)
         return SUCCESS

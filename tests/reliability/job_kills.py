@@ -66,7 +66,8 @@ def _phase_reached(db: NodeDatabase, phase: tuple[str, int]) -> Callable[[], boo
     return reached
 
 
-def _moment(db: NodeDatabase) -> tuple[str, bool]:
+def moment(db: NodeDatabase) -> tuple[str, bool]:
+    """What the node is doing (running jobs, deliveries), and whether a job is running."""
     running = [f"{j.kind} {j.label} (attempt {j.attempts})"
                for j in db.all_jobs() if j.state is JobState.RUNNING]
     sent, pending = len(db.deliveries("sent")), len(db.deliveries("pending"))
@@ -94,7 +95,7 @@ def run_job_kills(work: Path, manifest: CourseManifest, cycles: int, kills: int 
                      poll_s=0.005 if delivery else 0.1)
             limit = DELIVERY_DELAY_S if delivery else max_delay_s
             time.sleep(rng.uniform(0.0, limit))
-            what, in_job = _moment(db)
+            what, in_job = moment(db)
             node.kill()
             report.kills += 1
             report.kills_during_a_job += int(in_job)
@@ -129,7 +130,9 @@ def _job_problems(run: CourseRun, cycles: int) -> list[str]:
     return problems
 
 
-def _result_problems(run: CourseRun, clean: CourseRun) -> list[str]:
+def result_problems(run: CourseRun, clean: CourseRun) -> list[str]:
+    """Per cycle (the outputs' keys) VOI mean doses and RT Dose pixels, and the course totals,
+    as the clean run's."""
     problems = []
     if run.outputs.keys() != clean.outputs.keys():
         problems.append(f"cycles {sorted(run.outputs)} computed, clean run {sorted(clean.outputs)}")
@@ -154,6 +157,14 @@ def _delivery_problems(run: CourseRun, clean: CourseRun, kills: int) -> list[str
     produced = [o["sop_instance_uid"] for o in run.objects]
     if produced != [o["sop_instance_uid"] for o in clean.objects]:
         problems.append("the result objects are not the clean run's (UIDs or order differ)")
+    return problems + arrival_problems(run, kills)
+
+
+def arrival_problems(run: CourseRun, kills: int) -> list[str]:
+    """The destination got every object the run produced, first arrivals in production
+    order, a resend only as the same bytes, and at most one resend per kill."""
+    problems = []
+    produced = [o["sop_instance_uid"] for o in run.objects]
     received = [a.sop_instance_uid for a in run.arrivals]
     if list(dict.fromkeys(received)) != produced:
         problems.append("the destination's first arrivals are not every object in order")
@@ -176,7 +187,7 @@ def compare_with_clean(report: JobKillReport, clean: CourseRun, cycles: int) -> 
     if report.run is None:
         return ["the run did not finish"]
     run = report.run
-    return (_job_problems(run, cycles) + _result_problems(run, clean)
+    return (_job_problems(run, cycles) + result_problems(run, clean)
             + _delivery_problems(run, clean, report.kills))
 
 

@@ -42,7 +42,7 @@ class CourseRun:
     jobs: list[JobRecord]
     objects: list[dict[str, Any]]
     arrivals: list[Arrival]
-    outputs: dict[int, CycleOutput]
+    outputs: dict[Any, CycleOutput]  # by cycle number; by "PATIENTID/cycle" for several patients
     course_totals_gy: dict[str, float]
     failed_attempts_while_down: int
     pending_while_down: int
