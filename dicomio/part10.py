@@ -14,6 +14,8 @@ C.7.5.1 (General Equipment), C.12.2 (Common Instance Reference).
 
 from __future__ import annotations
 
+import re
+import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -50,6 +52,52 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta
+
+
+_PLAIN_UID = re.compile(r"[0-9.]{1,64}")
+_PLAIN_SH = re.compile(r"[ -\[\]-~]{0,16}")  # printable ASCII without backslash
+
+
+def _short_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """An Explicit VR Little Endian element with a 2-byte length (UI, SH, UL)."""
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def file_header(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes | None:
+    """Preamble, ``DICM`` and File Meta Information, encoded directly (PS3.10 7.1).
+
+    The same bytes pydicom writes for these five values, in a few
+    microseconds rather than the third of a millisecond a FileMetaDataset
+    takes to build and write (that cost was paid for every received
+    instance). Returns ``None`` when a value is not a plain UID or short
+    string; the caller then uses pydicom, which knows what to do with it.
+    """
+    uids = (sop_class_uid, sop_instance_uid, transfer_syntax_uid, implementation_class_uid)
+    if not all(_PLAIN_UID.fullmatch(uid) for uid in uids):
+        return None
+    if not _PLAIN_SH.fullmatch(implementation_version_name):
+        return None
+
+    def padded(text: str, pad: bytes) -> bytes:
+        raw = text.encode("ascii")
+        return raw + pad if len(raw) % 2 else raw
+
+    elements = b"".join((
+        struct.pack("<HH2s2xI", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01",
+        _short_element(0x0002, 0x0002, b"UI", padded(sop_class_uid, b"\x00")),
+        _short_element(0x0002, 0x0003, b"UI", padded(sop_instance_uid, b"\x00")),
+        _short_element(0x0002, 0x0010, b"UI", padded(transfer_syntax_uid, b"\x00")),
+        _short_element(0x0002, 0x0012, b"UI", padded(implementation_class_uid, b"\x00")),
+        _short_element(0x0002, 0x0013, b"SH", padded(implementation_version_name, b" ")),
+    ))
+    group_length = _short_element(0x0002, 0x0000, b"UL", struct.pack("<I", len(elements)))
+    return b"\x00" * 128 + b"DICM" + group_length + elements
 
 
 def set_equipment(ds: Dataset, identity: ResultIdentity) -> None:

@@ -18,13 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    evt,
+)
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import SecuritySettings
 from dicomio.headers import SOP_CLASS_KINDS
+from dicomio.part10 import file_header
 from service import polling
 from service.ingest import Ingest, Outcome, Peer
 
@@ -220,7 +227,7 @@ class StorageSCP:
         polling.mark_busy(event.assoc)
         peer = self._peer(event)
         try:
-            data = event.encoded_dataset(include_meta=True)
+            data = received_file(event)
             outcome = self.ingest.receive(
                 data,
                 peer,
@@ -250,6 +257,26 @@ class StorageSCP:
                 uid = outcome.header.series_instance_uid
                 tally.stored[uid] += 1
                 tally.kinds[uid] = outcome.header.modality
+
+
+def received_file(event: Event) -> bytes:
+    """The PS3.10 bytes of a C-STORE request's data set, as pynetdicom would frame them.
+
+    Byte for byte what ``event.encoded_dataset(include_meta=True)`` returns
+    (so digests of what is already archived still match a resend), with the
+    File Meta Information encoded directly rather than through pydicom.
+    """
+    request = event.request
+    header = file_header(
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+        str(event.context.transfer_syntax),
+        PYNETDICOM_IMPLEMENTATION_UID,
+        PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
+    if header is None:
+        return event.encoded_dataset(include_meta=True)
+    return header + request.DataSet.getvalue()
 
 
 def _error_comment(text: str) -> str:

@@ -166,9 +166,8 @@ def test_unknown_calling_ae_title_is_rejected(tmp_path):
 
 def test_host_not_allowed_is_refused(tmp_path):
     settings = make_settings(tmp_path / "data", security={"allowed_hosts": ["10.9.9.0/24"]})
-    with running_node(settings) as node:
-        with pytest.raises(ConnectionError):
-            send(node.port, [])
+    with running_node(settings) as node, pytest.raises(ConnectionError):
+        send(node.port, [])
 
 
 def test_log_has_association_and_series_lines_but_no_patient_name(node, caplog):
@@ -202,3 +201,30 @@ def test_node_keeps_serving_after_every_kind_of_bad_input(node, tmp_path):
 def test_association_calling_another_ae_title_is_rejected(node):
     with pytest.raises(ConnectionError):
         send(node.port, [], called="NOTTHENODE")
+
+
+@pytest.mark.parametrize("sop_instance_uid", ["1.2.826.0.1.3680043.8.498.1", "1.2.3.45"])
+def test_received_bytes_are_framed_as_pynetdicom_frames_them(tmp_path, sop_instance_uid):
+    # Archived digests are of these bytes: an identical resend must keep matching.
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, evt
+
+    from service.scp import received_file
+
+    seen: list[tuple[bytes, bytes]] = []
+
+    def on_store(event):
+        seen.append((received_file(event), event.encoded_dataset(include_meta=True)))
+        return 0x0000
+
+    scp = AE(ae_title="FRAMES")
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.2", ALL_TRANSFER_SYNTAXES)
+    server = scp.start_server(("127.0.0.1", 0), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        ct = factory.ct("P1", INJECTION + timedelta(hours=24), frame="1.2.3.24")
+        ct.SOPInstanceUID = sop_instance_uid
+        assert send(server.server_address[1], [ct], called="FRAMES") == [0]
+    finally:
+        server.shutdown()
+    ours, pynetdicoms = seen[0]
+    assert ours == pynetdicoms
