@@ -76,7 +76,7 @@ STAGES = (INGEST, INGEST_JOBS, JOBS, DELIVERY)
 PHASES = (*STAGES, IDLE)
 #: Longest seeded delay between a phase being under way and the kill aimed at it.
 KILL_DELAY_S = {INGEST: 0.4, INGEST_JOBS: 0.4, JOBS: 6.0, DELIVERY: 0.3}
-PACS_ANSWER_DELAY_S = 0.5  # longer than a delivery kill's delay: a kill can always land
+PACS_ANSWER_DELAY_S = 0.35  # longer than a delivery kill's delay: a kill can always land
 OPENING_SENDERS = 2
 COMBINED_SEED = 70
 
@@ -168,9 +168,6 @@ class _Waves:
 
     def start(self) -> None:
         self._thread.start()
-
-    def over(self) -> bool:
-        return not self._thread.is_alive()
 
     def join(self) -> None:
         self._thread.join(self.timeout_s * len(self.waves))
@@ -381,4 +378,7 @@ def clean_run_problems(clean: CombinedReport) -> list[str]:
     if kinds != expected or len(clean.run.jobs) != sum(expected.values()):
         problems.append(f"clean run: {dict(kinds)} done of {len(clean.run.jobs)} jobs, "
                         f"expected {expected}")
+    if len(clean.run.outputs) != expected["cycle"] or not clean.run.course_totals_gy:
+        problems.append(f"clean run: {len(clean.run.outputs)} cycle results and "
+                        f"{len(clean.run.course_totals_gy)} course totals read back")
     return problems + arrival_problems(clean.run, 0)

@@ -8,7 +8,8 @@ at the end every job of the clean run (the same scenario without kills) is done 
 once from the same inputs, the doses, RT Dose pixels, course totals and result objects are
 the clean run's, and the destination received every object. The two checking functions are
 tested on doctored data first, so a check that cannot fail does not pass silently. The
-full-size run (50 kills, four patients, three cycles) is in ``benchmarks/reliability.py``.
+full-size run (50 kills, four patients' four-cycle courses) is in
+``benchmarks/reliability.py``.
 """
 
 from __future__ import annotations
