@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -65,3 +67,26 @@ def open_database(path: Path | str | None = None) -> sqlite_utils.Database:
         migrations.apply(db)
     logger.debug("Database %s opened and migrated", path or ":memory:")
     return db
+
+
+@contextmanager
+def immediate_transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """A transaction that takes the write lock first: ``BEGIN IMMEDIATE`` … ``COMMIT``.
+
+    A deferred transaction (``BEGIN``, as sqlite-utils' ``atomic()`` opens)
+    that reads before it writes — sqlite-utils' ``insert`` reads the schema
+    first — cannot upgrade to a write lock once another connection committed
+    in between: SQLite in WAL mode then answers "database is locked" at once,
+    without waiting for the busy timeout. A hostile-input run caught it: a
+    refused object answered 0xA700 and was quarantined without its index row.
+    Taking the lock first makes the 30 s busy timeout apply. Rolled back on
+    any exception. Callers serialise their own connection's users.
+    """
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -23,6 +23,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from dicomio.headers import InstanceHeader
+from service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.index")
 
@@ -132,8 +133,8 @@ class IndexStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Serialise writers and commit (durably) at the end of the block."""
-        with self.lock, self.db.atomic():
+        """Serialise writers; write-lock the database first, commit at the end."""
+        with self.lock, immediate_transaction(self.db):
             yield
 
     # -- instances -------------------------------------------------------

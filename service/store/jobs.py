@@ -28,6 +28,8 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from service.store import immediate_transaction
+
 MIGRATIONS = Migrations("theranode.jobs")
 
 
@@ -111,15 +113,8 @@ class JobStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """An immediate (write-locking) transaction on this store's connection."""
-        with self.lock:
-            conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self.lock, immediate_transaction(self.db) as conn:
+            yield conn
 
     def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[JobRecord]:
         with self.lock:

@@ -18,6 +18,8 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from service.store import immediate_transaction
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Migrations("theranode.outcomes")
@@ -159,7 +161,7 @@ def store_file(
     """
     table, pk = TABLES[kind]
     warning_list = list(warnings)
-    with db.atomic():
+    with immediate_transaction(db):
         if records:
             payload = [{**record, "source_sha256": sha256} for record in records]
             db[table].upsert_all(payload, pk=pk)
