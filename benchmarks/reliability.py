@@ -163,7 +163,7 @@ def run_module(module: str) -> PytestResult:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", module],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     lines = done.stdout.strip().splitlines()
     summary = lines[-1] if lines else done.stderr.strip()[-200:]
     counts = {word: int(number) for number, word in
@@ -183,10 +183,10 @@ def section_hostile(report: HostileReport) -> list[str]:
     lines = [
         "## Hostile input",
         "",
-        f"{report.size} malformed or adversarial objects (`tests/reliability/corpus.py`, seeded) "
+        (f"{report.size} malformed or adversarial objects (`tests/reliability/corpus.py`, seeded) "
         f"sent over real associations in {report.seconds:.1f} s "
         f"({report.objects_per_s:.0f} objects/s); slowest answer {report.slowest_answer_s:.2f} s; "
-        f"{report.quarantined} refused and kept in `quarantine/` with their reason.",
+        f"{report.quarantined} refused and kept in `quarantine/` with their reason."),
         "",
         "| family | objects | answers (status × count) |",
         "|---|---|---|",
@@ -204,8 +204,8 @@ def section_load(report: LoadReport) -> list[str]:
     return [
         "## Load",
         "",
-        f"{report.senders} dcmtk `storescu` associations in parallel, "
-        f"{report.instances:,} CT instances (64×64, 16 bit, ~9 KB each):",
+        (f"{report.senders} dcmtk `storescu` associations in parallel, "
+        f"{report.instances:,} CT instances (64×64, 16 bit, ~9 KB each):"),
         "",
         "| figure | value |",
         "|---|---|",
@@ -215,8 +215,8 @@ def section_load(report: LoadReport) -> list[str]:
         f"| indexed afterwards | {report.indexed:,} of {report.instances:,} |",
         f"| ninth peer while eight were connected | {rejections} |",
         "",
-        f"The expected rejection is A-ASSOCIATE-RJ {LIMIT_REJECTION}: rejected-transient, "
-        "service-provider (presentation), local-limit-exceeded (PS3.8 Table 9-21).",
+        (f"The expected rejection is A-ASSOCIATE-RJ {LIMIT_REJECTION}: rejected-transient, "
+        "service-provider (presentation), local-limit-exceeded (PS3.8 Table 9-21)."),
         "",
         _verdict(report.problems),
         "",
@@ -230,16 +230,16 @@ def section_kills(report: KillReport, senders: int) -> list[str]:
         "| figure | value |",
         "|---|---|",
         f"| SIGKILLs of `theranode serve` | {report.kills} |",
-        f"| of which during a transfer (instances acknowledged in that round) | "
-        f"{report.kills_mid_transfer} |",
+        (f"| of which during a transfer (instances acknowledged in that round) | "
+        f"{report.kills_mid_transfer} |"),
         f"| instances sent ({senders} parallel pynetdicom senders) | {report.instances:,} |",
         f"| acknowledged, then found indexed and archived whole | {report.acknowledged:,} |",
-        f"| resent after a kill and answered as identical duplicates | "
-        f"{report.duplicates_after_restart} |",
+        (f"| resent after a kill and answered as identical duplicates | "
+        f"{report.duplicates_after_restart} |"),
         f"| wall time | {report.seconds:.0f} s |",
         "",
-        "After every restart each acknowledged instance was checked: indexed, the "
-        "archived bytes hash as indexed, the pixel data equals what was sent.",
+        ("After every restart each acknowledged instance was checked: indexed, the "
+        "archived bytes hash as indexed, the pixel data equals what was sent."),
         "",
         _verdict(report.problems),
         "",
@@ -253,33 +253,33 @@ def section_jobs(jobs: JobRuns) -> list[str]:
     return [
         "## Jobs under kills, and a destination down for a whole course",
         "",
-        f"The synthetic course's {jobs.cycles} cycles (small grids; cycles 1-2 multi-time-point"
+        (f"The synthetic course's {jobs.cycles} cycles (small grids; cycles 1-2 multi-time-point"
         f"{', the others single-time-point scaled from cycle 2' if jobs.cycles > 2 else ''}) "
         "and the course result, through `theranode serve` with one DICOM destination (a "
         "pynetdicom Storage SCP recording what arrives), first with the destination down until "
         "everything is computed (the clean run), then with SIGKILLs spread over the cycle jobs, "
-        "the course job and the delivery.",
+        "the course job and the delivery."),
         "",
         "| figure | value |",
         "|---|---|",
-        f"| outage: result objects produced while the destination was down | "
-        f"{outage.pending_while_down} |",
-        f"| outage: failed delivery attempts (backoff 0.2 s doubling, at most 1 s) | "
-        f"{outage.failed_attempts_while_down} |",
-        f"| outage: objects received once it was up, each once, in production order | "
-        f"{len(outage.arrivals)} |",
+        (f"| outage: result objects produced while the destination was down | "
+        f"{outage.pending_while_down} |"),
+        (f"| outage: failed delivery attempts (backoff 0.2 s doubling, at most 1 s) | "
+        f"{outage.failed_attempts_while_down} |"),
+        (f"| outage: objects received once it was up, each once, in production order | "
+        f"{len(outage.arrivals)} |"),
         f"| outage: wall time | {outage.seconds:.0f} s |",
         f"| SIGKILLs during the course | {kills.kills} |",
         f"| of which while a job was running | {kills.kills_during_a_job} |",
-        f"| jobs / job starts (re-runs after kills) | {len(run.jobs) if run else 0} / "
-        f"{attempts} |",
-        f"| objects resent after a kill (same UID and bytes) | "
-        f"{resent(run) if run else 0} |",
+        (f"| jobs / job starts (re-runs after kills) | {len(run.jobs) if run else 0} / "
+        f"{attempts} |"),
+        (f"| objects resent after a kill (same UID and bytes) | "
+        f"{resent(run) if run else 0} |"),
         "",
-        "After the kills every job was checked done exactly once as version 1, each cycle's "
+        ("After the kills every job was checked done exactly once as version 1, each cycle's "
         "VOI mean doses equal to 1e-9 and RT Dose pixels byte-identical to the outage run's, "
         "the course totals equal, the same result objects (SOP Instance UIDs) produced and "
-        "every one received, first arrivals in production order.",
+        "every one received, first arrivals in production order."),
         "",
         _verdict(jobs.problems),
         "",
@@ -297,7 +297,7 @@ def section_combined(runs: CombinedRuns) -> list[str]:
     return [
         "## Everything at once: kills while senders store and jobs run",
         "",
-        f"{kills.patients} pynetdicom senders, one patient's synthetic {kills.cycles}-cycle "
+        (f"{kills.patients} pynetdicom senders, one patient's synthetic {kills.cycles}-cycle "
         "course each (small grids), store in parallel into `theranode serve`, which computes "
         "every cycle and a course result after each and sends them to one DICOM destination "
         f"(a Storage SCP that answers each object after {PACS_ANSWER_DELAY_S:g} s). The run "
@@ -309,7 +309,7 @@ def section_combined(runs: CombinedRuns) -> list[str]:
         "instances it stores, aimed evenly at its four phases; a kill lands a seeded random "
         "delay after its phase is under way (at once when that phase is already over), and a "
         "sender whose association breaks reconnects and resends what was not acknowledged. The "
-        "table counts the phase each kill actually hit.",
+        "table counts the phase each kill actually hit."),
         "",
         "| figure | value |",
         "|---|---|",
@@ -318,25 +318,25 @@ def section_combined(runs: CombinedRuns) -> list[str]:
         f"| hit while senders stored and a job ran | {spread.get(INGEST_JOBS, 0)} |",
         f"| hit while a job ran and no sender stored | {spread.get(JOBS, 0)} |",
         f"| hit while only results were being delivered | {spread.get(DELIVERY, 0)} |",
-        f"| hit while nothing ran (a cycle waiting out its quiet period) | "
-        f"{spread.get(IDLE, 0)} |",
+        (f"| hit while nothing ran (a cycle waiting out its quiet period) | "
+        f"{spread.get(IDLE, 0)} |"),
         f"| instances sent ({kills.patients} parallel senders) | {kills.instances:,} |",
-        f"| acknowledged / then found indexed and archived whole | {kills.acknowledged:,} / "
-        f"{kills.indexed:,} |",
-        f"| resent after a kill and answered as identical duplicates | "
-        f"{kills.duplicates_after_restart} |",
-        f"| jobs done / expected (the clean run's) | "
+        (f"| acknowledged / then found indexed and archived whole | {kills.acknowledged:,} / "
+        f"{kills.indexed:,} |"),
+        (f"| resent after a kill and answered as identical duplicates | "
+        f"{kills.duplicates_after_restart} |"),
+        (f"| jobs done / expected (the clean run's) | "
         f"{sum(j.state.value == 'done' for j in run.jobs) if run else 0} / "
-        f"{len(clean.run.jobs) if clean.run else 0} |",
-        f"| job starts (re-runs after kills) | "
-        f"{sum(j.attempts for j in run.jobs) if run else 0} |",
+        f"{len(clean.run.jobs) if clean.run else 0} |"),
+        (f"| job starts (re-runs after kills) | "
+        f"{sum(j.attempts for j in run.jobs) if run else 0} |"),
         f"| results identical to the clean run | {identical} |",
-        f"| result objects produced / received by the destination / resent after a kill | "
-        f"{objects} / {received} / {resent(run) if run else 0} |",
-        f"| wall time: clean run / run with kills | {clean.seconds:.0f} s / "
-        f"{kills.seconds:.0f} s |",
+        (f"| result objects produced / received by the destination / resent after a kill | "
+        f"{objects} / {received} / {resent(run) if run else 0} |"),
+        (f"| wall time: clean run / run with kills | {clean.seconds:.0f} s / "
+        f"{kills.seconds:.0f} s |"),
         "",
-        "After every restart, with the senders still storing, each instance a sender had seen "
+        ("After every restart, with the senders still storing, each instance a sender had seen "
         "acknowledged was checked indexed, its archived bytes hashing as indexed and its pixel "
         "data (an RTSTRUCT: its data set) equal to what was sent, and every indexed file was "
         "checked whole. At the end every job of the clean run was checked done exactly once, "
@@ -344,7 +344,7 @@ def section_combined(runs: CombinedRuns) -> list[str]:
         "cycle's VOI mean doses equal to 1e-9 and RT Dose pixels byte-identical to the clean "
         "run's, every course version's totals equal, each job's result objects the clean run's "
         "(SOP Instance UIDs), and every object received, first arrivals in production order, a "
-        "resend only as the same bytes.",
+        "resend only as the same bytes."),
         "",
         _verdict(runs.problems),
         "",
@@ -359,22 +359,22 @@ def section_modules(results: list[PytestResult]) -> list[str]:
                      f"{r.seconds:.0f} s |")
     lines += [
         "",
-        "- `test_disk.py`: an 8 MiB tmpfs fills mid-transfer (min_free_disk_mb = 0, real "
+        ("- `test_disk.py`: an 8 MiB tmpfs fills mid-transfer (min_free_disk_mb = 0, real "
         "ENOSPC): every failure is 0xA700, nothing corrupt is indexed, no staged file is left, "
         "and the refused instances are stored once the filesystem is grown with the node "
         "running; with min_free_disk_mb = 8 the node refuses before writing. (Where mounting "
-        "is not permitted the test simulates ENOSPC and warns.)",
-        "- `test_access.py`: dcmtk `storescu +tls` with a client certificate from the node's CA "
+        "is not permitted the test simulates ENOSPC and warns.)"),
+        ("- `test_access.py`: dcmtk `storescu +tls` with a client certificate from the node's CA "
         "stores a whole course; no certificate, a certificate from another CA and plain TCP are "
         "refused; AE-title and host checks hold under TLS; the INFO log of `theranode serve` "
-        "for the course names neither patient name nor Patient ID.",
-        "- `test_hostile_processing.py`: six patients each send a whole cycle spoiled for "
+        "for the course names neither patient name nor Patient ID."),
+        ("- `test_hostile_processing.py`: six patients each send a whole cycle spoiled for "
         "dosimetry next to a good patient: contours outside the image, SPECT counts all zero, "
         "SPECT scaled by 10³⁰ and CT numbers shifted by +30000 HU end failed with their reason "
         "in `theranode jobs`; Tc-99m SPECTs are ignored with the reason in `theranode status`; "
         "SPECTs in no CT's frame of reference are computed on their time point's CT with a "
         "warning in the result; the good patient's doses and RT Dose pixels equal the "
-        "pipeline's for it alone.",
+        "pipeline's for it alone."),
         "",
     ]
     return lines
@@ -383,23 +383,23 @@ def section_modules(results: list[PytestResult]) -> list[str]:
 NOT_COVERED = [
     "## Not covered by this run",
     "",
-    "- The outbox commits each delivery as its answer arrives; a kill between a destination's "
+    ("- The outbox commits each delivery as its answer arrives; a kill between a destination's "
     "Success and that commit resends the one object (same UID and bytes, which a PACS files "
-    "as the same instance). The runs above count these resends; none is prevented.",
-    "- In the combined run a patient's next cycle arrives only after the previous cycle's "
+    "as the same instance). The runs above count these resends; none is prevented."),
+    ("- In the combined run a patient's next cycle arrives only after the previous cycle's "
     "results were delivered. New data for a cycle already computed or being computed (a late "
     "scan, a corrected RTSTRUCT), which makes a new result version, is in no kill run; only "
     "the fingerprint rule behind it has unit tests (`tests/service/test_completion.py`, "
     "`tests/service/test_jobs.py`). The combined run's senders are pynetdicom SCUs with "
     "TCP_NODELAY in the benchmark's process, and its kills are aimed at phases, so their "
-    "moments are not spread uniformly over the run's time.",
-    "- The hostile corpus is stored or refused; only the six spoiled whole cycles of "
-    "`test_hostile_processing.py` run through the dosimetry pipeline.",
-    "- A SPECT with no CT in its frame of reference is computed on its time point's CT "
+    "moments are not spread uniformly over the run's time."),
+    ("- The hostile corpus is stored or refused; only the six spoiled whole cycles of "
+    "`test_hostile_processing.py` run through the dosimetry pipeline."),
+    ("- A SPECT with no CT in its frame of reference is computed on its time point's CT "
     "(`service/completion.py` prefers, but does not require, the same frame), with a warning; "
-    "it is not refused.",
-    "- Throughput and memory are measured on the shared 2-core machine, with the senders "
-    "on the same cores as the node.",
+    "it is not refused."),
+    ("- Throughput and memory are measured on the shared 2-core machine, with the senders "
+    "on the same cores as the node."),
     "",
 ]
 
@@ -417,41 +417,46 @@ def render(sizes: Sizes, hostile: HostileReport, load: LoadReport, kills: KillRe
     header = [
         "# Reliability: faults, load and hostile input",
         "",
-        "Generated by `.venv/bin/python benchmarks/reliability.py` on "
+        ("Generated by `.venv/bin/python benchmarks/reliability.py` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
         f"({platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}; "
-        f"whole run {seconds / 60:.1f} min, loopback only). Do not edit by hand: rerun it.",
-        "The CI versions of these scenarios are `tests/reliability/` (same code, smaller sizes: "
+        f"whole run {seconds / 60:.1f} min, loopback only). Do not edit by hand: rerun it."),
+        ("The CI versions of these scenarios are `tests/reliability/` (same code, smaller sizes: "
         f"{QUICK.hostile_objects} hostile objects, {QUICK.load_senders}×"
         f"{QUICK.load_per_sender} instances, {QUICK.kills} kills; {QUICK.job_kills} kills "
         f"over a {QUICK.course_cycles}-cycle course; {QUICK.combined_kills} kills while "
-        f"{QUICK.combined_patients} senders store one cycle each and it is computed).",
+        f"{QUICK.combined_patients} senders store one cycle each and it is computed)."),
         "",
-        "What is promised (docs/conformance.md section 4): Success only after the bytes are "
+        ("What is promised (docs/conformance.md section 4): Success only after the bytes are "
         "fsynced, renamed into the archive and indexed; 0xA700 when the disk is full; a "
         "0xC000-range failure with a reason and a quarantined copy for what cannot be filed; "
-        "valid objects that cannot be used for Lu-177 dosimetry stored and flagged.",
+        "valid objects that cannot be used for Lu-177 dosimetry stored and flagged."),
         "",
         "## Found broken on the way, and fixed (each with the test that found it)",
         "",
-        "- An image object cut at an element boundary (so without Pixel Data), or whose pixel "
+        ("- An image object cut at an element boundary (so without Pixel Data), or whose pixel "
         "data was longer than Rows × Columns × frames, was stored as Success "
-        "(`service/ingest.py`; hostile corpus).",
-        "- An instance of patient B carrying a Series Instance UID of patient A joined A's "
+        "(`service/ingest.py`; hostile corpus)."),
+        ("- An instance of patient B carrying a Series Instance UID of patient A joined A's "
         "series (and would have entered A's dosimetry); now refused 0xC110 and quarantined "
-        "(`service/ingest.py`; hostile corpus, collision family).",
-        "- A negative, zero, infinite or 10¹² MBq RadionuclideTotalDose was indexed as the "
-        "administered activity; now dropped (`dicomio/headers.py`; hostile corpus).",
-        "- A bare TCP connection (health check, port scan) held an association slot for the "
+        "(`service/ingest.py`; hostile corpus, collision family)."),
+        ("- A negative, zero, infinite or 10¹² MBq RadionuclideTotalDose was indexed as the "
+        "administered activity; now dropped (`dicomio/headers.py`; hostile corpus)."),
+        ("- A bare TCP connection (health check, port scan) held an association slot for the "
         "30 s ACSE timeout, so a few of them locked senders out with local-limit-exceeded "
-        "(`service/scp.py`; load test).",
-        "- A series-UID collision answered 0xA700 instead of 0xC110 after a concurrent change of "
-        "the quarantine call's signature (`service/ingest.py`; hostile test).",
-        "- A cycle whose SPECT was scaled by 10³⁰ was computed (10³⁰ Gy) and its results queued "
+        "(`service/scp.py`; load test)."),
+        ("- A series-UID collision answered 0xA700 instead of 0xC110 after a concurrent change of "
+        "the quarantine call's signature (`service/ingest.py`; hostile test)."),
+        ("- A cycle whose SPECT was scaled by 10³⁰ was computed (10³⁰ Gy) and its results queued "
         "for the PACS, and a CT with a +30000 HU intercept gave doses a third of the truth, "
         "both as done jobs; the pipeline now refuses a SPECT holding no activity or more than "
         "100 GBq and a CT whose median is outside −1100…3100 HU, and warns when a SPECT is not "
-        "in its CT's frame of reference (`service/pipeline.py`; hostile processing test).",
+        "in its CT's frame of reference (`service/pipeline.py`; hostile processing test)."),
+        ("- A refused object was answered 0xA700 \"database is locked\" and its quarantined "
+        "file left without an index row when the job store committed during the index's "
+        "deferred transaction (SQLite refuses that lock upgrade at once); every store now "
+        "begins its writes with BEGIN IMMEDIATE (`service/store/__init__.py`; full hostile "
+        "run, then `tests/service/test_store_concurrency.py`)."),
         "",
     ]
     body = (section_hostile(hostile) + section_load(load) + section_kills(kills, sizes.kill_senders)
