@@ -11,9 +11,10 @@ Receivers:
 - dcmtk ``storescp`` with TCP_NODELAY=1 (writes files, no fsync);
 - Orthanc with TCP_NODELAY=1 and ``SyncStorageArea`` (fsync);
 - a bare pynetdicom Storage SCP whose handler only writes, fsyncs and renames
-  each instance (TCP_NODELAY on, the reactor polls of :mod:`service.polling`),
-  i.e. the floor of any durable pynetdicom receiver on this disk, and the same
-  SCP with a handler that stores nothing (pynetdicom's own ceiling).
+  each instance, set up as theranode's (TCP_NODELAY, the reactor polls of
+  :mod:`service.polling`, no standard event-logging handlers), i.e. the floor
+  of any durable pynetdicom receiver on this disk, and the same SCP with a
+  handler that stores nothing (pynetdicom's own ceiling).
 
 Run: ``.venv/bin/python benchmarks/ingest.py [--instances 300] [--repeat 2]``
 """
@@ -151,7 +152,7 @@ def measure_orthanc(folder: Path, n: int, work: Path) -> float:
 def _bare_pynetdicom(folder: Path, n: int, work: Path, durable: bool) -> float:
     import socket
 
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 
     out = work / "bare"
     out.mkdir()
@@ -177,6 +178,7 @@ def _bare_pynetdicom(folder: Path, n: int, work: Path, durable: bool) -> float:
         polling.mark_busy(event.assoc)  # the reactor polls theranode's SCP uses
 
     polling.install()
+    _config.LOG_HANDLER_LEVEL = "none"  # as theranode's serve (service/logs.py)
     ae = AE("BARE")
     ae.maximum_pdu_size = 1024 * 1024
     for sop_class in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.20"):

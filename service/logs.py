@@ -6,6 +6,8 @@ import logging
 import logging.handlers
 import sys
 
+from pynetdicom import _config as pynetdicom_config
+
 from config.schema import LoggingSettings
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s"
@@ -31,3 +33,8 @@ def configure_logging(settings: LoggingSettings) -> None:
     # pynetdicom logs every PDU at DEBUG and each association at INFO; keep
     # its INFO lines out of ours (we log one line per association ourselves).
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # With its logger capped at WARNING, pynetdicom's standard event handlers
+    # only waste time: they format a summary of every PDU and DIMSE message
+    # (and copy each C-STORE data set to see that it is not empty) before the
+    # logger drops it. They log nothing above INFO, so nothing is lost.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
