@@ -135,12 +135,13 @@ class _Examined:
 
 
 def _examine(data: bytes, context_sop_class: str | None) -> _Examined:
-    """Parse and hash received bytes (runs on a worker thread)."""
+    """Hash and parse received bytes (runs on a worker thread)."""
+    digest = sha256_hex(data)
     try:
         _, header = parse(data, context_sop_class)
     except Rejected as rejection:
-        return _Examined(sha256_hex(data), rejection=rejection)
-    return _Examined(sha256_hex(data), header=header)
+        return _Examined(digest, rejection=rejection)
+    return _Examined(digest, header=header)
 
 
 class Ingest:
