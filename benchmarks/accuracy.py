@@ -91,18 +91,20 @@ def run_scenario(course: ph.CourseSpec, scenario: Scenario) -> tuple[CycleResult
         for tp in ph.course_time_points(course, seed=SEED)
         if tp.cycle_number == 1
     ]
-    images, reference_vox = [], None
-    for elapsed_h, pose in zip(cycle.scan_elapsed_h, poses, strict=True):
-        ct_vox = ph.voxelise(course.model, ct_grid, pose, scenario.supersampling)
+    ct_voxelisations = [
+        ph.voxelise(course.model, ct_grid, pose, scenario.supersampling) for pose in poses
+    ]
+    images = []
+    for elapsed_h, pose, ct_vox in zip(cycle.scan_elapsed_h, poses, ct_voxelisations,
+                                       strict=True):
         spect_vox = ph.voxelise(course.model, spect_grid, pose, scenario.supersampling)
-        reference_vox = reference_vox or ct_vox
         images.append(TimePointImages(
             elapsed_h,
             ph.render_ct(course.model, ct_grid, voxelisation=ct_vox),
             ph.render_activity(course.model, spect_grid, elapsed_h, cycle=cycle,
                                voxelisation=spect_vox),
         ))
-    assert reference_vox is not None
+    reference_vox = ct_voxelisations[0]  # the VOIs are drawn on the first CT
     vois = tuple(
         VoiMask(v.name, v.kind,
                 ct_grid.volume(reference_vox.fraction(course.model.voi_labels(v.name)) >= 0.5,
