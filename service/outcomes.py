@@ -31,15 +31,16 @@ from typing import Any
 import pandas as pd
 import sqlite_utils
 
+from dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
 from dosimetry.cohort.data import (
     CANONICAL_UNITS,
     Analyte,
     CohortData,
     DoseKind,
     DoseRow,
-    accepted_organ_names,
-    canonical_organ,
 )
+from dosimetry.results import VoiKind
+from dosimetry.voi_names import ORGAN_NAMES_HELP, classify_roi
 from service.store import outcomes as store
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ SEX_VALUES = {"m": "M", "male": "M", "f": "F", "female": "F"}
 RECIST_VALUES = ("CR", "PR", "SD", "PD", "NE")
 KNOWN_SITES = ("liver", "lymph_node", "mesentery", "pancreas", "peritoneum", "bone", "other")
 SMALL_LESION_CM3 = 2.0
-MAX_ACTIVITY_GBQ = 50.0
+#: Above this an activity is a recording error (the same bound as the DICOM headers').
+MAX_ACTIVITY_GBQ = MAX_PLAUSIBLE_ACTIVITY_MBQ / 1000.0
 
 
 def _unit_key(unit: str) -> str:
@@ -845,10 +847,8 @@ def _dose_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | No
     kind = {k.value: k for k in DoseKind}.get(kind_text)
     if kind_text and kind is None:
         ctx.error(row.line, "kind", f"expected organ or lesion; found '{kind_text}'")
-    if kind is DoseKind.ORGAN and voi is not None and canonical_organ(voi) is None:
-        ctx.error(
-            row.line, "voi", f"unknown organ '{voi}'; accepted: {', '.join(accepted_organ_names())}"
-        )
+    if kind is DoseKind.ORGAN and voi is not None:
+        _check_organ_name(row, voi, ctx)
     if (
         kind is DoseKind.LESION
         and patient_id is not None
@@ -875,6 +875,20 @@ def _dose_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | No
         "kind": kind.value if kind else None,
         "ad_gy": dose,
     }
+
+
+def _check_organ_name(row: _Row, voi: str, ctx: _Context) -> None:
+    """An organ row must name an organ or marrow VOI as the engine classifies ROI names."""
+    voi_class = classify_roi(voi)
+    if voi_class is None:
+        ctx.error(row.line, "voi", f"unknown organ '{voi}'; expected {ORGAN_NAMES_HELP}")
+    elif voi_class.kind is VoiKind.LESION:
+        ctx.error(
+            row.line,
+            "voi",
+            f"'{voi}' is a lesion name (as the engine reads ROI names); give kind lesion and "
+            "list it in the lesions file",
+        )
 
 
 VALIDATORS: dict[OutcomeKind, Callable[[list[_Row], _Known, _Context], list[dict[str, Any]]]] = {

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -67,8 +66,9 @@ from dosimetry.cycle import (
 )
 from dosimetry.density import DensityCalibration
 from dosimetry.recovery import SigmoidRecovery
-from dosimetry.results import CourseResult, CycleResult, Organ, VoiKind
+from dosimetry.results import CourseResult, CycleResult, VoiKind
 from dosimetry.volume import Volume
+from dosimetry.voi_names import classify_roi
 from service.archive import write_durably
 from service.errors import ServiceError
 
@@ -214,38 +214,6 @@ def counts_calibration(ds: Dataset, calibration: CalibrationSettings) -> CountsC
 
 
 # -- VOIs -----------------------------------------------------------------------
-_LEFT = re.compile(r"(^|[^a-z])(l|lt|left|sin)$|left|links")
-_RIGHT = re.compile(r"(^|[^a-z])(r|rt|right|dex)$|right|rechts")
-
-
-def classify_roi(name: str, interpreted_type: str | None) -> tuple[VoiKind, Organ | None] | None:
-    """VOI kind and organ of an ROI from its name and RTROIInterpretedType.
-
-    Lesions: interpreted type GTV/CTV/PTV or a name with lesion/tumour/GTV/met;
-    organs: liver, spleen, kidney (laterality from the name's suffix); marrow:
-    a name with "marrow". Anything else (BODY, EXTERNAL, …) is not a VOI.
-    """
-    lowered = name.strip().lower().replace("-", "_").replace(" ", "_")
-    if (interpreted_type or "").upper() in ("GTV", "CTV", "PTV") or re.search(
-        r"lesion|tumou?r|gtv|^met|_met", lowered
-    ):
-        return VoiKind.LESION, None
-    if "marrow" in lowered:
-        return VoiKind.MARROW, Organ.BONE_MARROW
-    if "liver" in lowered:
-        return VoiKind.ORGAN, Organ.LIVER
-    if "spleen" in lowered:
-        return VoiKind.ORGAN, Organ.SPLEEN
-    if "kidney" in lowered:
-        side = lowered.replace("kidneys", "").replace("kidney", "")
-        if _LEFT.search(side):
-            return VoiKind.ORGAN, Organ.KIDNEY_LEFT
-        if _RIGHT.search(side):
-            return VoiKind.ORGAN, Organ.KIDNEY_RIGHT
-        return VoiKind.ORGAN, Organ.KIDNEYS
-    return None
-
-
 def voi_masks(rois: Sequence[RoiContours], ct: Volume) -> tuple[tuple[VoiMask, ...], list[str]]:
     """VOIs on the reference CT grid, and notes on the ROIs left out."""
     vois, notes = [], []

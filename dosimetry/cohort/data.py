@@ -19,6 +19,7 @@ import pandas as pd
 from dosimetry.cohort.results import LesionIndex
 from dosimetry.errors import InsufficientDataError
 from dosimetry.results import Organ
+from dosimetry.voi_names import organ_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class DoseRow:
     """Absorbed dose of one VOI in one cycle of one patient.
 
     ``voi`` is the RTSTRUCT ROI name (lesions) or an organ name accepted by
-    :func:`canonical_organ` (organs).
+    :func:`dosimetry.voi_names.organ_of` (organs and marrow).
     """
 
     patient_id: str
@@ -98,38 +99,6 @@ class DoseRow:
     voi: str
     kind: DoseKind
     ad_gy: float
-
-
-_ORGAN_ALIASES: dict[str, Organ] = {
-    "liver": Organ.LIVER,
-    "healthy_liver": Organ.LIVER,
-    "normal_liver": Organ.LIVER,
-    "spleen": Organ.SPLEEN,
-    "kidneys": Organ.KIDNEYS,
-    "kidney": Organ.KIDNEYS,
-    "both_kidneys": Organ.KIDNEYS,
-    "kidney_left": Organ.KIDNEY_LEFT,
-    "left_kidney": Organ.KIDNEY_LEFT,
-    "kidney_l": Organ.KIDNEY_LEFT,
-    "kidney_right": Organ.KIDNEY_RIGHT,
-    "right_kidney": Organ.KIDNEY_RIGHT,
-    "kidney_r": Organ.KIDNEY_RIGHT,
-    "bone_marrow": Organ.BONE_MARROW,
-    "marrow": Organ.BONE_MARROW,
-    "red_marrow": Organ.BONE_MARROW,
-    "l2_l4": Organ.BONE_MARROW,
-}
-
-
-def canonical_organ(name: str) -> Organ | None:
-    """The organ an ROI name denotes (case, blanks and hyphens ignored), or ``None``."""
-    key = "_".join(name.strip().lower().replace("-", " ").split())
-    return _ORGAN_ALIASES.get(key)
-
-
-def accepted_organ_names() -> tuple[str, ...]:
-    """The organ names :func:`canonical_organ` understands (for error messages)."""
-    return tuple(sorted(_ORGAN_ALIASES))
 
 
 def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
@@ -276,7 +245,7 @@ def organ_doses(data: CohortData) -> pd.DataFrame:
 
 
 def _organ_value(name: str) -> str | None:
-    organ = canonical_organ(str(name))
+    organ = organ_of(str(name))
     return organ.value if organ is not None else None
 
 

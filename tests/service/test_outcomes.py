@@ -9,9 +9,18 @@ import pytest
 import sqlite_utils
 
 from dosimetry.cohort.analysis import analyse_cohort
-from dosimetry.cohort.data import DoseKind, DoseRow
+from dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
+from dosimetry.cohort.data import DoseKind, DoseRow, organ_doses
+from dosimetry.results import VoiKind
 from dosimetry.cohort.synthetic import synthetic_cohort
-from service.outcomes import FileStatus, OutcomeKind, import_outcome_files, load_cohort_data
+from service.outcomes import (
+    MAX_ACTIVITY_GBQ,
+    FileStatus,
+    OutcomeKind,
+    import_outcome_files,
+    load_cohort_data,
+)
+from service.pipeline import classify_roi
 from service.store import outcomes as store
 from service.store.outcomes import MIGRATIONS
 from tests.service.cohort_files import export_outcome_csv
@@ -341,3 +350,50 @@ def test_synthetic_cohort_round_trips_through_import(
         if hasattr(a.summary, "median"):
             assert (a.summary.n, a.summary.median) == (b.summary.n, b.summary.median)
             assert a.summary.mean == pytest.approx(b.summary.mean)
+
+
+#: ROI names as sites draw them; the engine computes a dose for every one.
+ENGINE_ROI_NAMES = [
+    "Liver", "liver_healthy", "Healthy Liver", "Kidney_L", "Left Kidney", "kidney sin",
+    "Kidney_R", "Right kidney", "Kidneys", "both kidneys", "Spleen", "BoneMarrow",
+    "BoneMarrow_L2L4", "Marrow L2-L4", "red marrow", "L2-L4",
+    "Lesion_03", "liver met 2", "Tumour 1", "GTV_pancreas",
+]
+
+
+@pytest.mark.parametrize("name", ENGINE_ROI_NAMES)
+def test_import_accepts_every_roi_name_the_engine_classifies(
+    db: sqlite_utils.Database, tmp_path: Path, name: str
+) -> None:
+    """issue #11: one vocabulary; the importer's organ is the engine's organ."""
+    voi = classify_roi(name, None)  # the engine's classification (service.pipeline)
+    assert voi is not None, f"the engine ignores ROI {name!r}"
+    _import_before(db, tmp_path, "doses")
+    is_lesion = voi.kind is VoiKind.LESION
+    if is_lesion:
+        lesions = LESIONS + f"P1,{name},liver,6.0,2019-12-20,5.0,2020-06-01\n"
+        assert import_outcome_files(db, [_write(tmp_path, "more_lesions", lesions)]).ok
+    kind = "lesion" if is_lesion else "organ"
+    doses = DOSES + f"P1,2,{name},{kind},1.5\n"
+    report = import_outcome_files(db, [_write(tmp_path, "doses", doses)])
+    assert report.ok, report.summary()
+    if not is_lesion:
+        assert voi.organ is not None
+        organs = organ_doses(load_cohort_data(db))
+        row = organs.loc[(organs["patient_id"] == "P1") & (organs["cycle"] == 2)]
+        assert row["organ"].iloc[0] == voi.organ.value  # then kidneys from a side, if any
+
+
+def test_a_lesion_name_given_as_organ_is_refused_with_the_fix(
+    db: sqlite_utils.Database, tmp_path: Path
+) -> None:
+    _import_before(db, tmp_path, "doses")
+    report = import_outcome_files(
+        db, [_write(tmp_path, "doses", DOSES + "P1,2,Lesion_03,organ,1.5\n")]
+    )
+    assert not report.ok
+    assert any("give kind lesion" in e.message for e in report.errors), report.summary()
+
+
+def test_activity_bound_is_the_dicom_headers_bound() -> None:
+    assert MAX_ACTIVITY_GBQ * 1000.0 == MAX_PLAUSIBLE_ACTIVITY_MBQ

@@ -184,7 +184,10 @@ def test_node_killed_during_a_job_finishes_it_after_restart_with_identical_resul
     ("Lesion_03", "GTV", (VoiKind.LESION, None)),
     ("liver met 2", None, (VoiKind.LESION, None)),
     ("Spleen", None, (VoiKind.ORGAN, Organ.SPLEEN)),
+    ("Left Kidney", None, (VoiKind.ORGAN, Organ.KIDNEY_LEFT)),
+    ("L2-L4", "ORGAN", (VoiKind.MARROW, Organ.BONE_MARROW)),
     ("BODY", "EXTERNAL", None),
+    ("Aorta", "ORGAN", None),
 ])
 def test_rois_are_classified_by_name_and_type(name: str, interpreted: str | None,
                                               expected: object) -> None:
