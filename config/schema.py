@@ -337,6 +337,12 @@ class JobSettings:
     poll_interval_s: float = setting(
         5.0, "How often cycles are re-examined for completion (s).", positive
     )
+    max_attempts: int = setting(
+        3, "Runs of a job whose worker process dies from outside (killed by a signal or the "
+        "out-of-memory killer) before the job is failed; a job that ends with an error is not "
+        "retried, and a run interrupted by a shutdown or crash of the node is not counted.",
+        positive,
+    )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Node:
         self.ingest = Ingest(self.archive, self.index, on_new_series=self._new_series)
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
         self.scheduler: object | None = None
+        self._stopping = threading.Event()
         self._stopped = threading.Event()
 
     def _job_finished(self, job: JobRecord) -> None:
@@ -117,6 +118,20 @@ class Node:
         return self.scp.port
 
     def stop(self) -> None:
+        """Graceful shutdown (SIGTERM, SIGINT): as safe as a crash, and quicker to recover.
+
+        No new job starts from the first moment; the listener closes (no new
+        association); running jobs are interrupted and queued again with
+        their version, so they resume at the next start and write the same
+        objects; the outbox stops after the object in flight, and what is
+        still pending is sent after the restart. A second call (a second
+        Ctrl-C while stopping) returns at once.
+        """
+        if self._stopping.is_set():
+            logger.info("Already stopping")
+            return
+        self._stopping.set()
+        self.runner.begin_stop()
         self.scp.stop()
         self.ingest.close()
         if self.scheduler is not None:
@@ -125,6 +140,7 @@ class Node:
         self.regrouper.stop()
         self.runner.stop()
         self.outbox.stop()
+        logger.info("Stopped")
         self._stopped.set()
 
     def wait(self) -> None:

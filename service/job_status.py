@@ -14,7 +14,7 @@ import sqlite_utils
 from config.schema import Settings
 from service.completion import Action
 from service.jobs import read_job_log
-from service.planner import Planner
+from service.planner import Planner, course_target
 from service.store.index import IndexStore
 from service.store.jobs import JobRecord, JobState, JobStore
 from service.store.outbox import OutboxStore
@@ -64,8 +64,18 @@ def render_jobs(db: sqlite_utils.Database, limit: int = 50) -> Iterator[str]:
                f"{job.created_at[:19]:<19}  {_deliveries(outbox, job)}")
         if job.state in (JobState.FAILED, JobState.INCOMPLETE) and job.message:
             yield f"       {job.message}"
+        if job.attempts > 1 or job.last_error:
+            yield f"       {_attempts(job)}"
     for line in _outbox_lines(outbox):
         yield line
+
+
+def _attempts(job: JobRecord) -> str:
+    """``attempts 3 (2 lost their worker); last: <why the last run gave no result>``."""
+    text = f"attempts {job.attempts}"
+    if job.worker_deaths:
+        text += f" ({job.worker_deaths} lost their worker)"
+    return text + (f"; last: {job.last_error}" if job.last_error else "")
 
 
 def render_job(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
@@ -77,7 +87,7 @@ def render_job(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
         return
     yield f"Job {job.id}: {job.kind} {job_name(job, _patient_ids(db))}, state {job.state.value}"
     yield f"  version {job.version}, created {job.created_at}, started {job.started_at}, " \
-          f"finished {job.finished_at}, attempts {job.attempts}"
+          f"finished {job.finished_at}, {_attempts(job)}"
     yield f"  fingerprint {job.fingerprint[:16]}…, results in {job.result_dir or '-'}"
     for part in (job.message or "").split("; "):
         if part:
@@ -106,7 +116,8 @@ def _outbox_lines(outbox: OutboxStore) -> Iterator[str]:
 
 
 def render_dosimetry_status(db: sqlite_utils.Database, settings: Settings) -> Iterator[str]:
-    """Per cycle: what the completion rules decide now and the latest job; then deliveries."""
+    """Per cycle: what the completion rules decide now and the latest job (ALERT when it
+    failed, with the reason); per course its latest job; then deliveries."""
     index = IndexStore(db)
     jobs = JobStore(db)
     planner = Planner(index, jobs, settings)
@@ -114,20 +125,49 @@ def render_dosimetry_status(db: sqlite_utils.Database, settings: Settings) -> It
     yield ""
     yield "Dosimetry"
     for key in index.patient_keys():
-        for plan in planner.plan_patient(key, submit=False):
+        plans = planner.plan_patient(key, submit=False)
+        for plan in plans:
             view, decision = plan.view, plan.decision
             name = f"{ids.get(key, key)}/{view.course}.{view.cycle}"
             job = plan.job
-            state = f"job {job.id} {job.state.value}" + (
-                f" (version {job.version})" if job.version else "") if job else "no job"
+            state = _job_state(job)
             if job is not None and job.state is JobState.INCOMPLETE:
                 yield f"  ALERT {name}: incomplete — {job.message}"
+            elif job is not None and job.state is JobState.FAILED:
+                yield f"  ALERT {name}: {state} — {job.message}"
             elif decision.action is Action.WAIT:
                 yield f"  {name}: waiting — {decision.reason}; {state}"
             else:
                 yield f"  {name}: {decision.reason}; {state}"
+        for course in sorted({plan.view.course for plan in plans}):
+            yield _course_line(jobs, key, course, ids)
     for line in _outbox_lines(OutboxStore(jobs)):
         yield line
+
+
+def _job_state(job: JobRecord | None) -> str:
+    """``job 4 queued (version 1), resumes after: <why its last run gave no result>``."""
+    if job is None:
+        return "no job"
+    text = f"job {job.id} {job.state.value}" + (
+        f" (version {job.version})" if job.version else "")
+    if job.state in (JobState.QUEUED, JobState.RUNNING) and job.last_error:
+        text += f", attempt {job.attempts + int(job.state is JobState.QUEUED)} after: " \
+                f"{job.last_error}"
+    return text
+
+
+def _course_line(jobs: JobStore, patient_key: str, course: int, ids: dict[str, str]) -> str:
+    """The course result's latest job: its state, and the reason when it failed."""
+    name = f"{ids.get(patient_key, patient_key)}/course {course}"
+    course_jobs = jobs.of_target(course_target(patient_key, course))
+    if not course_jobs:
+        return f"  {name}: no course job yet (it follows the cycles' results)"
+    job = course_jobs[-1]
+    if job.state is JobState.FAILED:
+        return f"  ALERT {name}: {_job_state(job)} — {job.message}"
+    detail = f" — {job.message}" if job.state in (JobState.QUEUED, JobState.RUNNING) else ""
+    return f"  {name}: {_job_state(job)}{detail}"
 
 
 def request_reprocess(db: sqlite_utils.Database, selector: str) -> list[str]:

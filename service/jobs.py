@@ -15,6 +15,25 @@ interrupted (crash, kill); it goes back to the queue with the result version
 and creation time it already had, so the re-run writes the same objects.
 A job's outcome (its objects and their pending deliveries) is committed in
 one transaction with its ``done`` state.
+
+Shutdown (SIGTERM, SIGINT): :meth:`JobRunner.stop` starts no new job, kills
+the running children and puts their jobs back in the queue with their
+version, exactly as a crash would leave them, so they resume at the next
+start. Only the node decides that a job is interrupted: the forkserver is
+started with SIGINT and SIGTERM ignored, which it keeps across ``exec`` and
+passes to every worker it forks (POSIX: an ignored signal stays ignored
+across fork and exec), and workers ignore both signals themselves. A Ctrl-C,
+which the terminal sends to the whole process group, or a ``systemctl stop``,
+which signals every process of the service's control group, therefore
+reaches only the node's own handler; without this the forkserver died of the
+SIGTERM, took its worker with it (exit code 255) and the job was failed.
+
+Retries: a worker that dies without sending a result while the node is not
+stopping was killed from outside (a signal, the kernel's out-of-memory
+killer); its job is queued again with its version, up to ``[jobs]
+max_attempts`` such runs, then failed with the reason. A job whose
+computation raises an error (:class:`~service.pipeline.PipelineError` and
+any other exception) fails at once: the same inputs would fail again.
 """
 
 from __future__ import annotations
@@ -41,6 +60,11 @@ from service.store.outbox import OutboxStore
 logger = logging.getLogger(__name__)
 
 JOB_LOG_DIR = "jobs"
+#: Signals that stop the node (``systemctl stop``, ``docker stop``, Ctrl-C).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED_BY_SHUTDOWN = ("interrupted by a shutdown of the node; resumes at the next start "
+                           "with the same version")
+_FORKSERVER_GONE = 255
 _PR_SET_PDEATHSIG = 1
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -72,8 +96,38 @@ def _job_logging(log_path: str) -> None:
     root.setLevel(logging.INFO)
 
 
+def start_shielded_forkserver(ctx: Any) -> bool:
+    """Start the forkserver with SIGINT and SIGTERM ignored (main thread only).
+
+    Signal dispositions are process-wide and only the main thread may
+    change them, so the node ignores both signals for the few milliseconds
+    the forkserver takes to fork and exec; a stop signal in that window at
+    start-up is lost. Returns False (nothing done) for another start method,
+    another thread or a forkserver already running.
+    """
+    if ctx.get_start_method() != "forkserver":
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    from multiprocessing import forkserver
+
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        forkserver.ensure_running()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return True
+
+
+def _ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def worker_main(spec: JobSpec, log_path: str, conn: Connection) -> None:
     """Entry point of a job's child process: run, send back the outcome or the error."""
+    _ignore_stop_signals()  # the node decides when a job is interrupted
     _die_with_parent()
     _job_logging(log_path)
     log = logging.getLogger("service.jobs.worker")
@@ -88,6 +142,29 @@ def worker_main(spec: JobSpec, log_path: str, conn: Connection) -> None:
         conn.send(("ok", outcome))
     finally:
         conn.close()
+
+
+def worker_death(exitcode: int | None) -> str:
+    """Why a worker ended without sending a result, from its exit code, in words.
+
+    A negative code is the signal that killed it (SIGKILL is what the Linux
+    out-of-memory killer sends); 255 is what :mod:`multiprocessing` reports
+    when the forkserver that started the worker died first.
+    """
+    if exitcode is None:
+        return "the worker process did not end"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        text = f"the worker process was killed by signal {-exitcode} ({name})"
+        if -exitcode == signal.SIGKILL:
+            text += ": out of memory (the kernel's OOM killer) or killed by an administrator"
+        return text
+    if exitcode == _FORKSERVER_GONE:
+        return "the worker process ended without a result (exit code 255: its forkserver died)"
+    return f"the worker process ended without a result (exit code {exitcode})"
 
 
 def job_spec(job: JobRecord, settings: Settings) -> JobSpec:
@@ -112,8 +189,10 @@ class JobRunner:
         outbox: OutboxStore,
         settings: Settings,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
+        worker: Callable[[JobSpec, str, Connection], None] = worker_main,
     ) -> None:
         self.jobs = jobs
+        self.worker = worker  # a child's entry point (tests give one that dies)
         self.outbox = outbox
         self.settings = settings
         self.on_finished = on_finished
@@ -130,6 +209,7 @@ class JobRunner:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        start_shielded_forkserver(self._ctx)
         for job in self.jobs.requeue_interrupted():
             logger.warning("Job %d (%s %s) was interrupted; it resumes as version %s",
                            job.id, job.kind, job.label, job.version)
@@ -140,10 +220,19 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def begin_stop(self) -> None:
+        """Start no new job; a worker that ends without a result from now on was interrupted."""
+        with self._lock:
+            self._stop.set()
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop dispatching; running children are killed and their jobs re-queued."""
-        self._stop.set()
-        self._wake.set()
+        self.begin_stop()
         with self._lock:
             children = list(self._children.values())
         for child in children:
@@ -162,8 +251,11 @@ class JobRunner:
                 self._execute(job)
             except Exception:
                 logger.exception("Job %d could not be run", job.id)
-                self.jobs.finish(job.id, JobState.FAILED, utc_now().isoformat(),
-                                 "internal error; see the node log")
+                if self._stop.is_set():
+                    self._interrupted(job)
+                else:
+                    self.jobs.finish(job.id, JobState.FAILED, utc_now().isoformat(),
+                                     "internal error; see the node log")
             self.on_finished(job)
 
     def _execute(self, job: JobRecord) -> None:
@@ -172,23 +264,29 @@ class JobRunner:
         spec = job_spec(job, self.settings)
         receiver, sender = self._ctx.Pipe(duplex=False)
         child = self._ctx.Process(
-            target=worker_main, args=(spec, job.log_path, sender), name=f"job-{job.id}"
+            target=self.worker, args=(spec, job.log_path, sender), name=f"job-{job.id}"
         )
-        child.start()
-        sender.close()
-        with self._lock:
+        with self._lock:  # stop() kills every child started before it took the lock
+            if self._stop.is_set():
+                sender.close()
+                receiver.close()
+                self._interrupted(job)
+                return
+            child.start()
             self._children[job.id] = child
+        sender.close()
         try:
             answer = self._receive(receiver)
         finally:
             child.join(timeout=30)
             with self._lock:
                 self._children.pop(job.id, None)
-        if self._stop.is_set() and answer is None:
-            self.jobs.finish(job.id, JobState.QUEUED, utc_now().isoformat(),
-                             "interrupted by shutdown; resumes at the next start")
-            return
-        self._record(job, answer, child.exitcode)
+        if answer is not None:
+            self._record(job, answer)
+        elif self._stop.is_set():
+            self._interrupted(job)
+        else:
+            self._worker_lost(job, child.exitcode)
 
     @staticmethod
     def _receive(receiver: Connection) -> tuple[str, Any] | None:
@@ -200,13 +298,23 @@ class JobRunner:
         finally:
             receiver.close()
 
-    def _record(self, job: JobRecord, answer: tuple[str, Any] | None, exitcode: int | None) -> None:
-        now = utc_now().isoformat()
-        if answer is None:
-            message = f"worker process died (exit code {exitcode}); see {job.log_path}"
-            self.jobs.finish(job.id, JobState.FAILED, now, message)
-            logger.error("Job %d failed: %s", job.id, message)
+    def _interrupted(self, job: JobRecord) -> None:
+        self.jobs.requeue(job.id, INTERRUPTED_BY_SHUTDOWN)
+        logger.warning("Job %d (%s %s, version %s) interrupted by the shutdown; it resumes at "
+                       "the next start", job.id, job.kind, job.label, job.version)
+
+    def _worker_lost(self, job: JobRecord, exitcode: int | None) -> None:
+        reason = f"{worker_death(exitcode)}; see {job.log_path}"
+        limit = self.settings.jobs.max_attempts
+        after = self.jobs.worker_lost(job.id, utc_now().isoformat(), reason, limit)
+        if after.state is JobState.FAILED:
+            logger.error("Job %d failed: %s", job.id, after.message)
             return
+        logger.warning("Job %d: %s; queued again (%d of at most %d run(s) lost so far)",
+                       job.id, reason, after.worker_deaths, limit)
+
+    def _record(self, job: JobRecord, answer: tuple[str, Any]) -> None:
+        now = utc_now().isoformat()
         status, value = answer
         if status == "error":
             self.jobs.finish(job.id, JobState.FAILED, now, str(value))

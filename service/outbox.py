@@ -14,6 +14,10 @@ objects in the order the jobs produced them (:mod:`service.store.outbox`):
 An object is marked sent only after the destination's success status; a
 crash between that status and the commit re-sends the same object (same SOP
 Instance UID and bytes) once, which a PACS files as the same instance.
+
+:meth:`Outbox.stop` (a shutdown of the node) lets the object in flight be
+answered and recorded, then releases the association: the objects not yet
+sent stay ``pending`` and go out, in order, after the restart.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from service.store.outbox import DeliveryState, OutboxStore, PendingObject
 logger = logging.getLogger(__name__)
 
 BATCH = 50
+
+
+class _Stopping(Exception):
+    """Raised from a sender's result callback to end a batch when the outbox stops."""
 
 
 def backoff_s(failures: int, base_s: float, max_s: float) -> float:
@@ -107,8 +115,15 @@ class Outbox:
             def record(result: SendResult) -> None:  # committed before the next object goes
                 self._record(sender.name, by_path[result.path], result.state, result.status,
                              result.detail)
+                if self._stop.is_set():
+                    raise _Stopping  # the sender releases its association on the way out
 
-            results = sender.send(list(by_path), on_result=record)
+            try:
+                results = sender.send(list(by_path), on_result=record)
+            except _Stopping:
+                logger.info("Outbox: stopping; the objects still pending for %s go out after "
+                            "the restart", sender.name)
+                return
             if not results or results[-1].state is SendState.UNREACHABLE:
                 self._failed(sender.name, results[-1].detail if results else "nothing sent")
                 return

@@ -13,6 +13,12 @@ cycle that cannot be computed with what arrived, recorded once per input
 set); ``superseded`` (a queued job overtaken by newer inputs).
 The pair (target, fingerprint) is unique: the same cycle is never computed
 twice for the same inputs.
+
+A run that ends without an outcome sends the job back to ``queued`` with its
+version: a shutdown or a crash of the node (not counted), or a worker process
+killed from outside (counted in ``worker_deaths``; at ``[jobs] max_attempts``
+such deaths the job is ``failed``). ``attempts`` counts every start and
+``last_error`` keeps why the last run did not end with a result.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from sqlite_utils.migrations import Migrations
 from service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.jobs")
+
+INTERRUPTED_BY_CRASH = ("interrupted: the node stopped while the job ran (crash or kill); "
+                        "resumed at the next start")
 
 
 @MIGRATIONS()
@@ -64,6 +73,13 @@ def m001_jobs(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m002_job_retries(db: sqlite_utils.Database) -> None:
+    """Why the last run ended without a result, and how many runs lost their worker."""
+    db["jobs"].add_column("worker_deaths", int, not_null_default=0)  # type: ignore[union-attr]
+    db["jobs"].add_column("last_error", str)  # type: ignore[union-attr]
+
+
 class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -93,13 +109,17 @@ class JobRecord:
     message: str
     result_dir: str | None
     log_path: str | None
+    worker_deaths: int = 0
+    last_error: str = ""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
-        values["message"] = values["message"] or ""
-        values["attempts"] = values["attempts"] or 0
+        for text in ("message", "last_error"):
+            values[text] = values.get(text) or ""
+        for count in ("attempts", "worker_deaths"):
+            values[count] = values.get(count) or 0
         return cls(**values)
 
 
@@ -269,12 +289,42 @@ class JobStore:
         with self.transaction() as own:
             own.execute(sql, params)
 
-    def requeue_interrupted(self) -> list[JobRecord]:
+    def requeue_interrupted(self, reason: str = INTERRUPTED_BY_CRASH) -> list[JobRecord]:
         """Jobs left ``running`` by a crash go back to the queue (same version)."""
         interrupted = self.in_states(JobState.RUNNING)
         with self.transaction() as conn:
-            conn.execute("update jobs set state = 'queued' where state = 'running'")
+            conn.execute("update jobs set state = 'queued', last_error = ? "
+                         "where state = 'running'", [reason])
         return interrupted
+
+    def requeue(self, job_id: int, reason: str) -> None:
+        """A run interrupted by the node (shutdown): back to the queue, same version."""
+        with self.transaction() as conn:
+            conn.execute("update jobs set state = 'queued', last_error = ? "
+                         "where id = ? and state = 'running'", [reason, job_id])
+
+    def worker_lost(self, job_id: int, now: str, reason: str, max_attempts: int) -> JobRecord:
+        """A run whose worker died from outside: queued again, or failed at ``max_attempts``.
+
+        Only such deaths count toward the bound; the job keeps its version.
+        """
+        with self.transaction() as conn:
+            (deaths,) = conn.execute(
+                "select worker_deaths + 1 from jobs where id = ?", [job_id]).fetchone()
+            if deaths < max_attempts:
+                conn.execute(
+                    "update jobs set state = 'queued', worker_deaths = ?, last_error = ? "
+                    "where id = ?", [deaths, reason, job_id])
+            else:
+                message = (f"{reason}; failed after {deaths} attempt(s) whose worker died "
+                           f"([jobs] max_attempts = {max_attempts})")
+                conn.execute(
+                    "update jobs set state = 'failed', worker_deaths = ?, last_error = ?, "
+                    "message = ?, finished_at = ? where id = ?",
+                    [deaths, reason, message, now, job_id])
+        job = self.get(job_id)
+        assert job is not None
+        return job
 
     # -- inputs (read from the index tables) ----------------------------------------
     def input_instances(self, series_uids: list[str]) -> list[dict[str, Any]]:

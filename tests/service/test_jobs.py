@@ -1,16 +1,22 @@
-"""Jobs: persisted, deduplicated by input fingerprint, run in worker processes, resumed after a restart."""
+"""Jobs: persisted, deduplicated by input fingerprint, run in worker processes, resumed after a
+restart or a shutdown, retried (boundedly) when their worker is killed from outside."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
-from service.jobs import JobRunner
+from service.job_status import render_jobs
+from service.jobs import JobRunner, worker_death, worker_main
 from service.pipeline import RESULT_FILE, CourseJobInput, JobKind
 from service.store import open_database
+from service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
 from service.store.jobs import JobState, JobStore
 from service.store.outbox import OutboxStore
 from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
@@ -69,9 +75,10 @@ def stored_cycle(data_dir: Path) -> str:
     return "results/job-0"
 
 
-def course_job(store: JobStore, cycle_results: tuple[str, ...], fingerprint: str):
+def course_job(store: JobStore, cycle_results: tuple[str, ...], fingerprint: str,
+               target: str = "course|p|1"):
     return store.submit(
-        kind=JobKind.COURSE.value, target="course|p|1", patient_key="p", label="1",
+        kind=JobKind.COURSE.value, target=target, patient_key="p", label="1",
         fingerprint=fingerprint, payload=pickle.dumps(CourseJobInput(cycle_results)),
         created_at=NOW)
 
@@ -135,3 +142,152 @@ def test_failing_job_is_failed_with_its_reason_and_the_queue_goes_on(tmp_path: P
     assert "FileNotFoundError" in failed.message and "job-404" in failed.message
     assert "Traceback" in Path(failed.log_path).read_text()
     assert done.state is JobState.DONE
+
+
+# -- retries and shutdown -----------------------------------------------------------------
+def _runs(log_path: str) -> int:
+    """Count this run of a job in a file beside its log; returns the run number."""
+    counter = Path(log_path).with_suffix(".runs")
+    with counter.open("a") as handle:
+        handle.write("run\n")
+    return len(counter.read_text().splitlines())
+
+
+def killed_twice(spec, log_path: str, conn) -> None:
+    """A worker killed by SIGKILL (as the OOM killer does) on its first two runs."""
+    if _runs(log_path) <= 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    worker_main(spec, log_path, conn)
+
+
+def always_killed(spec, log_path: str, conn) -> None:
+    _runs(log_path)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stuck(spec, log_path: str, conn) -> None:
+    """A worker that computes for longer than any test waits (until the runner kills it)."""
+    _runs(log_path)
+    time.sleep(120)
+
+
+def signalled_by_the_terminal(spec, log_path: str, conn) -> None:
+    """Ctrl-C and a service manager's SIGTERM reach every process of the group or cgroup."""
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    worker_main(spec, log_path, conn)
+
+
+def run_jobs(tmp_path: Path, worker, fingerprints: tuple[str, ...] = ("present",),
+             **jobs_settings) -> list:
+    settings = make_settings(tmp_path / "data", jobs=jobs_settings)
+    store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
+    folder = stored_cycle(settings.data_dir)
+    submitted = [course_job(store, (folder,), fp, target=f"course|{fp}|1")
+                 for fp in fingerprints]
+    runner = JobRunner(store, OutboxStore(store), settings, worker=worker)
+    runner.start()
+    try:
+        return [wait_for(store, job.id, {JobState.DONE, JobState.FAILED}) for job in submitted]
+    finally:
+        runner.stop()
+
+
+def test_worker_killed_from_outside_is_retried_with_its_version(tmp_path: Path) -> None:
+    (done,) = run_jobs(tmp_path, killed_twice)
+    assert done.state is JobState.DONE, done.message
+    assert (done.version, done.attempts, done.worker_deaths) == (1, 3, 2)
+    assert "killed by signal 9 (SIGKILL)" in done.last_error
+    assert "out of memory" in done.last_error
+
+
+def test_worker_killed_on_every_run_fails_after_max_attempts_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    failed, after = run_jobs(tmp_path, always_killed, ("first", "second"), max_attempts=2)
+    assert failed.state is JobState.FAILED
+    assert (failed.attempts, failed.worker_deaths) == (2, 2)
+    assert "killed by signal 9 (SIGKILL)" in failed.message
+    assert "failed after 2 attempt(s)" in failed.message and "max_attempts = 2" in failed.message
+    assert after.state is JobState.FAILED, "the queue went on to the next job"
+    listing = "\n".join(render_jobs(open_database(tmp_path / "data" / "theranode.db")))
+    assert failed.message in listing
+    assert "attempts 2 (2 lost their worker); last: the worker process was killed by signal 9" \
+        in listing
+
+
+def test_a_job_that_fails_with_an_error_is_not_retried(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
+    broken = course_job(store, ("results/job-404",), "missing")
+    runner = JobRunner(store, OutboxStore(store), settings)
+    runner.start()
+    try:
+        failed = wait_for(store, broken.id, {JobState.DONE, JobState.FAILED})
+        time.sleep(1.5)  # a retry would have claimed it again by now
+    finally:
+        runner.stop()
+    failed = store.get(broken.id)
+    assert failed.state is JobState.FAILED and "job-404" in failed.message
+    assert (failed.attempts, failed.worker_deaths, failed.last_error) == (1, 0, "")
+
+
+def test_stop_signals_sent_to_the_worker_do_not_end_its_job(tmp_path: Path) -> None:
+    (done,) = run_jobs(tmp_path, signalled_by_the_terminal)
+    assert done.state is JobState.DONE, done.message
+    assert (done.attempts, done.worker_deaths) == (1, 0)
+
+
+def test_shutdown_interrupts_a_running_job_which_resumes_with_its_version(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "data")
+    db_path = tmp_path / "data" / "theranode.db"
+    store = JobStore(open_database(db_path))
+    job = course_job(store, (stored_cycle(settings.data_dir),), "inputs")
+    runner = JobRunner(store, OutboxStore(store), settings, worker=stuck)
+    runner.start()
+    try:
+        wait_for(store, job.id, {JobState.RUNNING})
+        log = Path(store.get(job.id).log_path)
+        deadline = time.monotonic() + 30
+        while not log.with_suffix(".runs").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+    interrupted = store.get(job.id)
+    assert interrupted.state is JobState.QUEUED
+    assert (interrupted.version, interrupted.worker_deaths) == (1, 0)
+    assert "interrupted by a shutdown" in interrupted.last_error
+
+    restarted = JobStore(open_database(db_path))
+    runner = JobRunner(restarted, OutboxStore(restarted), settings)
+    runner.start()
+    try:
+        done = wait_for(restarted, job.id, {JobState.DONE, JobState.FAILED})
+    finally:
+        runner.stop()
+    assert done.state is JobState.DONE, done.message
+    assert (done.version, done.created_at, done.attempts, done.worker_deaths) == (1, NOW, 2, 0)
+
+
+def test_worker_deaths_are_told_apart_by_exit_code() -> None:
+    assert "signal 9 (SIGKILL)" in worker_death(-9)
+    assert "signal 15 (SIGTERM)" in worker_death(-15)
+    assert "forkserver died" in worker_death(255)
+    assert "exit code 1" in worker_death(1)
+
+
+def test_old_databases_get_the_retry_columns(tmp_path: Path) -> None:
+    """A database written before the retry columns existed opens, and its jobs read back."""
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    JOB_MIGRATIONS.apply(db, stop_before="m002_job_retries")
+    assert "last_error" not in db["jobs"].columns_dict
+    db.execute("insert into jobs (kind, target, fingerprint, state, created_at, attempts) "
+               "values ('cycle', 't', 'f', 'failed', ?, 1)", [NOW])
+    db.conn.commit()
+    db.conn.close()
+    store = JobStore(open_database(tmp_path / "old.db"))
+    (job,) = store.all()
+    assert (job.state, job.attempts, job.worker_deaths, job.last_error) == (
+        JobState.FAILED, 1, 0, "")
