@@ -16,7 +16,17 @@ Statuses (PS3.4 Annex B.2.3, and theranode's own codes in the 0xC000 range):
 0xC110 cannot file: a UID or PatientID is missing or invalid, or the series
        UID already belongs to another patient
 0xC120 cannot file: SOP class not stored by theranode
+0xC130 cannot use: a SPECT (reconstructed NM, PT, Enhanced PET) whose values
+       cannot be read to Bq/mL — units other than Bq/mL or counts (SUV, an
+       unknown RWVM code, PT Units not BQML), an unknown or missing decay
+       correction, or what that decay reference needs
+0xC131 cannot use: a SPECT in counts (nothing declares Bq/mL) from a camera
+       with no ``[calibration]`` sensitivity (same matching as the pipeline)
 ====== ==============================================================
+
+The 0xC13x checks read headers only (:mod:`dicomio.spect_units`, no pixel
+decoding); their Error Comment starts with the attribute to fix. 0xC131 is
+checked only when the listener is given the calibration settings.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
 
+from config.schema import CalibrationSettings
 from dicomio.errors import (
     DicomInputError,
     InconsistentPixelDataError,
@@ -40,7 +51,9 @@ from dicomio.errors import (
 )
 from dicomio.headers import InstanceHeader, instance_header
 from dicomio.integrity import check_pixel_data, decode
+from dicomio.spect_units import acquisition_duration_s, declared_values, is_read_as_spect
 from service.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
+from service.calibration import camera_facts, counts_calibration
 from service.store.index import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -52,6 +65,8 @@ UNDECODABLE = 0xC100
 TRUNCATED = 0xC101
 MISSING_ATTRIBUTE = 0xC110
 UNSUPPORTED_SOP_CLASS = 0xC120
+UNREADABLE_SPECT_VALUES = 0xC130
+UNCALIBRATED_COUNTS = 0xC131
 
 
 @dataclass(frozen=True)
@@ -86,8 +101,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, InstanceHeader]:
+def parse(
+    data: bytes, context_sop_class: str | None, calibration: CalibrationSettings | None = None
+) -> tuple[Dataset, InstanceHeader]:
     """Decode the header of received bytes and check they can be filed.
+
+    A SPECT must also be readable to Bq/mL (:func:`check_spect_values`);
+    ``calibration`` (the node's ``[calibration]``) lets counts be judged.
 
     Raises
     ------
@@ -122,7 +142,52 @@ def parse(data: bytes, context_sop_class: str | None) -> tuple[Dataset, Instance
         raise Rejected(UNDECODABLE, str(exc)) from exc
     except Exception as exc:  # a malformed value among the image attributes
         raise Rejected(UNDECODABLE, f"pixel data attributes could not be read: {exc!r}") from exc
+    check_spect_values(ds, calibration)
     return ds, header
+
+
+def check_spect_values(ds: Dataset, calibration: CalibrationSettings | None) -> None:
+    """Refuse a SPECT whose values the pipeline could not read to Bq/mL (headers only).
+
+    Objects the pipeline never reads as a SPECT volume (CT, RTSTRUCT, NM
+    projections and statics) pass. Counts are refused only when
+    ``calibration`` is given and no camera entry (nor a default) matches.
+
+    Raises
+    ------
+    Rejected
+        0xC130 for unreadable declared units or decay reference, 0xC131 for
+        counts from an uncalibrated camera.
+    """
+    if not is_read_as_spect(ds):
+        return
+    try:
+        declaration = declared_values(ds)
+    except DicomInputError as exc:
+        raise Rejected(UNREADABLE_SPECT_VALUES, str(exc)) from exc
+    except Exception as exc:  # a malformed value among the SPECT attributes
+        raise Rejected(
+            UNREADABLE_SPECT_VALUES, f"SPECT value attributes could not be read: {exc!r}"
+        ) from exc
+    if not declaration.is_counts or calibration is None:
+        return
+    if counts_calibration(ds, calibration) is None:
+        facts = camera_facts(ds)
+        raise Rejected(
+            UNCALIBRATED_COUNTS,
+            "Units/RealWorldValueMappingSequence: counts, camera uncalibrated. Nothing in "
+            "the header declares Bq/mL and no [[calibration.cameras]] entry matches "
+            f"Manufacturer {facts['manufacturer']!r}, ManufacturerModelName "
+            f"{facts['model_name']!r}, StationName {facts['station_name']!r} "
+            "(default_cps_per_mbq is 0): configure this camera's sensitivity, or export the "
+            "SPECT in Bq/mL, then send it again.",
+        )
+    if acquisition_duration_s(ds) is None:
+        raise Rejected(
+            UNREADABLE_SPECT_VALUES,
+            "ActualFrameDuration (0018,1242) missing: counts need the acquisition duration "
+            "(RotationInformationSequence or ActualFrameDuration) to become activity.",
+        )
 
 
 @dataclass(frozen=True)
@@ -134,28 +199,37 @@ class _Examined:
     rejection: Rejected | None = None
 
 
-def _examine(data: bytes, context_sop_class: str | None) -> _Examined:
+def _examine(
+    data: bytes, context_sop_class: str | None, calibration: CalibrationSettings | None
+) -> _Examined:
     """Hash and parse received bytes (runs on a worker thread)."""
     digest = sha256_hex(data)
     try:
-        _, header = parse(data, context_sop_class)
+        _, header = parse(data, context_sop_class, calibration)
     except Rejected as rejection:
         return _Examined(digest, rejection=rejection)
     return _Examined(digest, header=header)
 
 
 class Ingest:
-    """Files received instances into the archive and the index."""
+    """Files received instances into the archive and the index.
+
+    ``calibration`` (the node's ``[calibration]`` settings) lets a SPECT in
+    counts from an uncalibrated camera be refused at C-STORE time (0xC131);
+    without it such objects are stored and refused when the job reads them.
+    """
 
     def __init__(
         self,
         archive: Archive,
         index: IndexStore,
         on_new_series: Callable[[InstanceHeader], None] = lambda header: None,
+        calibration: CalibrationSettings | None = None,
     ) -> None:
         self.archive = archive
         self.index = index
         self.on_new_series = on_new_series
+        self.calibration = calibration
         self._uid_locks = [threading.Lock() for _ in range(64)]
         self._examiners = ThreadPoolExecutor(max_workers=4, thread_name_prefix="examine")
 
@@ -183,7 +257,7 @@ class Ingest:
         except DiskFullError as exc:
             logger.error("Refused an object from %s: %s", peer.calling_ae, exc)
             return Outcome(OUT_OF_RESOURCES, str(exc))
-        examining = self._examiners.submit(_examine, data, context_sop_class)
+        examining = self._examiners.submit(_examine, data, context_sop_class, self.calibration)
         try:
             staged = self.archive.stage(data)
         except ArchiveError as exc:
