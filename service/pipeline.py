@@ -38,11 +38,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from config.schema import CalibrationSettings, Settings
+from config.schema import Settings
 from dicomio.ct import read_ct_series
 from dicomio.dvh import dvhs_from_masks
 from dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
-from dicomio.nm import CountsCalibration, read_spect
+from dicomio.nm import read_spect
 from dicomio.part10 import encode
 from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
 from dicomio.rtdose import course_rt_dose, cycle_rt_dose
@@ -70,6 +70,7 @@ from dosimetry.results import CourseResult, CycleResult, VoiKind
 from dosimetry.volume import Volume
 from dosimetry.voi_names import classify_roi
 from service.archive import write_durably
+from service.calibration import counts_calibration
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -193,24 +194,6 @@ def engine_settings(settings: Settings) -> EngineSettings:
         },
         voxelwise_map=d.voxelwise_map,
     )
-
-
-def counts_calibration(ds: Dataset, calibration: CalibrationSettings) -> CountsCalibration | None:
-    """The configured sensitivity of the camera that acquired ``ds`` (first match wins)."""
-    facts = {
-        "manufacturer": str(ds.get("Manufacturer", "") or ""),
-        "model_name": str(ds.get("ManufacturerModelName", "") or ""),
-        "station_name": str(ds.get("StationName", "") or ""),
-    }
-    for camera in calibration.cameras:
-        wanted = {k: getattr(camera, k) for k in facts}
-        if all(not value or value == facts[k] for k, value in wanted.items()):
-            return CountsCalibration(camera.cps_per_mbq, calibration.correct_decay_during_acquisition)
-    if calibration.default_cps_per_mbq > 0:
-        return CountsCalibration(
-            calibration.default_cps_per_mbq, calibration.correct_decay_during_acquisition
-        )
-    return None
 
 
 # -- VOIs -----------------------------------------------------------------------

@@ -659,3 +659,24 @@ def test_ucum_concentration_codes(code, bq_per_ml):
     from dicomio.spect_units import concentration_factor
 
     assert concentration_factor(code) == bq_per_ml
+
+
+def test_refusal_is_the_c_store_answer_on_a_real_association(tmp_path):
+    """Over DICOM: the status and the Error Comment naming the attribute, nothing filed."""
+    from tests.service.nodes import make_settings, running_node, scu
+
+    objects = [REFUSED["nm-rwvm-SUV-only"][0](), REFUSED["pt-units-GML"][0]()[0],
+               DECLARED["nm-rwvm-kBq/mL"][0]()]
+    with running_node(make_settings(tmp_path / "data")) as node:
+        assoc = scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
+        assert assoc.is_established
+        try:
+            answers = [assoc.send_c_store(ds) for ds in objects]
+        finally:
+            assoc.release()
+        assert [int(a.Status) for a in answers] == [
+            UNREADABLE_SPECT_VALUES, UNREADABLE_SPECT_VALUES, SUCCESS]
+        assert str(answers[0].ErrorComment).startswith("RealWorldValueMappingSequence units")
+        assert str(answers[1].ErrorComment).startswith("Units (0054,1001)")
+        counts = node.index.counts()
+        assert (counts["instances"], counts["quarantine"]) == (1, 2)
