@@ -23,8 +23,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _engine_ready_settings(args: argparse.Namespace) -> Settings:
+    """Settings the dosimetry engine accepts too: what a job builds is built now."""
+    from service.engine_settings import build_engine_settings
+
     settings = _settings(args)
+    build_engine_settings(settings)
+    return settings
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _engine_ready_settings(args)
     print(f"# settings in effect (from {settings.source})")
     for name, value, _help in iter_settings(settings):
         print(f"{name} = {value!r}")
@@ -34,7 +43,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import Node
 
-    settings = _settings(args)
+    settings = _engine_ready_settings(args)
     configure_logging(settings.logging)
     node = Node(settings)
     node.start()

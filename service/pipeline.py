@@ -57,20 +57,17 @@ from dicomio.uids import ResultIdentity, ResultKind
 from dosimetry.course_map import compute_course
 from dosimetry.cycle import (
     CycleInputs,
-    EngineSettings,
-    StpFallback,
     TimePointImages,
     VoiMask,
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from dosimetry.density import DensityCalibration
-from dosimetry.recovery import SigmoidRecovery
-from dosimetry.results import CourseResult, CycleResult, VoiKind
-from dosimetry.volume import Volume
+from dosimetry.results import CourseResult, CycleResult
 from dosimetry.voi_names import classify_roi
+from dosimetry.volume import Volume
 from service.archive import write_durably
 from service.calibration import counts_calibration
+from service.engine_settings import build_engine_settings
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -167,33 +164,6 @@ class JobOutcome:
     objects: tuple[ResultObject, ...]
     result_dir: str
     summary: tuple[str, ...] = field(default=())
-
-
-# -- settings → engine ----------------------------------------------------------
-def engine_settings(settings: Settings) -> EngineSettings:
-    """The engine's settings from the ``[dosimetry]`` and ``[protocol]`` sections."""
-    d, p = settings.dosimetry, settings.protocol
-    return EngineSettings(
-        density_calibration=DensityCalibration(
-            tuple(d.density_points_hu), tuple(d.density_points_g_per_ml), name="configured"
-        ),
-        gas_policy=d.gas_policy,
-        gas_threshold_g_per_ml=d.gas_threshold_g_per_ml,
-        kinetic_model=d.kinetic_model,
-        select_model_by_aicc=d.select_model_by_aicc,
-        recovery_curve=SigmoidRecovery(
-            d.recovery_plateau, d.recovery_half_volume_ml, d.recovery_slope
-        ),
-        min_lesion_volume_ml=d.min_lesion_volume_ml,
-        apply_recovery_to_marrow=d.apply_recovery_to_marrow,
-        stp_fallback=StpFallback(p.single_time_point_fallback),
-        population_half_life_h={
-            VoiKind.ORGAN.value: p.population_half_life_organ_h,
-            VoiKind.MARROW.value: p.population_half_life_marrow_h,
-            VoiKind.LESION.value: p.population_half_life_lesion_h,
-        },
-        voxelwise_map=d.voxelwise_map,
-    )
 
 
 # -- VOIs -----------------------------------------------------------------------
@@ -400,7 +370,7 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
     job = spec.cycle
     assert job is not None
     read = read_cycle(spec)
-    settings = engine_settings(spec.settings)
+    settings = build_engine_settings(spec.settings)
     if job.multi_time_point:
         result = compute_multi_time_point_cycle(read.inputs, settings)
     else:

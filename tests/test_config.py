@@ -95,3 +95,65 @@ def test_check_config_reports_problems_and_exits_2(tmp_path: Path, capsys):
 def test_missing_config_file_is_a_clear_error(tmp_path: Path, capsys):
     assert main(["check-config", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+# -- what the dosimetry engine refuses is refused before the node starts (issue #11) --
+ENGINE_REFUSALS = [
+    ("density_points_g_per_ml = [0.0012, 0.93, 1.03, 1.12, 3.5]", "density cap"),
+    ("density_points_g_per_ml = [0.0012, 0.93, 1.03, 0.9, 1.96]", "must not decrease"),
+    ("density_points_hu = [-1000.0, -98.0, 14.0, 100.0, inf]", "must be finite"),
+    ("gas_threshold_g_per_ml = 0.0", "gas density threshold must be positive"),
+]
+
+
+@pytest.mark.parametrize(("line", "words"), ENGINE_REFUSALS)
+def test_check_config_refuses_what_the_engine_refuses(tmp_path: Path, capsys, line, words):
+    config = tmp_path / "engine.toml"
+    config.write_text(f"[dosimetry]\n{line}\n")
+    load_settings(config)  # the schema alone lets it through: only the engine knows
+    assert main(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "the dosimetry engine refuses" in err and words in err, err
+
+
+def test_every_engine_refusal_is_reported_one_per_line(tmp_path: Path, capsys):
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        "[dosimetry]\ndensity_points_g_per_ml = [0.0012, 0.93, 1.03, 1.12, 3.5]\n"
+        "gas_threshold_g_per_ml = 0.0\n"
+    )
+    assert main(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 problem(s)" in err
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert problems[0].startswith("  - dosimetry.density_points_hu / density_points_g_per_ml:")
+    assert problems[1].startswith("  - dosimetry.gas_policy / gas_threshold_g_per_ml:")
+
+
+def test_serve_refuses_to_start_on_what_the_engine_refuses(tmp_path: Path, capsys, monkeypatch):
+    import service.app
+
+    def node_must_not_start(*args, **kwargs):
+        raise AssertionError("serve started a node on settings the engine refuses")
+
+    monkeypatch.setattr(service.app, "Node", node_must_not_start)
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\n'
+        "[dosimetry]\ndensity_points_g_per_ml = [0.0012, 0.93, 1.03, 1.12, 3.5]\n"
+    )
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "density cap" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_jobs_build_the_engine_settings_check_config_built():
+    from dosimetry.cycle import EngineSettings
+    from service.engine_settings import build_engine_settings
+
+    engine = build_engine_settings(load_settings())
+    assert isinstance(engine, EngineSettings)
+    assert engine.density_calibration.points_g_per_ml[-1] == 1.96
+    with pytest.raises(ConfigError, match="density cap"):
+        build_engine_settings(settings_from_dict(
+            {"dosimetry": {"density_points_g_per_ml": [0.0012, 0.93, 1.03, 1.12, 3.5]}}))
