@@ -16,8 +16,8 @@ Referenced RT Plan Sequence that cannot exist (see docs/conformance.md).
 References
 ----------
 DICOM PS3.3 A.18 (RT Dose IOD), C.8.8.3 (RT Dose module: Dose Grid Scaling,
-Grid Frame Offset Vector C.8.8.3.2), C.8.8.4 (RT DVH module), C.7.6.2
-(Image Plane module), C.7.6.6 (Multi-frame module), C.12.2 (Common Instance
+Grid Frame Offset Vector C.8.8.3.2, Dose Comment LO), C.8.8.4 (RT DVH module),
+C.7.6.1 (General Image module: Image Comments LT), C.7.6.2 (Image Plane module), C.7.6.6 (Multi-frame module), C.12.2 (Common Instance
 Reference module).
 """
 
@@ -55,6 +55,10 @@ logger = logging.getLogger(__name__)
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 GRID_FRAME_OFFSET_VECTOR_TAG = Tag(0x3004, 0x000C)
+#: Longest Dose Comment (VR LO, PS3.5 6.2).
+MAX_DOSE_COMMENT = 64
+#: Longest Image Comments (VR LT, PS3.5 6.2).
+MAX_IMAGE_COMMENTS = 10240
 #: Bits per stored dose value that writers may choose (PS3.3 C.8.8.3.4.1: 16 or 32).
 SUPPORTED_BITS = (16, 32)
 DEFAULT_BITS = 16
@@ -267,6 +271,11 @@ def _rt_dose_module(
     ds.DoseSummationType = DOSE_SUMMATION_TYPE
     ds.TissueHeterogeneityCorrection = "IMAGE"
     if comment:
+        if len(comment) > MAX_DOSE_COMMENT:
+            raise ValueError(
+                f"Dose Comment is LO (at most {MAX_DOSE_COMMENT} characters), got "
+                f"{len(comment)}: {comment!r}; put the long statement in Image Comments."
+            )
         ds.DoseComment = comment
     ds.PlanOverviewSequence = [_plan_overview(source, identity, fractions_included)]
     references = []
@@ -333,6 +342,7 @@ def write_rt_dose(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     comment: str = "",
+    statement: str = "",
     fractions_included: int = 1,
     bits: int = DEFAULT_BITS,
 ) -> Dataset:
@@ -352,7 +362,10 @@ def write_rt_dose(
         Cumulative DVHs by VOI name, written in the RT DVH module for the
         VOIs that are ROIs of the referenced RTSTRUCT.
     comment:
-        Dose Comment (method, radionuclide).
+        Dose Comment: how the map was made, at most 64 characters (LO).
+    statement:
+        The full statement of how the map was made, written as Image
+        Comments (LT, General Image module).
     fractions_included:
         Number of cycles summed (1 for a cycle, the cycle count for a course).
     bits:
@@ -388,6 +401,8 @@ def write_rt_dose(
     set_creation(ds, identity)
     _image_modules(ds, grid, scaling_text, bits)
     _rt_dose_module(ds, source, identity, comment, fractions_included)
+    if statement:
+        ds.ImageComments = statement[:MAX_IMAGE_COMMENTS]
     if dvhs:
         _dvh_module(ds, source, dvhs)
     for keyword, items in common_instance_reference(
@@ -437,10 +452,32 @@ def cycle_rt_dose(
             f"Cycle {result.cycle_number} has no dose map; RT Dose can only be written "
             "for a cycle computed voxel-wise."
         )
-    comment = f"Lu-177 absorbed dose, cycle {result.cycle_number}; method: {result.method.value}"
     return write_rt_dose(
-        result.dose_map, source, identity, dvhs=dvhs, comment=comment[:10240]
+        result.dose_map,
+        source,
+        identity,
+        dvhs=dvhs,
+        comment=dose_comment(result.settings.get("dose_map_comment"), result.method.value),
+        statement=map_statement(
+            f"Lu-177 absorbed dose, cycle {result.cycle_number} ({result.method.value})",
+            result.settings.get("dose_map"),
+        ),
     )
+
+
+def dose_comment(comment: object, fallback: str) -> str:
+    """A Dose Comment of at most 64 characters: ``comment``, else ``fallback`` cut short."""
+    text = comment if isinstance(comment, str) and comment else fallback
+    if len(text) <= MAX_DOSE_COMMENT:
+        return text
+    return text[: MAX_DOSE_COMMENT - 3].rstrip() + "..."
+
+
+def map_statement(what: str, method: object) -> str:
+    """Image Comments: what the map is and how it was made."""
+    if isinstance(method, str) and method:
+        return f"{what}. Dose map: {method}."
+    return f"{what}."
 
 
 def course_rt_dose(
@@ -457,13 +494,14 @@ def course_rt_dose(
             "needs the cycle maps summed on the first cycle's reference CT."
         )
     numbers = ", ".join(str(c.cycle_number) for c in course.cycles)
-    comment = f"Lu-177 cumulative absorbed dose over cycles {numbers}"
+    what = f"Lu-177 cumulative absorbed dose over cycles {numbers}"
     return write_rt_dose(
         course.course_map,
         source,
         identity,
         dvhs=dvhs,
-        comment=comment,
+        comment=dose_comment(course.course_map_comment, what),
+        statement=map_statement(what, course.course_map_method),
         fractions_included=max(len(course.cycles), 1),
     )
 

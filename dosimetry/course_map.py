@@ -7,6 +7,18 @@ its map is resampled (linear) onto the first cycle's dose grid through that
 transform; voxels a cycle's map does not cover add 0, and
 :attr:`CourseMap.coverage` counts the cycles covering each voxel.
 
+The sum is then scaled within each VOI of the first cycle (its masks on its
+dose grid, the course grid) so that the VOI's mean is the VOI's course total,
+the sum of its reported cycle means (:mod:`dosimetry.dose_map`, smallest VOI
+first). Each cycle map already has its VOI means equal to the reported
+ones; what the scaling corrects is how the later cycles' maps land on the
+first cycle's VOIs after a cross-cycle registration and linear resampling
+(a VOI border moved by a fraction of a voxel mixes in the surroundings).
+For organs that is well under 1 % on the test course; for lesions of a few
+SPECT voxels, whose scaled dose steps at their border, it reaches several
+per cent, and the factor per VOI is noted (``course_map_notes``) when it
+exceeds 1 %. VOIs absent from the first cycle are not scaled.
+
 References
 ----------
 Hebert K et al., J Nucl Med 2024;65:923-930 (cumulative AD as the sum over
@@ -22,6 +34,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from dosimetry.course import CourseLimits, summarize_course
+from dosimetry.dose_map import (
+    NOTEWORTHY_FACTOR_DEVIATION,
+    VoiTarget,
+    normalise_to_voi_means,
+)
 from dosimetry.errors import DosimetryError
 from dosimetry.registration import (
     RegistrationSettings,
@@ -29,7 +46,7 @@ from dosimetry.registration import (
     register_rigid,
     resample_to_reference,
 )
-from dosimetry.results import CourseResult, CycleResult
+from dosimetry.results import CourseResult, CumulativeDose, CycleResult, MapVoi
 from dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -131,4 +148,55 @@ def compute_course(
     summed = sum_dose_maps(
         [m for m in maps if m is not None], ordered_cts, registration
     )
-    return replace(result, course_map=summed.dose)
+    return _with_normalised_map(result, summed.dose)
+
+
+#: How a course map is made (``CourseResult.course_map_method``).
+COURSE_MAP_METHOD = (
+    "sum of the cycles' dose maps, each registered rigidly onto the first cycle's reference "
+    "CT and resampled onto its dose grid, then scaled within each VOI of the first cycle so "
+    "that its mean is the VOI's course total (smallest VOI first where VOIs overlap); "
+    "outside every VOI the plain sum"
+)
+#: The same in at most 64 characters (Dose Comment, LO).
+COURSE_MAP_COMMENT = "Sum of cycle maps, scaled to the VOI course totals"
+
+
+def _with_normalised_map(result: CourseResult, summed: Volume) -> CourseResult:
+    """``result`` with ``summed`` scaled in the first cycle's VOIs to the course totals."""
+    first = result.cycles[0]
+    totals = {c.name: c for c in result.cumulative}
+    targets = [
+        VoiTarget(v.name, v.mask, totals[v.name].total_gy)
+        for v in first.map_vois
+        if v.name in totals and v.mask.shape == summed.shape
+    ]
+    normalised = normalise_to_voi_means(summed, targets)
+    notes = [*normalised.warnings, *_factor_notes(normalised.factors, totals)]
+    if not targets:
+        notes.append("the first cycle carries no VOI masks on its grid; the map is the plain sum")
+    return replace(
+        result,
+        course_map=normalised.dose.with_array(normalised.dose.array, unit="Gy"),
+        course_map_method=COURSE_MAP_METHOD,
+        course_map_comment=COURSE_MAP_COMMENT,
+        course_map_notes=tuple(notes),
+    )
+
+
+def _factor_notes(
+    factors: dict[str, float], totals: dict[str, CumulativeDose]
+) -> list[str]:
+    notes = []
+    for name, factor in factors.items():
+        if abs(factor - 1.0) > NOTEWORTHY_FACTOR_DEVIATION:
+            notes.append(
+                f"course map scaled ×{factor:.4g} in VOI {name!r} to its total "
+                f"{totals[name].total_gy:.4g} Gy (the registered sum differed)"
+            )
+    return notes
+
+
+def course_map_vois(course: CourseResult) -> tuple[MapVoi, ...]:
+    """The VOIs the course map was normalised in (the first cycle's)."""
+    return course.cycles[0].map_vois if course.course_map is not None else ()

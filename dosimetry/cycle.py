@@ -26,21 +26,41 @@ Multi-time-point cycles (the paper's cycles 1-2)
    marrow if asked) are corrected by RC(volume); lesions below the minimum
    volume are kept but flagged excluded.
 6. Voxel-wise mono-exponential fit of the stacked dose-rate maps → dose map
-   (Gy). Per VOI, min, max, D98 and D2 come from this map, the mean from the
-   VOI curve fit. The two agree when the kinetics inside the VOI are uniform
-   and differ otherwise (the fit is not linear; see :mod:`dosimetry.kinetics`);
-   the map's own mean is written into the VOI notes so the gap is visible.
+   (Gy). The fit of voxel curves and the fit of the VOI mean curve differ
+   (the fit is not linear, partial-volume voxels at a VOI's border clear
+   differently; see :mod:`dosimetry.kinetics`), by 5-10 % for organs on a
+   coarse SPECT grid. So the map is then scaled within each VOI to the VOI's
+   reported mean (RC-corrected for lesions), smallest VOI first
+   (:mod:`dosimetry.dose_map`): the map keeps the voxel fit's distribution
+   and the report's level, and every VOI mean of the map is the reported
+   mean. Outside every VOI the map is the voxel fit. Per VOI, min, max, D98
+   and D2 come from the scaled map; the factor is noted per VOI.
 
 Single-time-point cycles (cycles 3-4)
 -------------------------------------
 VOI means come from the paper's formula scaled from a multi-time-point
 reference cycle (same VOI name; the reference curve point nearest in time
 after injection; Δt corrected with the reference λ_eff), else from Hänscheid
-(default) or Madsen with a configured population half-life. The dose map of
-such a cycle is Hänscheid's formula applied voxel-wise to its dose-rate map,
-``D(x) = Ḋ(x, t)·2t/ln 2``; per VOI the map's min/max/D98/D2 are rescaled by
-the ratio of the VOI's reported mean to the map's VOI mean, so the map gives
-the spatial distribution and the VOI method the level (noted per VOI).
+(default) or Madsen with a configured population half-life.
+
+The dose map follows the same method, VOI by VOI: ``D(x) = Ḋ(x, t)·τ_v`` in
+VOI v, with τ_v = reported mean / mean dose rate in v, the VOI's effective
+time-integration factor. For a scaled VOI τ_v carries the reference VOI's
+kinetics (its integral per dose rate at the matching scan time, corrected
+by e^(λ_eff Δt)) and, for a lesion, 1/RC; for a Hänscheid VOI it is 2t/ln 2
+(1/RC for lesions); for a Madsen VOI e^(λt)/λ. Overlaps follow
+:mod:`dosimetry.dose_map` (smallest VOI first, each VOI's mean over its
+whole mask is its reported mean). Outside every VOI, where no VOI kinetics
+exist, the map is Hänscheid's ``Ḋ(x, t)·2t/ln 2`` (Madsen's population λ is
+per VOI, so it has no value there).
+
+A per-VOI factor was chosen over a per-voxel effective decay taken from the
+registered reference cycle: the paper's formula and the report are per
+VOI (Hebert 2024), so the map's VOI means equal the report by construction;
+a voxel λ_eff from another cycle, weeks apart, would add a cross-cycle
+registration's voxel-level error and the noise of voxel fits (EANM 2022
+advises time integration at VOI level where voxel kinetics are unreliable),
+and could not reproduce the reported VOI means.
 
 References
 ----------
@@ -70,6 +90,7 @@ from dosimetry.absorbed_dose import (
     led_dose_rate,
 )
 from dosimetry.density import SCHNEIDER_2000, DensityCalibration
+from dosimetry.dose_map import NormalisedMap, VoiTarget, normalise_to_voi_means
 from dosimetry.errors import DosimetryError, GeometryError, InsufficientDataError
 from dosimetry.kinetics import fit_best, fit_curve, fit_voxels_monoexponential
 from dosimetry.radionuclides import Radionuclide, nuclear_data
@@ -93,6 +114,7 @@ from dosimetry.results import (
     DoseMethod,
     KineticFit,
     KineticModel,
+    MapVoi,
     Organ,
     VoiDose,
     VoiKind,
@@ -422,39 +444,64 @@ def _corrected(voi: VoiDose, settings: EngineSettings) -> VoiDose:
     return apply_lesion_eligibility(voi, settings.min_lesion_volume_ml)
 
 
-def _map_statistics(
-    dose_map: Volume | None, mask: Volume, scale: float = 1.0
-) -> dict[str, Any]:
-    if dose_map is None:
-        return {}
+def _map_statistics(dose_map: Volume, mask: Volume) -> dict[str, Any]:
     stats = voi_statistics(dose_map, mask)
     return {
-        "min_gy": stats.min * scale,
-        "max_gy": stats.max * scale,
-        "d98_gy": stats.d98 * scale,
-        "d2_gy": stats.d2 * scale,
-        "map_mean_gy": stats.mean,
+        "min_gy": stats.min,
+        "max_gy": stats.max,
+        "d98_gy": stats.d98,
+        "d2_gy": stats.d2,
     }
+
+
+#: The recovery note's clause that no longer holds once the map is scaled.
+_RC_STATS_CLAUSE = "min/max/D98/D2 not corrected"
+
+
+def _map_note(voi: VoiDose, factor: float, what: str) -> str:
+    level = "reported (RC-corrected) mean" if voi.recovery_coefficient != 1.0 else "reported mean"
+    if math.isnan(factor):
+        return f"dose map ({what}) set to this VOI's {level} (map zero or covered here)"
+    return f"dose map ({what}) scaled ×{factor:.4g} in this VOI to its {level}; min/max/D98/D2 from it"
+
+
+def normalised_map(
+    dose_map: Volume,
+    vois: Sequence[VoiDose],
+    masks: Mapping[str, Volume],
+    what: str,
+) -> tuple[Volume, tuple[VoiDose, ...], tuple[MapVoi, ...], tuple[str, ...]]:
+    """``dose_map`` scaled in each VOI to its reported mean; VOIs with map statistics.
+
+    Returns the scaled map, the VOIs with min/max/D98/D2 from it and a note,
+    the VOIs as the map was normalised in them, and warnings
+    (:func:`dosimetry.dose_map.normalise_to_voi_means`).
+    """
+    targets = [
+        VoiTarget(v.name, np.asarray(masks[v.name].array, dtype=bool), v.mean_gy) for v in vois
+    ]
+    result: NormalisedMap = normalise_to_voi_means(dose_map, targets)
+    scaled = result.dose.with_array(result.dose.array, unit=DOSE_UNIT)
+    out = []
+    for voi in vois:
+        factor = result.factors.get(voi.name, math.nan)
+        notes = tuple(n.replace(_RC_STATS_CLAUSE, "min/max/D98/D2 from the scaled map")
+                      for n in voi.notes)
+        out.append(replace(voi, notes=(*notes, _map_note(voi, factor, what)),
+                           **_map_statistics(scaled, masks[voi.name])))
+    map_vois = tuple(MapVoi(t.name, t.mask, result.factors.get(t.name, math.nan)) for t in targets)
+    return scaled, tuple(out), map_vois, result.warnings
 
 
 def _multi_time_point_voi(
     voi: VoiMask,
     prepared: Sequence[_PreparedTimePoint],
-    dose_map: Volume | None,
     settings: EngineSettings,
 ) -> VoiDose:
     curve = tuple(_curve_point(p, voi.name) for p in prepared)
     times = [c.elapsed_h for c in curve]
     fit = _fit(times, [c.mean_dose_rate_gy_per_h for c in curve], settings)
     activity_fit = _fit(times, [c.activity_mbq for c in curve], settings)
-    stats = _map_statistics(dose_map, prepared[0].masks[voi.name])
-    notes = list(fit.notes)
-    map_mean = stats.pop("map_mean_gy", None)
-    if map_mean is not None:
-        notes.append(
-            f"mean from the VOI curve fit; voxel-wise map mean in the VOI {map_mean:.4g} Gy "
-            "(min/max/D98/D2 from the map)"
-        )
     dose = VoiDose(
         name=voi.name,
         kind=voi.kind,
@@ -467,8 +514,7 @@ def _multi_time_point_voi(
         effective_half_life_h=fit.effective_half_life_h,
         fit=fit,
         curve=curve,
-        notes=tuple(notes),
-        **stats,
+        notes=tuple(fit.notes),
     )
     return _corrected(dose, settings)
 
@@ -575,13 +621,15 @@ def compute_multi_time_point_cycle(
         for tp, reg in zip(ordered, regs, strict=True)
     ]
     warnings = _registration_warnings(ordered, regs)
+    vois = tuple(_multi_time_point_voi(v, prepared, settings) for v in inputs.vois)
     dose_map = None
+    map_vois: tuple[MapVoi, ...] = ()
     if settings.voxelwise_map:
-        dose_map, map_warnings = _voxelwise_dose_map(prepared, settings)
-        warnings += map_warnings
-    vois = tuple(
-        _multi_time_point_voi(v, prepared, dose_map, settings) for v in inputs.vois
-    )
+        fitted, map_warnings = _voxelwise_dose_map(prepared, settings)
+        dose_map, vois, map_vois, scale_warnings = normalised_map(
+            fitted, vois, prepared[0].masks, "voxel-wise fit"
+        )
+        warnings += [*map_warnings, *scale_warnings]
     quality = tuple(
         reg.quality(tp.elapsed_h)
         for tp, reg in zip(ordered, regs, strict=True)
@@ -602,7 +650,13 @@ def compute_multi_time_point_cycle(
         dose_map=dose_map,
         registration=quality,
         warnings=tuple(warnings),
-        settings={**settings.as_dict(), "dose_grid": "reference time point SPECT grid"},
+        settings={
+            **settings.as_dict(),
+            "dose_grid": "reference time point SPECT grid",
+            "dose_map": MULTI_TIME_POINT_MAP if dose_map is not None else "none",
+            "dose_map_comment": MULTI_TIME_POINT_MAP_COMMENT if dose_map is not None else "",
+        },
+        map_vois=map_vois,
     )
 
 
@@ -654,21 +708,11 @@ def _single_voi(
     voi: VoiMask,
     prepared: _PreparedTimePoint,
     reference: CycleResult | None,
-    dose_map: Volume,
     settings: EngineSettings,
 ) -> VoiDose:
     point = _curve_point(prepared, voi.name)
     dose = _single_voi_uncorrected(voi, point, reference, settings)
-    map_mean = float(dose_map.array[prepared.masks[voi.name].array].mean())
-    scale = dose.mean_gy / map_mean if map_mean > 0 else 1.0
-    stats = _map_statistics(dose_map, prepared.masks[voi.name], scale)
-    stats.pop("map_mean_gy", None)
-    note = (
-        f"min/max/D98/D2 from the voxel-wise Hänscheid map scaled by {scale:.4g} "
-        "to this VOI's mean"
-    )
-    dose = replace(dose, curve=(point,), notes=(*dose.notes, note), **stats)
-    return _corrected(dose, settings)
+    return _corrected(replace(dose, curve=(point,)), settings)
 
 
 def compute_single_time_point_cycle(
@@ -677,6 +721,10 @@ def compute_single_time_point_cycle(
     reference: CycleResult | None = None,
 ) -> CycleResult:
     """Absorbed doses of a cycle imaged once (~24 h), as in the paper's cycles 3-4.
+
+    The dose map follows the VOI methods (module docstring): the time
+    point's dose-rate map times each VOI's effective time-integration
+    factor, Hänscheid outside every VOI; its VOI means are the reported means.
 
     Parameters
     ----------
@@ -703,17 +751,19 @@ def compute_single_time_point_cycle(
         )
     tp = inputs.time_points[0]
     prepared = _prepare_time_point(tp, None, inputs.vois, settings)
-    dose_map = prepared.dose_rate.with_array(
+    hanscheid_map = prepared.dose_rate.with_array(
         (prepared.dose_rate.array * hanscheid_dose_gy(1.0, tp.elapsed_h)).astype(
             np.float32
         ),
         unit=DOSE_UNIT,
     )
-    vois = tuple(
-        _single_voi(v, prepared, reference, dose_map, settings) for v in inputs.vois
+    vois = tuple(_single_voi(v, prepared, reference, settings) for v in inputs.vois)
+    dose_map, vois, map_vois, map_warnings = normalised_map(
+        hanscheid_map, vois, prepared.masks, "dose rate × VOI time-integration factor"
     )
     method = _cycle_method(vois)
-    warnings = _stp_warnings(vois, reference)
+    warnings = [*_stp_warnings(vois, reference), *map_warnings]
+    statement, comment = single_time_point_map_method(vois, reference, tp.elapsed_h)
     return CycleResult(
         cycle_number=inputs.cycle_number,
         method=method,
@@ -725,10 +775,50 @@ def compute_single_time_point_cycle(
         settings={
             **settings.as_dict(),
             "dose_grid": "the time point's SPECT grid",
-            "dose_map": "Hänscheid 2018 voxel-wise: D = Ḋ(t)·2t/ln 2",
+            "dose_map": statement,
+            "dose_map_comment": comment,
             "reference_cycle": None if reference is None else reference.cycle_number,
         },
+        map_vois=map_vois,
     )
+
+
+#: How a multi-time-point cycle's map is made (``settings["dose_map"]``).
+MULTI_TIME_POINT_MAP = (
+    "voxel-wise mono-exponential fit of the registered dose-rate maps, scaled within each "
+    "VOI so that its mean is the VOI's reported mean (RC-corrected for lesions; smallest "
+    "VOI first where VOIs overlap); outside every VOI the voxel-wise fit"
+)
+#: The same in at most 64 characters (Dose Comment, LO).
+MULTI_TIME_POINT_MAP_COMMENT = "Voxel fit scaled to the reported VOI means; outside: voxel fit"
+
+
+def single_time_point_map_method(
+    vois: Sequence[VoiDose], reference: CycleResult | None, elapsed_h: float
+) -> tuple[str, str]:
+    """How a single-time-point cycle's map is made: a statement and a ≤ 64-character comment."""
+    methods = {v.method for v in vois}
+    parts = []
+    if DoseMethod.SINGLE_TIME_POINT_SCALED in methods and reference is not None:
+        parts.append(
+            f"the paper's scaling from cycle {reference.cycle_number} (Hebert 2024) in the "
+            "VOIs the report says were scaled"
+        )
+    for fallback in (DoseMethod.HANSCHEID, DoseMethod.MADSEN):
+        if fallback in methods:
+            parts.append(f"{fallback.value} in the VOIs the report says used it")
+    statement = (
+        f"dose rate at {elapsed_h:.4g} h × each VOI's time-integration factor (reported mean "
+        f"÷ mean dose rate in the VOI; RC-corrected for lesions): {'; '.join(parts)}; smallest "
+        "VOI first where VOIs overlap; outside every VOI Hänscheid 2018, D = Ḋ(t)·2t/ln 2"
+    )
+    if DoseMethod.SINGLE_TIME_POINT_SCALED in methods:
+        comment = "Dose rate x per-VOI factor of Hebert 2024; outside: Hanscheid"
+    elif DoseMethod.MADSEN in methods:
+        comment = "Dose rate x per-VOI Madsen factor; outside: Hanscheid 2018"
+    else:
+        comment = "Hanscheid 2018 voxel-wise, scaled to the reported VOI means"
+    return statement, comment
 
 
 def _cycle_method(vois: Sequence[VoiDose]) -> DoseMethod:

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
+import numpy.typing as npt
+
 from dosimetry.volume import Volume
 
 
@@ -122,9 +125,36 @@ class VoiDose:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class MapVoi:
+    """A VOI as the dose map was normalised in it (:mod:`dosimetry.dose_map`).
+
+    Attributes
+    ----------
+    name:
+        VOI name.
+    mask:
+        Boolean mask on the dose map's grid, the voxels the reported mean
+        averages over.
+    factor:
+        The factor the computed map was multiplied by on the voxels set for
+        this VOI (``nan`` when the VOI's voxels were filled or covered).
+    """
+
+    name: str
+    mask: npt.NDArray[np.bool_]
+    factor: float
+
+
 @dataclass(frozen=True)
 class CycleResult:
-    """All doses of one treatment cycle."""
+    """All doses of one treatment cycle.
+
+    ``settings["dose_map"]`` states how the map was made and
+    ``settings["dose_map_comment"]`` says it in at most 64 characters (an
+    RT Dose's Dose Comment); ``map_vois`` are the VOIs the map was normalised
+    in, on its grid (a course map is normalised in the first cycle's).
+    """
 
     cycle_number: int
     method: DoseMethod
@@ -135,6 +165,7 @@ class CycleResult:
     registration: tuple[RegistrationQuality, ...] = ()
     warnings: tuple[str, ...] = ()
     settings: dict[str, object] = field(default_factory=dict)
+    map_vois: tuple[MapVoi, ...] = ()
 
     def voi(self, name: str) -> VoiDose:
         """The VOI called ``name`` (KeyError when absent)."""
@@ -169,7 +200,12 @@ class LesionIndices:
 
 @dataclass(frozen=True)
 class CourseResult:
-    """Cumulative doses, lesion indices and flags of a treatment course."""
+    """Cumulative doses, lesion indices and flags of a treatment course.
+
+    ``course_map_method`` states how ``course_map`` was made (``""`` without a
+    map), ``course_map_comment`` says it in at most 64 characters, and
+    ``course_map_notes`` carry what the normalisation of the map found.
+    """
 
     cycles: tuple[CycleResult, ...]
     cumulative: tuple[CumulativeDose, ...]
@@ -178,3 +214,6 @@ class CourseResult:
     projected_total_gy: dict[str, float] = field(default_factory=dict)
     planned_cycles: int = 4
     course_map: Volume | None = None
+    course_map_method: str = ""
+    course_map_comment: str = ""
+    course_map_notes: tuple[str, ...] = ()
