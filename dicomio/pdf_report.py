@@ -16,6 +16,7 @@ module), C.8.6.1 (SC Equipment module). Kinetic models as in
 from __future__ import annotations
 
 import logging
+import textwrap
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from io import BytesIO
@@ -387,6 +388,13 @@ def _registration_rows(result: CycleResult) -> list[list[str]]:
     ]
 
 
+def _map_lines(method: object, width: int = 110) -> list[str]:
+    """How the RT Dose map was made, wrapped for a text page (nothing without a map)."""
+    if not isinstance(method, str) or not method or method == "none":
+        return []
+    return [*textwrap.wrap(f"Dose map: {method}.", width, subsequent_indent="  "), ""]
+
+
 def _text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
     pages = []
     for i, chunk in enumerate(_chunks(list(lines), TEXT_LINES_PER_PAGE)):
@@ -470,7 +478,10 @@ def render_cycle_pdf(
         pages.append(_dvh_page(resolved, f"Cumulative DVHs — {label}"))
     pages.append(_registration_page(result, f"Registration quality — {label}"))
     warnings = [f"• {w}" for w in result.warnings] or ["• none"]
-    lines = ["Warnings:", *warnings, "", *_settings_lines(result.settings, identity)]
+    lines = [
+        *_map_lines(result.settings.get("dose_map") if result.dose_map is not None else None),
+        "Warnings:", *warnings, "", *_settings_lines(result.settings, identity),
+    ]
     pages += _text_pages(f"Warnings, software and settings — {label}", lines)
     return _render(pages)
 
@@ -549,8 +560,10 @@ def render_course_pdf(
     warnings = [
         f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings
     ]
+    warnings += getattr(course, "course_map_notes", ())
     settings = course.cycles[0].settings if course.cycles else {}
     lines = [
+        *_map_lines(getattr(course, "course_map_method", "")),
         "Warnings:",
         *(warnings or ["none"]),
         "",

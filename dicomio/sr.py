@@ -113,6 +113,7 @@ EXCLUSION = _private("EXCLUDED", "Excluded from the dose analysis")
 NOTE = _private("NOTE", "Dosimetry note")
 FLAG = _private("FLAG", "Dosimetry flag")
 WARNING = _private("WARNING", "Processing warning")
+DOSE_MAP_METHOD = _private("DOSEMAP", "Method of the RT Dose map")
 LESION_INDICES_ID = "lesion indices"
 
 METHOD_CODES: dict[DoseMethod, Code] = {
@@ -430,10 +431,13 @@ def _observation_context() -> hd.sr.ObservationContext:
 
 
 def _evaluations_container(
-    flags: Sequence[str], warnings: Sequence[str]
+    flags: Sequence[str], warnings: Sequence[str], map_method: str = ""
 ) -> Dataset | None:
-    """TID 1500 row 12: report-level qualitative evaluations (flags and warnings as TEXT)."""
+    """TID 1500 row 12: report-level qualitative evaluations (flags, warnings and the
+    method of the RT Dose map as TEXT)."""
     items = [_text(FLAG, f) for f in flags] + [_text(WARNING, w) for w in warnings]
+    if map_method:
+        items.append(_text(DOSE_MAP_METHOD, map_method))
     if not items:
         return None
     container = hd.sr.ContainerContentItem(
@@ -478,14 +482,18 @@ def build_report(
     *,
     flags: Sequence[str] = (),
     warnings: Sequence[str] = (),
+    map_method: str = "",
 ) -> hd.sr.Comprehensive3DSR:
-    """A Comprehensive 3D SR holding ``groups`` in the reference CT's study."""
+    """A Comprehensive 3D SR holding ``groups`` in the reference CT's study.
+
+    ``map_method`` states how the RT Dose map sent with the report was made.
+    """
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(),
         procedure_reported=[PROCEDURE, IMAGING_PROCEDURE],
         imaging_measurements=list(groups),
     )
-    container = _evaluations_container(flags, warnings)
+    container = _evaluations_container(flags, warnings, map_method)
     if container is not None:
         report[0].ContentSequence.append(container)
     uids = output_uids(source, identity, OutputObject.SR)
@@ -533,6 +541,7 @@ def write_cycle_sr(
         source,
         identity,
         warnings=result.warnings,
+        map_method=str(result.settings.get("dose_map", "")) if result.dose_map is not None else "",
     )
 
 
@@ -544,12 +553,14 @@ def write_course_sr(
     warnings = [
         f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings
     ]
+    warnings += getattr(course, "course_map_notes", ())
     return build_report(
         course_groups(course, source, identity),
         source,
         identity,
         flags=course.flags,
         warnings=warnings,
+        map_method=getattr(course, "course_map_method", ""),
     )
 
 
