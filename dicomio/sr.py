@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,7 +203,9 @@ def _measurement(key: str, value: float, sd: float | None = None) -> hd.sr.Measu
         **LESION_INDEX_MEASUREMENTS,
     }[key]
     properties = None
-    if sd is not None:
+    # A model without an uncertainty estimate (trapezoid + tail) gives NaN: no
+    # uncertainty is stated rather than a value DS cannot hold (PS3.5 6.2).
+    if sd is not None and math.isfinite(sd):
         properties = hd.sr.MeasurementProperties(
             upper_measurement_uncertainty=float(sd),
             lower_measurement_uncertainty=float(sd),
