@@ -56,7 +56,10 @@ class Node:
                                 on_finished=self._job_finished)
         self.planner = Planner(self.index, self.jobs, settings, on_submitted=self.runner.wake)
         self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
-        self.ingest = Ingest(self.archive, self.index, on_new_series=self._new_series)
+        self.ingest = Ingest(
+            self.archive, self.index, on_new_series=self._new_series,
+            calibration=settings.calibration,
+        )
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
         self.scheduler: object | None = None
         self._stopping = threading.Event()
@@ -132,6 +135,7 @@ class Node:
             return
         self._stopping.set()
         self.runner.begin_stop()
+        self.outbox.begin_stop()
         self.scp.stop()
         self.ingest.close()
         if self.scheduler is not None:

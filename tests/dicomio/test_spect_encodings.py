@@ -662,11 +662,14 @@ def test_ucum_concentration_codes(code, bq_per_ml):
 
 
 def test_refusal_is_the_c_store_answer_on_a_real_association(tmp_path):
-    """Over DICOM: the status and the Error Comment naming the attribute, nothing filed."""
+    """Over DICOM: the status and the Error Comment naming the attribute, nothing filed.
+
+    The node passes its ``[calibration]`` to the listener, so counts from a camera
+    it has no sensitivity for (none configured here) are refused at C-STORE time."""
     from tests.service.nodes import make_settings, running_node, scu
 
     objects = [REFUSED["nm-rwvm-SUV-only"][0](), REFUSED["pt-units-GML"][0]()[0],
-               DECLARED["nm-rwvm-kBq/mL"][0]()]
+               COUNTS["nm-counts-nothing-declared"](), DECLARED["nm-rwvm-kBq/mL"][0]()]
     with running_node(make_settings(tmp_path / "data")) as node:
         assoc = scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
         assert assoc.is_established
@@ -675,8 +678,8 @@ def test_refusal_is_the_c_store_answer_on_a_real_association(tmp_path):
         finally:
             assoc.release()
         assert [int(a.Status) for a in answers] == [
-            UNREADABLE_SPECT_VALUES, UNREADABLE_SPECT_VALUES, SUCCESS]
+            UNREADABLE_SPECT_VALUES, UNREADABLE_SPECT_VALUES, UNCALIBRATED_COUNTS, SUCCESS]
         assert str(answers[0].ErrorComment).startswith("RealWorldValueMappingSequence units")
         assert str(answers[1].ErrorComment).startswith("Units (0054,1001)")
         counts = node.index.counts()
-        assert (counts["instances"], counts["quarantine"]) == (1, 2)
+        assert (counts["instances"], counts["quarantine"]) == (1, 3)
