@@ -325,10 +325,13 @@ def load_result(data_dir: Path, result_dir: str) -> tuple[CycleResult, SourceCon
 def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultObject, ...]:
     folder = spec.result_dir
     folder.mkdir(parents=True, exist_ok=True)
+    # Every object is encoded (and so validated, PS3.5) before any is written:
+    # an invalid one fails the job without leaving the others of the set behind.
+    encoded = [encode(ds) for ds in datasets]
     objects = []
-    for ds in datasets:
+    for ds, data in zip(datasets, encoded, strict=True):
         name = f"{ds.Modality}.dcm"
-        write_durably(folder / name, encode(ds))
+        write_durably(folder / name, data)
         objects.append(
             ResultObject(
                 path=f"{spec.result_folder}/{name}",
