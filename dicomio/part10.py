@@ -210,12 +210,12 @@ _FORMATTED_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 def value_problems(ds: Dataset) -> list[str]:
     """What in ``ds`` (file meta, elements, every sequence item) breaks PS3.5.
 
-    Each problem names the attribute (keyword and tag, with the sequence
-    items that lead to it), its VR and what is wrong with it, e.g. a value
+    Each problem names the attribute (PS3.6 name and tag, after the
+    sequence items that lead to it), its VR and what is wrong with it, e.g. a value
     longer than its VR allows (with both lengths). Checks, per element:
     pydicom's validation of the VR (:func:`pydicom.valuerep.validate_value`
     in RAISE mode: repertoire, maximum length, numeric range), the lengths
-    pydicom does not check (AS, DA, DT, TM, PN), control characters and
+    pydicom does not check (AS, DA, DT, TM), control characters and
     backslashes inside a value, characters outside the declared Specific
     Character Set (the default repertoire, ASCII, when none is declared),
     the value multiplicity of the data dictionary and the 16-bit length
