@@ -59,8 +59,8 @@ registered reference cycle: the paper's formula and the report are per
 VOI (Hebert 2024), so the map's VOI means equal the report by construction;
 a voxel λ_eff from another cycle, weeks apart, would add a cross-cycle
 registration's voxel-level error and the noise of voxel fits (EANM 2022
-advises time integration at VOI level where voxel kinetics are unreliable),
-and could not reproduce the reported VOI means.
+discusses both for voxel-level time integration), and could not reproduce
+the reported VOI means.
 
 References
 ----------

@@ -11,7 +11,7 @@ VOI the map is multiplied by one factor so that its mean over the VOI's mask
 — the mask the engine averages over for the report — equals the reported
 mean. The map keeps its spatial distribution inside each VOI and the report
 gives its level: a VOI-level time integration applied to voxel-level
-dose rates, one of the hybrid schemes EANM 2022 describes for 177Lu.
+dose rates (EANM 2022 discusses VOI- and voxel-level time integration).
 
 Overlapping VOIs (a lesion inside the liver): VOIs are set smallest first
 (fewest voxels; ties by name). A voxel belongs to the smallest VOI that holds
