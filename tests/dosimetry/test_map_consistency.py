@@ -11,6 +11,7 @@ drawn on the reference CT, not taken from the result.
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -238,3 +239,11 @@ def test_a_voi_its_smaller_vois_overfill_is_reported() -> None:
     )
     assert result.factors["Organ"] == 0.0
     assert result.warnings and "'Organ'" in result.warnings[0]
+
+
+def test_map_vois_survive_pickling_as_the_stored_results_are(cycle3: CycleResult) -> None:
+    restored = pickle.loads(pickle.dumps(cycle3))
+    assert [v.name for v in restored.map_vois] == [v.name for v in cycle3.map_vois]
+    for before, after in zip(cycle3.map_vois, restored.map_vois, strict=True):
+        assert after.mask.dtype == bool and np.array_equal(after.mask, before.mask)
+        assert after.factor == pytest.approx(before.factor, nan_ok=True)
