@@ -6,7 +6,13 @@ records the outcome. A child process per job keeps the node responsive
 (dosimetry is CPU bound and would hold the GIL), returns a clinical-size
 cycle's ~2 GB to the system when it ends, and isolates a crash in native code.
 Children are forked from a ``forkserver`` that has imported the pipeline once,
-so a job starts in milliseconds, and die with the node (``PR_SET_PDEATHSIG``).
+so a job starts in milliseconds. A child dies with the node: its parent is the
+forkserver, which outlives a killed node while any child runs, so the child
+watches the pipe it answers on and kills itself when the node's end closes
+(Linux reports POLLERR on a pipe's write end once its read end is closed), and
+dies with the forkserver too (``PR_SET_PDEATHSIG``). Without this, a worker of
+a killed node went on computing, writing into the result folder its job's
+resumed run was writing.
 
 Each job writes its own log file ``<data_dir>/jobs/job-<id>.log``.
 
@@ -41,7 +47,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -87,6 +95,19 @@ def _die_with_parent() -> None:
             logger.debug("prctl unavailable; the worker may outlive a killed node")
 
 
+def die_with_node(conn: Connection) -> None:
+    """Kill this worker when the node's end of ``conn`` (a pipe to the node) closes."""
+    watched = os.dup(conn.fileno())  # unaffected by the worker closing ``conn`` itself
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(watched, select.POLLERR)
+        poller.poll()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="node-watch", daemon=True).start()
+
+
 def _job_logging(log_path: str) -> None:
     root = logging.getLogger()
     root.handlers.clear()
@@ -129,6 +150,7 @@ def worker_main(spec: JobSpec, log_path: str, conn: Connection) -> None:
     """Entry point of a job's child process: run, send back the outcome or the error."""
     _ignore_stop_signals()  # the node decides when a job is interrupted
     _die_with_parent()
+    die_with_node(conn)
     _job_logging(log_path)
     log = logging.getLogger("service.jobs.worker")
     log.info("Job %d (%s, version %d) started", spec.job_id, spec.kind.value, spec.version)

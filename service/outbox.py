@@ -80,9 +80,13 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """Send nothing after the object in flight (a shutdown has begun)."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self) -> None:
+        self.begin_stop()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:

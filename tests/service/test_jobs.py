@@ -13,7 +13,7 @@ import pytest
 import sqlite_utils
 
 from service.job_status import render_jobs
-from service.jobs import JobRunner, worker_death, worker_main
+from service.jobs import JobRunner, _context, die_with_node, worker_death, worker_main
 from service.pipeline import RESULT_FILE, CourseJobInput, JobKind
 from service.store import open_database
 from service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
@@ -291,3 +291,22 @@ def test_old_databases_get_the_retry_columns(tmp_path: Path) -> None:
     (job,) = store.all()
     assert (job.state, job.attempts, job.worker_deaths, job.last_error) == (
         JobState.FAILED, 1, 0, "")
+
+
+def watches_the_node(conn) -> None:
+    die_with_node(conn)
+    time.sleep(60)
+
+
+def test_a_worker_dies_with_the_node(tmp_path: Path) -> None:
+    """A killed node closes its end of the worker's pipe; the worker must not compute on."""
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=watches_the_node, args=(sender,))
+    child.start()
+    sender.close()
+    time.sleep(0.5)
+    assert child.is_alive()
+    receiver.close()  # as the kernel does when the node is killed
+    child.join(timeout=10)
+    assert child.exitcode == -signal.SIGKILL
