@@ -303,6 +303,18 @@ class DosimetrySettings:
     voxelwise_map: bool = setting(
         True, "Compute the voxel-wise dose map (needed for RT Dose)."
     )
+    max_organ_gy_per_gbq: float = setting(
+        5.0,
+        "Hold (do not send) a cycle whose organ or marrow mean dose per administered "
+        "activity exceeds this (Gy/GBq; published organ values stay below about 1.5).",
+        positive,
+    )
+    max_lesion_gy_per_gbq: float = setting(
+        100.0,
+        "Hold (do not send) a cycle whose lesion mean dose per administered activity "
+        "exceeds this (Gy/GBq; published lesion values reach tens).",
+        positive,
+    )
 
 
 @dataclass(frozen=True)

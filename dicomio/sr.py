@@ -94,6 +94,11 @@ MEGABECQUEREL_HOUR = Code("MBq.h", "UCUM", "MBq.h")
 HOUR = Code("h", "UCUM", "h")
 NO_UNITS = Code("1", "UCUM", "no units")
 LESION_COUNT_UNIT = Code("{lesions}", "UCUM", "lesions")
+#: TID 1500 row 10; the administered activity as TID 10022 (Radiopharmaceutical
+#: Administration Event Data) codes it: DCM 113507 in UCUM MBq.
+DERIVED_IMAGING_MEASUREMENTS = codes.DCM.DerivedImagingMeasurements  # DCM 126011
+ADMINISTERED_ACTIVITY = codes.DCM.AdministeredActivity  # DCM 113507
+MEGABECQUEREL = Code("MBq", "UCUM", "MBq")
 
 # -- private codes: concepts DICOM has no code for yet -----------------------
 PROCEDURE = _private("LU177DOSIMETRY", "Lu-177 post-therapy absorbed dose assessment")
@@ -419,6 +424,20 @@ def course_groups(
     return groups
 
 
+def _derived_container(administered_activity_mbq: float | None) -> Dataset | None:
+    """TID 1500 row 10: the cycle's administered activity (TID 300, DCM 113507, MBq)."""
+    if administered_activity_mbq is None:
+        return None
+    measurement = hd.sr.Measurement(
+        name=ADMINISTERED_ACTIVITY, value=float(administered_activity_mbq), unit=MEGABECQUEREL
+    )
+    container = hd.sr.ContainerContentItem(
+        name=DERIVED_IMAGING_MEASUREMENTS, relationship_type="CONTAINS"
+    )
+    container.ContentSequence = hd.sr.ContentSequence(list(measurement))
+    return container
+
+
 def _observation_context() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=device_uid(),
@@ -485,6 +504,7 @@ def build_report(
     *,
     flags: Sequence[str] = (),
     warnings: Sequence[str] = (),
+    administered_activity_mbq: float | None = None,
     map_method: str = "",
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR holding ``groups`` in the reference CT's study.
@@ -496,6 +516,9 @@ def build_report(
         procedure_reported=[PROCEDURE, IMAGING_PROCEDURE],
         imaging_measurements=list(groups),
     )
+    derived = _derived_container(administered_activity_mbq)
+    if derived is not None:
+        report[0].ContentSequence.append(derived)
     container = _evaluations_container(flags, warnings, map_method)
     if container is not None:
         report[0].ContentSequence.append(container)
@@ -544,6 +567,7 @@ def write_cycle_sr(
         source,
         identity,
         warnings=result.warnings,
+        administered_activity_mbq=result.administered_activity_mbq,
         map_method=str(result.settings.get("dose_map", "")) if result.dose_map is not None else "",
     )
 
@@ -598,6 +622,7 @@ class ReportValues:
     groups: list[GroupValues]
     flags: list[str]
     warnings: list[str]
+    administered_activity_mbq: float | None = None
 
     def group(self, name: str, time_point: str) -> GroupValues:
         """The group of VOI ``name`` at ``time_point`` (``"cycle 2"``, ``"course"``)."""
@@ -635,7 +660,25 @@ def read_sr_report(ds: Dataset) -> ReportValues:
         )
     groups = [_read_group(g) for g in content.get_image_measurement_groups()]
     flags, warnings = _read_report_texts(ds)
-    return ReportValues(groups=groups, flags=flags, warnings=warnings)
+    return ReportValues(
+        groups=groups,
+        flags=flags,
+        warnings=warnings,
+        administered_activity_mbq=_read_administered_activity(ds),
+    )
+
+
+def _read_administered_activity(ds: Dataset) -> float | None:
+    """The DCM 113507 value of the Derived Imaging Measurements container, if any."""
+    for item in ds.ContentSequence:
+        code = item.ConceptNameCodeSequence[0]
+        if item.ValueType != "CONTAINER" or code.CodeValue != DERIVED_IMAGING_MEASUREMENTS.value:
+            continue
+        for child in item.get("ContentSequence", []):
+            name = child.ConceptNameCodeSequence[0]
+            if child.ValueType == "NUM" and name.CodeValue == ADMINISTERED_ACTIVITY.value:
+                return float(child.MeasuredValueSequence[0].NumericValue)
+    return None
 
 
 def _read_group(group: Any) -> GroupValues:

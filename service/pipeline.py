@@ -42,6 +42,7 @@ from config.schema import Settings
 from dicomio.ct import read_ct_series
 from dicomio.dvh import dvhs_from_masks
 from dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
+from dicomio.headers import injection as recorded_injection
 from dicomio.nm import read_spect
 from dicomio.part10 import encode
 from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
@@ -62,6 +63,7 @@ from dosimetry.cycle import (
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
+from dosimetry.plausibility import PlausibilityLimits, implausible_doses
 from dosimetry.results import CourseResult, CycleResult
 from dosimetry.voi_names import classify_roi
 from dosimetry.volume import Volume
@@ -80,6 +82,10 @@ SOURCE_FILE = "source.pkl"
 
 class PipelineError(ServiceError):
     """The inputs of a job cannot be turned into results (the message says why)."""
+
+
+class ImplausibleResultError(PipelineError):
+    """A computed result is outside physical plausibility: held, nothing is sent."""
 
 
 class JobKind(str, Enum):
@@ -284,6 +290,40 @@ def frame_mismatch_note(
     return [note]
 
 
+#: SPECT headers of one cycle naming administered activities further apart than this
+#: (relative) are reported: they should all record the same administration.
+ACTIVITY_AGREEMENT = 0.01
+
+
+def header_activity_mbq(spect_ds: Sequence[Dataset]) -> float | None:
+    """RadionuclideTotalDose of a SPECT, in MBq (PS3.3 C.8.4.10.1.7, C.8.9.1.1.4)."""
+    shot = recorded_injection(spect_ds[0]) if spect_ds else None
+    return shot.activity_mbq if shot is not None else None
+
+
+def administered_activity(
+    given_mbq: float | None, header_mbq: Sequence[tuple[float, float | None]]
+) -> tuple[float | None, list[str]]:
+    """The cycle's administered activity and a warning when its records disagree.
+
+    ``given_mbq`` (from the job) wins; otherwise the earliest time point's
+    SPECT header. Every time point of a cycle records the same
+    administration, so values more than :data:`ACTIVITY_AGREEMENT` apart
+    mean a header was edited or belongs to another cycle.
+    """
+    recorded = [(h, a) for h, a in header_mbq if a is not None]
+    chosen = given_mbq if given_mbq is not None else (recorded[0][1] if recorded else None)
+    if chosen is None:
+        return None, ["No administered activity (RadionuclideTotalDose) in the cycle's SPECT "
+                      "headers: doses per administered activity are not checked or reported."]
+    values = [a for _, a in recorded]
+    if not values or max(abs(a - chosen) for a in values) <= ACTIVITY_AGREEMENT * chosen:
+        return chosen, []
+    listed = ", ".join(f"{a:.6g} MBq at {h:g} h" for h, a in recorded)
+    return chosen, [f"The SPECT headers of this cycle disagree on the administered activity "
+                    f"({listed}); {chosen:.6g} MBq was used. Check RadionuclideTotalDose."]
+
+
 def read_cycle(spec: JobSpec) -> _ReadCycle:
     """Read every input file of a cycle job into the engine's inputs."""
     job = spec.cycle
@@ -292,8 +332,10 @@ def read_cycle(spec: JobSpec) -> _ReadCycle:
     injection = datetime.fromisoformat(job.injection)
     ordered = sorted(job.time_points, key=lambda t: t.elapsed_h)
     images, ct_sets, spect_sets, frame_notes = [], [], [], []
+    header_activities: list[tuple[float, float | None]] = []
     for tp in ordered:
         tp_images, ct_ds, spect_ds = _time_point(data_dir, tp, injection, spec.settings)
+        header_activities.append((tp.nominal_h, header_activity_mbq(spect_ds)))
         images.append(tp_images)
         ct_sets.append(ct_ds)
         spect_sets.extend(spect_ds)
@@ -301,10 +343,11 @@ def read_cycle(spec: JobSpec) -> _ReadCycle:
     structure_set = pydicom.dcmread(data_dir / job.rtstruct_file)
     rois = read_rois(structure_set)
     vois, notes = voi_masks(rois, images[0].ct)
-    notes = [*frame_notes, *notes]
-    inputs = CycleInputs(
-        job.cycle_number, tuple(images), vois, job.administered_activity_mbq
+    activity_mbq, activity_notes = administered_activity(
+        job.administered_activity_mbq, header_activities
     )
+    notes = [*frame_notes, *activity_notes, *notes]
+    inputs = CycleInputs(job.cycle_number, tuple(images), vois, activity_mbq)
     source = source_context_from_datasets(
         ct_sets[0],
         structure_set=structure_set,
@@ -380,6 +423,7 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
         result = compute_single_time_point_cycle(read.inputs, settings, _reference_cycle(spec))
     if read.notes:
         result = _with_warnings(result, read.notes)
+    hold_if_implausible(result, spec.settings)
     identity = ResultIdentity(
         ResultKind.CYCLE, spec.version, datetime.fromisoformat(spec.created_at),
         cycle_number=job.cycle_number,
@@ -391,6 +435,32 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
     logger.info("Job %d: cycle %d %s written (%d objects)", spec.job_id, job.cycle_number,
                 identity.label, len(objects))
     return JobOutcome(objects, spec.result_folder, _summary(result.vois))
+
+
+def hold_if_implausible(result: CycleResult, settings: Settings) -> None:
+    """Refuse to write (and so to send) a cycle whose doses no patient can have.
+
+    Raises
+    ------
+    ImplausibleResultError
+        A VOI's mean dose per administered activity exceeds the configured
+        bound, or is not a dose at all (see :mod:`dosimetry.plausibility`).
+    """
+    limits = PlausibilityLimits(
+        settings.dosimetry.max_organ_gy_per_gbq, settings.dosimetry.max_lesion_gy_per_gbq
+    )
+    included = [v for v in result.vois if not v.excluded]
+    reasons = implausible_doses(included, result.administered_activity_mbq, limits)
+    if not reasons:
+        return
+    raise ImplausibleResultError(
+        f"Held, not sent: the doses of cycle {result.cycle_number} are outside physical "
+        f"plausibility ({'; '.join(reasons)}). A SPECT read in the wrong units or with a "
+        "wrong calibration does this: check its Real World Value Mapping, Units, "
+        "RescaleSlope or camera sensitivity and the administered activity "
+        "(RadionuclideTotalDose), then resend or reprocess. If the doses are real, raise "
+        "[dosimetry] max_organ_gy_per_gbq / max_lesion_gy_per_gbq."
+    )
 
 
 def _with_warnings(result: CycleResult, notes: Sequence[str]) -> CycleResult:
