@@ -434,7 +434,8 @@ def _derived_container(administered_activity_mbq: float | None) -> Dataset | Non
     container = hd.sr.ContainerContentItem(
         name=DERIVED_IMAGING_MEASUREMENTS, relationship_type="CONTAINS"
     )
-    container.ContentSequence = hd.sr.ContentSequence(list(measurement))
+    container.ContentSequence = hd.sr.ContentSequence()
+    container.ContentSequence.extend(measurement)
     return container
 
 
