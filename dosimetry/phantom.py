@@ -113,6 +113,42 @@ class Ellipsoid:
         """True for model points inside or on the surface."""
         return self.level(points_mm) <= 1.0
 
+    def scaled(self, factor: float) -> Ellipsoid:
+        """The ellipsoid scaled about its centre by ``factor``."""
+        return Ellipsoid(
+            self.center_mm,
+            tuple(a * factor for a in self.semi_axes_mm),  # type: ignore[arg-type]
+        )
+
+    def inset(self, margin_mm: float) -> Ellipsoid:
+        """An ellipsoid every point of which lies at least ``margin_mm`` inside this one.
+
+        Scaling about the centre by ``s = 1 − m / a_min`` guarantees it: the
+        support functions differ by ``(1 − s) h(u) ≥ (1 − s) a_min = m`` in
+        every direction ``u``. (Shrinking each semi-axis by ``m`` does not: an
+        elongated ellipsoid's surfaces then come closer than ``m`` obliquely.)
+
+        Raises
+        ------
+        PhantomError
+            ``margin_mm`` is not smaller than the smallest semi-axis.
+        """
+        smallest = min(self.semi_axes_mm)
+        if margin_mm >= smallest:
+            raise PhantomError(
+                f"A margin of {margin_mm:g} mm leaves nothing of an ellipsoid whose smallest "
+                f"semi-axis is {smallest:g} mm; enlarge the structure or lower the margin."
+            )
+        return self.scaled(1.0 - margin_mm / smallest)
+
+    def outset(self, margin_mm: float) -> Ellipsoid:
+        """An ellipsoid holding every point within ``margin_mm`` of this one.
+
+        Scaled about the centre by ``1 + m / a_min`` (see :meth:`inset`);
+        ``e.outset(m).inset(m) == e`` up to rounding.
+        """
+        return self.scaled(1.0 + margin_mm / min(self.semi_axes_mm))
+
     def corners_mm(self) -> FloatArray:
         """The eight corners of the bounding box, ``(8, 3)``."""
         c = np.asarray(self.center_mm)
@@ -293,13 +329,22 @@ class VoiSpec:
 
 @dataclass(frozen=True)
 class PhantomModel:
-    """Structures (in paint order), VOIs, density curve and nuclear data."""
+    """Structures (in paint order), VOIs, density curve and nuclear data.
+
+    ``contour_margin_mm`` > 0 draws every VOI contour that far *inside* the
+    uniform region it samples (clean margins): each member structure's
+    outline is :meth:`Ellipsoid.inset` and each child's hole
+    :meth:`Ellipsoid.outset` by the margin. The activity and CT are
+    unchanged; the VOI is a smaller sample of the same uniform region, so
+    its analytic mean dose is unchanged too.
+    """
 
     structures: tuple[Structure, ...]
     vois: tuple[VoiSpec, ...]
     density: DensityCalibration = SCHNEIDER_2000
     radionuclide: Radionuclide = Radionuclide.LU177
     reference_activity_mbq: float = 7400.0
+    contour_margin_mm: float = 0.0
 
     def structure(self, name: str) -> Structure:
         """The structure called ``name``."""
@@ -327,6 +372,35 @@ class PhantomModel:
     def voi_volume_ml(self, voi: str) -> float:
         """Analytic volume of a VOI, in mL."""
         return sum(self.structure_region_ml(s) for s in self.voi(voi).structures)
+
+    def voi_contour_shapes(
+        self, voi: str
+    ) -> tuple[tuple[Ellipsoid, tuple[Ellipsoid, ...]], ...]:
+        """Per member structure of ``voi``: its contour outline and its holes.
+
+        With ``contour_margin_mm`` 0 these are the structures' own ellipsoids;
+        otherwise the outline is inset and each child's hole outset by the
+        margin (see the class docstring).
+        """
+        margin = self.contour_margin_mm
+        return tuple(
+            (
+                self.structure(name).shape.inset(margin),
+                tuple(c.shape.outset(margin) for c in self.children(name)),
+            )
+            for name in self.voi(voi).structures
+        )
+
+    def voi_contour_volume_ml(self, voi: str) -> float:
+        """Analytic volume inside the VOI's contours, in mL.
+
+        Equal to :meth:`voi_volume_ml` without a contour margin; exact when
+        every hole lies inside its outline (:func:`validate_model` checks it).
+        """
+        return sum(
+            outline.volume_ml - sum(h.volume_ml for h in holes)
+            for outline, holes in self.voi_contour_shapes(voi)
+        )
 
     def voi_structure(self, voi: str) -> Structure:
         """A representative structure (all of a VOI's share HU and kinetics)."""
@@ -539,6 +613,7 @@ def validate_model(model: PhantomModel) -> None:
             _check_contained(model, s, names[:i])
     _check_disjoint(model)
     _check_vois(model)
+    _check_contour_margins(model)
 
 
 def _check_contained(model: PhantomModel, s: Structure, earlier: list[str]) -> None:
@@ -584,6 +659,29 @@ def _check_vois(model: PhantomModel) -> None:
                 f"VOI {voi.name}: its structures must share HU and kinetics so that the "
                 "VOI is uniform."
             )
+
+
+def _check_contour_margins(model: PhantomModel) -> None:
+    """Contour outlines exist and hold their holes (analytic contour volumes)."""
+    if model.contour_margin_mm < 0:
+        raise PhantomError(
+            f"The contour margin must be ≥ 0 mm, got {model.contour_margin_mm:g} mm."
+        )
+    if model.contour_margin_mm == 0:
+        return
+    for voi in model.vois:
+        try:
+            shapes = model.voi_contour_shapes(voi.name)
+        except PhantomError as error:
+            raise PhantomError(f"VOI {voi.name}: {error}") from None
+        for outline, holes in shapes:
+            for hole in holes:
+                if not bool(np.all(outline.contains(hole.sample_points()))):
+                    raise PhantomError(
+                        f"VOI {voi.name}: a hole grown by the {model.contour_margin_mm:g} mm "
+                        "contour margin reaches outside the inset outline; move the child "
+                        "structure inwards or lower the margin."
+                    )
 
 
 # --------------------------------------------------------------------------
@@ -767,6 +865,146 @@ def default_course(
         for i in range(4)
     )
     return CourseSpec(model=model, cycles=cycles)
+
+
+# --------------------------------------------------------------------------
+# Clean-margin patient (accuracy of the pipeline without VOI sampling error)
+# --------------------------------------------------------------------------
+#: VOI contours of the clean-margin patient: name → (structure name, centre,
+#: semi-axes of the *contour*, parent, lesion site). Each structure is the
+#: contour grown by the margin (:meth:`Ellipsoid.outset`), so its uniform
+#: activity extends at least the margin beyond the contour everywhere.
+CLEAN_MARGIN_LAYOUT: Mapping[str, tuple[str, Vector3, Vector3, str, str | None]] = {
+    "Liver": ("Liver", (-55.0, -25.0, 5.0), (64.0, 52.0, 46.0), "Body", None),
+    "Kidney_L": ("Kidney_L", (75.0, 68.0, -10.0), (16.0, 13.0, 28.0), "Body", None),
+    "Kidney_R": ("Kidney_R", (-75.0, 68.0, -10.0), (16.0, 13.0, 28.0), "Body", None),
+    "Spleen": ("Spleen", (110.0, 0.0, 15.0), (22.0, 18.0, 30.0), "Body", None),
+    "BoneMarrow_L2-L4": (
+        "Marrow_L2-L4",
+        (0.0, 65.0, 0.0),
+        (10.0, 9.0, 22.0),
+        "Spine_L2-L4",
+        None,
+    ),
+    "Lesion_01": ("Lesion_01", (-70.0, -35.0, 5.0), (11.0, 11.0, 11.0), "Liver", "liver"),
+    "Lesion_02": ("Lesion_02", (25.0, 15.0, -40.0), (10.5, 10.5, 10.5), "Body", "pancreas"),
+    "Lesion_03": ("Lesion_03", (50.0, -55.0, -25.0), (12.0, 12.0, 12.0), "Body", "mesentery"),
+}
+#: Cortical shell of the L2–L4 column around its trabecular (marrow) region, mm.
+CLEAN_MARGIN_CORTEX_MM = 5.0
+#: Organ of each organ or marrow VOI of the clean-margin patient.
+_CLEAN_MARGIN_ORGANS: Mapping[str, Organ] = {
+    "Liver": Organ.LIVER,
+    "Kidney_L": Organ.KIDNEY_LEFT,
+    "Kidney_R": Organ.KIDNEY_RIGHT,
+    "Spleen": Organ.SPLEEN,
+    "BoneMarrow_L2-L4": Organ.BONE_MARROW,
+}
+
+
+def clean_margin_mm(
+    ct_spacing_mm: Sequence[float],
+    spect_spacing_mm: Sequence[float],
+    slack_mm: float = 1.0,
+) -> float:
+    """Contour margin that keeps every SPECT voxel of a VOI inside uniform activity.
+
+    ``m = √3/2 · (s_SPECT + s_CT) + slack``, with ``s`` the largest spacing of
+    each grid. A SPECT voxel lies wholly inside a region when its centre is
+    at least its half-diagonal (√3/2 · s_SPECT) inside. The VOI mask reaches
+    the SPECT grid from a CT-grid rasterisation of the contours (voxel
+    centres inside the polygon), carried through the registration and
+    thresholded at half occupancy, so a SPECT voxel centre in the mask may
+    lie up to about a CT half-diagonal outside the contour. ``slack_mm``
+    covers registration error (sub-millimetre on the phantom) and the
+    polygon approximation of the contours. The result is never below one
+    SPECT voxel.
+    """
+    spect, ct = max(spect_spacing_mm), max(ct_spacing_mm)
+    return max(spect, math.sqrt(3.0) / 2.0 * (spect + ct) + slack_mm)
+
+
+def clean_margin_model(
+    margin_mm: float, density: DensityCalibration = SCHNEIDER_2000
+) -> PhantomModel:
+    """A patient whose VOI contours lie ``margin_mm`` inside uniform activity.
+
+    The VOIs of :func:`default_model` (same names, CT numbers, doses and
+    half-lives from :data:`DEFAULT_DESIGN`), laid out compactly
+    (:data:`CLEAN_MARGIN_LAYOUT`) so that every contour can be inset:
+    liver (one lobe, with a liver lesion as a hole), kidneys, spleen, an
+    L2–L4 trabecular column inside a cortical shell (the marrow VOI), and
+    three lesions of 4.8–7.2 mL (contour volumes). Each structure is its
+    contour grown by ``margin_mm``; the model's ``contour_margin_mm`` draws the
+    contours back on the grown structures, and a liver lesion's hole in the
+    liver contour is grown by the margin too. Use :func:`clean_margin_mm` for
+    the margin of a pair of grids.
+
+    Raises
+    ------
+    PhantomError
+        When the grown structures no longer fit (overlap, leave the body).
+    """
+    body_hu = BACKGROUND_DESIGN["Body"][0]
+    structures: list[Structure] = [
+        Structure(
+            "Body",
+            Ellipsoid((0.0, 0.0, 0.0), (165.0, 115.0, 600.0)),
+            body_hu,
+            _background_kinetics("Body"),
+        )
+    ]
+    for voi, (name, centre, axes, parent, _) in CLEAN_MARGIN_LAYOUT.items():
+        hu, dose, t_half = DEFAULT_DESIGN[voi]
+        shape = Ellipsoid(centre, axes).outset(margin_mm)
+        if voi == "BoneMarrow_L2-L4":
+            structures.append(
+                Structure(
+                    parent,
+                    shape.outset(CLEAN_MARGIN_CORTEX_MM),
+                    BACKGROUND_DESIGN["CorticalBone"][0],
+                    _background_kinetics("CorticalBone"),
+                    "Body",
+                )
+            )
+        kinetics = _kinetics_for_dose(dose, hu, t_half, density)
+        structures.append(Structure(name, shape, hu, kinetics, parent))
+    vois = tuple(
+        VoiSpec(
+            voi,
+            VoiKind.LESION if site else (
+                VoiKind.MARROW if voi.startswith("BoneMarrow") else VoiKind.ORGAN
+            ),
+            (name,),
+            _CLEAN_MARGIN_ORGANS.get(voi),
+            site,
+        )
+        for voi, (name, _, _, _, site) in CLEAN_MARGIN_LAYOUT.items()
+    )
+    model = PhantomModel(
+        tuple(structures), vois, density=density, contour_margin_mm=margin_mm
+    )
+    validate_model(model)
+    return model
+
+
+def with_subvoxel_motion(course: CourseSpec, voxel_mm: float) -> CourseSpec:
+    """``course`` with patient repositioning below one voxel of ``voxel_mm``.
+
+    Each scan's pose moves every VOI point by less than half a voxel from
+    the model, so any two scans differ by less than one voxel: shifts within
+    ±0.15 voxel per axis (≤ 0.26 voxel in length) and rotations within ±θ
+    per axis with ``3θ·R`` = 0.2 voxel, ``R`` the farthest point of any VOI
+    structure from the model origin (three composed axis rotations move a
+    point by at most the sum of the angles times its radius).
+    """
+    vois = {s for v in course.model.vois for s in v.structures}
+    radius = max(
+        float(np.linalg.norm(course.model.structure(s).shape.corners_mm(), axis=1).max())
+        for s in vois
+    )
+    theta_deg = math.degrees(0.2 * voxel_mm / (3.0 * radius))
+    return replace(course, max_shift_mm=0.15 * voxel_mm, max_rotation_deg=theta_deg)
 
 
 # --------------------------------------------------------------------------
@@ -1138,15 +1376,17 @@ def voi_contours(
     Each member structure contributes its outline and, clockwise, the
     outlines of its children (holes, e.g. liver lesions in the healthy
     liver): the even-odd rule over all contours gives the VOI's region.
+    With a contour margin the outlines are inset and the holes outset
+    (:meth:`PhantomModel.voi_contour_shapes`).
     """
     contours: list[FloatArray] = []
-    for name in model.voi(voi).structures:
-        outline = ellipsoid_section(model.structure(name).shape, transform, z_mm)
+    for shape, holes in model.voi_contour_shapes(voi):
+        outline = ellipsoid_section(shape, transform, z_mm)
         if outline is None:
             continue
         contours.append(outline)
-        for child in model.children(name):
-            hole = ellipsoid_section(child.shape, transform, z_mm)
+        for child in holes:
+            hole = ellipsoid_section(child, transform, z_mm)
             if hole is not None:
                 contours.append(hole[::-1])
     return contours
@@ -1163,16 +1403,22 @@ def analytic_truth(
     Schema (keys): ``radionuclide``, ``led_gy_per_h_per_mbq_per_ml``,
     ``lambda_phys_per_h``, ``density_curve``, ``stp_reference_cycle``,
     ``vois`` {name: {kind, organ, site, structures, hu, density_g_per_ml,
-    volume_ml}}, ``cycles`` [{number, injected_activity_mbq,
+    volume_ml, contour_volume_ml}}, ``cycles`` [{number, injected_activity_mbq,
     injection_datetime, multi_time_point, vois {name: {c0_mbq_per_ml,
     lambda_eff_per_h, effective_half_life_h, time_integrated_mbq_h_per_ml,
     mean_dose_gy[, stp_formula_dose_gy]}}}], ``time_points`` [{label, cycle,
     index, elapsed_h, injection_datetime, acquisition_datetime, transform,
-    concentration_mbq_per_ml {voi: value}}].
+    concentration_mbq_per_ml {voi: value}}], ``contour_margin_mm``,
+    ``course_total_gy`` {voi: Σ over the cycles of mean_dose_gy}.
     """
     model = course.model
     data = nuclear_data(model.radionuclide)
     return {
+        "contour_margin_mm": model.contour_margin_mm,
+        "course_total_gy": {
+            v.name: sum(mean_dose_gy(model, v.name, c) for c in course.cycles)
+            for v in model.vois
+        },
         "radionuclide": model.radionuclide.value,
         "led_gy_per_h_per_mbq_per_ml": data.led_gy_per_h_per_mbq_per_ml,
         "lambda_phys_per_h": data.decay_constant_per_h,
@@ -1197,6 +1443,7 @@ def _voi_truth(model: PhantomModel, voi: VoiSpec) -> dict[str, Any]:
         "hu": model.voi_structure(voi.name).hu,
         "density_g_per_ml": model.voi_density_g_per_ml(voi.name),
         "volume_ml": model.voi_volume_ml(voi.name),
+        "contour_volume_ml": model.voi_contour_volume_ml(voi.name),
     }
 
 
@@ -1301,6 +1548,8 @@ __all__ = [
     "Voxelisation",
     "analytic_truth",
     "concentration_table_bq_per_ml",
+    "clean_margin_mm",
+    "clean_margin_model",
     "course_time_points",
     "cycle_kinetics",
     "default_course",
@@ -1319,4 +1568,5 @@ __all__ = [
     "voi_contours",
     "voxelise",
     "with_lesion_lambda_change",
+    "with_subvoxel_motion",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -21,6 +22,8 @@ from dosimetry.phantom import (
     Structure,
     VoiSpec,
     analytic_truth,
+    clean_margin_mm,
+    clean_margin_model,
     course_time_points,
     cycle_kinetics,
     default_course,
@@ -34,9 +37,11 @@ from dosimetry.phantom import (
     render_ct,
     spect_blur,
     stp_formula_dose_gy,
+    validate_model,
     voi_contours,
     voxelise,
     with_lesion_lambda_change,
+    with_subvoxel_motion,
 )
 from dosimetry.radionuclides import nuclear_data
 from dosimetry.results import VoiKind
@@ -273,3 +278,135 @@ def test_blur_preserves_total_activity() -> None:
     blurred = spect_blur(grid.volume(arr, "Bq/mL"), fwhm_mm=12.0)
     assert float(blurred.array.sum()) == pytest.approx(1000.0, rel=1e-3)
     assert float(blurred.array.max()) < 100.0
+
+
+# -- clean margins and sub-voxel motion (the restated accuracy criterion) ------
+def _unit_directions(n: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=(n, 3))
+    return u / np.linalg.norm(u, axis=1, keepdims=True)
+
+
+def test_inset_keeps_the_margin_everywhere_and_outset_holds_the_margin() -> None:
+    shape = Ellipsoid((3.0, -2.0, 1.0), (60.0, 25.0, 12.0))
+    margin = 7.0
+    inner, outer = shape.inset(margin), shape.outset(margin)
+    balls = inner.sample_points()[:, None, :] + margin * _unit_directions()[None]
+    assert np.all(shape.level(balls) <= 1.0 + 1e-9)  # a ball of radius m fits everywhere
+    shell = shape.sample_points()[:, None, :] + margin * _unit_directions()[None]
+    assert np.all(outer.level(shell) <= 1.0 + 1e-9)
+    np.testing.assert_allclose(outer.inset(margin).semi_axes_mm, shape.semi_axes_mm)
+    # shrinking every semi-axis by m would come closer than m on an elongated ellipsoid
+    naive = Ellipsoid(shape.center_mm, tuple(a - margin for a in shape.semi_axes_mm))
+    balls = naive.sample_points()[:, None, :] + margin * _unit_directions()[None]
+    assert np.any(shape.level(balls) > 1.0)
+    with pytest.raises(PhantomError, match="smallest semi-axis"):
+        shape.inset(12.0)
+
+
+@pytest.fixture(scope="module")
+def clean() -> PhantomModel:
+    return clean_margin_model(clean_margin_mm((4.0, 4.0, 4.0), (8.0, 8.0, 8.0)))
+
+
+def test_clean_margin_is_at_least_one_spect_voxel() -> None:
+    assert clean_margin_mm((4.0,) * 3, (8.0,) * 3) == pytest.approx(3**0.5 / 2 * 12 + 1)
+    assert clean_margin_mm((0.977, 0.977, 2.5), (4.42,) * 3) >= 4.42
+    assert clean_margin_mm((0.5,) * 3, (10.0,) * 3, slack_mm=0.0) == 10.0
+
+
+def test_clean_margin_contours_lie_the_margin_inside_uniform_activity(
+    clean: PhantomModel,
+) -> None:
+    margin = clean.contour_margin_mm
+    transform = RigidTransform((0.2, -0.1, 0.15), (1.0, -0.5, 0.8))
+    for voi in clean.vois:
+        member = clean.structure(voi.structures[0])
+        children = clean.children(member.name)
+        vertices = np.concatenate([
+            c for z in np.arange(-80.0, 80.0, 4.0)
+            for c in voi_contours(clean, voi.name, transform, float(z))
+        ])
+        # polygon vertices lie up to ~0.6 % of the radius outside the exact section
+        # (area-preserving polygons): 0.2 mm of the margin's slack allows for it
+        balls = (transform.to_model(vertices)[:, None, :]
+                 + (margin - 0.2) * _unit_directions()[None])
+        assert np.all(member.shape.level(balls) <= 1.0), voi.name
+        for child in children:  # e.g. the liver lesion, a hole of the liver VOI
+            assert np.all(child.shape.level(balls) >= 1.0), (voi.name, child.name)
+
+
+def test_clean_margin_contour_volume_is_analytic(clean: PhantomModel) -> None:
+    rng = np.random.default_rng(2)
+    for voi in clean.vois:
+        (outline, holes), = clean.voi_contour_shapes(voi.name)
+        box = np.asarray(outline.semi_axes_mm)
+        points = np.asarray(outline.center_mm) + rng.uniform(-1, 1, (400_000, 3)) * box
+        inside = outline.contains(points)
+        for hole in holes:
+            inside &= ~hole.contains(points)
+        estimate = inside.mean() * float(np.prod(2 * box)) / 1000.0
+        assert estimate == pytest.approx(clean.voi_contour_volume_ml(voi.name), rel=0.01)
+
+
+def test_clean_margin_patient_has_every_voi_kind_and_default_doses(
+    clean: PhantomModel,
+) -> None:
+    cycle = default_course(clean).cycle(1)
+    kinds = {v.kind for v in clean.vois}
+    assert kinds == {VoiKind.ORGAN, VoiKind.MARROW, VoiKind.LESION}
+    lesions = [v.name for v in clean.vois if v.kind is VoiKind.LESION]
+    assert len(lesions) == 3
+    assert all(clean.voi_contour_volume_ml(n) >= 4.0 for n in lesions)
+    assert mean_dose_gy(clean, "Kidney_L", cycle) == pytest.approx(2.7)
+    assert mean_dose_gy(clean, "BoneMarrow_L2-L4", cycle) == pytest.approx(0.3)
+    assert clean.structure("Lesion_01").parent == "Liver"
+    assert default_model().contour_margin_mm == 0.0
+
+
+def test_contours_without_margin_are_unchanged(model: PhantomModel) -> None:
+    for voi in model.vois:
+        for (outline, holes), name in zip(
+            model.voi_contour_shapes(voi.name), voi.structures, strict=True
+        ):
+            assert outline == model.structure(name).shape
+            assert holes == tuple(c.shape for c in model.children(name))
+        assert model.voi_contour_volume_ml(voi.name) == pytest.approx(
+            model.voi_volume_ml(voi.name)
+        )
+
+
+def test_a_margin_that_swallows_a_voi_is_refused(model: PhantomModel) -> None:
+    with pytest.raises(PhantomError, match="VOI .*margin"):
+        validate_model(replace(model, contour_margin_mm=10.0))
+
+
+def test_subvoxel_motion_moves_no_voi_point_by_a_voxel_between_any_two_scans(
+    clean: PhantomModel,
+) -> None:
+    voxel = 8.0
+    course = with_subvoxel_motion(default_course(clean), voxel)
+    points = course_time_points(course, seed=11)
+    model_points = np.concatenate([
+        clean.structure(s).shape.sample_points(8) for v in clean.vois for s in v.structures
+    ])
+    largest = 0.0
+    for a in points:
+        for b in points:
+            moved = b.transform.to_patient(model_points) - a.transform.to_patient(model_points)
+            largest = max(largest, float(np.linalg.norm(moved, axis=1).max()))
+    assert 0.1 * voxel < largest < voxel
+
+
+def test_clean_course_truth_has_course_totals_and_exact_scaling(clean: PhantomModel) -> None:
+    course = default_course(clean)
+    truth = analytic_truth(course, course_time_points(course, seed=3))
+    assert truth["contour_margin_mm"] == clean.contour_margin_mm
+    for voi in clean.vois:
+        per_cycle = [c["vois"][voi.name]["mean_dose_gy"] for c in truth["cycles"]]
+        assert truth["course_total_gy"][voi.name] == pytest.approx(sum(per_cycle))
+        assert truth["vois"][voi.name]["contour_volume_ml"] == pytest.approx(
+            clean.voi_contour_volume_ml(voi.name))
+        for entry in truth["cycles"][2:]:  # cycles 3-4: the paper's scaling is exact
+            assert entry["vois"][voi.name]["stp_formula_dose_gy"] == pytest.approx(
+                entry["vois"][voi.name]["mean_dose_gy"], rel=1e-12)
