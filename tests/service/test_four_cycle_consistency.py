@@ -82,6 +82,20 @@ def _sr_means(folder: Path, time_point: str, key: str) -> dict[str, float]:
             if g.time_point == time_point and key in g.values}
 
 
+def _sr_map_method(folder: Path) -> str:
+    """The SR's 'Method of the RT Dose map' text (private code DOSEMAP)."""
+    ds = pydicom.dcmread(folder / "SR.dcm")
+    stack, found = list(ds.ContentSequence), []
+    while stack:
+        item = stack.pop()
+        stack.extend(item.get("ContentSequence", []))
+        code = item.get("ConceptNameCodeSequence")
+        if item.ValueType == "TEXT" and code and code[0].CodeValue == "DOSEMAP":
+            found.append(str(item.TextValue))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def _map_means(folder: Path, ct_files: list[Path], structure: Path) -> dict[str, float]:
     dose = read_rt_dose(pydicom.dcmread(folder / "RTDOSE.dcm"))
     ct = read_ct_series([pydicom.dcmread(f) for f in ct_files])
@@ -113,6 +127,7 @@ def test_single_time_point_rt_dose_agrees_with_its_sr(
     ds = pydicom.dcmread(folders[number] / "RTDOSE.dcm")
     assert len(ds.DoseComment) <= 64 and "Hebert 2024" in ds.DoseComment
     assert "time-integration factor" in ds.ImageComments
+    assert _sr_map_method(folders[number]) in ds.ImageComments
 
 
 def test_course_rt_dose_agrees_with_the_course_totals(
@@ -124,7 +139,9 @@ def test_course_rt_dose_agrees_with_the_course_totals(
     assert set(reported) <= set(found) and len(reported) >= 5
     for name, value in reported.items():
         assert found[name] == pytest.approx(value, rel=TOLERANCE), name
-    assert "course total" in pydicom.dcmread(folders["course"] / "RTDOSE.dcm").ImageComments
+    comments = pydicom.dcmread(folders["course"] / "RTDOSE.dcm").ImageComments
+    assert "course total" in comments
+    assert _sr_map_method(folders["course"]) in comments
 
 
 @pytest.mark.peer
