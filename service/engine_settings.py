@@ -8,7 +8,7 @@ checks ran only in jobs, a configuration that ``check-config`` calls valid
 would make every job fail. :func:`build_engine_settings` therefore builds
 exactly what a job builds, plus the few checks the engine makes later
 (gas threshold in the LED dose rate, recovery at the smallest lesion, the
-course projection), and raises one :class:`~config.schema.ConfigError`
+course projection, Madsen's population decay constants), and raises one :class:`~config.schema.ConfigError`
 listing every refusal, one per line, named by its setting. ``check-config``
 and ``serve`` call it at start-up; the pipeline calls it per job.
 
@@ -21,6 +21,7 @@ Hebert K et al., J Nucl Med 2024;65:923-930 (recovery, 2 cm³ lesions).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -35,6 +36,7 @@ from dosimetry.density import DensityCalibration
 from dosimetry.errors import DosimetryError
 from dosimetry.recovery import SigmoidRecovery
 from dosimetry.results import VoiKind
+from dosimetry.single_time_point import madsen_dose_gy
 from dosimetry.volume import Volume
 
 T = TypeVar("T")
@@ -117,6 +119,12 @@ def _runtime_checks(settings: Settings, engine: EngineSettings, problems: list[s
         lambda: projected_totals([], settings.protocol.planned_cycles),
         problems,
     )
+    for kind, half_life_h in engine.population_half_life_h.items():
+        _attempt(
+            f"protocol.population_half_life_{kind}_h",
+            lambda t=half_life_h: madsen_dose_gy(1.0, 24.0, math.log(2.0) / t),
+            problems,
+        )
 
 
 def counts_calibrations(calibration: CalibrationSettings, problems: list[str]) -> None:

@@ -103,13 +103,16 @@ ENGINE_REFUSALS = [
     ("density_points_g_per_ml = [0.0012, 0.93, 1.03, 0.9, 1.96]", "must not decrease"),
     ("density_points_hu = [-1000.0, -98.0, 14.0, 100.0, inf]", "must be finite"),
     ("gas_threshold_g_per_ml = 0.0", "gas density threshold must be positive"),
+    ("min_lesion_volume_ml = inf", "positive and finite"),
+    ("population_half_life_organ_h = inf", "effective decay constant must be positive"),
 ]
 
 
 @pytest.mark.parametrize(("line", "words"), ENGINE_REFUSALS)
 def test_check_config_refuses_what_the_engine_refuses(tmp_path: Path, capsys, line, words):
     config = tmp_path / "engine.toml"
-    config.write_text(f"[dosimetry]\n{line}\n")
+    section = "protocol" if line.startswith("population") else "dosimetry"
+    config.write_text(f"[{section}]\n{line}\n")
     load_settings(config)  # the schema alone lets it through: only the engine knows
     assert main(["check-config", "--config", str(config)]) == 2
     err = capsys.readouterr().err
