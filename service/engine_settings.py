@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -35,7 +36,7 @@ from dosimetry.cycle import EngineSettings, StpFallback
 from dosimetry.density import DensityCalibration
 from dosimetry.errors import DosimetryError
 from dosimetry.recovery import SigmoidRecovery
-from dosimetry.results import VoiKind
+from dosimetry.results import KineticModel, VoiKind
 from dosimetry.single_time_point import madsen_dose_gy
 from dosimetry.volume import Volume
 
@@ -80,7 +81,7 @@ def _engine(
         density_calibration=density or defaults.density_calibration,
         gas_policy=GasPolicy(d.gas_policy),
         gas_threshold_g_per_ml=d.gas_threshold_g_per_ml,
-        kinetic_model=d.kinetic_model,
+        kinetic_model=KineticModel(d.kinetic_model),
         select_model_by_aicc=d.select_model_by_aicc,
         recovery_curve=recovery or defaults.recovery_curve,
         min_lesion_volume_ml=d.min_lesion_volume_ml,
@@ -122,7 +123,7 @@ def _runtime_checks(settings: Settings, engine: EngineSettings, problems: list[s
     for kind, half_life_h in engine.population_half_life_h.items():
         _attempt(
             f"protocol.population_half_life_{kind}_h",
-            lambda t=half_life_h: madsen_dose_gy(1.0, 24.0, math.log(2.0) / t),
+            partial(madsen_dose_gy, 1.0, 24.0, math.log(2.0) / half_life_h),
             problems,
         )
 
@@ -133,7 +134,7 @@ def counts_calibrations(calibration: CalibrationSettings, problems: list[str]) -
     for i, camera in enumerate(calibration.cameras):
         _attempt(
             f"calibration.cameras[{i}].cps_per_mbq",
-            lambda cps=camera.cps_per_mbq: CountsCalibration(cps, decay),
+            partial(CountsCalibration, camera.cps_per_mbq, decay),
             problems,
         )
     if calibration.default_cps_per_mbq > 0:
