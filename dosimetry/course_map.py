@@ -49,7 +49,7 @@ from dosimetry.registration import (
     register_rigid,
     resample_to_reference,
 )
-from dosimetry.results import CourseResult, CumulativeDose, CycleResult, MapVoi
+from dosimetry.results import CourseResult, CumulativeDose, CycleResult
 from dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,3 @@ def _factor_notes(
             )
     return notes
 
-
-def course_map_vois(course: CourseResult) -> tuple[MapVoi, ...]:
-    """The VOIs the course map was normalised in (the first cycle's)."""
-    return course.cycles[0].map_vois if course.course_map is not None else ()
