@@ -1392,6 +1392,29 @@ def voi_contours(
     return contours
 
 
+def voi_contour_mask(
+    model: PhantomModel, voi: str, grid: ImageGrid, transform: RigidTransform
+) -> npt.NDArray[np.bool_]:
+    """Voxels of ``grid`` whose centre lies inside the VOI's contour shapes.
+
+    The exact counterpart of rasterising the RT Structure Set contours at
+    voxel centres (in-plane and through-plane), for engine-level studies that
+    skip DICOM (:meth:`PhantomModel.voi_contour_shapes`).
+    """
+    mask = np.zeros(grid.shape_zyx, dtype=bool)
+    for outline, holes in model.voi_contour_shapes(voi):
+        box = _index_box(grid, outline, transform)
+        if box is None:
+            continue
+        for block in _box_blocks(box):
+            points = transform.to_model(_block_points(grid, block))
+            inside = outline.contains(points)
+            for hole in holes:
+                inside &= ~hole.contains(points)
+            mask[block] |= inside
+    return mask
+
+
 # --------------------------------------------------------------------------
 # Truth
 # --------------------------------------------------------------------------
@@ -1565,6 +1588,7 @@ __all__ = [
     "spect_blur",
     "stp_formula_dose_gy",
     "validate_model",
+    "voi_contour_mask",
     "voi_contours",
     "voxelise",
     "with_lesion_lambda_change",

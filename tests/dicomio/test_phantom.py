@@ -20,6 +20,7 @@ from dicomio.phantom import (
     PhantomGrids,
     SpectStorage,
     TimePointFiles,
+    clean_margin_course,
     write_course,
 )
 from dicomio.rtstruct import read_rois, roi_mask
@@ -29,6 +30,7 @@ from dosimetry.phantom import (
     default_course,
     render_activity,
     render_ct,
+    voi_contour_mask,
     voxelise,
 )
 from dosimetry.radionuclides import nuclear_data
@@ -309,3 +311,40 @@ def test_every_object_passes_dciodvfy(course: CourseManifest, tmp_path: Path) ->
         report = result.stdout + result.stderr
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, (path.name, errors)
+
+
+# -- clean margins (the restated accuracy criterion) ----------------------------
+@pytest.fixture(scope="module")
+def clean_course(tmp_path_factory: pytest.TempPathFactory) -> CourseManifest:
+    spec = CourseWriteSpec(course=clean_margin_course(), cycles=(3,), supersampling=2)
+    return write_course(tmp_path_factory.mktemp("clean"), spec, seed=11)
+
+
+def test_clean_margin_rtstruct_rasterises_to_the_inset_contours(
+    clean_course: CourseManifest,
+) -> None:
+    tp = clean_course.time_points[0]
+    ct = read_ct(tp)
+    model = clean_course.spec.course.model
+    assert clean_course.truth["contour_margin_mm"] == model.contour_margin_mm > 8.0
+    for roi in read_rois(pydicom.dcmread(tp.rtstruct_file)):
+        mask = roi_mask(roi, ct).array
+        truth = voi_contour_mask(model, roi.name, clean_course.spec.grids.ct,
+                                 tp.time_point.transform)
+        dice = 2 * np.sum(mask & truth) / (mask.sum() + truth.sum())
+        assert dice > 0.95, (roi.name, dice)
+
+
+def test_every_spect_voxel_of_a_clean_margin_voi_holds_the_uniform_truth(
+    clean_course: CourseManifest,
+) -> None:
+    """No VOI voxel straddles an activity edge: each holds its compartment's value."""
+    tp = clean_course.time_points[0]
+    spect = read_nm(tp)
+    truth = clean_course.truth["time_points"][0]["concentration_mbq_per_ml"]
+    quantum = float(spect.volume.array.max()) / 60000
+    for roi in read_rois(pydicom.dcmread(tp.rtstruct_file)):
+        values = spect.volume.array[roi_mask(roi, spect.volume).array]
+        assert values.size >= 8, roi.name
+        np.testing.assert_allclose(values, truth[roi.name] * 1e6, atol=quantum, rtol=0,
+                                   err_msg=roi.name)
