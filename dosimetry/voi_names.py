@@ -8,8 +8,9 @@ follow the organ chosen here), the outcome CSV importer (organ names in
 engine computes a dose for is therefore a name the importer accepts, and both
 map it to the same :class:`~dosimetry.results.Organ`.
 
-The rules, applied to the name in lower case with blanks, hyphens and
-underscores treated alike:
+The rules, applied to the name in lower case with every run of characters
+other than letters and digits (blanks, ``-``, ``_``, ``.``, brackets) read as
+one separator:
 
 1. **Lesion** when the RT ROI Interpreted Type is GTV, CTV or PTV, or the
    name holds *lesion*, *tumour*/*tumor*, *GTV* or a word starting with
@@ -63,8 +64,8 @@ class VoiClass(NamedTuple):
 
 
 def normalised_name(name: str) -> str:
-    """``name`` in lower case with runs of blanks, hyphens and underscores as one ``_``."""
-    words = [w for w in re.split(r"[\s\-_]+", name.strip().lower()) if w]
+    """``name`` in lower case, every run of other than letters and digits as one ``_``."""
+    words = [w for w in re.split(r"[\W_]+", name.strip().lower()) if w]
     return "_".join(words)
 
 

@@ -185,6 +185,8 @@ def test_node_killed_during_a_job_finishes_it_after_restart_with_identical_resul
     ("liver met 2", None, (VoiKind.LESION, None)),
     ("Spleen", None, (VoiKind.ORGAN, Organ.SPLEEN)),
     ("Left Kidney", None, (VoiKind.ORGAN, Organ.KIDNEY_LEFT)),
+    ("Kidney.L", None, (VoiKind.ORGAN, Organ.KIDNEY_LEFT)),
+    ("Kidney (R)", None, (VoiKind.ORGAN, Organ.KIDNEY_RIGHT)),
     ("L2-L4", "ORGAN", (VoiKind.MARROW, Organ.BONE_MARROW)),
     ("BODY", "EXTERNAL", None),
     ("Aorta", "ORGAN", None),
