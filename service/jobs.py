@@ -123,8 +123,8 @@ def start_shielded_forkserver(ctx: Any) -> bool:
     Signal dispositions are process-wide and only the main thread may
     change them, so the node ignores both signals for the few milliseconds
     the forkserver takes to fork and exec; a stop signal in that window at
-    start-up is lost. Returns False (nothing done) for another start method,
-    another thread or a forkserver already running.
+    start-up is lost. A forkserver already running is left as it is. Returns
+    False (nothing done) for another start method or from another thread.
     """
     if ctx.get_start_method() != "forkserver":
         return False

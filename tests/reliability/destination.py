@@ -7,7 +7,9 @@ arrived, in which order, and tell a resend of the same object (same UID,
 same bytes) from a different object. It can be started late and stopped and
 started again on the same port (a destination that is down, then back), and
 answer each C-STORE only after ``answer_delay_s`` (a PACS busy filing), so
-a delivery lasts long enough to be interrupted.
+a delivery lasts long enough to be interrupted, or hold its answers until
+released (:meth:`RecordingDestination.hold`), so a test knows an object is in
+flight.
 """
 
 from __future__ import annotations
@@ -50,6 +52,23 @@ class RecordingDestination:
     arrivals: list[Arrival] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: Any = None
+    _answering: threading.Event = field(default_factory=threading.Event)
+    _held: int = 0
+
+    def __post_init__(self) -> None:
+        self._answering.set()
+
+    def hold(self) -> None:
+        """Keep every C-STORE from now on unanswered until :meth:`release`."""
+        self._answering.clear()
+
+    def release(self) -> None:
+        self._answering.set()
+
+    def held(self) -> int:
+        """How many C-STOREs are waiting for their answer."""
+        with self._lock:
+            return self._held
 
     def _on_store(self, event: Event) -> int:
         data = event.encoded_dataset(include_meta=False)
@@ -57,6 +76,11 @@ class RecordingDestination:
         arrival = Arrival(str(ds.SOPInstanceUID), str(ds.SOPClassUID),
                           hashlib.sha256(data).hexdigest())
         time.sleep(self.answer_delay_s)
+        with self._lock:
+            self._held += 1
+        self._answering.wait(timeout=60)
+        with self._lock:
+            self._held -= 1
         with self._lock:
             self.arrivals.append(arrival)
         return SUCCESS

@@ -8,6 +8,7 @@ with its log (configured by the CLI itself, as in production) in a file.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -53,6 +54,19 @@ class NodeProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
 
+    def signal(self, signum: int, whole_group: bool = False) -> None:
+        """Send ``signum`` to the node, or to its whole process group as a terminal's Ctrl-C
+        (SIGINT) or a service manager stopping a control group (SIGTERM) does. The group is
+        the node's own only when it was started with ``own_process_group``."""
+        if whole_group:
+            os.killpg(self.process.pid, signum)
+        else:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        """Wait for the node to exit; returns its exit code."""
+        return self.process.wait(timeout=timeout_s)
+
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM and wait; returns the exit code."""
         if self.process.poll() is None:
@@ -67,13 +81,19 @@ class NodeProcess:
 
 
 def start_node(config: Path, port: int, log: Path | None = None,
-               timeout_s: float = 60) -> NodeProcess:
-    """Start ``theranode serve --config config`` and wait until it listens."""
+               timeout_s: float = 60, own_process_group: bool = False) -> NodeProcess:
+    """Start ``theranode serve --config config`` and wait until it listens.
+
+    With ``own_process_group`` the node leads a new session and process group
+    (as under a terminal or a service manager), which :meth:`NodeProcess.signal`
+    can signal as a whole.
+    """
     log = log or config.with_suffix(".log")
     with open(log, "ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=handle, cwd=ROOT,
+            start_new_session=own_process_group,
         )
     try:
         wait_for_port(port, timeout_s)
