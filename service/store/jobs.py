@@ -80,6 +80,22 @@ def m002_job_retries(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("last_error", str)  # type: ignore[union-attr]
 
 
+@MIGRATIONS()
+def m003_retry_jobs_a_shutdown_failed(db: sqlite_utils.Database) -> None:
+    """Jobs failed before m002 because their worker died get the retry they would get now.
+
+    Until then a SIGTERM or Ctrl-C took the worker with it and the job was
+    failed ("worker process died (exit code 255)") for good. Such a job, when
+    it is still the latest of its target, is queued again with its version
+    (one worker death counted), so it resumes at the next start.
+    """
+    db.execute(
+        "update jobs set state = 'queued', worker_deaths = 1, last_error = message, "
+        "finished_at = null where state = 'failed' and message like 'worker process died%' "
+        "and id = (select max(j.id) from jobs j where j.target = jobs.target)"
+    )
+
+
 class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -293,6 +293,32 @@ def test_old_databases_get_the_retry_columns(tmp_path: Path) -> None:
         JobState.FAILED, 1, 0, "")
 
 
+def test_jobs_an_old_node_failed_at_shutdown_resume_with_their_version(tmp_path: Path) -> None:
+    """Before the retry columns, a SIGTERM failed the running job for good."""
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    JOB_MIGRATIONS.apply(db, stop_before="m002_job_retries")
+    died = "worker process died (exit code 255); see job-2.log"
+    rows = [("t1", "a", "done", 1, "ok"), ("t1", "b", "failed", 2, died),
+            ("t2", "c", "failed", 1, died), ("t2", "d", "done", 2, "ok"),
+            ("t3", "e", "failed", 1, "PipelineError: no RTSTRUCT")]
+    for target, fingerprint, state, version, message in rows:
+        db.execute("insert into jobs (kind, target, fingerprint, state, version, created_at, "
+                   "finished_at, attempts, message) values ('cycle', ?, ?, ?, ?, ?, ?, 1, ?)",
+                   [target, fingerprint, state, version, NOW, NOW, message])
+    db.conn.commit()
+    db.conn.close()
+    store = JobStore(open_database(tmp_path / "old.db"))
+    states = {j.fingerprint: (j.state, j.version, j.worker_deaths) for j in store.all()}
+    assert states == {
+        "a": (JobState.DONE, 1, 0),
+        "b": (JobState.QUEUED, 2, 1),  # the latest of its target: resumes as version 2
+        "c": (JobState.FAILED, 1, 0),  # a newer version exists: left alone
+        "d": (JobState.DONE, 2, 0),
+        "e": (JobState.FAILED, 1, 0),  # a real error is not retried
+    }
+    assert store.find("t1", "b").last_error == died
+
+
 def watches_the_node(conn) -> None:
     die_with_node(conn)
     time.sleep(60)
