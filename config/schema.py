@@ -155,6 +155,24 @@ class SecuritySettings:
         "Refuse storage (status 0xA700) when the archive's disk has less free space.",
         non_negative,
     )
+    max_inflated_mb: int = setting(
+        256,
+        "Largest data set a Deflated Explicit VR Little Endian object may inflate to (MB); "
+        "inflation stops there and the object is refused (0xC102) and quarantined.",
+        positive,
+    )
+    max_elements: int = setting(
+        500_000,
+        "Most data elements one object may hold, nested ones included; more: refused "
+        "(0xC102) and quarantined, counted before parsing.",
+        positive,
+    )
+    max_sequence_items: int = setting(
+        50_000,
+        "Most sequence items one object may hold, all sequences and levels summed; more: "
+        "refused (0xC102) and quarantined, counted before parsing.",
+        positive,
+    )
 
 
 @dataclass(frozen=True)

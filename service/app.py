@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-
-from pydicom import dcmread
+from collections import Counter
 
 from config.schema import Settings
-from dicomio.headers import InstanceHeader, instance_header
-from service.archive import Archive, sha256_hex
+from dicomio.headers import InstanceHeader
+from service.archive import Archive
 from service.errors import StartupError
-from service.ingest import Ingest, utc_now
+from service.ingest import IDENTICAL_DUPLICATE, OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome
 from service.jobs import JobRunner
 from service.outbox import Outbox
 from service.planner import Planner
@@ -58,7 +57,7 @@ class Node:
         self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
         self.ingest = Ingest(
             self.archive, self.index, on_new_series=self._new_series,
-            calibration=settings.calibration,
+            calibration=settings.calibration, security=settings.security,
         )
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
         self.scheduler: object | None = None
@@ -91,30 +90,33 @@ class Node:
                 f"Cannot listen on {self.settings.node.bind}:{self.settings.node.port}: {exc}"
             ) from exc
 
-    def reconcile(self) -> int:
-        """Index archived files a crash left unindexed (written, renamed, not committed)."""
+    def reconcile(self) -> Counter[str]:
+        """File archive files a crash left unindexed (written, renamed, not committed).
+
+        Each goes through :meth:`Ingest.reindex`, the checks of a C-STORE:
+        indexed where it is, or moved to ``conflicts/`` (its SOP Instance UID
+        is indexed with other bytes), to ``quarantine/`` (it cannot be filed,
+        e.g. its series UID now belongs to another patient), removed as an
+        identical duplicate, or left for the next start after an error. Never
+        raises: one bad file must not keep the node from starting. Returns
+        and logs how many files went each way.
+        """
         indexed = self.index.archived_paths()
-        recovered = 0
-        for path in self.archive.archive.rglob("*.dcm"):
-            relative = self.archive.relative(path)
-            if relative in indexed:
+        tally: Counter[str] = Counter()
+        for path in sorted(self.archive.archive.rglob("*.dcm")):
+            if self.archive.relative(path) in indexed:
                 continue
-            data = path.read_bytes()
             try:
-                ds = dcmread(path, stop_before_pixels=True)
-                header = instance_header(ds)
-            except Exception as exc:
-                logger.error("Archived file %s cannot be re-indexed: %s", relative, exc)
+                outcome = self.ingest.reindex(path)
+            except Exception:  # reindex does not raise; belt and braces for the start-up
+                logger.exception("Archive file %s could not be reconciled", path.name)
+                tally["left for the next start"] += 1
                 continue
-            self.index.add_instance(
-                header, path=relative, sha256=sha256_hex(data), size=len(data),
-                transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-                received=utc_now(), calling_ae="(recovered)", peer="",
-            )
-            recovered += 1
-        if recovered:
-            logger.warning("Re-indexed %d archived file(s) whose index rows were lost", recovered)
-        return recovered
+            tally[_reconciled_as(outcome)] += 1
+        for what, count in sorted(tally.items()):
+            logger.warning("Start-up reconciliation: %d unindexed archive file(s) %s",
+                           count, what)
+        return tally
 
     @property
     def port(self) -> int:
@@ -154,3 +156,15 @@ class Node:
         while not self._stopped.wait(1.0):
             pass
 
+
+def _reconciled_as(outcome: Outcome) -> str:
+    """What :meth:`Node.reconcile` did with one file, from its filing outcome."""
+    if outcome.status == OUT_OF_RESOURCES:
+        return "left for the next start"
+    if outcome.status != SUCCESS:
+        return "quarantined"
+    if not outcome.duplicate:
+        return "re-indexed"
+    if outcome.comment == IDENTICAL_DUPLICATE:
+        return "removed (identical to an archived instance)"
+    return "moved to conflicts/"

@@ -13,6 +13,10 @@ Statuses (PS3.4 Annex B.2.3, and theranode's own codes in the 0xC000 range):
 0xA900 data set does not match the SOP class of its presentation context
 0xC100 cannot understand: not a decodable data set, or impossible pixel dimensions
 0xC101 cannot understand: truncated (an element or the pixel data is short)
+0xC102 cannot understand: decoding would exceed a configured limit — the
+       inflated size of a Deflated data set (``max_inflated_mb``), the number
+       of data elements (``max_elements``) or of sequence items
+       (``max_sequence_items``); checked before the data set is parsed
 0xC110 cannot file: a UID or PatientID is missing or invalid, or the series
        UID already belongs to another patient
 0xC120 cannot file: SOP class not stored by theranode
@@ -38,10 +42,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from config.schema import CalibrationSettings
+from config.schema import CalibrationSettings, SecuritySettings
 from dicomio.errors import (
     DicomInputError,
     InconsistentPixelDataError,
@@ -50,11 +55,11 @@ from dicomio.errors import (
     UnsupportedObjectError,
 )
 from dicomio.headers import InstanceHeader, instance_header
-from dicomio.integrity import check_pixel_data, decode
+from dicomio.integrity import DecodeLimits, ObjectTooLargeError, check_pixel_data, decode
 from dicomio.spect_units import acquisition_duration_s, declared_values, is_read_as_spect
 from service.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
 from service.calibration import camera_facts, counts_calibration
-from service.store.index import IndexStore
+from service.store.index import IndexStore, SeriesOwnerError
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ OUT_OF_RESOURCES = 0xA700
 SOP_CLASS_MISMATCH = 0xA900
 UNDECODABLE = 0xC100
 TRUNCATED = 0xC101
+LIMIT_EXCEEDED = 0xC102
 MISSING_ATTRIBUTE = 0xC110
 UNSUPPORTED_SOP_CLASS = 0xC120
 UNREADABLE_SPECT_VALUES = 0xC130
@@ -88,6 +94,13 @@ class Peer:
     address: str
 
 
+#: The comment of the outcome of an identical duplicate (stored once, not again).
+IDENTICAL_DUPLICATE = "identical duplicate"
+
+#: The sender recorded for archive files re-indexed at start-up.
+RECOVERED = Peer(calling_ae="(recovered)", address="")
+
+
 class Rejected(Exception):
     """An instance that cannot be filed; carries its status."""
 
@@ -101,13 +114,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def decode_limits(security: SecuritySettings) -> DecodeLimits:
+    """The per-object decoding limits of the ``[security]`` settings."""
+    return DecodeLimits(
+        max_inflated_bytes=security.max_inflated_mb * 2**20,
+        max_elements=security.max_elements,
+        max_sequence_items=security.max_sequence_items,
+    )
+
+
 def parse(
-    data: bytes, context_sop_class: str | None, calibration: CalibrationSettings | None = None
+    data: bytes,
+    context_sop_class: str | None,
+    calibration: CalibrationSettings | None = None,
+    limits: DecodeLimits | None = None,
 ) -> tuple[Dataset, InstanceHeader]:
     """Decode the header of received bytes and check they can be filed.
 
     A SPECT must also be readable to Bq/mL (:func:`check_spect_values`);
     ``calibration`` (the node's ``[calibration]``) lets counts be judged.
+    ``limits`` bound the work of decoding (0xC102 beyond them).
 
     Raises
     ------
@@ -115,7 +141,9 @@ def parse(
         With the status and reason when the object cannot be filed.
     """
     try:
-        ds = decode(data)
+        ds = decode(data, limits)
+    except ObjectTooLargeError as exc:
+        raise Rejected(LIMIT_EXCEEDED, str(exc)) from exc
     except TruncatedObjectError as exc:
         raise Rejected(TRUNCATED, str(exc)) from exc
     except DicomInputError as exc:
@@ -197,18 +225,23 @@ class _Examined:
     digest: str
     header: InstanceHeader | None = None
     rejection: Rejected | None = None
+    transfer_syntax: str = ""
 
 
 def _examine(
-    data: bytes, context_sop_class: str | None, calibration: CalibrationSettings | None
+    data: bytes,
+    context_sop_class: str | None,
+    calibration: CalibrationSettings | None,
+    limits: DecodeLimits | None = None,
 ) -> _Examined:
     """Hash and parse received bytes (runs on a worker thread)."""
     digest = sha256_hex(data)
     try:
-        _, header = parse(data, context_sop_class, calibration)
+        ds, header = parse(data, context_sop_class, calibration, limits)
     except Rejected as rejection:
         return _Examined(digest, rejection=rejection)
-    return _Examined(digest, header=header)
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))  # decode() read a Part-10 file
+    return _Examined(digest, header=header, transfer_syntax=syntax)
 
 
 class Ingest:
@@ -217,6 +250,8 @@ class Ingest:
     ``calibration`` (the node's ``[calibration]`` settings) lets a SPECT in
     counts from an uncalibrated camera be refused at C-STORE time (0xC131);
     without it such objects are stored and refused when the job reads them.
+    ``security`` gives the per-object decoding limits (0xC102); without it
+    the documented defaults apply.
     """
 
     def __init__(
@@ -225,11 +260,13 @@ class Ingest:
         index: IndexStore,
         on_new_series: Callable[[InstanceHeader], None] = lambda header: None,
         calibration: CalibrationSettings | None = None,
+        security: SecuritySettings | None = None,
     ) -> None:
         self.archive = archive
         self.index = index
         self.on_new_series = on_new_series
         self.calibration = calibration
+        self.limits = decode_limits(security or SecuritySettings())
         self._uid_locks = [threading.Lock() for _ in range(64)]
         self._examiners = ThreadPoolExecutor(max_workers=4, thread_name_prefix="examine")
 
@@ -250,6 +287,11 @@ class Ingest:
         the GIL, so the parse runs during them (the other way round, the
         parse held the GIL and the staging thread started only after it).
         Then the staged file is renamed into place and indexed.
+
+        Free space is checked for the bytes as received: they are what the
+        archive, ``conflicts/`` or ``quarantine/`` keep. A Deflated data set is
+        archived deflated and inflated only in memory, at most
+        ``security.max_inflated_mb`` of it (0xC102 beyond).
         """
         received = utc_now()
         try:
@@ -257,7 +299,9 @@ class Ingest:
         except DiskFullError as exc:
             logger.error("Refused an object from %s: %s", peer.calling_ae, exc)
             return Outcome(OUT_OF_RESOURCES, str(exc))
-        examining = self._examiners.submit(_examine, data, context_sop_class, self.calibration)
+        examining = self._examiners.submit(
+            _examine, data, context_sop_class, self.calibration, self.limits
+        )
         try:
             staged = self.archive.stage(data)
         except ArchiveError as exc:
@@ -265,6 +309,44 @@ class Ingest:
             logger.error("Could not stage an object from %s: %s", peer.calling_ae, exc)
             return Outcome(OUT_OF_RESOURCES, f"write error: {exc}", examined.header)
         examined = examining.result()
+        return self._settle(staged, examined, peer, transfer_syntax, received)
+
+    def reindex(self, path: Path) -> Outcome:
+        """File an archive file that has no index row, through the checks of a C-STORE.
+
+        Start-up reconciliation (:meth:`service.app.Node.reconcile`) calls
+        this for files a kill left placed but unindexed (such a file may
+        have been acknowledged: a committed row can roll back on a power
+        cut). A copy is staged and filed like a received object: decoding
+        limits, header checks, series owner, duplicates. The file stays only
+        where it was indexed; else it is removed once its bytes are safe
+        elsewhere: in ``conflicts/`` (its UID is indexed with other bytes),
+        in ``quarantine/`` (it cannot be filed) or already archived (an
+        identical duplicate). After an error (0xA700) it is left for the
+        next start. Never raises.
+        """
+        try:
+            data = path.read_bytes()
+            staged = self.archive.stage(data)
+        except (OSError, ArchiveError) as exc:
+            logger.error("Could not re-read archive file %s: %s", path.name, exc)
+            return Outcome(OUT_OF_RESOURCES, f"could not read {path.name}: {exc}")
+        examined = _examine(data, None, self.calibration, self.limits)
+        outcome = self._settle(staged, examined, RECOVERED, examined.transfer_syntax, utc_now())
+        header = outcome.header
+        indexed_here = (
+            header is not None and outcome.status == SUCCESS and not outcome.duplicate
+            and self.archive.instance_path(header) == path
+        )
+        if outcome.status != OUT_OF_RESOURCES and not indexed_here:
+            path.unlink(missing_ok=True)
+        return outcome
+
+    def _settle(
+        self, staged: Staged, examined: _Examined, peer: Peer, transfer_syntax: str,
+        received: datetime,
+    ) -> Outcome:
+        """Quarantine, or file, staged bytes once examined; the status to answer."""
         if examined.header is None:
             assert examined.rejection is not None
             return self._quarantine(staged, examined.digest, examined.rejection, peer, received)
@@ -290,16 +372,24 @@ class Ingest:
             return self._duplicate(staged, digest, header, existing, peer, received)
         self._check_series_owner(header)
         stored = self.archive.store_instance(staged, header, digest)
-        new_series = self.index.add_instance(
-            header,
-            path=self.archive.relative(stored.path),
-            sha256=stored.sha256,
-            size=stored.size,
-            transfer_syntax=transfer_syntax,
-            received=received,
-            calling_ae=peer.calling_ae,
-            peer=peer.address,
-        )
+        try:
+            new_series = self.index.add_instance(
+                header,
+                path=self.archive.relative(stored.path),
+                sha256=stored.sha256,
+                size=stored.size,
+                transfer_syntax=transfer_syntax,
+                received=received,
+                calling_ae=peer.calling_ae,
+                peer=peer.address,
+            )
+        except SeriesOwnerError:
+            # Another association filed this new series for another patient
+            # between the check above and this insert (which checks again,
+            # atomically): the file just placed goes to quarantine.
+            placed = Staged(path=stored.path, size=stored.size)
+            rejection = _series_owner_rejection(header)
+            return self._quarantine(placed, digest, rejection, peer, received)
         if new_series:
             self.on_new_series(header)
         return Outcome(SUCCESS, header=header, new_series=new_series)
@@ -314,11 +404,7 @@ class Ingest:
         if owner is None:
             return
         if owner["patient_key"] != header.patient_key:
-            raise Rejected(
-                MISSING_ATTRIBUTE,
-                f"SeriesInstanceUID {header.series_instance_uid} already belongs to a series of "
-                "another patient; the sender must give this series its own UID",
-            )
+            raise _series_owner_rejection(header)
 
     def _duplicate(
         self, staged: Staged, digest: str, header: InstanceHeader, existing: dict[str, object],
@@ -327,7 +413,7 @@ class Ingest:
         if digest == existing["sha256"]:
             self.archive.discard(staged)
             logger.info("Identical duplicate of %s ignored", header.sop_instance_uid)
-            return Outcome(SUCCESS, "identical duplicate", header, duplicate=True)
+            return Outcome(SUCCESS, IDENTICAL_DUPLICATE, header, duplicate=True)
         kept = self.archive.store_conflict(staged, header, digest)
         self.index.add_conflict(
             header.sop_instance_uid, path=self.archive.relative(kept.path), sha256=kept.sha256,
@@ -357,3 +443,11 @@ class Ingest:
             peer.calling_ae, rejection.status, kept.path.name, rejection.reason,
         )
         return Outcome(rejection.status, rejection.reason)
+
+
+def _series_owner_rejection(header: InstanceHeader) -> Rejected:
+    return Rejected(
+        MISSING_ATTRIBUTE,
+        f"SeriesInstanceUID {header.series_instance_uid} already belongs to a series of "
+        "another patient; the sender must give this series its own UID",
+    )

@@ -120,6 +120,10 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["grouping"].create_index(["patient_key"])  # type: ignore[union-attr]
 
 
+class SeriesOwnerError(Exception):
+    """The series UID of an instance already names another patient's series."""
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -166,9 +170,28 @@ class IndexStore:
         calling_ae: str,
         peer: str,
     ) -> bool:
-        """Index an archived instance; returns True when its series is new."""
+        """Index an archived instance; returns True when its series is new.
+
+        The series' owner is checked inside the same write transaction as the
+        insert (``BEGIN IMMEDIATE``): two instances of different patients
+        naming one new series UID, filed at the same moment by two
+        associations (or two processes), cannot both be indexed.
+
+        Raises
+        ------
+        SeriesOwnerError
+            The series exists and belongs to another patient; nothing is written.
+        """
         now = received.isoformat()
         with self.transaction():
+            owner = self.db.execute(
+                "select patient_key from series where series_uid = ?",
+                [header.series_instance_uid],
+            ).fetchone()
+            if owner is not None and owner[0] != header.patient_key:
+                raise SeriesOwnerError(
+                    f"series {header.series_instance_uid} belongs to another patient"
+                )
             self.db.execute(
                 "insert or ignore into patients (patient_key, patient_id, issuer, first_seen) "
                 "values (?, ?, ?, ?)",

@@ -1,0 +1,194 @@
+"""Compression and element bombs: refused by size or count before they cost memory or CPU.
+
+A Deflated data set is inflated incrementally up to ``security.max_inflated_mb``
+and elements and sequence items are counted before pydicom parses anything
+(:func:`dicomio.integrity.check_limits`); beyond a limit the C-STORE is answered
+0xC102 with an Error Comment naming the setting, and the bytes as received are
+kept in quarantine. Nothing here asserts on time: the refusals are by size
+and count, and memory is measured with :mod:`tracemalloc`.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from config.schema import SecuritySettings
+from dicomio.headers import SOP_CLASS_KINDS
+from service.archive import Archive, sha256_hex
+from service.ingest import (
+    LIMIT_EXCEEDED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Ingest,
+    Peer,
+    Rejected,
+    decode_limits,
+    parse,
+)
+from service.store import open_database
+from service.store.index import IndexStore
+from tests.reliability import bombs
+from tests.service import factory
+from tests.service.nodes import make_settings, running_node
+
+CT = factory.CT
+PEER = Peer("BOMBER", "127.0.0.1")
+
+
+def _ingest(tmp_path: Path, **security: int) -> Ingest:
+    archive = Archive(tmp_path / "data", min_free_disk_mb=0)
+    index = IndexStore(open_database(tmp_path / "data" / "index.db"))
+    return Ingest(archive, index, security=SecuritySettings(**security))
+
+
+def _quarantined(ingest: Ingest) -> list[tuple[bytes, int, str]]:
+    rows = ingest.index.recent_quarantine()
+    return [((ingest.archive.root / r["path"]).read_bytes(), r["status"], r["reason"])
+            for r in rows]
+
+
+def test_deflate_bomb_is_refused_at_the_inflated_size_with_bounded_memory():
+    wire = bombs.deflate_bomb(64)  # 64 MB inflated, about 65 kB on the wire
+    assert len(wire) < 2**20
+    limits = decode_limits(SecuritySettings(max_inflated_mb=4))
+    tracemalloc.start()
+    try:
+        with pytest.raises(Rejected) as refused:
+            parse(wire, CT, None, limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status == LIMIT_EXCEEDED
+    assert "max_inflated_mb" in refused.value.reason
+    assert peak < 12 * 2**20, f"{peak / 2**20:.0f} MB allocated for a 4 MB inflation limit"
+
+
+def test_deflated_object_within_the_limit_is_stored_as_received(tmp_path: Path):
+    wire = bombs.deflate_bomb(4)
+    ingest = _ingest(tmp_path, max_inflated_mb=8)
+    try:
+        outcome = ingest.receive(wire, PEER, DeflatedExplicitVRLittleEndian, CT)
+    finally:
+        ingest.close()
+    assert outcome.status == SUCCESS, outcome.comment
+    assert outcome.header is not None
+    row = ingest.index.instance(outcome.header.sop_instance_uid)
+    assert row is not None
+    assert (ingest.archive.root / row["path"]).read_bytes() == wire, "archived deflated, as sent"
+
+
+def test_deflate_bomb_is_quarantined_as_the_wire_bytes(tmp_path: Path):
+    wire = bombs.deflate_bomb(16)
+    ingest = _ingest(tmp_path, max_inflated_mb=4)
+    try:
+        outcome = ingest.receive(wire, PEER, DeflatedExplicitVRLittleEndian, CT)
+    finally:
+        ingest.close()
+    assert outcome.status == LIMIT_EXCEEDED
+    assert "max_inflated_mb" in outcome.comment
+    assert _quarantined(ingest) == [(wire, LIMIT_EXCEEDED, outcome.comment)]
+    assert ingest.index.counts()["instances"] == 0
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["uncompressed", "deflated"])
+def test_many_sequence_items_are_refused_by_count(tmp_path: Path, deflated: bool):
+    wire = bombs.item_bomb(200_000 if not deflated else 400_000, deflated=deflated)
+    syntax = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    ingest = _ingest(tmp_path)  # the shipped default: 50,000 items
+    try:
+        outcome = ingest.receive(wire, PEER, syntax, factory.RTSTRUCT)
+    finally:
+        ingest.close()
+    assert outcome.status == LIMIT_EXCEEDED
+    assert outcome.comment.startswith("max_sequence_items 50000 exceeded")
+    assert _quarantined(ingest) == [(wire, LIMIT_EXCEEDED, outcome.comment)]
+
+
+def test_items_and_elements_up_to_the_limits_are_stored(tmp_path: Path):
+    ingest = _ingest(tmp_path, max_sequence_items=1000, max_elements=3000)
+    try:
+        # 999 items + the structure set's own Referenced Frame of Reference item = 1000
+        items = ingest.receive(bombs.item_bomb(999, deflated=True), PEER,
+                               DeflatedExplicitVRLittleEndian, factory.RTSTRUCT)
+        elements = ingest.receive(bombs.element_bomb(2900), PEER, ExplicitVRLittleEndian,
+                                  factory.RTSTRUCT)
+    finally:
+        ingest.close()
+    assert (items.status, elements.status) == (SUCCESS, SUCCESS), (items, elements)
+
+
+def test_many_elements_are_refused_by_count(tmp_path: Path):
+    wire = bombs.element_bomb(5000)
+    ingest = _ingest(tmp_path, max_elements=3000)
+    try:
+        outcome = ingest.receive(wire, PEER, ExplicitVRLittleEndian, factory.RTSTRUCT)
+    finally:
+        ingest.close()
+    assert outcome.status == LIMIT_EXCEEDED
+    assert "max_elements" in outcome.comment
+    assert _quarantined(ingest) == [(wire, LIMIT_EXCEEDED, outcome.comment)]
+
+
+def test_free_disk_check_counts_the_bytes_archived_not_the_inflated_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The archive keeps a Deflated object deflated, so the wire size is what needs room."""
+    wire = bombs.deflate_bomb(4)  # 4 MB inflated, about 5 kB archived
+    ingest = _ingest(tmp_path, max_inflated_mb=8)
+    ingest.archive.min_free_bytes = 100 * 2**20
+    try:
+        monkeypatch.setattr(ingest.archive, "free_bytes",
+                            lambda: ingest.archive.min_free_bytes + len(wire) - 1)
+        short = ingest.receive(wire, PEER, DeflatedExplicitVRLittleEndian, CT)
+        monkeypatch.setattr(ingest.archive, "free_bytes",
+                            lambda: ingest.archive.min_free_bytes + len(wire))
+        room = ingest.receive(wire, PEER, DeflatedExplicitVRLittleEndian, CT)
+    finally:
+        ingest.close()
+    assert short.status == OUT_OF_RESOURCES and "configured minimum" in short.comment
+    assert room.status == SUCCESS, room.comment
+    archived = list((ingest.archive.archive).rglob("*.dcm"))
+    assert [p.stat().st_size for p in archived] == [len(wire)]
+
+
+def _deflating_scu() -> AE:
+    ae = AE(ae_title="BOMBER")
+    for sop_class in SOP_CLASS_KINDS:  # one context per syntax: each file goes as it is
+        for syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian):
+            ae.add_requested_context(sop_class, syntax)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae
+
+
+def test_node_answers_bombs_with_0xC102_and_keeps_serving(tmp_path: Path):
+    """Over a real association: each bomb refused with its reason, then a CT is stored."""
+    settings = make_settings(tmp_path / "data", security={"max_inflated_mb": 4})
+    files = {
+        "deflate": bombs.deflate_bomb(32),
+        "items": bombs.item_bomb(400_000, deflated=True),
+    }
+    for name, data in files.items():
+        (tmp_path / f"{name}.dcm").write_bytes(data)
+    good = factory.ct("GOOD", datetime(2024, 5, 7, 10), frame=factory.generate_uid())
+    with running_node(settings) as node:
+        assoc = _deflating_scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
+        assert assoc.is_established
+        try:
+            answers = {name: assoc.send_c_store(tmp_path / f"{name}.dcm") for name in files}
+            stored = assoc.send_c_store(good)
+        finally:
+            assoc.release()
+        quarantine = node.index.recent_quarantine()
+    for name, answer in answers.items():
+        assert answer.Status == LIMIT_EXCEEDED, name
+        assert answer.ErrorComment.startswith("max_"), name
+    assert stored.Status == SUCCESS
+    assert sorted(r["status"] for r in quarantine) == [LIMIT_EXCEEDED, LIMIT_EXCEEDED]
+    kept = {sha256_hex((settings.data_dir / r["path"]).read_bytes()[-2000:]) for r in quarantine}
+    assert kept == {sha256_hex(data[-2000:]) for data in files.values()}, "wire bytes kept"
