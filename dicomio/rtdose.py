@@ -332,6 +332,11 @@ def _dvh_item(dvh: CumulativeDvh, roi_number: int, width_gy: float) -> Dataset:
     item.DVHNumberOfBins = int(volumes_cm3.size)
     pairs = np.column_stack([np.full(volumes_cm3.size, width_gy), volumes_cm3])
     item.DVHData = format_ds_values(pairs.ravel())
+    statistics = {"DVHMinimumDose": dvh.minimum, "DVHMaximumDose": dvh.maximum,
+                  "DVHMeanDose": dvh.mean}
+    for keyword, value in statistics.items():  # RT DVH module, Type 3 (PS3.3 C.8.8.4)
+        if value is not None:
+            setattr(item, keyword, format_ds(value))
     return item
 
 

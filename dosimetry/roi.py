@@ -70,6 +70,10 @@ class CumulativeDvh:
     volume_fraction: FloatArray
     volume_ml: float
     unit: str = "Gy"
+    #: Exact mean, minimum and maximum of the VOI's values (not read off the bins).
+    mean: float | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
     def volume_ml_at(self) -> FloatArray:
         """Absolute volume (mL) receiving at least each bin's dose."""
@@ -174,6 +178,9 @@ def cumulative_dvh(
         volume_fraction=at_least / inside.size,
         volume_ml=inside.size * voxel_ml,
         unit=unit,
+        mean=float(inside.mean()),
+        minimum=float(ascending[0]),
+        maximum=float(ascending[-1]),
     )
 
 

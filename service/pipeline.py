@@ -459,7 +459,8 @@ def hold_if_implausible(result: CycleResult, settings: Settings) -> None:
         "wrong calibration does this: check its Real World Value Mapping, Units, "
         "RescaleSlope or camera sensitivity and the administered activity "
         "(RadionuclideTotalDose), then resend or reprocess. If the doses are real, raise "
-        "[dosimetry] max_organ_gy_per_gbq / max_lesion_gy_per_gbq."
+        "[dosimetry] max_organ_gy_per_gbq / max_lesion_gy_per_gbq and run theranode "
+        "reprocess for this patient."
     )
 
 
@@ -467,14 +468,30 @@ def _with_warnings(result: CycleResult, notes: Sequence[str]) -> CycleResult:
     return replace(result, warnings=(*result.warnings, *notes))
 
 
+def dvh_masks(result: CycleResult, rois: Sequence[RoiContours]) -> dict[str, Any]:
+    """The masks the DVHs are taken in: those the map was normalised in.
+
+    The engine's VOI masks on the dose grid (:attr:`CycleResult.map_vois`)
+    are the voxels each reported mean averages over, so the DVHs' mean doses
+    agree with the SR. Rasterising the contours afresh on the coarser dose
+    grid gave other voxels (organs −6 … +2.5 %, small lesions far more).
+    A result without them (computed without a voxel-wise map) falls back to
+    the contours on the dose grid.
+    """
+    if result.map_vois:
+        return {v.name: v.mask for v in result.map_vois if v.mask.any()}
+    assert result.dose_map is not None
+    names = {v.name for v in result.vois}
+    masks = {r.name: roi_mask(r, result.dose_map) for r in rois if r.name in names}
+    return {k: m for k, m in masks.items() if m.array.any()}
+
+
 def _cycle_objects(
     result: CycleResult, read: _ReadCycle, identity: ResultIdentity
 ) -> list[Dataset]:
     dvhs = {}
     if result.dose_map is not None:
-        names = {v.name for v in read.inputs.vois}
-        masks = {r.name: roi_mask(r, result.dose_map) for r in read.rois if r.name in names}
-        dvhs = dvhs_from_masks(result.dose_map, {k: m for k, m in masks.items() if m.array.any()})
+        dvhs = dvhs_from_masks(result.dose_map, dvh_masks(result, read.rois))
     datasets: list[Dataset] = []
     if result.dose_map is not None:
         datasets.append(cycle_rt_dose(result, read.source, identity, dvhs=dvhs))

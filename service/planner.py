@@ -59,11 +59,19 @@ def protocol_from_settings(settings: Settings) -> Protocol:
     )
 
 
+#: ``[dosimetry]`` settings that decide whether a result is sent, not what it is: left out
+#: of the digest, so adding or changing them does not recompute every course (a held
+#: cycle is recomputed with ``theranode reprocess``).
+HOLD_ONLY_SETTINGS = ("max_organ_gy_per_gbq", "max_lesion_gy_per_gbq")
+
+
 def result_settings_digest(settings: Settings) -> str:
     """Digest of every setting a result depends on (not timing or network settings)."""
     p = settings.protocol
+    dosimetry = {k: v for k, v in dataclasses.asdict(settings.dosimetry).items()
+                 if k not in HOLD_ONLY_SETTINGS}
     return settings_digest({
-        "dosimetry": dataclasses.asdict(settings.dosimetry),
+        "dosimetry": dosimetry,
         "calibration": dataclasses.asdict(settings.calibration),
         "protocol": {
             "single_time_point_fallback": p.single_time_point_fallback,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from config.schema import Settings
+from config.schema import Settings, settings_from_dict
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
 from dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_report
 from dosimetry.plausibility import PlausibilityLimits, implausible_doses
@@ -203,3 +203,16 @@ def test_the_engine_refuses_nothing_the_hold_would_not_report(
 
         hold_if_implausible(result, make_settings(
             Path("unused"), dosimetry={"max_organ_gy_per_gbq": 1e-3}))
+
+
+def test_hold_bounds_do_not_change_what_a_result_depends_on() -> None:
+    """Raising a hold bound (or upgrading to a version that has them) recomputes nothing;
+    a setting that changes doses does."""
+    from service.planner import result_settings_digest
+
+    base = settings_from_dict({}, "test")
+    raised = settings_from_dict(
+        {"dosimetry": {"max_organ_gy_per_gbq": 50.0, "max_lesion_gy_per_gbq": 500.0}}, "test")
+    other_curve = settings_from_dict({"dosimetry": {"recovery_plateau": 0.9}}, "test")
+    assert result_settings_digest(raised) == result_settings_digest(base)
+    assert result_settings_digest(other_curve) != result_settings_digest(base)

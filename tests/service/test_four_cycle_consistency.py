@@ -156,3 +156,21 @@ def test_dciodvfy_finds_no_error_in_any_written_object(computed) -> None:
         errors = [line for line in (run.stdout + run.stderr).splitlines()
                   if line.startswith("Error")]
         assert not errors, (path.relative_to(path.parents[2]), errors)
+
+
+@pytest.mark.parametrize("number", [1, 2, 3, 4])
+def test_dvh_mean_doses_in_the_rt_dose_are_the_sr_means(
+    number: int, computed, phantom_course: CourseManifest
+) -> None:
+    """A viewer showing the RT Dose's DVHs shows the SR's mean doses (RT DVH module)."""
+    _, folders, _ = computed
+    reported = _sr_means(folders[number], f"cycle {number}", "mean_gy")
+    names = {roi.number: roi.name
+             for roi in read_rois(pydicom.dcmread(_structure(phantom_course, number)))}
+    dvhs = {names[int(item.DVHReferencedROISequence[0].ReferencedROINumber)]: item
+            for item in pydicom.dcmread(folders[number] / "RTDOSE.dcm").DVHSequence}
+    assert set(dvhs) == set(reported)
+    for name, value in reported.items():
+        assert float(dvhs[name].DVHMeanDose) == pytest.approx(value, rel=TOLERANCE), name
+        low, high = float(dvhs[name].DVHMinimumDose), float(dvhs[name].DVHMaximumDose)
+        assert low * (1 - 1e-6) <= value <= high * (1 + 1e-6), name  # DS keeps 16 characters
