@@ -24,6 +24,14 @@ centre lies outside the sphere. Each such voxel carries the background's
 value, so a VOI mean is biased by about −(that share) × (1 − background /
 VOI concentration) whatever the engine does.
 
+Then the *restated criterion* (clean margins): the four-cycle course of
+``dosimetry.phantom.clean_margin_model``, whose VOI contours lie
+``clean_margin_mm`` (≥ one SPECT voxel) inside uniform activity, voxel-
+averaged images, sub-voxel repositioning, registration estimated; cycles 3–4
+scaled from cycle 2 by the paper's formula (exact for this phantom, whose
+effective half-lives do not change between cycles). VOI masks are the
+contour shapes rasterised at CT voxel centres, as an RT Structure Set is.
+
 Run: ``.venv/bin/python -m benchmarks.accuracy [--out docs/accuracy.md]``
 """
 
@@ -50,6 +58,7 @@ from dosimetry.cycle import (
     TimePointImages,
     VoiMask,
     compute_multi_time_point_cycle,
+    compute_single_time_point_cycle,
 )
 from dosimetry.registration import RigidRegistration
 from dosimetry.results import CycleResult
@@ -126,6 +135,128 @@ def run_scenario(course: ph.CourseSpec, scenario: Scenario) -> tuple[CycleResult
     return result, time.perf_counter() - start
 
 
+def clean_course() -> ph.CourseSpec:
+    """The clean-margin four-cycle course for the clinical grids (module docstring)."""
+    margin = ph.clean_margin_mm(CT_SPACING_MM, (SPECT_SPACING_MM,) * 3)
+    course = ph.default_course(ph.clean_margin_model(margin))
+    return ph.with_subvoxel_motion(course, SPECT_SPACING_MM)
+
+
+def _clean_cycle_inputs(course: ph.CourseSpec, number: int) -> CycleInputs:
+    ct_grid, spect_grid = _grid(CT_SPACING_MM), _grid((SPECT_SPACING_MM,) * 3)
+    model, cycle = course.model, course.cycle(number)
+    points = [tp for tp in ph.course_time_points(course, seed=SEED) if tp.cycle_number == number]
+    images = tuple(
+        TimePointImages(
+            tp.elapsed_h,
+            ph.render_ct(model, ct_grid, tp.transform),
+            ph.render_activity(model, spect_grid, tp.elapsed_h, tp.transform, cycle=cycle),
+        )
+        for tp in points
+    )
+    vois = tuple(
+        VoiMask(v.name, v.kind,
+                ct_grid.volume(ph.voi_contour_mask(model, v.name, ct_grid, points[0].transform),
+                               "mask"),
+                v.organ)
+        for v in model.vois
+    )
+    return CycleInputs(number, images, vois, cycle.injected_activity_mbq)
+
+
+def run_clean_course(course: ph.CourseSpec) -> tuple[dict[int, CycleResult], float]:
+    """Every cycle of the clean-margin course through the engine; results and seconds."""
+    settings = EngineSettings(voxelwise_map=False)
+    results: dict[int, CycleResult] = {}
+    seconds = 0.0
+    for cycle in course.cycles:
+        inputs = _clean_cycle_inputs(course, cycle.number)
+        start = time.perf_counter()
+        if cycle.is_multi_time_point:
+            results[cycle.number] = compute_multi_time_point_cycle(inputs, settings)
+        else:
+            results[cycle.number] = compute_single_time_point_cycle(
+                inputs, settings, reference=results[course.stp_reference_cycle])
+        seconds += time.perf_counter() - start
+    return results, seconds
+
+
+def _uncorrected_gy(result: CycleResult, name: str) -> float:
+    found = result.voi(name)
+    return found.mean_gy * found.recovery_coefficient
+
+
+def render_clean(course: ph.CourseSpec, results: dict[int, CycleResult], seconds: float) -> list[str]:
+    """The restated-criterion section of the report."""
+    model = course.model
+    numbers = [c.number for c in course.cycles]
+    lines = [
+        "## Restated criterion: clean margins, every cycle and the course",
+        "",
+        (f"The four-cycle course of `clean_margin_model`: every VOI contour lies "
+         f"{model.contour_margin_mm:.2f} mm (√3/2 × (SPECT + CT voxel) + 1 mm, at least one "
+         f"{SPECT_SPACING_MM:g} mm SPECT voxel) inside uniform activity of uniform density, "
+         "so no VOI voxel straddles an activity edge; voxel-averaged images, noise-free, no "
+         f"blur; repositioning below one SPECT voxel between any two scans (shifts ≤ "
+         f"{course.max_shift_mm:.2f} mm per axis, rotations ≤ {course.max_rotation_deg:.2f}° per "
+         "axis), registration estimated. Cycles 1–2 at 4, 24, 72, 192 h; cycle 3 once at 26 h "
+         "and cycle 4 once at 24 h, scaled from cycle 2 by the paper's formula. Every VOI keeps "
+         "its effective half-life in every cycle (lesion uptake falls 1.0, 0.85, 0.75, 0.65), "
+         "so the scaling is exact and the truth of cycles 3–4 is the phantom's own kinetics: "
+         "this tests the pipeline, not the scaling's validity in patients. Lesions before "
+         "recovery correction."),
+        "",
+        "Error of the VOI mean absorbed dose against the analytic truth (%), CT "
+        f"{' × '.join(f'{s:g}' for s in CT_SPACING_MM)} mm, SPECT {SPECT_SPACING_MM:g} mm:",
+        "",
+        "| VOI | contour volume (mL) | " + " | ".join(f"cycle {n}" for n in numbers)
+        + " | course total | tolerance |",
+        "|---|---:|" + "---:|" * (len(numbers) + 2),
+    ]
+    worst = 0.0
+    for voi in model.vois:
+        cells, total, truth_total = [], 0.0, 0.0
+        for cycle in course.cycles:
+            found = _uncorrected_gy(results[cycle.number], voi.name)
+            truth = ph.mean_dose_gy(model, voi.name, cycle)
+            total, truth_total = total + found, truth_total + truth
+            cells.append(100.0 * (found / truth - 1.0))
+        cells.append(100.0 * (total / truth_total - 1.0))
+        worst = max(worst, *(abs(c) for c in cells))
+        tolerance = "3 %" if voi.kind.value == "lesion" else "1 %"
+        lines.append(f"| {voi.name} | {model.voi_contour_volume_ml(voi.name):.1f} | "
+                     + " | ".join(f"{c:+.3f}" for c in cells) + f" | {tolerance} |")
+    lines += [
+        "",
+        f"Largest error {worst:.1e} %; engine time for the four cycles {seconds:.1f} s.",
+        "",
+        ("The same criterion end to end, through a real PACS, is "
+         "`tests/service/test_accuracy_orthanc.py`: the clean-margin course (CT 4 mm, SPECT "
+         "8 mm, SPECT voxels aligned on 2 × 2 × 2 CT voxels, contours 11.4 mm inside, shifts "
+         "≤ 1.2 mm, rotations ≤ 0.18°) written as DICOM, uploaded to Orthanc, routed to theranode by "
+         "`config/orthanc-route-to-theranode.lua`, computed, stored back into Orthanc, and "
+         "every cycle SR and the course SR read back from Orthanc's REST API: each VOI of "
+         "each cycle and each course total within 1 % (organs, marrow) or 3 % (lesions of "
+         "4.8–7.2 mL), the SR stating RC 1 (unblurred images: the node is given a recovery "
+         "curve of 1). When this section was written it measured at most 0.04 % (L2–L4 "
+         "marrow) and 0.003 % for lesions. That remainder, absent from the table above, is "
+         "the 16-bit storage of the SPECT pixels (Real World Value slope = image maximum / "
+         "60000): a uniform VOI's voxels share one rounding, up to 0.4 % of the marrow's "
+         "concentration at 192 h, which the fit over four time points brings to ≤ 0.04 %. On one shared grid with no motion the engine "
+         "reproduces every VOI within 0.1 % (`tests/dosimetry/test_cycle.py::"
+         "test_digital_phantom_without_partial_volume_gives_the_analytic_dose`)."),
+        "",
+        ("What clean margins take away is the VOI sampling of the tables above (border "
+         "voxels that hold another compartment); what remains is the engine itself — "
+         "density and LED, registration carrying the VOIs, fits, the single-time-point "
+         "scaling and the course sum — and it stays far inside the criterion. Realistic "
+         "imaging (blur, noise, VOIs drawn on the organ's edge) is a separate question: the "
+         "first table and the floor table bound it."),
+        "",
+    ]
+    return lines
+
+
 def sampling_floor(volume_ml: float, trials: int, rng: np.random.Generator) -> tuple[float, float]:
     """Mean and 95th percentile share of VOI voxels centred outside a sphere (see module)."""
     radius = (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
@@ -146,7 +277,7 @@ def sampling_floor(volume_ml: float, trials: int, rng: np.random.Generator) -> t
 
 
 def render(course: ph.CourseSpec, results: dict[str, tuple[CycleResult, float]],
-           floors: dict[float, tuple[float, float]]) -> str:
+           floors: dict[float, tuple[float, float]], clean: list[str] | None = None) -> str:
     cycle = course.cycle(1)
     lines = [
         "# Accuracy of VOI mean doses against the analytic phantom",
@@ -213,7 +344,7 @@ def render(course: ph.CourseSpec, results: dict[str, tuple[CycleResult, float]],
         "contours leave a few per cent of the VOI's voxels centred outside the object."),
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + (clean or []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{scenario.label}: done in {results[scenario.label][1]:.1f} s", flush=True)
     rng = np.random.default_rng(SEED)
     floors = {v: sampling_floor(v, args.trials, rng) for v in (4.0, 6.0, 10.0, 30.0, 100.0, 150.0)}
-    text = render(course, results, floors)
+    restated = clean_course()
+    clean_results, clean_seconds = run_clean_course(restated)
+    print(f"clean margins, four cycles: done in {clean_seconds:.1f} s", flush=True)
+    text = render(course, results, floors, render_clean(restated, clean_results, clean_seconds))
     args.out.write_text(text)
     print(text)
     return 0
