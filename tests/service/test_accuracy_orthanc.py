@@ -133,13 +133,12 @@ def test_clean_margin_course_through_orthanc_matches_the_analytic_truth(tmp_path
     node_settings = make_settings(tmp_path / "node")
     modalities = {"theranode": {"AET": "THERANODE", "Host": "127.0.0.1",
                                 "Port": node_settings.node.port}}
-    with run_orthanc(tmp_path / "orthanc", modalities=modalities, lua_script=ROUTE,
-                     stable_age_s=1) as orthanc:
+    with run_orthanc(tmp_path / "orthanc", modalities=modalities, lua_script=ROUTE) as orthanc:
         destination = {"name": "orthanc", "ae_title": orthanc.aet, "host": "127.0.0.1",
                        "port": orthanc.dicom_port}
         settings = make_settings(
             tmp_path / "node", node={"port": node_settings.node.port},
-            protocol={"quiet_period_s": 1.0}, jobs={"poll_interval_s": 0.5, "workers": 2},
+            protocol={"quiet_period_s": 2.0}, jobs={"poll_interval_s": 0.5, "workers": 2},
             dosimetry={"recovery_half_volume_ml": 1e-6}, destinations=[destination])
         with running_node(settings) as node:
             start = time.monotonic()
