@@ -203,11 +203,12 @@ def check_limits(data: bytes, limits: DecodeLimits) -> None:
     _walk(body, implicit, endian, limits)
 
 
-def inflate_bounded(deflated: bytes, max_bytes: int) -> bytes:
+def inflate_bounded(deflated: bytes, max_bytes: int) -> bytearray:
     """Inflate a raw deflate stream (PS3.5 A.5), refusing more than ``max_bytes`` of output.
 
     Memory stays below ``max_bytes`` plus one chunk whatever the ratio:
-    :meth:`zlib.Decompress.decompress` is given ``max_length``.
+    :meth:`zlib.Decompress.decompress` is given ``max_length``, and the
+    output grows in place (no copy at the end).
 
     Raises
     ------
@@ -234,7 +235,7 @@ def inflate_bounded(deflated: bytes, max_bytes: int) -> bytes:
                 break  # truncated stream: pydicom reports it
     except zlib.error as exc:
         raise DicomInputError(f"deflated data set cannot be inflated: {exc}") from exc
-    return bytes(inflated)
+    return inflated
 
 
 def _data_set_start(data: bytes) -> tuple[int, str] | None:

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
-from pynetdicom import AE
 
 from config.schema import SecuritySettings
-from dicomio.headers import SOP_CLASS_KINDS
 from service.archive import Archive, sha256_hex
 from service.ingest import (
     LIMIT_EXCEEDED,
@@ -35,7 +33,7 @@ from service.store import open_database
 from service.store.index import IndexStore
 from tests.reliability import bombs
 from tests.service import factory
-from tests.service.nodes import make_settings, running_node
+from tests.service.nodes import make_settings, running_node, send
 
 CT = factory.CT
 PEER = Peer("BOMBER", "127.0.0.1")
@@ -157,38 +155,23 @@ def test_free_disk_check_counts_the_bytes_archived_not_the_inflated_size(
     assert [p.stat().st_size for p in archived] == [len(wire)]
 
 
-def _deflating_scu() -> AE:
-    ae = AE(ae_title="BOMBER")
-    for sop_class in SOP_CLASS_KINDS:  # one context per syntax: each file goes as it is
-        for syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian):
-            ae.add_requested_context(sop_class, syntax)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    return ae
-
-
-def test_node_answers_bombs_with_0xC102_and_keeps_serving(tmp_path: Path):
-    """Over a real association: each bomb refused with its reason, then a CT is stored."""
-    settings = make_settings(tmp_path / "data", security={"max_inflated_mb": 4})
-    files = {
-        "deflate": bombs.deflate_bomb(32),
-        "items": bombs.item_bomb(400_000, deflated=True),
-    }
-    for name, data in files.items():
-        (tmp_path / f"{name}.dcm").write_bytes(data)
+def test_node_refuses_the_issues_bombs_with_its_shipped_limits_and_keeps_serving(
+    tmp_path: Path,
+):
+    """Over a real association, default settings: each bomb 0xC102 with the setting named
+    in its Error Comment and its wire bytes in quarantine; then a CT is stored."""
+    settings = make_settings(tmp_path / "data")
+    cases = bombs.bomb_cases(inflated_mb=300)
     good = factory.ct("GOOD", datetime(2024, 5, 7, 10), frame=factory.generate_uid())
     with running_node(settings) as node:
-        assoc = _deflating_scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
-        assert assoc.is_established
-        try:
-            answers = {name: assoc.send_c_store(tmp_path / f"{name}.dcm") for name in files}
-            stored = assoc.send_c_store(good)
-        finally:
-            assoc.release()
+        answers = bombs.send_bombs(node.port, cases, tmp_path)
+        assert send(node.port, [good]) == [SUCCESS]
         quarantine = node.index.recent_quarantine()
-    for name, answer in answers.items():
-        assert answer.Status == LIMIT_EXCEEDED, name
-        assert answer.ErrorComment.startswith("max_"), name
-    assert stored.Status == SUCCESS
-    assert sorted(r["status"] for r in quarantine) == [LIMIT_EXCEEDED, LIMIT_EXCEEDED]
-    kept = {sha256_hex((settings.data_dir / r["path"]).read_bytes()[-2000:]) for r in quarantine}
-    assert kept == {sha256_hex(data[-2000:]) for data in files.values()}, "wire bytes kept"
+    expected = {"deflate": "max_inflated_mb 256 exceeded", "items": "max_sequence_items 50000",
+                "deflated items": "max_sequence_items 50000", "elements": "max_elements 500000"}
+    for answer in answers:
+        assert answer.status == LIMIT_EXCEEDED, answer
+        assert answer.comment.startswith(expected[answer.name]), answer
+    assert [r["status"] for r in quarantine] == [LIMIT_EXCEEDED] * len(cases)
+    kept = {sha256_hex((settings.data_dir / r["path"]).read_bytes()[-4096:]) for r in quarantine}
+    assert kept == {sha256_hex(case.data[-4096:]) for case in cases}, "the bytes as received"
