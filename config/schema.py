@@ -150,6 +150,46 @@ class SecuritySettings:
         "", "PEM CA bundle; when set, peers must present a certificate signed by it."
     )
     max_associations: int = setting(8, "Concurrent associations; more are rejected.", positive)
+    max_connections: int = setting(
+        32,
+        "Open TCP connections, associated or not (each holds threads); more are closed at "
+        "once. Keep it above max_associations.",
+        positive,
+    )
+    handshake_timeout_s: float = setting(
+        10.0, "Seconds a peer has to complete the TLS handshake; then it is closed.", positive
+    )
+    acse_timeout_s: float = setting(
+        30.0,
+        "Seconds a peer has to send its whole A-ASSOCIATE-RQ once connected (and past TLS); "
+        "then it is closed.",
+        positive,
+    )
+    max_association_request_kb: int = setting(
+        128,
+        "Largest A-ASSOCIATE-RQ PDU accepted (KiB); a larger one is refused from its header, "
+        "unread.",
+        positive,
+    )
+    reclaim_idle_after_s: float = setting(
+        60.0,
+        "When all max_associations are in use, a new association takes the slot of the one "
+        "that has stored nothing for longest, if that is at least this long (C-ECHO does not "
+        "count as storing).",
+        positive,
+    )
+    max_instance_mb: int = setting(
+        2048,
+        "Largest data set one C-STORE may carry (MB); a larger one is answered 0xA700 and "
+        "not kept.",
+        positive,
+    )
+    quarantine_quota_mb: int = setting(
+        10240,
+        "Most disk space the quarantine may use (MB); an object refused beyond it is "
+        "answered 0xA700 and not kept.",
+        positive,
+    )
     min_free_disk_mb: int = setting(
         1024,
         "Refuse storage (status 0xA700) when the archive's disk has less free space.",

@@ -206,3 +206,15 @@ class Archive:
         """Keep bytes that could not be filed; named by time and content hash."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         return self.place(staged, self.quarantine / f"{stamp}-{sha256[:12]}.dcm", sha256)
+
+    def quarantine_bytes(self) -> int:
+        """Disk space the files in ``quarantine/`` take now (their sizes, summed)."""
+        total = 0
+        with os.scandir(self.quarantine) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:  # removed meanwhile
+                    continue
+        return total

@@ -9,7 +9,9 @@ Statuses (PS3.4 Annex B.2.3, and theranode's own codes in the 0xC000 range):
 
 ====== ==============================================================
 0x0000 stored (or an identical duplicate already stored)
-0xA700 out of resources: disk below the configured minimum, write error
+0xA700 out of resources: disk below the configured minimum, write error, an
+       object refused while the quarantine is at ``quarantine_quota_mb`` (not
+       kept), or (from the listener) a data set over ``max_instance_mb``
 0xA900 data set does not match the SOP class of its presentation context
 0xC100 cannot understand: not a decodable data set, or impossible pixel dimensions
 0xC101 cannot understand: truncated (an element or the pixel data is short)
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -244,6 +247,41 @@ def _examine(
     return _Examined(digest, header=header, transfer_syntax=syntax)
 
 
+class _QuarantineQuota:
+    """How much more the quarantine may take (none of it limited when ``quota_bytes`` is None).
+
+    The folder is measured once, then the running total follows what
+    :meth:`admit` lets in, and is measured again every
+    :data:`REMEASURE_S` (an operator may have cleared it).
+    """
+
+    REMEASURE_S = 60.0
+
+    def __init__(self, archive: Archive, quota_bytes: int | None) -> None:
+        self.archive = archive
+        self.quota_bytes = quota_bytes
+        self._used: int | None = None
+        self._measured_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def quota_mb(self) -> int:
+        return (self.quota_bytes or 0) // 2**20
+
+    def admit(self, size: int) -> bool:
+        """Count ``size`` bytes in and return True, or return False if they would exceed it."""
+        if self.quota_bytes is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if self._used is None or now - self._measured_at > self.REMEASURE_S:
+                self._used, self._measured_at = self.archive.quarantine_bytes(), now
+            if self._used + size > self.quota_bytes:
+                return False
+            self._used += size
+            return True
+
+
 class Ingest:
     """Files received instances into the archive and the index.
 
@@ -268,7 +306,12 @@ class Ingest:
         self.calibration = calibration
         self.limits = decode_limits(security or SecuritySettings())
         self._uid_locks = [threading.Lock() for _ in range(64)]
+        self._quarantine_quota = _QuarantineQuota(archive, quota_bytes=None)
         self._examiners = ThreadPoolExecutor(max_workers=4, thread_name_prefix="examine")
+
+    def limit_quarantine(self, quota_mb: int) -> None:
+        """Keep at most ``quota_mb`` MB in quarantine; beyond it refuse with 0xA700, keep nothing."""
+        self._quarantine_quota = _QuarantineQuota(self.archive, quota_bytes=quota_mb * 2**20)
 
     def close(self) -> None:
         """Wait for examinations in progress and stop the worker threads."""
@@ -428,6 +471,18 @@ class Ingest:
     def _quarantine(
         self, staged: Staged, digest: str, rejection: Rejected, peer: Peer, received: datetime,
     ) -> Outcome:
+        if not self._quarantine_quota.admit(staged.size):
+            self.archive.discard(staged)
+            quota_mb = self._quarantine_quota.quota_mb
+            logger.error(
+                "Rejected object from %s with status 0x%04X NOT kept: quarantine is at its "
+                "quota (quarantine_quota_mb %d); %s", peer.calling_ae, rejection.status,
+                quota_mb, rejection.reason,
+            )
+            return Outcome(
+                OUT_OF_RESOURCES,
+                f"quarantine full ({quota_mb} MB), not kept: {rejection.reason}",
+            )
         try:
             kept = self.archive.store_quarantine(staged, digest)
         except (ArchiveError, OSError) as exc:

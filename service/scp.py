@@ -12,7 +12,9 @@ import ipaddress
 import logging
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,7 @@ from pynetdicom import (
 )
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from config.schema import SecuritySettings
 from dicomio.headers import SOP_CLASS_KINDS
@@ -71,33 +73,236 @@ class SlotCountingAE(AE):
         return associations
 
 
-class HostFilteringServer(ThreadedAssociationServer):
-    """An association server that drops connections from hosts not allowed.
+class _PrefixedSocket(AssociationSocket):
+    """pynetdicom's socket, serving first the A-ASSOCIATE-RQ the listener already read."""
 
-    The TCP connection from a host outside ``allowed_hosts`` is closed before
-    any association negotiation (like a firewall would), and the refusal is
-    logged. Accepted sockets get TCP_NODELAY so that our small PDUs (C-STORE
-    responses) are never held back by Nagle's algorithm.
+    _prefix: bytearray
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._prefix) or bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        taken = self._prefix[:nr_bytes]
+        del self._prefix[:nr_bytes]
+        if len(taken) < nr_bytes:
+            taken += super().recv(nr_bytes - len(taken))
+        return taken
+
+
+class _GuardedHandler(RequestHandler):
+    """pynetdicom's request handler, given the A-ASSOCIATE-RQ read by :class:`GuardedServer`."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any, prefix: bytes) -> None:
+        self._prefix = prefix
+        super().__init__(request, client_address, server)
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        # Same object, one more behaviour: re-creating it would queue a second
+        # "connection open" event in the state machine.
+        sock.__class__ = _PrefixedSocket
+        sock._prefix = bytearray(self._prefix)
+        return assoc
+
+
+class RefusedConnection(Exception):
+    """A connection closed before association negotiation; the message says why."""
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """An association server that checks a connection before pynetdicom sees it.
+
+    pynetdicom's server wraps each accepted socket in TLS on the listener
+    thread, with no timeout (one peer that connects and sends nothing holds
+    every other handshake), hands every connection two threads until the
+    peer goes, and reads an A-ASSOCIATE-RQ of any declared length whole. Here
+    the listener thread only accepts, drops hosts outside ``allowed_networks``
+    and connections beyond ``max_connections`` (closed at once, logged with
+    the address only); the connection's own thread then does the TLS
+    handshake within ``handshake_timeout_s`` and reads the A-ASSOCIATE-RQ
+    within ``request_timeout_s`` from the end of the handshake, refusing a
+    first PDU that is not an A-ASSOCIATE-RQ (PS3.8 Section 9.3.2) or declares
+    more than ``max_request_bytes``, before reading its body. Only then is the
+    connection given to pynetdicom (which checks the AE titles), with the
+    request bytes it would have read. Accepted sockets get TCP_NODELAY so our
+    small PDUs (C-STORE responses) are never held back by Nagle's algorithm.
     """
 
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_connections: int = 32
+    handshake_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    max_request_bytes: int = 128 * 1024
+    #: After the A-ASSOCIATE-RQ, a read or write that stalls this long closes the connection.
+    stall_timeout_s: float = 300.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        assert self.socket is not None
+        client, address = self.socket.accept()  # no TLS here: see process_request_thread
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
         return client, address
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Connections accepted and not yet handed to pynetdicom: the raw
+        #: socket, and what it became (itself, or its TLS wrapper).
+        self._opening: dict[socket.socket, socket.socket] = {}
+        self._opening_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        if not self.allowed_networks:
-            return True
-        host = ipaddress.ip_address(client_address[0])
-        if any(host in network for network in self.allowed_networks):
-            return True
-        logger.warning("Refused connection from %s: host not in allowed_hosts", client_address[0])
-        return False
+        host = client_address[0]
+        if self.allowed_networks and not any(
+            ipaddress.ip_address(host) in network for network in self.allowed_networks
+        ):
+            logger.warning("Refused connection from %s: host not in allowed_hosts", host)
+            return False
+        with self._opening_lock:
+            held = len(self._opening) + len(self.active_associations)
+            if held >= self.max_connections:
+                logger.warning(
+                    "Refused connection from %s: %d connections open, the limit "
+                    "(max_connections) is %d", host, held, self.max_connections,
+                )
+                return False
+            self._opening[request] = request
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            try:
+                connection, association_request = self._open(request)
+            except (RefusedConnection, OSError, ValueError) as exc:
+                logger.warning("Closed connection from %s: %s", client_address[0], exc)
+                with self._opening_lock:
+                    current = self._opening.get(request, request)
+                self.shutdown_request(current)
+                return
+            try:
+                _GuardedHandler(connection, client_address, self, association_request)
+            except Exception:
+                self.handle_error(connection, client_address)
+                self.shutdown_request(connection)
+        finally:
+            with self._opening_lock:
+                self._opening.pop(request, None)
+
+    def _open(self, raw: socket.socket) -> tuple[socket.socket, bytes]:
+        """TLS handshake and A-ASSOCIATE-RQ, each within its time limit (this thread)."""
+        connection: socket.socket = raw
+        if self.ssl_context is not None:
+            raw.settimeout(self.handshake_timeout_s)
+            with self._opening_lock:  # wrapping takes over (detaches) the raw socket
+                connection = self.ssl_context.wrap_socket(
+                    raw, server_side=True, do_handshake_on_connect=False
+                )
+                self._opening[raw] = connection
+            try:
+                connection.do_handshake()
+            except TimeoutError as exc:
+                raise RefusedConnection(
+                    f"no TLS handshake within handshake_timeout_s ({self.handshake_timeout_s:g} s)"
+                ) from exc
+            except (ssl.SSLError, OSError) as exc:
+                raise RefusedConnection(f"TLS handshake failed ({exc})") from exc
+        deadline = time.monotonic() + self.request_timeout_s
+        header = _read_within(connection, 6, deadline, self.request_timeout_s)
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type != 0x01:
+            _send_abort(connection, reason=0x02)  # unexpected PDU
+            raise RefusedConnection(f"first PDU is of type 0x{pdu_type:02X}, not A-ASSOCIATE-RQ")
+        if length > self.max_request_bytes:
+            _send_abort(connection, reason=0x06)  # invalid PDU parameter value
+            raise RefusedConnection(
+                f"A-ASSOCIATE-RQ declares {length} bytes, more than max_association_request_kb "
+                f"({self.max_request_bytes // 1024} KiB); not read"
+            )
+        body = _read_within(connection, length, deadline, self.request_timeout_s)
+        connection.settimeout(self.stall_timeout_s)
+        return connection, header + body
+
+    def server_close(self) -> None:
+        # Unblock connections still in their handshake or request, so that
+        # shutting down does not wait for their time limits.
+        with self._opening_lock:
+            opening = list(self._opening.values())
+        for sock in opening:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().server_close()
+
+
+def _read_within(sock: socket.socket, size: int, deadline: float, limit_s: float) -> bytes:
+    """Exactly ``size`` bytes from ``sock``, all by ``deadline`` (a slow drip does not extend it)."""
+    data = bytearray()
+    while len(data) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(min(size - len(data), 65536))
+        except TimeoutError:
+            break
+        if not chunk:
+            raise RefusedConnection(
+                f"peer closed the connection after {len(data)} of {size} bytes"
+            )
+        data += chunk
+    if len(data) < size:
+        raise RefusedConnection(
+            f"no complete A-ASSOCIATE-RQ within acse_timeout_s ({limit_s:g} s): "
+            f"{len(data)} of {size} bytes"
+        )
+    return bytes(data)
+
+
+def _send_abort(sock: socket.socket, reason: int) -> None:
+    """Best effort A-ABORT from the service provider (PS3.8 Section 9.3.8)."""
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason))
+    except OSError:
+        pass
+
+
+_ACTIVE_ATTRIBUTE = "_theranode_active_at"
+
+
+def mark_active(assoc: Any) -> None:
+    """Record that ``assoc`` was accepted or stored something just now (C-ECHO does not count)."""
+    setattr(assoc, _ACTIVE_ATTRIBUTE, time.monotonic())
+
+
+def last_activity(assoc: Any) -> float:
+    """When ``assoc`` was accepted or last stored something (``time.monotonic``)."""
+    return float(getattr(assoc, _ACTIVE_ATTRIBUTE, time.monotonic()))
+
+
+def reclaimable(ae: AE, idle_s: float) -> Any | None:
+    """The established association to abort for a new one, or None.
+
+    Only when all ``ae.maximum_associations`` slots are held by established
+    acceptors: the one that has gone longest without storing anything, if
+    that is at least ``idle_s``. A peer transferring keeps its slot.
+    """
+    current = threading.current_thread()
+    established = [
+        a for a in ae.active_associations
+        if a.is_acceptor and a.is_established and a is not current
+    ]
+    if len(established) < ae.maximum_associations:
+        return None
+    oldest = min(established, key=last_activity)
+    if time.monotonic() - last_activity(oldest) < idle_s:
+        return None
+    return oldest
 
 
 def tls_context(security: SecuritySettings) -> ssl.SSLContext | None:
@@ -125,6 +330,7 @@ class StorageSCP:
         self.ae.maximum_associations = security.max_associations
         self.ae.require_calling_aet = list(security.allowed_calling_ae_titles)
         self.ae.require_called_aet = True
+        self.ae.acse_timeout = security.acse_timeout_s
         self.ae.network_timeout = 300
         self.ae.dimse_timeout = 300
         # 1 MiB: lets a sender put a 0.5 MB CT slice in one P-DATA PDU rather
@@ -135,6 +341,9 @@ class StorageSCP:
             self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self._tallies: dict[int, _AssociationTally] = {}
         self._lock = threading.Lock()
+        self._reclaim_lock = threading.Lock()
+        self.max_instance_bytes = security.max_instance_mb * 1024 * 1024
+        ingest.limit_quarantine(security.quarantine_quota_mb)
         self.server: ThreadedAssociationServer | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -142,18 +351,25 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
         ]
+        security = self.security
         server_class = type(
             "ConfiguredServer",
-            (HostFilteringServer,),
+            (GuardedServer,),
             {
                 "allowed_networks": tuple(
-                    ipaddress.ip_network(h, strict=False) for h in self.security.allowed_hosts
-                )
+                    ipaddress.ip_network(h, strict=False) for h in security.allowed_hosts
+                ),
+                "max_connections": security.max_connections,
+                "handshake_timeout_s": security.handshake_timeout_s,
+                "request_timeout_s": security.acse_timeout_s,
+                "max_request_bytes": security.max_association_request_kb * 1024,
+                "stall_timeout_s": float(self.ae.network_timeout or 300),
             },
         )
         server = self.ae.make_server(
@@ -190,9 +406,30 @@ class StorageSCP:
     def _on_echo(self, event: Event) -> int:
         return 0x0000
 
+    def _on_requested(self, event: Event) -> None:
+        """Free a slot held by an idle association when all are in use.
+
+        Runs on the new association's thread before its negotiation. Without
+        it, eight associations that store nothing (kept alive by a C-ECHO now
+        and then) lock every modality out for as long as they like.
+        """
+        limit = self.security.reclaim_idle_after_s
+        with self._reclaim_lock:
+            victim = reclaimable(self.ae, limit)
+            if victim is None:
+                return
+            logger.warning(
+                "All %d association slots in use: aborting the association from %s (%s), "
+                "which stored nothing for %.0f s (reclaim_idle_after_s %g), for a new peer",
+                self.ae.maximum_associations, str(victim.requestor.ae_title).strip(),
+                victim.requestor.address, time.monotonic() - last_activity(victim), limit,
+            )
+            victim.abort()
+
     def _on_accepted(self, event: Event) -> None:
         peer = self._peer(event)
         polling.mark_busy(event.assoc)
+        mark_active(event.assoc)
         with self._lock:
             self._tallies[id(event.assoc)] = _AssociationTally()
         logger.info("Association accepted from %s (%s)", peer.calling_ae, peer.address)
@@ -225,15 +462,17 @@ class StorageSCP:
 
     def _on_store(self, event: Event) -> Dataset:
         polling.mark_busy(event.assoc)
+        mark_active(event.assoc)
         peer = self._peer(event)
         try:
-            data = received_file(event)
-            outcome = self.ingest.receive(
-                data,
-                peer,
-                transfer_syntax=str(event.context.transfer_syntax),
-                context_sop_class=str(event.context.abstract_syntax),
-            )
+            outcome = self._check_size(event, peer)
+            if outcome is None:
+                outcome = self.ingest.receive(
+                    received_file(event),
+                    peer,
+                    transfer_syntax=str(event.context.transfer_syntax),
+                    context_sop_class=str(event.context.abstract_syntax),
+                )
         except Exception as exc:  # never raise to the peer
             logger.exception("Unexpected error while storing from %s", peer.calling_ae)
             outcome = Outcome(0xA700, f"unexpected error: {exc!r}")
@@ -243,6 +482,19 @@ class StorageSCP:
         if outcome.status != 0x0000 and outcome.comment:
             status.ErrorComment = _error_comment(outcome.comment)
         return status
+
+    def _check_size(self, event: Event, peer: Peer) -> Outcome | None:
+        """0xA700 for a data set larger than ``max_instance_mb`` (dropped, not quarantined)."""
+        size = event.request.DataSet.getbuffer().nbytes
+        if size <= self.max_instance_bytes:
+            return None
+        limit_mb = self.security.max_instance_mb
+        logger.error(
+            "Refused an instance of %.0f MB from %s (%s): larger than max_instance_mb (%d MB); "
+            "not kept", size / 2**20, peer.calling_ae, peer.address, limit_mb,
+        )
+        return Outcome(0xA700, f"data set of {size / 2**20:.0f} MB exceeds max_instance_mb "
+                               f"{limit_mb}; not stored")
 
     def _tally(self, event: Event, outcome: Outcome) -> None:
         with self._lock:
