@@ -61,8 +61,13 @@ GRIDS = PhantomGrids(
 )
 
 
-def latest_reports(orthanc: OrthancPeer) -> tuple[dict[int, ReportValues], list[ReportValues]]:
-    """Latest SR per cycle number, and every course SR, read back from Orthanc."""
+def latest_reports(
+    orthanc: OrthancPeer, parsed: dict[str, ReportValues]
+) -> tuple[dict[int, ReportValues], list[ReportValues]]:
+    """Latest SR per cycle number, and every course SR, read back from Orthanc.
+
+    ``parsed`` caches the SRs already read, by Orthanc instance id.
+    """
     cycles: dict[int, tuple[int, ReportValues]] = {}
     courses = []
     for series_id in orthanc.get("/series"):
@@ -70,8 +75,11 @@ def latest_reports(orthanc: OrthancPeer) -> tuple[dict[int, ReportValues], list[
         match = SR_DESCRIPTION.match(series["MainDicomTags"].get("SeriesDescription", ""))
         if match is None or not series["Instances"]:
             continue
-        data = orthanc.get_bytes(f"/instances/{series['Instances'][0]}/file")
-        values = read_sr_report(pydicom.dcmread(BytesIO(data)))
+        instance = series["Instances"][0]
+        if instance not in parsed:
+            data = orthanc.get_bytes(f"/instances/{instance}/file")
+            parsed[instance] = read_sr_report(pydicom.dcmread(BytesIO(data)))
+        values = parsed[instance]
         if match["course"]:
             courses.append(values)
             continue
@@ -106,8 +114,9 @@ def send_course(orthanc: OrthancPeer, course: CourseSpec, out_dir: Path) -> None
 def wait_for_results(orthanc: OrthancPeer, node: Any, numbers: tuple[int, ...]) -> tuple[
         dict[int, ReportValues], ReportValues]:
     deadline = time.monotonic() + TIMEOUT_S
+    parsed: dict[str, ReportValues] = {}
     while time.monotonic() < deadline:
-        cycles, courses = latest_reports(orthanc)
+        cycles, courses = latest_reports(orthanc, parsed)
         course = complete_course(courses, numbers)
         if course is not None and set(numbers) <= set(cycles):
             return cycles, course
