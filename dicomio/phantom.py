@@ -751,10 +751,10 @@ def _rtstruct(context: _StudyContext, ct_datasets: Sequence[Dataset]) -> Dataset
 
 __all__ = [
     "CourseManifest",
-    "clean_margin_course",
     "CourseWriteSpec",
     "PhantomGrids",
     "SpectStorage",
     "TimePointFiles",
+    "clean_margin_course",
     "write_course",
 ]
