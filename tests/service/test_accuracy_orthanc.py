@@ -23,15 +23,28 @@ SR states RC = 1.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 
-from dicomio.phantom import CourseWriteSpec, PhantomGrids, clean_margin_course, write_course
+from dicomio.ct import read_ct_series
+from dicomio.phantom import (
+    CourseManifest,
+    CourseWriteSpec,
+    PhantomGrids,
+    TimePointFiles,
+    clean_margin_course,
+    write_course,
+)
+from dicomio.rtdose import read_rt_dose
+from dicomio.rtstruct import read_rois, roi_mask
 from dicomio.sr import ReportValues, read_sr_report
 from dosimetry.phantom import (
     CourseSpec,
@@ -40,6 +53,7 @@ from dosimetry.phantom import (
     course_time_points,
     mean_dose_gy,
 )
+from dosimetry.registration import resample_mask
 from dosimetry.results import VoiKind
 from tests.peers import OrthancPeer, require_tool, run_orthanc
 from tests.service.nodes import make_settings, running_node
@@ -52,6 +66,12 @@ TOLERANCE = {VoiKind.ORGAN: 0.01, VoiKind.MARROW: 0.01, VoiKind.LESION: 0.03}
 SR_DESCRIPTION = re.compile(
     r"theranode Lu-177 (cumulative )?AD report (cycle (?P<n>\d+)|(?P<course>course)) v(?P<v>\d+)$"
 )
+#: Any theranode result series: "theranode Lu-177 AD cycle 3 v1", "… cumulative AD report PDF course v2".
+RESULT_DESCRIPTION = re.compile(
+    r"theranode Lu-177 (cumulative )?AD( report)?( PDF)? (?P<label>cycle \d+|course) "
+    r"v(?P<version>\d+)$"
+)
+MASK_THRESHOLD = 0.5  # the engine's default VOI occupancy on the SPECT grid
 TIMEOUT_S = 300
 #: The small test grids (CT 4 mm, SPECT 8 mm) cropped to the body (3 voxels of air around
 #: it in-plane, ±70 mm in z); the SPECT voxels are 2 × 2 × 2 CT voxels, aligned.
@@ -98,17 +118,20 @@ def complete_course(courses: list[ReportValues], numbers: tuple[int, ...]) -> Re
     return None
 
 
-def send_course(orthanc: OrthancPeer, course: CourseSpec, out_dir: Path) -> None:
+def send_course(orthanc: OrthancPeer, course: CourseSpec, out_dir: Path) -> dict[
+        int, CourseManifest]:
     """Write each cycle and upload it to Orthanc at once (the node computes meanwhile)."""
+    manifests = {}
     for cycle in course.cycles:
         spec = CourseWriteSpec(course=course, grids=GRIDS, cycles=(cycle.number,),
                                supersampling=2)
-        manifest = write_course(out_dir, spec, seed=SEED)
+        manifest = manifests[cycle.number] = write_course(out_dir, spec, seed=SEED)
         for tp in manifest.time_points:
             files = [*tp.ct_files, *tp.spect_files]
             files += [tp.rtstruct_file] if tp.rtstruct_file is not None else []
             for path in files:
                 orthanc.upload(path)
+    return manifests
 
 
 def wait_for_results(orthanc: OrthancPeer, node: Any, numbers: tuple[int, ...]) -> tuple[
@@ -131,14 +154,54 @@ def relative_error(found: float, truth: float) -> float:
     return found / truth - 1.0
 
 
-@pytest.mark.peer
-def test_clean_margin_course_through_orthanc_matches_the_analytic_truth(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class CourseThroughOrthanc:
+    """A clean-margin course sent through Orthanc, and what came back."""
+
+    course: CourseSpec
+    truth: dict[str, Any]
+    cycles: dict[int, ReportValues]
+    course_report: ReportValues
+    manifests: dict[int, CourseManifest]
+    received: dict[str, Path]  # theranode's objects from Orthanc, by "<modality> <label>"
+
+
+def received_results(orthanc: OrthancPeer, folder: Path) -> dict[str, Path]:
+    """Every theranode object stored in Orthanc, saved to ``folder``.
+
+    Keyed ``"<modality> <label> v<version>"``, e.g. ``"RTDOSE cycle 3 v1"``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    for series_id in orthanc.get("/series"):
+        series = orthanc.get(f"/series/{series_id}")
+        match = RESULT_DESCRIPTION.match(series["MainDicomTags"].get("SeriesDescription", ""))
+        if match is None:
+            continue
+        for instance in series["Instances"]:
+            data = orthanc.get_bytes(f"/instances/{instance}/file")
+            modality = pydicom.dcmread(BytesIO(data), stop_before_pixels=True).Modality
+            key = f"{modality} {match['label']} v{match['version']}"
+            saved[key] = folder / f"{key.replace(' ', '_')}.dcm"
+            saved[key].write_bytes(data)
+    return saved
+
+
+def latest(received: dict[str, Path], modality: str, label: str) -> Path:
+    """The latest version of one result object (a course has a version per new cycle)."""
+    versions = {int(key.rsplit(" v", 1)[1]): path for key, path in received.items()
+                if key.startswith(f"{modality} {label} v")}
+    assert versions, f"no {modality} for {label} in {sorted(received)}"
+    return versions[max(versions)]
+
+
+@pytest.fixture(scope="module")
+def through_orthanc(tmp_path_factory: pytest.TempPathFactory) -> CourseThroughOrthanc:
     require_tool("orthanc")
+    tmp_path = tmp_path_factory.mktemp("accuracy")
     course = clean_margin_course(GRIDS)
     truth = analytic_truth(course, course_time_points(course, SEED))
     numbers = tuple(c.number for c in course.cycles)
-    assert all(course.model.voi_contour_volume_ml(v.name) >= 4.0
-               for v in course.model.vois if v.kind is VoiKind.LESION)
     node_settings = make_settings(tmp_path / "node")
     modalities = {"theranode": {"AET": "THERANODE", "Host": "127.0.0.1",
                                 "Port": node_settings.node.port}}
@@ -151,11 +214,23 @@ def test_clean_margin_course_through_orthanc_matches_the_analytic_truth(tmp_path
             dosimetry={"recovery_half_volume_ml": 1e-6}, destinations=[destination])
         with running_node(settings) as node:
             start = time.monotonic()
-            send_course(orthanc, course, tmp_path / "course")
+            manifests = send_course(orthanc, course, tmp_path / "course")
             print(f"course written and sent to Orthanc in {time.monotonic() - start:.1f} s")
             cycles, course_report = wait_for_results(orthanc, node, numbers)
             print(f"results in Orthanc after {time.monotonic() - start:.1f} s")
+            received = received_results(orthanc, tmp_path / "received")
         assert "Lua: Error" not in orthanc.log(), "the routing script failed in Orthanc"
+    return CourseThroughOrthanc(course, truth, cycles, course_report, manifests, received)
+
+
+@pytest.mark.peer
+def test_clean_margin_course_through_orthanc_matches_the_analytic_truth(
+    through_orthanc: CourseThroughOrthanc,
+) -> None:
+    run = through_orthanc
+    course, truth, cycles, course_report = run.course, run.truth, run.cycles, run.course_report
+    assert all(course.model.voi_contour_volume_ml(v.name) >= 4.0
+               for v in course.model.vois if v.kind is VoiKind.LESION)
 
     errors = []
     for cycle in course.cycles:
@@ -180,3 +255,64 @@ def test_clean_margin_course_through_orthanc_matches_the_analytic_truth(tmp_path
     failures = [f"{where} {voi.name}: {100 * error:+.3f} % (tolerance {100 * TOLERANCE[voi.kind]:g} %)"
                 for where, voi, error in errors if abs(error) > TOLERANCE[voi.kind]]
     assert not failures, "\n".join(failures)
+
+
+def _first_time_point(manifest: CourseManifest, number: int) -> TimePointFiles:
+    return min((tp for tp in manifest.time_points if tp.time_point.cycle_number == number),
+               key=lambda tp: tp.time_point.elapsed_h)
+
+
+def received_map_means(rt_dose: Path, tp: TimePointFiles) -> dict[str, float]:
+    """Mean of a received RT Dose in each VOI, as the engine averages (docs/conformance.md).
+
+    The RTSTRUCT drawn on the cycle's first CT is rasterised on that CT and
+    carried to the dose grid at 50 % occupancy.
+    """
+    dose = read_rt_dose(pydicom.dcmread(rt_dose))
+    ct = read_ct_series([pydicom.dcmread(f) for f in tp.ct_files])
+    assert tp.rtstruct_file is not None
+    means = {}
+    for roi in read_rois(pydicom.dcmread(tp.rtstruct_file)):
+        on_ct = roi_mask(roi, ct)
+        if on_ct.array.any():
+            mask = resample_mask(on_ct, dose, None, MASK_THRESHOLD).array.astype(bool)
+            means[roi.name] = float(np.asarray(dose.array)[mask].mean())
+    return means
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("label", ["cycle 3", "cycle 4", "course"])
+def test_received_rt_dose_agrees_with_the_received_sr(
+    through_orthanc: CourseThroughOrthanc, label: str
+) -> None:
+    """One truth per result: VOI means of the RT Dose the PACS holds are the SR's (1 %)."""
+    run = through_orthanc
+    number = 1 if label == "course" else int(label.split()[1])
+    tp = _first_time_point(run.manifests[number], number)
+    found = received_map_means(latest(run.received, "RTDOSE", label), tp)
+    report = read_sr_report(pydicom.dcmread(latest(run.received, "SR", label)))
+    key = "total_gy" if label == "course" else "mean_gy"
+    reported = {g.tracking_identifier: g.values[key] for g in report.groups
+                if g.time_point == label and key in g.values}
+    assert set(reported) == {v.name for v in run.course.model.vois} <= set(found)
+    for name, value in reported.items():
+        assert found[name] == pytest.approx(value, rel=0.01), (label, name)
+
+
+@pytest.mark.peer
+def test_dciodvfy_finds_no_error_in_any_received_object(
+    through_orthanc: CourseThroughOrthanc,
+) -> None:
+    tool = require_tool("dciodvfy")
+    received = through_orthanc.received
+    labels = {key.split(" ", 1)[1].rsplit(" v", 1)[0] for key in received}
+    assert labels == {"cycle 1", "cycle 2", "cycle 3", "cycle 4", "course"}, labels
+    for label in labels:  # RT Dose, SR and PDF of every cycle and the course
+        for modality in ("RTDOSE", "SR", "DOC"):
+            latest(received, modality, label)
+    for key, path in sorted(received.items()):
+        run = subprocess.run([tool, str(path)], check=False, capture_output=True, text=True,
+                             timeout=120)
+        errors = [line for line in (run.stdout + run.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert not errors, (key, errors)
