@@ -7,7 +7,8 @@
     ├── UnsupportedObjectError  SOP class / modality / units theranode cannot use
     ├── InconsistentSeriesError slices or frames that do not form one volume
     ├── TruncatedObjectError    an element or the pixel data shorter than declared
-    └── InconsistentPixelDataError  pixel dimensions that do not describe the pixels
+    ├── InconsistentPixelDataError  pixel dimensions that do not describe the pixels
+    └── InvalidOutputError      an object theranode was about to write breaks PS3.5
 """
 
 
@@ -33,3 +34,7 @@ class TruncatedObjectError(DicomInputError):
 
 class InconsistentPixelDataError(DicomInputError):
     """The image dimensions are impossible or do not match the pixel data's length."""
+
+
+class InvalidOutputError(DicomInputError):
+    """An object theranode was about to write breaks PS3.5; it was not written."""

@@ -43,7 +43,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
-from dicomio.errors import DicomInputError
+from dicomio.errors import InvalidOutputError
 from dicomio.source import InstanceReference, SourceContext
 from dicomio.uids import MANUFACTURER, MODEL_NAME, ResultIdentity, derive_uid
 
@@ -178,10 +178,6 @@ def sop_reference(ref: InstanceReference) -> Dataset:
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid
     return item
-
-
-class InvalidOutputError(DicomInputError):
-    """An object theranode was about to write breaks PS3.5; it was not written."""
 
 
 #: Maximum value lengths (characters) PS3.5 Table 6.2-1 sets that pydicom's
