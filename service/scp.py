@@ -4,6 +4,12 @@ Handlers run on each association's thread. They never raise to the peer:
 every C-STORE is answered with the status :class:`~service.ingest.Ingest`
 decided, and the log gets one line per association and one per series
 received in it.
+
+What a peer can hold is bounded by ``[security]`` settings before pynetdicom
+sees it (:class:`GuardedServer`: hosts, connections, TLS handshake and
+A-ASSOCIATE-RQ time and size, PDU length) and after (an idle association's
+slot, a C-STORE's size); ``docs/conformance.md`` section 4 lists them and
+``tests/reliability/test_hostile_peers.py`` tries each.
 """
 
 from __future__ import annotations
@@ -74,7 +80,13 @@ class SlotCountingAE(AE):
 
 
 class _PrefixedSocket(AssociationSocket):
-    """pynetdicom's socket, serving first the A-ASSOCIATE-RQ the listener already read."""
+    """pynetdicom's socket, serving first the A-ASSOCIATE-RQ the listener already read.
+
+    It also refuses to read a PDU longer than the maximum length the node
+    offered (PS3.8 Annex D.1): pynetdicom reads any declared length whole.
+    Its reader asks for the six-byte PDU header, then for the rest; a longer
+    rest is not read, and the short answer makes pynetdicom close.
+    """
 
     _prefix: bytearray
 
@@ -83,6 +95,16 @@ class _PrefixedSocket(AssociationSocket):
         return bool(self._prefix) or bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if not self._prefix:
+            limit = self.assoc.acceptor.maximum_length
+            if limit and nr_bytes > limit:
+                logger.warning(
+                    "Closed the association from %s: a PDU of %d bytes, more than the maximum "
+                    "length (%d) it was given; not read", self.assoc.requestor.address,
+                    nr_bytes, limit,
+                )
+                return bytearray()
+            return super().recv(nr_bytes)
         taken = self._prefix[:nr_bytes]
         del self._prefix[:nr_bytes]
         if len(taken) < nr_bytes:
@@ -273,6 +295,7 @@ def _send_abort(sock: socket.socket, reason: int) -> None:
 
 
 _ACTIVE_ATTRIBUTE = "_theranode_active_at"
+_DROPPED_ATTRIBUTE = "_theranode_dropped_bytes"
 
 
 def mark_active(assoc: Any) -> None:
@@ -352,6 +375,7 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
@@ -483,9 +507,33 @@ class StorageSCP:
             status.ErrorComment = _error_comment(outcome.comment)
         return status
 
+    def _on_pdu(self, event: Event) -> None:
+        """Drop a data set's bytes beyond ``max_instance_mb`` as they arrive.
+
+        pynetdicom gathers a DIMSE message's data set in memory until it is
+        complete; this runs on the association's reader thread before each
+        PDU is added to the message being gathered, so that message never
+        holds more than the limit and one PDU. The C-STORE is answered
+        (:meth:`_check_size`) once it is complete.
+        """
+        message = event.assoc.dimse.message
+        data = getattr(message, "data_set", None)
+        if data is None or data.tell() <= self.max_instance_bytes:
+            return
+        earlier = getattr(event.assoc, _DROPPED_ATTRIBUTE, None)
+        dropped = earlier[1] if earlier is not None and earlier[0] is data else 0
+        setattr(event.assoc, _DROPPED_ATTRIBUTE, (data, dropped + data.tell()))
+        data.seek(0)
+        data.truncate()
+
     def _check_size(self, event: Event, peer: Peer) -> Outcome | None:
         """0xA700 for a data set larger than ``max_instance_mb`` (dropped, not quarantined)."""
-        size = event.request.DataSet.getbuffer().nbytes
+        data = event.request.DataSet
+        size = len(data.getbuffer())
+        dropped = getattr(event.assoc, _DROPPED_ATTRIBUTE, None)
+        if dropped is not None and dropped[0] is data:
+            size += dropped[1]
+            setattr(event.assoc, _DROPPED_ATTRIBUTE, None)
         if size <= self.max_instance_bytes:
             return None
         limit_mb = self.security.max_instance_mb

@@ -24,6 +24,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
 from service.ingest import OUT_OF_RESOURCES, TRUNCATED
+from service.scp import StorageSCP
 from tests.peers import require_tool
 from tests.reliability import hostile_peers as hostile
 from tests.reliability.certificates import Pki, make_pki
@@ -149,6 +150,19 @@ def test_an_oversized_association_request_is_refused_from_its_header(tmp_path: P
         assert wait_for(lambda: listener_threads() == 0, within_s=1.0)
 
 
+def test_a_pdu_longer_than_the_offered_maximum_is_not_read(tmp_path: Path, caplog):
+    with running_node(make_settings(tmp_path / "data")) as node:
+        with closing(hostile.connect(node.port)) as sock:
+            sock.sendall(hostile.association_request("THERANODE", "BIGPDU"))
+            sock.settimeout(5)
+            assert sock.recv(1) == b"\x02", "A-ASSOCIATE-AC"
+            with caplog.at_level(logging.WARNING, logger="service.scp"):
+                sock.sendall(hostile.pdu_header(0x04, 256 * 1024 * 1024))  # P-DATA-TF
+                assert hostile.wait_closed(sock, within_s=2.0) is not None
+            assert "more than the maximum length (1048576) it was given" in caplog.text
+        assert wait_for(lambda: listener_threads() == 0, within_s=2.0)
+
+
 def test_idle_associations_at_the_limit_give_way_to_a_sender(tmp_path: Path, caplog):
     reclaim_s = 2.0
     security = {"max_associations": 2, "reclaim_idle_after_s": reclaim_s}
@@ -176,11 +190,19 @@ def test_idle_associations_at_the_limit_give_way_to_a_sender(tmp_path: Path, cap
                 assoc.release()
 
 
-def test_an_oversized_c_store_is_refused_and_not_kept(tmp_path: Path, caplog):
+def test_an_oversized_c_store_is_refused_and_not_kept(tmp_path: Path, caplog, monkeypatch):
+    held: list[int] = []
+    check_size = StorageSCP._check_size
+
+    def spy(self, event, peer):  # what the node holds of the data set when it answers
+        held.append(len(event.request.DataSet.getbuffer()))
+        return check_size(self, event, peer)
+
+    monkeypatch.setattr(StorageSCP, "_check_size", spy)
     with running_node(make_settings(tmp_path / "data", security={"max_instance_mb": 1})) as node:
         big = factory.ct("P1", INJECTION, frame="1.2.3")
-        big.Rows = big.Columns = 800  # 1.28 MB of pixels
-        big.PixelData = np.zeros(800 * 800, dtype=np.uint16).tobytes()
+        big.Rows = big.Columns = 2000  # 8 MB of pixels
+        big.PixelData = np.zeros(2000 * 2000, dtype=np.uint16).tobytes()
         assoc = scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
         assert assoc.is_established
         with caplog.at_level(logging.ERROR, logger="service.scp"):
@@ -188,7 +210,8 @@ def test_an_oversized_c_store_is_refused_and_not_kept(tmp_path: Path, caplog):
             small = assoc.send_c_store(factory.ct("P1", INJECTION, frame="1.2.3"))
         assoc.release()
         assert status.Status == OUT_OF_RESOURCES
-        assert "exceeds max_instance_mb 1" in status.ErrorComment
+        assert "of 8 MB exceeds max_instance_mb 1" in status.ErrorComment
+        assert held[0] <= 2 * 1024 * 1024, "memory: the limit and one PDU at most"
         assert small.Status == 0x0000
         assert "larger than max_instance_mb (1 MB); not kept" in caplog.text
         assert node.index.counts()["instances"] == 1
