@@ -557,6 +557,12 @@ def _cross_checks(settings: Settings, problems: list[str]) -> None:
             )
     if bool(settings.security.tls_cert) != bool(settings.security.tls_key):
         problems.append("security: tls_cert and tls_key must be given together")
+    if settings.security.max_connections < settings.security.max_associations:
+        problems.append(
+            f"security: max_connections ({settings.security.max_connections}) is below "
+            f"max_associations ({settings.security.max_associations}); associations would be "
+            "refused before the association limit is reached"
+        )
     _protocol_checks(settings, problems)
     names = [d.name for d in settings.destinations]
     for name in {n for n in names if names.count(n) > 1}:

@@ -23,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
+from config.schema import ConfigError, settings_from_dict
 from service.ingest import OUT_OF_RESOURCES, TRUNCATED
 from service.scp import StorageSCP
 from tests.peers import require_tool
@@ -245,3 +246,8 @@ def test_quarantine_beyond_its_quota_is_refused(tmp_path: Path, caplog):
         assert len(list(node.archive.quarantine.iterdir())) == 2, "nothing more kept"
         assert list(node.archive.incoming.iterdir()) == []
         assert good.Status == 0x0000, "storing itself is not limited by the quota"
+
+
+def test_a_connection_limit_below_the_association_limit_is_a_configuration_error():
+    with pytest.raises(ConfigError, match=r"max_connections \(4\) is below max_associations"):
+        settings_from_dict({"security": {"max_connections": 4, "max_associations": 8}})
