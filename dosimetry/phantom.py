@@ -719,6 +719,16 @@ def _kinetics_for_dose(
     return Kinetics(c0_mbq_per_ml=dose_gy * rho * lam / factor, lambda_eff_per_h=lam)
 
 
+def _body() -> Structure:
+    """The patient's outline: soft tissue with the background kinetics."""
+    return Structure(
+        "Body",
+        Ellipsoid((0.0, 0.0, 0.0), (165.0, 115.0, 600.0)),
+        BACKGROUND_DESIGN["Body"][0],
+        _background_kinetics("Body"),
+    )
+
+
 def _background_kinetics(name: str) -> Kinetics:
     _, c0, half_life_h = BACKGROUND_DESIGN[name]
     return Kinetics(c0, math.log(2.0) / half_life_h)
@@ -748,15 +758,7 @@ def default_model(
             parent,
         )
 
-    body_hu = BACKGROUND_DESIGN["Body"][0]
-    structures: list[Structure] = [
-        Structure(
-            "Body",
-            Ellipsoid((0.0, 0.0, 0.0), (165.0, 115.0, 600.0)),
-            body_hu,
-            _background_kinetics("Body"),
-        )
-    ]
+    structures: list[Structure] = [_body()]
     if lungs:
         for side, x in (("R", -85.0), ("L", 85.0)):
             structures.append(
@@ -945,15 +947,7 @@ def clean_margin_model(
     PhantomError
         When the grown structures no longer fit (overlap, leave the body).
     """
-    body_hu = BACKGROUND_DESIGN["Body"][0]
-    structures: list[Structure] = [
-        Structure(
-            "Body",
-            Ellipsoid((0.0, 0.0, 0.0), (165.0, 115.0, 600.0)),
-            body_hu,
-            _background_kinetics("Body"),
-        )
-    ]
+    structures: list[Structure] = [_body()]
     for voi, (name, centre, axes, parent, _) in CLEAN_MARGIN_LAYOUT.items():
         hu, dose, t_half = DEFAULT_DESIGN[voi]
         shape = Ellipsoid(centre, axes).outset(margin_mm)

@@ -37,14 +37,12 @@ from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,
     course_files,
-    course_totals_gy,
-    outputs_by_cycle,
     wait_for,
     write_node_config,
 )
 from tests.reliability.destination import RecordingDestination
-from tests.reliability.job_kills import JobKillReport
-from tests.reliability.outage import SETTLE_S, CourseRun
+from tests.reliability.job_kills import JobKillReport, finish_course_run
+from tests.reliability.outage import CourseRun
 from tests.reliability.processes import NodeProcess, start_node
 from tests.service.nodes import send
 
@@ -157,13 +155,8 @@ def run_graceful_stops(work: Path, manifest: CourseManifest, cycles: int,
         for stop in stops:
             report.stops.append(_stop_once(node, db, stop, destination, timeout_s))
             node = start_node(config, port, own_process_group=True)
-        wait_for(lambda: len(db.of_kind("cycle", JobState.DONE)) == cycles
-                 and db.of_kind("course", JobState.DONE) and db.all_delivered(),
-                 timeout_s, "the course computed and delivered after the last stop")
-        time.sleep(SETTLE_S)
-        assert node.stop() == 0, "the node did not stop cleanly at the end"
-        report.run = CourseRun(db.all_jobs(), db.result_objects(), list(destination.arrivals),
-                               outputs_by_cycle(db), course_totals_gy(db), 0, 0, 0.0)
+        report.run = finish_course_run(node, db, destination, cycles, timeout_s,
+                                       "after the last stop")
         return report
     finally:
         destination.release()

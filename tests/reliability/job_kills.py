@@ -33,7 +33,7 @@ from tests.reliability.course_runs import (
 )
 from tests.reliability.destination import RecordingDestination
 from tests.reliability.outage import SETTLE_S, CourseRun
-from tests.reliability.processes import start_node
+from tests.reliability.processes import NodeProcess, start_node
 from tests.service.nodes import send
 
 DELIVERY_DELAY_S = 0.05  # results go out within milliseconds of their job's commit
@@ -101,18 +101,25 @@ def run_job_kills(work: Path, manifest: CourseManifest, cycles: int, kills: int 
             report.kills_during_a_job += int(in_job)
             report.moments.append(f"kill {k + 1} ({phase[0]} {phase[1] + 1}): {what}")
             node = start_node(config, port)
-        wait_for(lambda: len(db.of_kind("cycle", JobState.DONE)) == cycles
-                 and db.of_kind("course", JobState.DONE) and db.all_delivered(),
-                 timeout_s, "the course computed and delivered after the last kill")
-        time.sleep(SETTLE_S)
-        assert node.stop() == 0, "the node did not stop cleanly after the last kill"
-        report.run = CourseRun(db.all_jobs(), db.result_objects(), list(destination.arrivals),
-                               outputs_by_cycle(db), course_totals_gy(db), 0, 0, 0.0)
+        report.run = finish_course_run(node, db, destination, cycles, timeout_s,
+                                       "after the last kill")
         return report
     finally:
         node.stop()
         destination.stop()
         db.close()
+
+
+def finish_course_run(node: NodeProcess, db: NodeDatabase, destination: RecordingDestination,
+                      cycles: int, timeout_s: float, after: str) -> CourseRun:
+    """Wait until every cycle and the course are done and delivered, stop the node, record."""
+    wait_for(lambda: len(db.of_kind("cycle", JobState.DONE)) == cycles
+             and db.of_kind("course", JobState.DONE) and db.all_delivered(),
+             timeout_s, f"the course computed and delivered {after}")
+    time.sleep(SETTLE_S)
+    assert node.stop() == 0, f"the node did not stop cleanly {after}"
+    return CourseRun(db.all_jobs(), db.result_objects(), list(destination.arrivals),
+                     outputs_by_cycle(db), course_totals_gy(db), 0, 0, 0.0)
 
 
 def _job_problems(run: CourseRun, cycles: int) -> list[str]:
