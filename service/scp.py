@@ -129,6 +129,21 @@ class _GuardedHandler(RequestHandler):
         return assoc
 
 
+@dataclass
+class _Opening:
+    """A connection accepted and not yet handed to pynetdicom."""
+
+    raw: socket.socket
+    host: str
+    opened_at: float
+    #: What ``raw`` became: itself, or the TLS socket that took it over.
+    connection: socket.socket = field(init=False)
+    evicted: bool = False
+
+    def __post_init__(self) -> None:
+        self.connection = self.raw
+
+
 class RefusedConnection(Exception):
     """A connection closed before association negotiation; the message says why."""
 
@@ -159,6 +174,9 @@ class GuardedServer(ThreadedAssociationServer):
     max_request_bytes: int = 128 * 1024
     #: After the A-ASSOCIATE-RQ, a read or write that stalls this long closes the connection.
     stall_timeout_s: float = 300.0
+    #: At the connection limit, a connection this long without an
+    #: A-ASSOCIATE-RQ is closed for a new one (see _evict_oldest_opening).
+    EVICT_AFTER_S = 1.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -170,9 +188,8 @@ class GuardedServer(ThreadedAssociationServer):
         return client, address
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        #: Connections accepted and not yet handed to pynetdicom: the raw
-        #: socket, and what it became (itself, or its TLS wrapper).
-        self._opening: dict[socket.socket, socket.socket] = {}
+        #: Connections accepted and not yet handed to pynetdicom, by raw socket.
+        self._opening: dict[socket.socket, _Opening] = {}
         self._opening_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
@@ -185,24 +202,51 @@ class GuardedServer(ThreadedAssociationServer):
             return False
         with self._opening_lock:
             held = len(self._opening) + len(self.active_associations)
-            if held >= self.max_connections:
+            if held >= self.max_connections and not self._evict_oldest_opening():
                 logger.warning(
                     "Refused connection from %s: %d connections open, the limit "
                     "(max_connections) is %d", host, held, self.max_connections,
                 )
                 return False
-            self._opening[request] = request
+            self._opening[request] = _Opening(request, host, time.monotonic())
+        return True
+
+    def _evict_oldest_opening(self) -> bool:
+        """Close the connection longest without an A-ASSOCIATE-RQ, if that is ``EVICT_AFTER_S``.
+
+        A modality sends its request within milliseconds of connecting; the
+        connections still silent after a second are what holds the slots when
+        an idle-connection attack has filled them. Called with the lock held.
+        """
+        if not self._opening:
+            return False
+        oldest = min(self._opening.values(), key=lambda o: o.opened_at)
+        waited = time.monotonic() - oldest.opened_at
+        if waited < self.EVICT_AFTER_S:
+            return False
+        logger.warning(
+            "Connection limit (max_connections %d) reached: closing the connection from %s, "
+            "%.1f s without an association request, for a new one",
+            self.max_connections, oldest.host, waited,
+        )
+        oldest.evicted = True
+        del self._opening[oldest.raw]
+        try:
+            oldest.connection.shutdown(socket.SHUT_RDWR)  # its thread wakes and closes it
+        except OSError:
+            pass
         return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._opening_lock:
+            opening = self._opening.get(request) or _Opening(request, client_address[0], 0.0)
         try:
             try:
-                connection, association_request = self._open(request)
+                connection, association_request = self._open(opening)
             except (RefusedConnection, OSError, ValueError) as exc:
-                logger.warning("Closed connection from %s: %s", client_address[0], exc)
-                with self._opening_lock:
-                    current = self._opening.get(request, request)
-                self.shutdown_request(current)
+                if not opening.evicted:
+                    logger.warning("Closed connection from %s: %s", client_address[0], exc)
+                self.shutdown_request(opening.connection)
                 return
             try:
                 _GuardedHandler(connection, client_address, self, association_request)
@@ -213,16 +257,18 @@ class GuardedServer(ThreadedAssociationServer):
             with self._opening_lock:
                 self._opening.pop(request, None)
 
-    def _open(self, raw: socket.socket) -> tuple[socket.socket, bytes]:
+    def _open(self, opening: _Opening) -> tuple[socket.socket, bytes]:
         """TLS handshake and A-ASSOCIATE-RQ, each within its time limit (this thread)."""
-        connection: socket.socket = raw
+        connection = opening.raw
         if self.ssl_context is not None:
-            raw.settimeout(self.handshake_timeout_s)
+            opening.raw.settimeout(self.handshake_timeout_s)
             with self._opening_lock:  # wrapping takes over (detaches) the raw socket
+                if opening.evicted:
+                    raise RefusedConnection("closed for a newer connection")
                 connection = self.ssl_context.wrap_socket(
-                    raw, server_side=True, do_handshake_on_connect=False
+                    opening.raw, server_side=True, do_handshake_on_connect=False
                 )
-                self._opening[raw] = connection
+                opening.connection = connection
             try:
                 connection.do_handshake()
             except TimeoutError as exc:
@@ -245,13 +291,17 @@ class GuardedServer(ThreadedAssociationServer):
             )
         body = _read_within(connection, length, deadline, self.request_timeout_s)
         connection.settimeout(self.stall_timeout_s)
+        with self._opening_lock:  # from here on, the association limits apply
+            if opening.evicted:
+                raise RefusedConnection("closed for a newer connection")
+            self._opening.pop(opening.raw, None)
         return connection, header + body
 
     def server_close(self) -> None:
         # Unblock connections still in their handshake or request, so that
         # shutting down does not wait for their time limits.
         with self._opening_lock:
-            opening = list(self._opening.values())
+            opening = [o.connection for o in self._opening.values()]
         for sock in opening:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
