@@ -310,7 +310,7 @@ class Ingest:
         self._examiners = ThreadPoolExecutor(max_workers=4, thread_name_prefix="examine")
 
     def limit_quarantine(self, quota_mb: int) -> None:
-        """Keep at most ``quota_mb`` MB in quarantine; beyond it refuse with 0xA700, keep nothing."""
+        """Keep at most ``quota_mb`` MB in quarantine; beyond, answer 0xA700 and keep nothing."""
         self._quarantine_quota = _QuarantineQuota(self.archive, quota_bytes=quota_mb * 2**20)
 
     def close(self) -> None:

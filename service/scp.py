@@ -194,10 +194,8 @@ class GuardedServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        host = client_address[0]
-        if self.allowed_networks and not any(
-            ipaddress.ip_address(host) in network for network in self.allowed_networks
-        ):
+        host = str(client_address[0])
+        if self.allowed_networks and not self._allowed(host):
             logger.warning("Refused connection from %s: host not in allowed_hosts", host)
             return False
         with self._opening_lock:
@@ -210,6 +208,13 @@ class GuardedServer(ThreadedAssociationServer):
                 return False
             self._opening[request] = _Opening(request, host, time.monotonic())
         return True
+
+    def _allowed(self, host: str) -> bool:
+        try:  # an IPv6 link-local address carries its zone: "fe80::1%eth0"
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.allowed_networks)
 
     def _evict_oldest_opening(self) -> bool:
         """Close the connection longest without an A-ASSOCIATE-RQ, if that is ``EVICT_AFTER_S``.
@@ -243,7 +248,7 @@ class GuardedServer(ThreadedAssociationServer):
         try:
             try:
                 connection, association_request = self._open(opening)
-            except (RefusedConnection, OSError, ValueError) as exc:
+            except Exception as exc:  # refused, or a socket or TLS error: log, close, go on
                 if not opening.evicted:
                     logger.warning("Closed connection from %s: %s", client_address[0], exc)
                 self.shutdown_request(opening.connection)
@@ -311,7 +316,7 @@ class GuardedServer(ThreadedAssociationServer):
 
 
 def _read_within(sock: socket.socket, size: int, deadline: float, limit_s: float) -> bytes:
-    """Exactly ``size`` bytes from ``sock``, all by ``deadline`` (a slow drip does not extend it)."""
+    """Exactly ``size`` bytes from ``sock``, all by ``deadline`` (a slow drip cannot extend it)."""
     data = bytearray()
     while len(data) < size:
         remaining = deadline - time.monotonic()
