@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from pathlib import Path
 
 from config.schema import Settings
 from dicomio.headers import InstanceHeader
-from service.archive import Archive
+from service.archive import Archive, make_private_file, make_private_folder
 from service.errors import StartupError
 from service.ingest import IDENTICAL_DUPLICATE, OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome
 from service.jobs import JobRunner
 from service.outbox import Outbox
 from service.planner import Planner
 from service.regroup import Regrouper, rules_from_settings
+from service.rekey import rekey_stale_patients
 from service.scheduler import start_scheduler
 from service.scp import StorageSCP
+from service.site_secret import patient_keyer
 from service.store import open_database
+from service.store.pickle_migration import migrate_results
 from service.store.index import IndexStore
 from service.store.jobs import JobRecord, JobStore
 from service.store.outbox import OutboxStore
@@ -41,10 +45,12 @@ class Node:
         self.settings = settings
         data_dir = settings.data_dir
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            make_private_folder(data_dir)
             self.archive = Archive(data_dir, settings.security.min_free_disk_mb)
+            _make_database_private(data_dir)
         except OSError as exc:
             raise StartupError(f"Cannot use data folder {data_dir}: {exc}") from exc
+        self.keyer = patient_keyer(data_dir)
         self.db = open_database(data_dir / DATABASE_NAME)
         self.index = IndexStore(self.db)
         self.rules = rules_from_settings(settings.grouping)
@@ -56,7 +62,7 @@ class Node:
         self.planner = Planner(self.index, self.jobs, settings, on_submitted=self.runner.wake)
         self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
         self.ingest = Ingest(
-            self.archive, self.index, on_new_series=self._new_series,
+            self.archive, self.index, self.keyer, on_new_series=self._new_series,
             calibration=settings.calibration, security=settings.security,
         )
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
@@ -74,7 +80,9 @@ class Node:
     def start(self) -> None:
         """Recover from any crash, then open the listener."""
         self.archive.clean_incoming()
+        rekey_stale_patients(self.index, self.archive, self.keyer)
         self.reconcile()
+        migrate_results(self.settings.data_dir)  # pickled results → JSON, before any job runs
         self.regrouper.start()
         for key in self.index.patient_keys():
             self.regrouper.request(key)
@@ -155,6 +163,14 @@ class Node:
         interrupt an untimed wait)."""
         while not self._stopped.wait(1.0):
             pass
+
+
+def _make_database_private(data_dir: Path) -> None:
+    """The database and its WAL files readable by the node's user only (SQLite makes them 0644)."""
+    for name in (DATABASE_NAME, f"{DATABASE_NAME}-wal", f"{DATABASE_NAME}-shm"):
+        path = data_dir / name
+        if name == DATABASE_NAME or path.exists():
+            make_private_file(path)
 
 
 def _reconciled_as(outcome: Outcome) -> str:

@@ -10,6 +10,10 @@ Layout below ``data_dir``::
 Every path component comes from a validated UID or a hex digest, never from
 patient-supplied text. A file is in its final place only after its bytes were
 written, flushed, fsynced, renamed atomically and the directory fsynced.
+
+Only the node's user may read any of it: files are created with mode
+:data:`FILE_MODE` (0600) and folders with :data:`DIR_MODE` (0700), whatever
+the process umask (the command line also sets umask 077).
 """
 
 from __future__ import annotations
@@ -17,16 +21,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
+import stat
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from dicomio.headers import InstanceHeader, is_valid_uid
 
 logger = logging.getLogger(__name__)
+
+#: Mode of every file the node writes into its data folder (owner read/write only).
+FILE_MODE = 0o600
+#: Mode of every folder the node makes in its data folder (owner only).
+DIR_MODE = 0o700
+
+_PATIENT_KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
 class ArchiveError(Exception):
@@ -66,6 +80,45 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_private_folder(folder: Path) -> None:
+    """Create ``folder`` with mode 0700, or tighten it (with a warning) if others have access.
+
+    Data folders made before theranode restricted them were world-readable
+    (archive, database, reports); making the top folder 0700 closes every
+    path below it to other users at once.
+    """
+    folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if mode & 0o077:
+        folder.chmod(DIR_MODE)
+        logger.warning("Folder %s was open to other users (mode %03o); made it 0700", folder, mode)
+
+
+def make_private_file(path: Path) -> None:
+    """Create an empty ``path`` with mode 0600, or make an existing one 0600.
+
+    For files another library creates by name with its own mode: SQLite makes
+    a database 0644 and gives its ``-wal`` and ``-shm`` files the database
+    file's mode, so an empty 0600 file made first keeps all three private.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """Open ``path`` for writing, created (or truncated) with mode 0600 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # an existing file keeps its mode through O_CREAT
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that after return it survives a crash or power cut.
 
@@ -75,7 +128,7 @@ def write_durably(path: Path, data: bytes) -> None:
     """
     temporary = path.with_name(path.name + ".tmp")
     try:
-        with open(temporary, "wb") as handle:
+        with _create_private(temporary) as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -99,7 +152,7 @@ class Archive:
         self._known_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
         for folder in (self.incoming, self.archive, self.conflicts, self.quarantine):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     # -- maintenance ---------------------------------------------------------
     def clean_incoming(self) -> int:
@@ -142,6 +195,22 @@ class Archive:
             / f"{header.sop_instance_uid}.dcm"
         )
 
+    def move_patient_folder(self, old_key: str, new_key: str) -> None:
+        """Move ``archive/<old_key>/`` to ``archive/<new_key>/`` (re-keying, :mod:`service.rekey`).
+
+        Idempotent, so a start-up interrupted half-way repeats it: nothing to
+        move when the old folder is gone; merged file by file when both exist
+        (a file already at its new place is left where it was).
+        """
+        for key in (old_key, new_key):
+            if not _PATIENT_KEY.match(key):  # defence in depth: keys are hex digests
+                raise ArchiveError(f"Refusing to build a path from patient key {key[:40]!r}")
+        source, target = self.archive / old_key, self.archive / new_key
+        if source.is_dir():
+            _merge_folder(source, target)
+            _fsync_dir(self.archive)
+        self._known_dirs.clear()
+
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
@@ -155,7 +224,7 @@ class Archive:
             while not probe.exists():
                 created.append(probe)
                 probe = probe.parent
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             for new_dir in reversed(created):
                 _fsync_dir(new_dir.parent)
             self._known_dirs.add(directory)
@@ -169,7 +238,7 @@ class Archive:
         """
         temporary = self.incoming / f"{uuid.uuid4().hex}.tmp"
         try:
-            with open(temporary, "wb") as handle:
+            with _create_private(temporary) as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -218,3 +287,22 @@ class Archive:
                 except OSError:  # removed meanwhile
                     continue
         return total
+
+
+def _merge_folder(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, or move its content into an existing ``target``."""
+    if not target.exists():
+        os.rename(source, target)
+        return
+    for child in source.iterdir():
+        destination = target / child.name
+        if child.is_dir() and not child.is_symlink():
+            _merge_folder(child, destination)
+        elif not destination.exists():
+            os.replace(child, destination)
+        else:
+            logger.warning("Re-keying left %s in place: %s exists", child, destination)
+    try:
+        source.rmdir()
+    except OSError:  # something was left in place (logged above)
+        pass

@@ -57,7 +57,7 @@ from dicomio.errors import (
     TruncatedObjectError,
     UnsupportedObjectError,
 )
-from dicomio.headers import InstanceHeader, instance_header
+from dicomio.headers import InstanceHeader, PatientKeyer, instance_header
 from dicomio.integrity import DecodeLimits, ObjectTooLargeError, check_pixel_data, decode
 from dicomio.spect_units import acquisition_duration_s, declared_values, is_read_as_spect
 from service.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
@@ -131,8 +131,12 @@ def parse(
     context_sop_class: str | None,
     calibration: CalibrationSettings | None = None,
     limits: DecodeLimits | None = None,
+    *,
+    keyer: PatientKeyer,
 ) -> tuple[Dataset, InstanceHeader]:
     """Decode the header of received bytes and check they can be filed.
+
+    ``keyer`` computes the header's pseudonymous patient key (the site secret).
 
     A SPECT must also be readable to Bq/mL (:func:`check_spect_values`);
     ``calibration`` (the node's ``[calibration]``) lets counts be judged.
@@ -152,7 +156,7 @@ def parse(
     except DicomInputError as exc:
         raise Rejected(UNDECODABLE, str(exc)) from exc
     try:
-        header = instance_header(ds)
+        header = instance_header(ds, keyer)
     except MissingAttributeError as exc:
         raise Rejected(MISSING_ATTRIBUTE, str(exc)) from exc
     except UnsupportedObjectError as exc:
@@ -235,12 +239,13 @@ def _examine(
     data: bytes,
     context_sop_class: str | None,
     calibration: CalibrationSettings | None,
-    limits: DecodeLimits | None = None,
+    limits: DecodeLimits | None,
+    keyer: PatientKeyer,
 ) -> _Examined:
     """Hash and parse received bytes (runs on a worker thread)."""
     digest = sha256_hex(data)
     try:
-        ds, header = parse(data, context_sop_class, calibration, limits)
+        ds, header = parse(data, context_sop_class, calibration, limits, keyer=keyer)
     except Rejected as rejection:
         return _Examined(digest, rejection=rejection)
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))  # decode() read a Part-10 file
@@ -289,19 +294,23 @@ class Ingest:
     counts from an uncalibrated camera be refused at C-STORE time (0xC131);
     without it such objects are stored and refused when the job reads them.
     ``security`` gives the per-object decoding limits (0xC102); without it
-    the documented defaults apply.
+    the documented defaults apply. ``keyer`` computes the pseudonymous
+    patient key of each instance with the site secret
+    (:mod:`service.site_secret`).
     """
 
     def __init__(
         self,
         archive: Archive,
         index: IndexStore,
+        keyer: PatientKeyer,
         on_new_series: Callable[[InstanceHeader], None] = lambda header: None,
         calibration: CalibrationSettings | None = None,
         security: SecuritySettings | None = None,
     ) -> None:
         self.archive = archive
         self.index = index
+        self.keyer = keyer
         self.on_new_series = on_new_series
         self.calibration = calibration
         self.limits = decode_limits(security or SecuritySettings())
@@ -343,7 +352,7 @@ class Ingest:
             logger.error("Refused an object from %s: %s", peer.calling_ae, exc)
             return Outcome(OUT_OF_RESOURCES, str(exc))
         examining = self._examiners.submit(
-            _examine, data, context_sop_class, self.calibration, self.limits
+            _examine, data, context_sop_class, self.calibration, self.limits, self.keyer
         )
         try:
             staged = self.archive.stage(data)
@@ -374,7 +383,7 @@ class Ingest:
         except (OSError, ArchiveError) as exc:
             logger.error("Could not re-read archive file %s: %s", path.name, exc)
             return Outcome(OUT_OF_RESOURCES, f"could not read {path.name}: {exc}")
-        examined = _examine(data, None, self.calibration, self.limits)
+        examined = _examine(data, None, self.calibration, self.limits, self.keyer)
         outcome = self._settle(staged, examined, RECOVERED, examined.transfer_syntax, utc_now())
         header = outcome.header
         indexed_here = (

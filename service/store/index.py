@@ -8,6 +8,12 @@ instances     one row per archived SOP instance (path, hash, size, peer).
 conflicts     same SOP Instance UID with different bytes, kept aside.
 quarantine    objects that could not be filed, with the reason.
 grouping      the persisted result of :func:`service.grouping.group_patient`.
+
+Patient keys are HMAC-SHA-256 of the PatientID under the site secret
+(:mod:`service.site_secret`). Databases written before (keys were an unkeyed
+SHA-256) or with another secret are re-keyed at start-up:
+:meth:`IndexStore.stale_patient_keys` finds them from the PatientID and
+issuer stored here, and :meth:`IndexStore.rekey` rewrites them everywhere.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from dicomio.headers import InstanceHeader
+from dicomio.headers import InstanceHeader, PatientKeyer
 from service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.index")
@@ -300,6 +306,58 @@ class IndexStore:
                 "select patient_id from patients where patient_key = ?", [patient_key]))
         return rows[0]["patient_id"] if rows else None
 
+    # -- re-keying -----------------------------------------------------------
+    def stale_patient_keys(self, keyer: PatientKeyer) -> list[tuple[str, str]]:
+        """``(stored key, key under keyer)`` of every patient whose stored key differs."""
+        with self.lock:
+            rows = list(self.db.query("select patient_key, patient_id, issuer from patients"))
+        pairs = [(r["patient_key"], keyer(r["patient_id"], r["issuer"] or "")) for r in rows]
+        return [(old, new) for old, new in pairs if old != new]
+
+    def rekey(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Replace each old patient key by its new one everywhere, in one transaction.
+
+        Index rows (patients, series, grouping), archive paths
+        (``archive/<key>/…``, the folders are moved by
+        :meth:`service.archive.Archive.move_patient_folder`), and the jobs
+        tables (:mod:`service.store.jobs`): ``patient_key``, the targets
+        ``cycle|<key>|…`` and ``course|<key>|…`` in ``jobs`` and
+        ``generations``, and the archive paths inside stored job inputs. Old
+        and new keys have the same length (16 hex digits), so those paths are
+        rewritten byte for byte whatever the inputs' serialisation.
+        """
+        with self.transaction():
+            for old, new in pairs:
+                self._rekey_one(old, new)
+
+    def _rekey_one(self, old: str, new: str) -> None:
+        assert len(old) == len(new), "patient keys have one length"
+        execute = self.db.execute
+        execute("insert into patients (patient_key, patient_id, issuer, first_seen) "
+                "select ?, patient_id, issuer, first_seen from patients where patient_key = ?",
+                [new, old])
+        execute("update series set patient_key = ? where patient_key = ?", [new, old])
+        execute("update grouping set patient_key = ? where patient_key = ?", [new, old])
+        old_dir, new_dir = f"archive/{old}/", f"archive/{new}/"
+        execute("update instances set path = ? || substr(path, ?) where substr(path, 1, ?) = ?",
+                [new_dir, len(old_dir) + 1, len(old_dir), old_dir])
+        execute("delete from patients where patient_key = ?", [old])
+        if not self.db["jobs"].exists():
+            return
+        execute("update jobs set patient_key = ? where patient_key = ?", [new, old])
+        for kind in ("cycle", "course"):
+            old_target, new_target = f"{kind}|{old}|", f"{kind}|{new}|"
+            for table in ("jobs", "generations"):
+                execute(f"update {table} set target = ? || substr(target, ?) "
+                        "where substr(target, 1, ?) = ?",
+                        [new_target, len(old_target) + 1, len(old_target), old_target])
+        rows = execute("select id, payload from jobs where patient_key = ? "
+                       "and payload is not null", [new]).fetchall()
+        for job_id, payload in rows:
+            rewritten = _replace_prefix(payload, old_dir, new_dir)
+            if rewritten is not None:
+                execute("update jobs set payload = ? where id = ?", [rewritten, job_id])
+
     def series_of_patient(self, patient_key: str) -> list[dict[str, Any]]:
         with self.lock:
             return list(
@@ -345,3 +403,11 @@ class IndexStore:
             return list(self.db.query(
                 "select * from conflicts order by id desc limit ?", [limit]))
 
+
+
+def _replace_prefix(payload: bytes | str, old: str, new: str) -> bytes | str | None:
+    """``payload`` with every ``old`` replaced by ``new`` (same length); None when absent."""
+    if isinstance(payload, str):
+        return payload.replace(old, new) if old in payload else None
+    old_bytes, new_bytes = old.encode(), new.encode()
+    return payload.replace(old_bytes, new_bytes) if old_bytes in payload else None

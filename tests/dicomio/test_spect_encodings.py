@@ -53,6 +53,7 @@ from service.ingest import (
 )
 from service.store import open_database
 from service.store.index import IndexStore
+from tests.service.keys import TEST_KEYER
 
 LAMBDA_PER_H = nuclear_data("Lu-177").decay_constant_per_h
 INJECTED = datetime(2024, 3, 4, 9, 15, 0)
@@ -531,7 +532,7 @@ def test_declared_encoding_is_read_to_bq_per_ml_whatever_the_calibration(name, c
 @pytest.mark.parametrize("calibration", sorted(CALIBRATION_SETTINGS))
 def test_declared_encoding_is_accepted_at_ingest(name, calibration):
     for ds in _as_list(DECLARED[name][0]()):
-        parse(_encode(ds), ds.SOPClassUID, CALIBRATION_SETTINGS[calibration])
+        parse(_encode(ds), ds.SOPClassUID, CALIBRATION_SETTINGS[calibration], keyer=TEST_KEYER)
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))
@@ -557,7 +558,7 @@ def test_unreadable_declared_units_are_refused_at_ingest(name, calibration):
     build, attribute = REFUSED[name]
     for ds in _as_list(build()):
         with pytest.raises(Rejected) as raised:
-            parse(_encode(ds), ds.SOPClassUID, CALIBRATION_SETTINGS[calibration])
+            parse(_encode(ds), ds.SOPClassUID, CALIBRATION_SETTINGS[calibration], keyer=TEST_KEYER)
         assert raised.value.status == UNREADABLE_SPECT_VALUES
         # the Error Comment (LO, 64 characters) names the attribute to fix
         assert raised.value.reason[:64].startswith(attribute), raised.value.reason
@@ -569,7 +570,7 @@ def test_counts_without_calibration_are_refused_by_reader_and_at_ingest(name):
     with pytest.raises(DicomInputError, match="calibration"):
         read_spect(ds)
     with pytest.raises(Rejected) as raised:
-        parse(_encode(ds), ds.SOPClassUID, CalibrationSettings())
+        parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(), keyer=TEST_KEYER)
     assert raised.value.status == UNCALIBRATED_COUNTS
     assert raised.value.reason[:64] == (
         "Units/RealWorldValueMappingSequence: counts, camera uncalibrated")
@@ -579,17 +580,17 @@ def test_counts_without_calibration_are_refused_by_reader_and_at_ingest(name):
 def test_counts_pass_ingest_when_their_camera_is_calibrated():
     ds = COUNTS["nm-counts-nothing-declared"]()
     camera = CameraCalibration(manufacturer="ACME", station_name="NM1", cps_per_mbq=CPS_PER_MBQ)
-    parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[camera]))
+    parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[camera]), keyer=TEST_KEYER)
     other = CameraCalibration(manufacturer="ACME", station_name="NM2", cps_per_mbq=CPS_PER_MBQ)
     with pytest.raises(Rejected):
-        parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[other]))
-    parse(_encode(ds), ds.SOPClassUID, None)  # a listener without settings leaves it to the job
+        parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[other]), keyer=TEST_KEYER)
+    parse(_encode(ds), ds.SOPClassUID, None, keyer=TEST_KEYER)  # a listener without settings leaves it to the job
 
 
 def test_nm_projections_are_filed_whatever_their_units():
     ds = nm_object(NmSpec(rwvm_code="{SUVbw}g/ml"))
     ds.ImageType = ["ORIGINAL", "PRIMARY", "TOMO", "EMISSION"]
-    parse(_encode(ds), ds.SOPClassUID, CalibrationSettings())
+    parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(), keyer=TEST_KEYER)
 
 
 # -- at C-STORE time ------------------------------------------------------------------------
@@ -598,7 +599,7 @@ def ingest(tmp_path: Path):
     data = tmp_path / "data"
     data.mkdir()
     archive = Archive(data, 0)
-    service = Ingest(archive, IndexStore(open_database(data / "index.db")),
+    service = Ingest(archive, IndexStore(open_database(data / "index.db")), TEST_KEYER,
                      calibration=CalibrationSettings(default_cps_per_mbq=0.0))
     yield service
     service.close()

@@ -198,7 +198,8 @@ def _check_index(node: Node, report: HostileReport, refused: int) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                instance_header(dcmread(node.archive.root / path, stop_before_pixels=True))
+                instance_header(dcmread(node.archive.root / path, stop_before_pixels=True),
+                                node.keyer)
             except Exception as exc:
                 report.problems.append(f"indexed file {path} does not parse: {exc!r}")
 

@@ -33,6 +33,7 @@ from service.store import open_database
 from service.store.index import IndexStore
 from tests.reliability import bombs
 from tests.service import factory
+from tests.service.keys import TEST_KEYER
 from tests.service.nodes import make_settings, running_node, send
 
 CT = factory.CT
@@ -42,7 +43,7 @@ PEER = Peer("BOMBER", "127.0.0.1")
 def _ingest(tmp_path: Path, **security: int) -> Ingest:
     archive = Archive(tmp_path / "data", min_free_disk_mb=0)
     index = IndexStore(open_database(tmp_path / "data" / "index.db"))
-    return Ingest(archive, index, security=SecuritySettings(**security))
+    return Ingest(archive, index, TEST_KEYER, security=SecuritySettings(**security))
 
 
 def _quarantined(ingest: Ingest) -> list[tuple[bytes, int, str]]:
@@ -58,7 +59,7 @@ def test_deflate_bomb_is_refused_at_the_inflated_size_with_bounded_memory():
     tracemalloc.start()
     try:
         with pytest.raises(Rejected) as refused:
-            parse(wire, CT, None, limits)
+            parse(wire, CT, None, limits, keyer=TEST_KEYER)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -13,6 +13,7 @@ from service.store import open_database
 from service.store.index import IndexStore
 from service.store.jobs import JobState, JobStore
 from tests.service import factory
+from tests.service.keys import TEST_KEYER
 from tests.service.nodes import make_settings
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
@@ -28,7 +29,7 @@ def _indexed_cycle(index: IndexStore) -> str:
                 factory.ct("P1", acquired, frame=frame)]
     key = ""
     for n, ds in enumerate(datasets):
-        header = instance_header(ds)
+        header = instance_header(ds, TEST_KEYER)
         key = header.patient_key
         index.add_instance(header, path=f"archive/{n}.dcm", sha256=f"{n:064x}", size=1,
                            transfer_syntax="1.2.840.10008.1.2.1", received=acquired,

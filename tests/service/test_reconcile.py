@@ -28,6 +28,7 @@ from service.ingest import MISSING_ATTRIBUTE, SUCCESS, UNDECODABLE, Ingest, Peer
 from service.store import open_database
 from service.store.index import IndexStore
 from tests.service import factory
+from tests.service.keys import TEST_KEYER, use_test_secret
 from tests.service.nodes import make_settings, running_node
 
 WHEN = datetime(2024, 5, 7, 9, 0)
@@ -36,7 +37,7 @@ PEER = Peer("SCU", "127.0.0.1")
 
 def _orphan(archive: Archive, data: bytes) -> Path:
     """Place ``data`` at its archive path with no index row (as a kill before the commit)."""
-    path = archive.instance_path(instance_header(decode(data)))
+    path = archive.instance_path(instance_header(decode(data), TEST_KEYER))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
@@ -47,9 +48,10 @@ def test_node_starts_and_every_orphan_ends_where_documented(
 ):
     settings = make_settings(tmp_path / "data")
     data_dir = settings.data_dir
+    use_test_secret(data_dir)  # the orphans were filed by this node, with its secret
     archive = Archive(data_dir, min_free_disk_mb=0)
     index = IndexStore(open_database(data_dir / DATABASE_NAME))
-    ingest = Ingest(archive, index)
+    ingest = Ingest(archive, index, TEST_KEYER)
 
     # 1. The issue's case: UID u was in series S1 when the kill came (orphan), then the
     #    sender stored u again in series S2, which was indexed.
@@ -103,7 +105,7 @@ def test_node_starts_and_every_orphan_ends_where_documented(
         assert sha256_hex((data_dir / index.instance(owned.SOPInstanceUID)["path"])
                           .read_bytes()) == sha256_hex(owned_data)
         # 5: re-indexed in place
-        row = index.instance(instance_header(decode(plain_data)).sop_instance_uid)
+        row = index.instance(instance_header(decode(plain_data), TEST_KEYER).sop_instance_uid)
         assert row is not None and data_dir / row["path"] == plain and plain.exists()
         assert index.archived_paths() == {
             archive.relative(p) for p in archive.archive.rglob("*.dcm")}

@@ -21,6 +21,7 @@ from service.ingest import MISSING_ATTRIBUTE, SUCCESS, Ingest, Outcome, Peer
 from service.store import open_database
 from service.store.index import IndexStore
 from tests.service import factory
+from tests.service.keys import TEST_KEYER
 
 TRIES = 40
 WHEN = datetime(2024, 5, 7, 9, 0)
@@ -60,7 +61,7 @@ def test_never_two_patients_in_one_series(tmp_path: Path, connections: int):
     data_dir = tmp_path / "data"
     archive = Archive(data_dir, min_free_disk_mb=0)
     stores = [IndexStore(open_database(data_dir / "index.db")) for _ in range(connections)]
-    ingests = tuple(Ingest(archive, stores[n % connections]) for n in (0, 1))
+    ingests = tuple(Ingest(archive, stores[n % connections], TEST_KEYER) for n in (0, 1))
     if connections == 1:
         ingests = (ingests[0], ingests[0])
     index = stores[0]
