@@ -7,14 +7,19 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from config.schema import ConfigError, Settings, iter_settings, load_settings
 from service import __version__
 from service.errors import ServiceError
 from service.logs import configure_logging
+from service.terminal_text import emit, terminal_lines, terminal_text
+
+if TYPE_CHECKING:
+    from service.outcomes import ImportReport
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +39,9 @@ def _engine_ready_settings(args: argparse.Namespace) -> Settings:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _engine_ready_settings(args)
-    print(f"# settings in effect (from {settings.source})")
+    emit(f"# settings in effect (from {settings.source})")
     for name, value, _help in iter_settings(settings):
-        print(f"{name} = {value!r}")
+        emit(f"{name} = {value!r}")
     return 0
 
 
@@ -68,7 +73,7 @@ def _database(settings: Settings) -> object | None:
 
     db_path = settings.data_dir / "theranode.db"
     if not db_path.exists():
-        print(f"No database at {db_path}: nothing received yet.")
+        emit(f"No database at {db_path}: nothing received yet.")
         return None
     return open_database(db_path)
 
@@ -85,9 +90,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     index = IndexStore(db)  # type: ignore[arg-type]
     for line in render_status(index, rules_from_settings(settings.grouping)):
-        print(line)
+        print(terminal_text(line))
     for line in render_dosimetry_status(db, settings):  # type: ignore[arg-type]
-        print(line)
+        print(terminal_text(line))
     return 0
 
 
@@ -100,7 +105,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     lines = (render_job(db, args.id) if args.id is not None  # type: ignore[arg-type]
              else render_jobs(db, args.limit))  # type: ignore[arg-type]
-    for line in lines:
+    for line in terminal_lines(lines):
         print(line)
     return 0
 
@@ -114,11 +119,11 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         return 1
     targets = request_reprocess(db, args.selector)  # type: ignore[arg-type]
     if not targets:
-        print(f"Nothing matches {args.selector!r}: give a PatientID, or a cycle id such as "
-              "PATIENTID/1.2 (course 1, cycle 2) as listed by `theranode jobs`.")
+        emit(f"Nothing matches {args.selector!r}: give a PatientID, or a cycle id such as "
+             "PATIENTID/1.2 (course 1, cycle 2) as listed by `theranode jobs`.")
         return 1
     for target in targets:
-        print(f"Recompute requested: {target}")
+        emit(f"Recompute requested: {target}")
     print("A running node queues the new versions within [jobs] poll_interval_s; "
           "otherwise at its next start.")
     return 0
@@ -142,8 +147,20 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
     settings = _settings(args)
     db = open_database(settings.data_dir / "theranode.db")
     report = import_outcome_files(db, [Path(p) for p in args.files])
-    print(report.summary())
+    for line in terminal_lines(import_lines(report)):
+        print(line)
     return 0 if report.ok else 1
+
+
+def import_lines(report: ImportReport) -> Iterator[str]:
+    """``ImportReport.summary()`` line by line, each finding (which quotes the file's
+    values, line breaks included) one line."""
+    for file in report.files:
+        kind = file.kind.value if file.kind else "unrecognised"
+        yield f"{file.path}: {kind}, {file.status.value}, {file.rows} row(s)"
+        yield from (f"  {issue}" for issue in (*file.errors, *file.warnings))
+    yield ("all files accepted" if report.ok
+           else "some files were rejected: nothing of them was imported")
 
 
 def cmd_cohort_run(args: argparse.Namespace) -> int:
@@ -154,7 +171,7 @@ def cmd_cohort_run(args: argparse.Namespace) -> int:
     cohort_report = importlib.import_module("service.cohort_report")
     db = open_database(settings.data_dir / "theranode.db")
     report = cohort_report.run_cohort(db, settings.data_dir.resolve() / REPORTS_DIR)
-    print(f"Cohort report written to {report}")
+    emit(f"Cohort report written to {report}")
     return 0
 
 
@@ -232,10 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"theranode: {exc}", file=sys.stderr)
+        emit(f"theranode: {exc}", file=sys.stderr)
         return 2
-    except ServiceError as exc:
-        print(f"theranode: {exc}", file=sys.stderr)
+    except ServiceError as exc:  # may quote what a peer sent: kept on one line
+        print(terminal_text(f"theranode: {exc}"), file=sys.stderr)
         return 1
 
 

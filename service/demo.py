@@ -36,6 +36,7 @@ from dicomio.headers import SOP_CLASS_KINDS
 from dicomio.phantom import CourseManifest, CourseWriteSpec, PhantomGrids, write_course
 from dicomio.sr import read_sr_report
 from service.sender import RESULT_SOP_CLASSES
+from service.terminal_text import emit, terminal_text
 
 DEMO_SEED = 2024
 
@@ -123,12 +124,17 @@ def send_course(manifest: CourseManifest, host: str, port: int, called_ae: str) 
 
 
 def comparison_lines(manifest: CourseManifest, reports: dict[int, Dataset]) -> list[str]:
-    """VOI table per cycle: theranode's mean dose, the analytic truth, the difference."""
+    """VOI table per cycle: theranode's mean dose, the analytic truth, the difference.
+
+    The SR's strings (series description, exclusion reasons) are escaped for the
+    terminal (:mod:`service.terminal_text`); the lines are printed with
+    :func:`~service.terminal_text.emit`.
+    """
     lines = []
     truth_cycles = {c["number"]: c for c in manifest.truth["cycles"]}
     for number, ds in sorted(reports.items()):
         values = read_sr_report(ds)
-        lines.append(f"\nCycle {number} ({ds.SeriesDescription})")
+        lines.append(f"\nCycle {number} ({terminal_text(ds.SeriesDescription)})")
         lines.append(f"  {'VOI':<20} {'theranode Gy':>13} {'truth Gy':>10} {'diff':>8}  note")
         truth = truth_cycles[number]["vois"]
         for name, entry in sorted(truth.items()):
@@ -140,7 +146,7 @@ def comparison_lines(manifest: CourseManifest, reports: dict[int, Dataset]) -> l
             found, expected = group.values["mean_gy"], entry["mean_dose_gy"]
             diff = 100.0 * (found / expected - 1.0) if expected else float("nan")
             lines.append(f"  {name:<20} {found:>13.3f} {expected:>10.3f} {diff:>+7.1f}%  "
-                         + _note(group.texts, group.values))
+                         + terminal_text(_note(group.texts, group.values)))
     lines.append(
         "\nThe differences are partial volume, not error: on the demo's small grids a SPECT voxel "
         "is 8 mm,\nso VOI borders mix with their surroundings (organs read low, the thin L2-L4 "
@@ -161,7 +167,7 @@ def _note(texts: dict[str, list[str]], values: dict[str, float]) -> str:
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     """The ``theranode demo`` command (see the module docstring)."""
     if args.print_destination:
-        print(destination_snippet(args))
+        emit(destination_snippet(args))
         return 0
     host, port = args.host, args.port or settings.node.port
     called = args.called_ae or settings.node.ae_title
@@ -171,24 +177,24 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     receiver = Receiver(args.ae_title, args.listen_port, received_dir)
     try:
         grids = PhantomGrids.small() if args.size == "small" else PhantomGrids.clinical()
-        print(f"Writing the synthetic course (cycles {args.cycles}, {args.size} grids) to "
-              f"{work / 'course'} …")
+        emit(f"Writing the synthetic course (cycles {args.cycles}, {args.size} grids) to "
+             f"{work / 'course'} …")
         manifest = write_course(work / "course",
                                 CourseWriteSpec(grids=grids, cycles=tuple(args.cycles)), DEMO_SEED)
-        print(f"Sending it to {called} at {host}:{port} …")
+        emit(f"Sending it to {called} at {host}:{port} …")
         stored = send_course(manifest, host, port, called)
-        print(f"{stored} instances stored. Waiting for the results on port {args.listen_port} "
-              f"(AE {args.ae_title}); the node computes after its quiet period …")
+        emit(f"{stored} instances stored. Waiting for the results on port {args.listen_port} "
+             f"(AE {args.ae_title}); the node computes after its quiet period …")
         reports = wait_for_reports(receiver, set(args.cycles), args.timeout)
         missing = set(args.cycles) - set(reports)
         for line in comparison_lines(manifest, reports):
-            print(line)
-        print(f"\n{receiver.count} result object(s) received in {received_dir}")
+            emit(line)
+        emit(f"\n{receiver.count} result object(s) received in {received_dir}")
         if missing:
-            print(f"\nNo SR came back for cycle(s) {sorted(missing)} within {args.timeout:g} s. "
-                  "Is the demo a destination of the node? Add this to its configuration:\n\n"
-                  + destination_snippet(args) +
-                  "\nand check `theranode status` / `theranode jobs` on the node.")
+            emit(f"\nNo SR came back for cycle(s) {sorted(missing)} within {args.timeout:g} s. "
+                 "Is the demo a destination of the node? Add this to its configuration:\n\n"
+                 + destination_snippet(args) +
+                 "\nand check `theranode status` / `theranode jobs` on the node.")
             return 1
         return 0
     finally:

@@ -1,7 +1,9 @@
 """What `theranode status`, `theranode jobs` and `theranode reprocess` show and do.
 
 Everything here reads the database a node writes (another process may be
-serving at the same time; SQLite's WAL mode lets readers in).
+serving at the same time; SQLite's WAL mode lets readers in). PatientIDs,
+failure reasons and job log lines come from what peers sent: every line a
+view yields is escaped for the terminal (:mod:`service.terminal_text`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from service.planner import Planner, course_target
 from service.store.index import IndexStore
 from service.store.jobs import JobRecord, JobState, JobStore
 from service.store.outbox import OutboxStore
+from service.terminal_text import terminal_lines
 
 
 def _patient_ids(db: sqlite_utils.Database) -> dict[str, str]:
@@ -50,6 +53,10 @@ def _deliveries(outbox: OutboxStore, job: JobRecord) -> str:
 
 def render_jobs(db: sqlite_utils.Database, limit: int = 50) -> Iterator[str]:
     """One line per job, newest first, with its deliveries."""
+    return terminal_lines(_jobs_lines(db, limit))
+
+
+def _jobs_lines(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
     jobs = JobStore(db)
     outbox = OutboxStore(jobs)
     ids = _patient_ids(db)
@@ -80,6 +87,10 @@ def _attempts(job: JobRecord) -> str:
 
 def render_job(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
     """One job in detail: state, message, objects and deliveries, log tail."""
+    return terminal_lines(_job_lines(db, job_id))
+
+
+def _job_lines(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
     jobs = JobStore(db)
     job = jobs.get(job_id)
     if job is None:
@@ -118,6 +129,10 @@ def _outbox_lines(outbox: OutboxStore) -> Iterator[str]:
 def render_dosimetry_status(db: sqlite_utils.Database, settings: Settings) -> Iterator[str]:
     """Per cycle: what the completion rules decide now and the latest job (ALERT when it
     failed, with the reason); per course its latest job; then deliveries."""
+    return terminal_lines(_dosimetry_lines(db, settings))
+
+
+def _dosimetry_lines(db: sqlite_utils.Database, settings: Settings) -> Iterator[str]:
     index = IndexStore(db)
     jobs = JobStore(db)
     planner = Planner(index, jobs, settings)

@@ -9,6 +9,7 @@ from typing import Any
 
 from service.grouping import GroupingRules
 from service.store.index import IndexStore
+from service.terminal_text import terminal_lines
 
 
 @dataclass
@@ -67,7 +68,15 @@ def cycles_of(rows: list[dict[str, Any]]) -> tuple[list[CycleStatus], list[dict[
 
 
 def render_status(index: IndexStore, rules: GroupingRules) -> Iterator[str]:
-    """Lines of the status report, patient by patient."""
+    """Lines of the status report, patient by patient.
+
+    PatientIDs, notes and reasons come from what peers sent: every line is
+    escaped for the terminal (:mod:`service.terminal_text`).
+    """
+    return terminal_lines(_status_lines(index, rules))
+
+
+def _status_lines(index: IndexStore, rules: GroupingRules) -> Iterator[str]:
     counts = index.counts()
     yield (f"{counts['patients']} patient(s), {counts['series']} series, "
            f"{counts['instances']} instance(s); {counts['quarantine']} quarantined, "
