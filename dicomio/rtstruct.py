@@ -33,6 +33,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from dicomio.integrity import ObjectTooLargeError
 from dicomio.valuerep import format_ds
 from dosimetry.volume import Volume
 
@@ -43,6 +44,30 @@ RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 #: Contour planes closer than this along the normal are one plane (mm).
 PLANE_TOLERANCE_MM = 1e-3
+#: Contour Data (3006,0050): x\\y\\z triplets, VR DS (PS3.3 C.8.8.6.1).
+CONTOUR_DATA_TAG = 0x30060050
+#: Defaults of :class:`ContourLimits` (and of ``security.max_contour_points``
+#: and ``security.max_contours_per_roi``).
+MAX_CONTOUR_POINTS = 1_000_000
+MAX_CONTOURS_PER_ROI = 10_000
+
+
+@dataclass(frozen=True)
+class ContourLimits:
+    """The most contour data :func:`read_rois` reads from one structure set.
+
+    Attributes
+    ----------
+    max_points
+        Contour points (x, y, z triplets of Contour Data) summed over every
+        contour of every ROI.
+    max_contours_per_roi
+        Contours (each on one plane, so also an upper bound of the planes)
+        of any one ROI.
+    """
+
+    max_points: int = MAX_CONTOUR_POINTS
+    max_contours_per_roi: int = MAX_CONTOURS_PER_ROI
 
 
 @dataclass(frozen=True)
@@ -58,11 +83,20 @@ class RoiContours:
     notes: tuple[str, ...] = field(default=())
 
 
-def read_rois(ds: Dataset) -> list[RoiContours]:
+def read_rois(ds: Dataset, limits: ContourLimits | None = None) -> list[RoiContours]:
     """Every ROI of an RT Structure Set, with its CLOSED_PLANAR contours.
 
     ROIs without contours are returned with an empty ``contours``; POINT and
-    OPEN contours are skipped and mentioned in ``notes``.
+    OPEN contours are skipped and mentioned in ``notes``. The contour counts
+    are checked against ``limits`` (the defaults when None) before any
+    Contour Data value is converted.
+
+    Raises
+    ------
+    ObjectTooLargeError
+        More contour points, or more contours in one ROI, than ``limits``.
+    UnsupportedObjectError
+        Not an RT Structure Set, or Contour Data that are not numbers.
     """
     if str(ds.get("SOPClassUID", "")) != RT_STRUCTURE_SET_STORAGE:
         raise UnsupportedObjectError(
@@ -82,6 +116,7 @@ def read_rois(ds: Dataset) -> list[RoiContours]:
         int(item.ReferencedROINumber): item
         for item in ds.get("ROIContourSequence", []) or []
     }
+    check_contour_counts(contours, limits or ContourLimits())
     rois = []
     for item in ds.StructureSetROISequence:
         number = int(item.ROINumber)
@@ -112,15 +147,79 @@ def _contours_of(
     skipped: dict[str, int] = {}
     for contour in item.get("ContourSequence", []) or []:
         kind = str(contour.get("ContourGeometricType", "")).upper()
-        data = np.asarray(
-            [float(v) for v in contour.get("ContourData", [])], dtype=np.float64
-        )
-        if kind != "CLOSED_PLANAR" or data.size < 9:
+        data = _contour_data(contour)
+        if kind != "CLOSED_PLANAR" or data.size < 9 or data.size % 3:
             skipped[kind or "empty"] = skipped.get(kind or "empty", 0) + 1
             continue
         polygons.append(data.reshape(-1, 3))
     notes = tuple(f"skipped {n} {kind} contour(s)" for kind, n in skipped.items())
     return tuple(polygons), notes
+
+
+def check_contour_counts(contours: dict[int, Dataset], limits: ContourLimits) -> None:
+    """Refuse ROI contours beyond ``limits``, counted without converting a value.
+
+    Raises
+    ------
+    ObjectTooLargeError
+        Starting with the setting and its value (as the C-STORE Error
+        Comment of the same check at ingest), then what was found.
+    """
+    points = 0
+    for number, item in contours.items():
+        sequence = item.get("ContourSequence", []) or []
+        if len(sequence) > limits.max_contours_per_roi:
+            raise ObjectTooLargeError(
+                f"max_contours_per_roi {limits.max_contours_per_roi} exceeded: ROI {number} "
+                f"has {len(sequence)} contours; resample its contours or raise "
+                "security.max_contours_per_roi"
+            )
+        points += sum(_value_count(contour) for contour in sequence) // 3
+        if points > limits.max_points:
+            raise ObjectTooLargeError(
+                f"max_contour_points {limits.max_points} exceeded: the structure set holds "
+                f"more contour points than that; resample its contours or raise "
+                "security.max_contour_points"
+            )
+
+
+def _value_count(contour: Dataset) -> int:
+    """How many values Contour Data holds, from the raw bytes when not yet converted."""
+    if CONTOUR_DATA_TAG not in contour:
+        return 0
+    value = contour.get_item(CONTOUR_DATA_TAG).value
+    if value is None:
+        return 0
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).strip(b" \0")
+        return text.count(b"\\") + 1 if text else 0
+    return len(value) if isinstance(value, Sequence) and not isinstance(value, str) else 1
+
+
+def _contour_data(contour: Dataset) -> FloatArray:
+    """Contour Data as floats; raw DS bytes are converted at once (no DSfloat objects).
+
+    Converting each value through pydicom's DS type costs about 10 µs; a
+    structure set of a million points would take half a minute.
+    """
+    if CONTOUR_DATA_TAG not in contour:
+        return np.empty(0, dtype=np.float64)
+    value = contour.get_item(CONTOUR_DATA_TAG).value
+    if value is None:
+        return np.empty(0, dtype=np.float64)
+    try:
+        if isinstance(value, bytes | bytearray):
+            text = bytes(value).strip(b" \0")
+            if not text:
+                return np.empty(0, dtype=np.float64)
+            return np.array(text.split(b"\\"), dtype=np.float64)
+        values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        return np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedObjectError(
+            f"Contour Data (3006,0050) holds a value that is not a number ({exc}); "
+            "export the structure set again."
+        ) from exc
 
 
 # -- rasterisation ----------------------------------------------------------
@@ -165,6 +264,13 @@ def roi_mask(
     plane's contours. ``contour_spacing_mm`` defaults to the smallest gap
     between distinct planes (the slice spacing of the CT they were drawn
     on); for a single-plane ROI, to the grid's extent along the normal.
+
+    The grid is walked one slice at a time along the index axis closest to
+    the normal, within the ROI's bounding box; each voxel centre finds its
+    nearest plane by binary search in the sorted plane positions. The work
+    is O(voxels × log planes) plus the point-in-polygon tests of the voxels
+    in a slab, and only planes nearest to some voxel centre are visited:
+    thousands of planes on a small grid cost no more than the grid's slices.
     """
     mask = np.zeros(grid.shape, dtype=bool)
     if not roi.contours:
@@ -173,30 +279,57 @@ def roi_mask(
         )
         return grid.with_array(mask, unit="mask")
     normal = contour_normal(roi.contours)
-    u, v = _plane_basis(normal)
     planes = _group_by_plane(roi.contours, normal)
-    positions = np.array(sorted(planes))
+    positions = np.array([position for position, _ in planes])
     half = 0.5 * (contour_spacing_mm or _default_spacing(positions, grid, normal))
-    for position in positions:
-        _fill_plane(
-            mask, grid, planes[float(position)], normal, u, v, position, positions, half
-        )
+    box = _slab_index_box(grid, list(roi.contours), normal, half)
+    if box is None:
+        return grid.with_array(mask, unit="mask")
+    slab = _Slabs(grid, normal, *_plane_basis(normal), planes, positions, half)
+    axis = _walk_axis(grid, normal)  # 0, 1, 2 for the i, j, k index axis
+    walked = box[2 - axis]
+    for index in range(walked.start, walked.stop):
+        chunk = list(box)
+        chunk[2 - axis] = slice(index, index + 1)
+        _fill_chunk(mask, slab, (chunk[0], chunk[1], chunk[2]))
     return grid.with_array(mask, unit="mask")
+
+
+@dataclass(frozen=True)
+class _Slabs:
+    """The contour planes of one ROI and their slabs, as :func:`roi_mask` fills them."""
+
+    grid: Volume
+    normal: FloatArray
+    u: FloatArray
+    v: FloatArray
+    planes: list[tuple[float, list[FloatArray]]]
+    positions: FloatArray
+    half_mm: float
 
 
 def _group_by_plane(
     contours: Sequence[FloatArray], normal: FloatArray
-) -> dict[float, list[FloatArray]]:
-    planes: dict[float, list[FloatArray]] = {}
-    keys: list[float] = []
-    for contour in contours:
-        d = float(np.mean(contour @ normal))
-        match = next((k for k in keys if abs(k - d) <= PLANE_TOLERANCE_MM), None)
-        if match is None:
-            keys.append(d)
-            match = d
-        planes.setdefault(match, []).append(contour)
-    return planes
+) -> list[tuple[float, list[FloatArray]]]:
+    """Contours grouped by plane, in increasing position along ``normal``.
+
+    Contours are sorted by position; a plane starts at a contour more than
+    :data:`PLANE_TOLERANCE_MM` beyond the first of the current plane. A
+    plane's position is that of its first contour in the structure set's
+    order. O(n log n) in the number of contours.
+    """
+    depths = np.array([float(np.mean(contour @ normal)) for contour in contours])
+    groups: list[list[int]] = []
+    start = -np.inf
+    for index in np.argsort(depths, kind="stable"):
+        if depths[index] - start > PLANE_TOLERANCE_MM:
+            groups.append([])
+            start = depths[index]
+        groups[-1].append(int(index))
+    return [
+        (float(depths[min(group)]), [contours[i] for i in sorted(group)])
+        for group in groups
+    ]
 
 
 def _default_spacing(positions: FloatArray, grid: Volume, normal: FloatArray) -> float:
@@ -206,20 +339,29 @@ def _default_spacing(positions: FloatArray, grid: Volume, normal: FloatArray) ->
     return float(np.max(np.abs(normal @ steps)))
 
 
-def _fill_plane(
-    mask: npt.NDArray[np.bool_],
-    grid: Volume,
-    contours: list[FloatArray],
-    normal: FloatArray,
-    u: FloatArray,
-    v: FloatArray,
-    position: float,
-    positions: FloatArray,
-    half_mm: float,
+def _walk_axis(grid: Volume, normal: FloatArray) -> int:
+    """The index axis (0 = i, 1 = j, 2 = k) whose direction is closest to ``normal``."""
+    return int(np.argmax(np.abs(normal @ grid.direction_matrix)))
+
+
+def nearest_plane(depths: FloatArray, positions: FloatArray) -> npt.NDArray[np.intp]:
+    """Index of the nearest of the sorted, distinct ``positions`` to each depth.
+
+    A binary search (O(log planes) per depth, no depths × planes array);
+    halfway between two planes the lower one is chosen.
+    """
+    if positions.size == 1:
+        return np.zeros(depths.shape, dtype=np.intp)
+    above = np.clip(np.searchsorted(positions, depths), 1, positions.size - 1)
+    below = above - 1
+    closer_below = np.abs(depths - positions[below]) <= np.abs(depths - positions[above])
+    return np.where(closer_below, below, above)
+
+
+def _fill_chunk(
+    mask: npt.NDArray[np.bool_], slabs: _Slabs, box: tuple[slice, slice, slice]
 ) -> None:
-    box = _slab_index_box(grid, contours, normal, half_mm)
-    if box is None:
-        return
+    """Fill the voxels of ``box`` (one slice of the ROI's box) that are inside their plane."""
     zs, ys, xs = box
     k, j, i = np.meshgrid(
         np.arange(zs.start, zs.stop),
@@ -227,20 +369,37 @@ def _fill_plane(
         np.arange(xs.start, xs.stop),
         indexing="ij",
     )
-    points = grid.index_to_patient(np.stack([i, j, k], axis=-1).reshape(-1, 3))
-    d = points @ normal
-    nearest = positions[np.argmin(np.abs(d[:, None] - positions[None, :]), axis=1)]
-    in_slab = (nearest == position) & (np.abs(d - position) <= half_mm + 1e-6)
-    if not in_slab.any():
+    points = slabs.grid.index_to_patient(np.stack([i, j, k], axis=-1).reshape(-1, 3))
+    d = points @ slabs.normal
+    nearest = nearest_plane(d, slabs.positions)
+    in_slab = np.abs(d - slabs.positions[nearest]) <= slabs.half_mm + 1e-6
+    selected = np.flatnonzero(in_slab)
+    if selected.size == 0:
         return
-    uv = np.column_stack([points[in_slab] @ u, points[in_slab] @ v])
+    hit = np.zeros(d.size, dtype=bool)
+    order = selected[np.argsort(nearest[selected], kind="stable")]
+    plane_of = nearest[order]
+    starts = np.flatnonzero(np.r_[True, plane_of[1:] != plane_of[:-1]])
+    for members in np.split(order, starts[1:]):
+        contours = slabs.planes[int(nearest[members[0]])][1]
+        hit[members] = _inside(points[members], contours, slabs.u, slabs.v)
+    mask[zs, ys, xs] |= hit.reshape(k.shape)
+
+
+def _inside(
+    points: FloatArray, contours: list[FloatArray], u: FloatArray, v: FloatArray
+) -> npt.NDArray[np.bool_]:
+    """Even-odd rule: inside an odd number of ``contours`` (holes, islands)."""
+    uv = np.column_stack([points @ u, points @ v])
     inside = np.zeros(uv.shape[0], dtype=bool)
     for contour in contours:
-        path = PolygonPath(np.column_stack([contour @ u, contour @ v]))
-        inside ^= path.contains_points(uv)
-    hit = np.zeros(in_slab.size, dtype=bool)
-    hit[np.flatnonzero(in_slab)[inside]] = True
-    mask[zs, ys, xs] |= hit.reshape(k.shape)
+        polygon = np.column_stack([contour @ u, contour @ v])
+        near = np.flatnonzero(
+            np.all((uv >= polygon.min(axis=0)) & (uv <= polygon.max(axis=0)), axis=1)
+        )
+        if near.size:
+            inside[near] ^= PolygonPath(polygon).contains_points(uv[near])
+    return inside
 
 
 def _slab_index_box(

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import io
 import math
+import tracemalloc
 from datetime import datetime
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
+from dicomio.ct import read_ct_series
 from dicomio.errors import UnsupportedObjectError
+from dicomio.integrity import ObjectTooLargeError
 from dicomio.rtstruct import (
+    ContourLimits,
     RoiContours,
     RoiDefinition,
     build_rtstruct,
@@ -22,6 +28,7 @@ from dicomio.rtstruct import (
 )
 from dicomio.valuerep import format_ds
 from dosimetry.volume import Volume
+from tests.dicomio.rtstruct_reference import reference_roi_mask
 
 FRAME = generate_uid(entropy_srcs=["test-rtstruct-frame"])
 
@@ -227,3 +234,125 @@ def test_open_and_point_contours_are_skipped_with_a_note() -> None:
     roi = read_rois(ds)[0]
     assert len(roi.contours) == 1
     assert roi.notes == ("skipped 1 POINT contour(s)",)
+
+
+# -- rasterisation cost, bounds, and the reference algorithm (issue #12 item 5) --------------
+ROTATED_30 = (
+    math.cos(math.radians(30)), -math.sin(math.radians(30)), 0.0,
+    math.sin(math.radians(30)), math.cos(math.radians(30)), 0.0,
+    0.0, 0.0, 1.0,
+)  # fmt: skip
+
+
+def test_masks_equal_the_reference_algorithm_on_the_test_structures() -> None:
+    ring = tuple(
+        c for z in (0.0, 2.0, 4.0) for c in (square(0, 0, z, 20), square(0, 0, z, 10)[::-1])
+    )
+    cases = [
+        (sphere_roi(), grid((40, 40, 40), (2.0, 2.0, 2.0), (-38.0, -37.0, -36.0))),
+        (sphere_roi(), grid((20, 20, 20), (4.8, 4.8, 4.8), (-44.3, -43.1, -42.7))),
+        (sphere_roi(), grid((30, 40, 40), (2.5, 2.5, 2.5), (0.0, -50.0, -35.0), ROTATED_30)),
+        (RoiContours(1, "Ring", FRAME, "ORGAN", ring),
+         grid((7, 60, 60), (1.0, 1.0, 1.0), (-29.5, -29.5, -1.0))),
+        (RoiContours(1, "Blocks", FRAME, "ORGAN",
+                     tuple(square(0, 0, z, 5) for z in (0.0, 2.0, 4.0, 12.0, 14.0))),
+         grid((33, 12, 12), (1.0, 1.0, 0.5), (-5.5, -5.5, -1.0))),
+    ]
+    for roi, target in cases:
+        mask = roi_mask(roi, target).array
+        assert mask.any()
+        np.testing.assert_array_equal(mask, reference_roi_mask(roi, target), err_msg=roi.name)
+
+
+def test_masks_equal_the_reference_algorithm_on_the_phantom_structures(phantom_course) -> None:
+    """The phantom's RTSTRUCT on its CT, on a coarser offset grid and on a rotated one."""
+    tp = phantom_course.time_point("c1_t4h")
+    ct = read_ct_series([pydicom.dcmread(p) for p in tp.ct_files])
+    nz, ny, nx = ct.shape
+    coarse = grid((nz // 2, ny // 2, nx // 2), tuple(2.3 * s for s in ct.spacing_mm),
+                  tuple(o - 1.7 for o in ct.origin_mm))
+    rotated = grid((nz, ny, nx), ct.spacing_mm, ct.origin_mm, ROTATED_30)
+    rois = read_rois(pydicom.dcmread(tp.rtstruct_file))
+    assert len(rois) >= 5
+    for roi in rois:
+        for target in (ct, coarse, rotated):
+            np.testing.assert_array_equal(
+                roi_mask(roi, target).array, reference_roi_mask(roi, target), err_msg=roi.name
+            )
+
+
+def test_two_thousand_contour_planes_cost_no_more_than_the_grid_slices(monkeypatch) -> None:
+    """Before: every plane searched every other one (a voxels × planes array per plane)."""
+    contours = tuple(square(0, 0, z, 20) for z in np.linspace(0.0, 40.0, 2000))
+    roi = RoiContours(1, "ManyPlanes", FRAME, "ORGAN", contours)
+    target = grid((20, 64, 64), (2.0, 2.0, 2.0), (-63.0, -63.0, 0.0))
+    calls = []
+    original = Volume.index_to_patient
+
+    def counted(self: Volume, ijk):
+        calls.append(np.shape(ijk)[0])
+        return original(self, ijk)
+
+    monkeypatch.setattr(Volume, "index_to_patient", counted)
+    tracemalloc.start()
+    try:
+        mask = roi_mask(roi, target).array
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert mask.sum() == 20 * 20 * 20  # 40 × 40 mm on 2 mm voxels, slices z = 0 … 38
+    assert len(calls) <= target.shape[0], "more chunks than grid slices: planes walked one by one"
+    assert peak_bytes < 4 * 2**20, f"{peak_bytes} bytes: a voxels × planes array"
+
+
+def structure_set(planes: int, points_per_contour: int, rois: int = 1) -> Dataset:
+    """An RT Structure Set through bytes: its Contour Data still raw, as received."""
+    cts = ct_stack(3)
+    ds = build_rtstruct(
+        [
+            RoiDefinition(f"Organ{r}", "ORGAN", tuple(
+                circle(0, 0, 2.0 + 1e-3 * z, 10 + r, points_per_contour) for z in range(planes)))
+            for r in range(rois)
+        ],
+        cts,
+        sop_instance_uid=generate_uid(entropy_srcs=["rt-limits", str(planes)]),
+        series_instance_uid=generate_uid(entropy_srcs=["rt-limits-series"]),
+        created=datetime(2024, 1, 8, 12, 0),
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def test_reader_refuses_more_contour_points_than_the_limit() -> None:
+    ds = structure_set(planes=4, points_per_contour=50, rois=2)  # 400 points
+    assert sum(len(c) for r in read_rois(ds, ContourLimits(max_points=400))
+               for c in r.contours) == 400
+    with pytest.raises(ObjectTooLargeError, match=r"^max_contour_points 399 exceeded"):
+        read_rois(structure_set(4, 50, 2), ContourLimits(max_points=399))
+
+
+def test_reader_refuses_more_contours_in_one_roi_than_the_limit() -> None:
+    ds = structure_set(planes=6, points_per_contour=8)
+    with pytest.raises(ObjectTooLargeError, match=r"^max_contours_per_roi 5 exceeded: ROI 1 "):
+        read_rois(ds, ContourLimits(max_contours_per_roi=5))
+    assert len(read_rois(structure_set(6, 8), ContourLimits(max_contours_per_roi=6))[0].contours) == 6
+
+
+def test_raw_contour_data_reads_as_pydicom_converts_it() -> None:
+    raw = read_rois(structure_set(planes=3, points_per_contour=17))
+    converted = structure_set(planes=3, points_per_contour=17)
+    for item in converted.ROIContourSequence[0].ContourSequence:
+        assert len(item.ContourData) == 51  # converted by pydicom (DSfloat values)
+    for a, b in zip(raw[0].contours, read_rois(converted)[0].contours, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_contour_data_that_are_not_numbers_are_refused() -> None:
+    ds = structure_set(planes=1, points_per_contour=4)
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    value = b"1\\2\\x3 "
+    contour._dict[0x30060050] = RawDataElement(
+        Tag(0x30060050), "DS", len(value), value, 0, False, True)
+    with pytest.raises(UnsupportedObjectError, match="not a number"):
+        read_rois(ds)
