@@ -274,3 +274,16 @@ def test_quarantine_beyond_its_quota_is_refused(tmp_path: Path, caplog):
 def test_a_connection_limit_below_the_association_limit_is_a_configuration_error():
     with pytest.raises(ConfigError, match=r"max_connections \(4\) is below max_associations"):
         settings_from_dict({"security": {"max_connections": 4, "max_associations": 8}})
+
+
+@pytest.mark.slow
+def test_a_sender_stores_everything_while_every_hostile_peer_attacks(tmp_path: Path):
+    report = hostile.run_hostile_peers(
+        tmp_path, instances=10, idle_sockets=40, partial_requests=5, oversized_requests=5,
+        idle_associations=8, max_wait_s=30.0,
+        security={"reclaim_idle_after_s": 2.0, "acse_timeout_s": 5.0},
+    )
+    assert report.problems == []
+    assert report.stored == 10
+    assert report.sender_wait_s < 2.0 + 5.0, "reclaim_idle_after_s and a retry"
+    assert report.node_threads_max < 80, "threads bounded by max_connections"
