@@ -7,7 +7,10 @@ writes ``<reports_dir>/cohort/<UTC timestamp>-<input hash 8>/`` holding
   data do not allow an analysis) and the provenance;
 - ``provenance.json`` — software versions, method choices, input data hash;
 - ``tables/*.csv`` — Tables 3–6, Fig 5 and Fig 6 statistics, per-lesion and
-  per-patient data;
+  per-patient data; a text cell a spreadsheet would run as a formula (it
+  begins with ``=``, ``+``, ``-``, ``@``, tab or carriage return: an imported
+  patient or lesion id such as ``=HYPERLINK(…)``) is written with a leading
+  ``'`` (:func:`spreadsheet_text`), numbers as they are;
 - ``figures/*.png`` and ``*.svg`` — KM curves with at-risk tables,
   dose–response scatter with model band and the 20 % line, TCP curve,
   Spearman panels, per-cycle absorbed dose distributions;
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -106,10 +110,10 @@ def run_cohort(
     report = analyse_cohort(data, options)
     input_hash = data.content_hash()
     root = Path(reports_dir) / "cohort"
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = f"{started.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{input_hash[:8]}"
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    staging.chmod(0o755)
+    staging.chmod(0o700)  # patient-level tables: the node's user only (umask 077 for its files)
     try:
         write_report(staging, data, report, provenance(report, input_hash, started))
         final = _free_name(root, name)
@@ -177,7 +181,7 @@ def write_report(
     tables = result_tables(data, report)
     (folder / "tables").mkdir()
     for name, frame in tables.items():
-        frame.to_csv(folder / "tables" / f"{name}.csv", index=False)
+        spreadsheet_safe(frame).to_csv(folder / "tables" / f"{name}.csv", index=False)
     (folder / "figures").mkdir()
     figures = {name: draw(data, report) for name, draw in FIGURES.items()}
     for name, figure in figures.items():
@@ -185,6 +189,40 @@ def write_report(
             figure.savefig(folder / "figures" / f"{name}.{extension}", dpi=110, bbox_inches="tight")
     html_text = render_html(report, prov, tables, folder / "figures")
     (folder / "report.html").write_text(html_text, encoding="utf-8")
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """A text cell a spreadsheet would evaluate, prefixed with ``'``; any other value as is.
+
+    Text beginning with ``=``, ``+``, ``-``, ``@``, tab or carriage return is
+    read as a formula by Excel and LibreOffice (``=HYPERLINK(…)``,
+    ``=cmd|' /C calc'!A0``); the leading single quote makes it text. A text
+    that is a plain decimal number (``-1.5``) is left alone.
+
+    References
+    ----------
+    OWASP, "CSV Injection" (owasp.org/www-community/attacks/CSV_Injection).
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS) and not _NUMBER.fullmatch(
+        value
+    ):
+        return "'" + value
+    return value
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell and column name through :func:`spreadsheet_text`."""
+    safe = frame.rename(columns=lambda name: spreadsheet_text(str(name)))
+    for column in safe.columns:
+        if pd.api.types.is_object_dtype(safe[column]) or pd.api.types.is_string_dtype(
+            safe[column]
+        ):
+            safe[column] = safe[column].map(spreadsheet_text)
+    return safe
 
 
 def _summary_columns(summary: object) -> dict[str, Any]:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import sqlite_utils
 from matplotlib import image
 
 import service.cohort_report as cohort_report
+from dosimetry.cohort.data import CohortData
 from dosimetry.cohort.synthetic import synthetic_cohort
 from service.cohort_report import LATEST, run_cohort
 from service.outcomes import import_outcome_files
@@ -21,6 +24,17 @@ from tests.peers import require_tool
 from tests.service.cohort_files import export_outcome_csv
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+FORMULA_ID = '=HYPERLINK("http://x","y")'
+
+
+def with_formula_lesion(data: CohortData) -> CohortData:
+    """``data`` with its first lesion renamed to a spreadsheet formula, its volume down 1.5 %."""
+    first = data.lesions.index[0]
+    patient, lesion = data.lesions.loc[first, ["patient_id", "lesion_id"]]
+    data.lesions.loc[first, ["lesion_id", "vol_bl_cm3", "vol_m3_cm3"]] = [FORMULA_ID, 100.0, 98.5]
+    rows = (data.doses["patient_id"] == patient) & (data.doses["voi"] == lesion)
+    data.doses.loc[rows, "voi"] = FORMULA_ID
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +42,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[sqlite_utils.Data
     folder = tmp_path_factory.mktemp("cohort")
     db = sqlite_utils.Database(memory=True)
     MIGRATIONS.apply(db)
-    report = import_outcome_files(
-        db, export_outcome_csv(synthetic_cohort(35, seed=2024).data, folder / "csv")
-    )
+    data = with_formula_lesion(synthetic_cohort(35, seed=2024).data)
+    report = import_outcome_files(db, export_outcome_csv(data, folder / "csv"))
     assert report.ok, report.summary()
     run = run_cohort(db, folder / "reports", now=NOW)
     return db, folder / "reports", run
@@ -142,3 +155,24 @@ def test_html_renders_in_headless_chromium(
     assert pixels.shape[0] >= 1000 and pixels.shape[1] >= 1000
     assert float(np.std(pixels[..., :3])) > 0.05  # not a blank page
     assert float(np.mean(pixels[..., :3] < 0.5)) > 0.005  # text and figures drawn
+
+
+
+def test_csv_tables_neutralise_formulas_but_not_numbers(
+    reports: tuple[sqlite_utils.Database, Path, Path],
+) -> None:
+    """An imported lesion id a spreadsheet would run is written as text (issue 12 item 8)."""
+    _, _, run = reports
+    with (run / "tables" / "lesions.csv").open(encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file))
+    (row,) = [r for r in rows if "HYPERLINK" in r["lesion_id"]]
+    assert row["lesion_id"] == "'" + FORMULA_ID
+    assert row["delta_v_pct"] == "-1.5"  # a number stays a number
+    assert not [r for r in rows if r["lesion_id"].startswith(("=", "+", "-", "@"))]
+
+
+def test_html_tables_escape_imported_text() -> None:
+    frame = pd.DataFrame({"patient_id": ["<script>alert(1)</script>"], "<b>": [1.5]})
+    table = cohort_report.html_table(frame)
+    assert "<script>" not in table and "<b>" not in table
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in table and "&lt;b&gt;" in table
