@@ -213,6 +213,18 @@ class SecuritySettings:
         "refused (0xC102) and quarantined, counted before parsing.",
         positive,
     )
+    max_contour_points: int = setting(
+        1_000_000,
+        "Most contour points (x, y, z triplets of Contour Data) one RT Structure Set may hold, "
+        "every ROI summed; more: refused (0xC102) and quarantined, counted before parsing.",
+        positive,
+    )
+    max_contours_per_roi: int = setting(
+        10_000,
+        "Most contours one ROI of an RT Structure Set may hold (each lies on one plane); more: "
+        "refused (0xC102) and quarantined, counted before parsing.",
+        positive,
+    )
 
 
 @dataclass(frozen=True)
@@ -411,6 +423,12 @@ class JobSettings:
         3, "Runs of a job whose worker process dies from outside (killed by a signal or the "
         "out-of-memory killer) before the job is failed; a job that ends with an error is not "
         "retried, and a run interrupted by a shutdown or crash of the node is not counted.",
+        positive,
+    )
+    max_job_minutes: float = setting(
+        30.0, "Longest a job may compute (minutes); then its worker process is killed and the "
+        "job failed, not retried (it would run as long again). A clinical-size cycle takes "
+        "well under a minute.",
         positive,
     )
 

@@ -40,6 +40,11 @@ killer); its job is queued again with its version, up to ``[jobs]
 max_attempts`` such runs, then failed with the reason. A job whose
 computation raises an error (:class:`~service.pipeline.PipelineError` and
 any other exception) fails at once: the same inputs would fail again.
+
+Time limit: a worker still computing after ``[jobs] max_job_minutes`` is
+killed and its job failed with that reason, not retried: the same inputs
+would run as long again (a hostile structure set, a broken input). With one
+worker, a runaway job would otherwise hold up every other patient's job.
 """
 
 from __future__ import annotations
@@ -297,13 +302,16 @@ class JobRunner:
             child.start()
             self._children[job.id] = child
         sender.close()
+        limit_s = self.settings.jobs.max_job_minutes * 60
         try:
-            answer = self._receive(receiver)
+            answer, timed_out = self._receive(receiver, child, limit_s)
         finally:
             child.join(timeout=30)
             with self._lock:
                 self._children.pop(job.id, None)
-        if answer is not None:
+        if timed_out:
+            self._timed_out(job)
+        elif answer is not None:
             self._record(job, answer)
         elif self._stop.is_set():
             self._interrupted(job)
@@ -311,14 +319,35 @@ class JobRunner:
             self._worker_lost(job, child.exitcode)
 
     @staticmethod
-    def _receive(receiver: Connection) -> tuple[str, Any] | None:
+    def _receive(
+        receiver: Connection, child: Any, limit_s: float
+    ) -> tuple[tuple[str, Any] | None, bool]:
+        """The worker's answer (None if it ended without one), and whether it ran out of time.
+
+        A worker still computing after ``limit_s`` is killed.
+        """
         try:
+            if not receiver.poll(limit_s):  # True as soon as there is data or the pipe closed
+                child.kill()
+                return None, True
             answer: tuple[str, Any] = receiver.recv()
-            return answer
+            return answer, False
         except (EOFError, OSError):
-            return None
+            return None, False
         finally:
             receiver.close()
+
+    def _timed_out(self, job: JobRecord) -> None:
+        """Fail a job whose worker was killed at ``[jobs] max_job_minutes``; never retried."""
+        minutes = self.settings.jobs.max_job_minutes
+        reason = (f"exceeded max_job_minutes = {minutes:g}: the worker was killed; not retried "
+                  f"(the same inputs would run as long again); see {job.log_path}")
+        self.jobs.finish(job.id, JobState.FAILED, utc_now().isoformat(), reason)
+        logger.error("Job %d failed: %s", job.id, reason)
+        if job.log_path:
+            with open(job.log_path, "a", encoding="utf-8") as log:
+                log.write(f"{utc_now().isoformat()} ERROR service.jobs: Job {job.id} killed: "
+                          f"it computed longer than [jobs] max_job_minutes = {minutes:g}\n")
 
     def _interrupted(self, job: JobRecord) -> None:
         self.jobs.requeue(job.id, INTERRUPTED_BY_SHUTDOWN)

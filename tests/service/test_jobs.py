@@ -336,3 +336,40 @@ def test_a_worker_dies_with_the_node(tmp_path: Path) -> None:
     receiver.close()  # as the kernel does when the node is killed
     child.join(timeout=10)
     assert child.exitcode == -signal.SIGKILL
+
+
+# -- time limit ---------------------------------------------------------------------------
+def runaway_first_job(spec, log_path: str, conn) -> None:
+    """The first job computes on and on (a hostile input); every other job ends at once."""
+    from service.pipeline import JobOutcome
+
+    if spec.job_id == 1:
+        Path(log_path).with_suffix(".pid").write_text(str(os.getpid()))
+        time.sleep(120)
+    conn.send(("ok", JobOutcome(objects=(), result_dir="results/quick", summary=("quick",))))
+    conn.close()
+
+
+def _gone(pid: int, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_job_past_max_job_minutes_is_killed_and_failed_and_the_queue_goes_on(
+    tmp_path: Path,
+) -> None:
+    runaway, after = run_jobs(tmp_path, runaway_first_job, ("runaway", "next"),
+                              max_job_minutes=0.02)
+    assert runaway.state is JobState.FAILED
+    assert runaway.message.startswith("exceeded max_job_minutes = 0.02: the worker was killed")
+    assert "not retried" in runaway.message and runaway.log_path in runaway.message
+    assert (runaway.attempts, runaway.worker_deaths) == (1, 0), "a runaway job is not retried"
+    assert "max_job_minutes" in Path(runaway.log_path).read_text()
+    assert _gone(int(Path(runaway.log_path).with_suffix(".pid").read_text()))
+    assert (after.state, after.message) == (JobState.DONE, "quick")
