@@ -383,6 +383,30 @@ def reclaimable(ae: AE, idle_s: float) -> Any | None:
     return oldest
 
 
+def evict(assoc: Any, grace_s: float = 0.5) -> None:
+    """Abort ``assoc`` from another thread, without waiting on its peer.
+
+    pynetdicom's blocking ``abort()`` waits until the association's reader
+    thread has sent the A-ABORT, but that thread may be blocked reading a PDU
+    the peer never finishes; then it would wait for ever. The A-ABORT is
+    queued, and if the association is still up after ``grace_s`` its
+    connection is shut down, which wakes the reader.
+    """
+    assoc.abort(block=False)
+    deadline = time.monotonic() + grace_s
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def tls_context(security: SecuritySettings) -> ssl.SSLContext | None:
     """Server TLS context from the settings; client certificates when a CA is given."""
     if not security.tls_cert:
@@ -503,7 +527,7 @@ class StorageSCP:
                 self.ae.maximum_associations, str(victim.requestor.ae_title).strip(),
                 victim.requestor.address, time.monotonic() - last_activity(victim), limit,
             )
-            victim.abort()
+            evict(victim)
 
     def _on_accepted(self, event: Event) -> None:
         peer = self._peer(event)

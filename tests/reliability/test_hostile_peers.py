@@ -214,6 +214,21 @@ def test_idle_associations_at_the_limit_give_way_to_a_sender(tmp_path: Path, cap
                 assoc.release()
 
 
+def test_an_association_stalled_in_a_pdu_gives_way_too(tmp_path: Path):
+    security = {"max_associations": 1, "reclaim_idle_after_s": 1.0}
+    with running_node(make_settings(tmp_path / "data", security=security)) as node, \
+            closing(hostile.connect(node.port)) as sock:
+        sock.sendall(hostile.association_request("THERANODE", "STALLER"))
+        sock.settimeout(5)
+        assert sock.recv(1) == b"\x02", "A-ASSOCIATE-AC"
+        sock.sendall(hostile.pdu_header(0x04, 1000) + bytes(10))  # then silence, mid-PDU
+        time.sleep(1.2)
+        asked = time.monotonic()
+        assert send(node.port, [factory.ct("P1", INJECTION, frame="1.2.3")]) == [0]
+        assert time.monotonic() - asked < 3.0
+        assert hostile.wait_closed(sock, within_s=2.0) is not None
+
+
 def test_an_oversized_c_store_is_refused_and_not_kept(tmp_path: Path, caplog, monkeypatch):
     held: list[int] = []
     check_size = StorageSCP._check_size
