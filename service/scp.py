@@ -63,9 +63,12 @@ class SlotCountingAE(AE):
     including TCP connections that never sent an A-ASSOCIATE-RQ (a health
     check, a port scan, a peer that connected and closed): each held a slot
     until the 30 s ACSE timeout, so a few of them locked modalities out with
-    "local limit exceeded". During negotiation (the only caller that is itself
-    an unestablished association) the list holds the established acceptors
-    and the one asking; everywhere else it is unchanged. Two peers negotiating
+    "local limit exceeded". (Connections that have not sent a whole
+    A-ASSOCIATE-RQ no longer reach pynetdicom: :class:`GuardedServer`; this
+    still keeps associations that are ending from holding a slot.) During
+    negotiation (the only caller that is itself an unestablished association)
+    the list holds the established acceptors and the one asking; everywhere
+    else it is unchanged. Two peers negotiating
     at the same instant may both see one slot free (a limit overshoot of one,
     never a lock-out).
     """
