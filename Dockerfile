@@ -1,32 +1,44 @@
 # theranode node image. Built elsewhere (no Docker engine on the dev machines):
 #   docker build -t theranode .
 #   docker run -p 11112:11112 -v theranode-data:/var/lib/theranode theranode
-# Mount a config file and pass --config to change settings:
-#   docker run ... -v ./site.toml:/etc/theranode.toml theranode serve --config /etc/theranode.toml
+# The node and its health check read /etc/theranode.toml (the shipped defaults);
+# mount your own file there to change settings:
+#   docker run ... -v ./site.toml:/etc/theranode.toml:ro theranode
+# Back up the whole volume: it holds the site secret that keys patient keys.
 FROM python:3.11-slim
 
-# dcmtk provides echoscu for the health check (and storescu for operators).
+# dcmtk provides storescu and echoscu for operators.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dcmtk \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/theranode
-COPY pyproject.toml README.md ./
+# Exact versions, checked by hash (requirements.lock; README "Dependencies").
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY service ./service
 COPY dosimetry ./dosimetry
 COPY dicomio ./dicomio
 COPY config ./config
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
+COPY config/theranode.toml /etc/theranode.toml
 
-RUN useradd --system --create-home --home-dir /var/lib/theranode theranode
+RUN useradd --system --create-home --home-dir /var/lib/theranode theranode \
+    && chmod 0700 /var/lib/theranode
 USER theranode
 # The shipped config keeps its data in ./theranode-data, i.e. on this volume.
 WORKDIR /var/lib/theranode
 VOLUME ["/var/lib/theranode"]
 EXPOSE 11112
 
-HEALTHCHECK --interval=60s --timeout=10s --start-period=20s \
-    CMD echoscu -aet HEALTHCHECK -aec THERANODE 127.0.0.1 11112 || exit 1
+# `theranode health` reads the same configuration as the node: it opens the
+# database read-only and sends a C-ECHO to the listener's port and AE title,
+# over TLS when the node serves TLS (presenting the node's own certificate),
+# and counts an A-ASSOCIATE-RJ (calling AE HEALTHCHECK not in an allow-list)
+# or the prompt close of a host not in allowed_hosts as alive. echoscu could
+# not follow TLS, allow-lists or a changed port or AE title.
+HEALTHCHECK --interval=60s --timeout=30s --start-period=20s \
+    CMD theranode health --config /etc/theranode.toml --timeout 20
 
 ENTRYPOINT ["theranode"]
-CMD ["serve"]
+CMD ["serve", "--config", "/etc/theranode.toml"]

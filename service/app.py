@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "theranode.db"
 
+#: The node's umask: files 0600 and folders 0700 unless created with another mode.
+#: Archive, database, logs, job logs, results and reports carry patient data.
+PRIVATE_UMASK = 0o077
+
 
 class Node:
     """The theranode DICOM node: archive, index, grouping, listener, jobs and outbox.
@@ -44,6 +49,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         data_dir = settings.data_dir
+        os.umask(PRIVATE_UMASK)  # whatever this process creates (job logs, results, reports)
         try:
             make_private_folder(data_dir)
             self.archive = Archive(data_dir, settings.security.min_free_disk_mb)

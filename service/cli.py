@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, value, _help in iter_settings(settings):
         emit(f"{name} = {value!r}")
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from service.health import check_health
+
+    checks = check_health(_settings(args), args.timeout)
+    for check in checks:
+        print(("ok   " if check.ok else "FAIL ") + check.message)
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -194,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("serve", cmd_serve, "Run the DICOM node until stopped.")
     command("check-config", cmd_check_config, "Validate the configuration and print it.")
+    health = command("health", cmd_health,
+                     "Check that the node on this machine is alive: its database opens and its "
+                     "listener answers (the Docker health check; exit status 0 or 1).")
+    health.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the listener")
     command("status", cmd_status,
             "Show each patient's cycles, what is missing, jobs and result deliveries.")
     jobs = command("jobs", cmd_jobs, "List dosimetry jobs with their state and deliveries.")
@@ -244,6 +259,9 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything theranode writes (archive, database, logs, results, reports)
+    # is for its own user only: files 0600, folders 0700 (README, "Data folder").
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 
 from pynetdicom import _config as pynetdicom_config
@@ -22,6 +23,7 @@ def configure_logging(settings: LoggingSettings) -> None:
     formatter = logging.Formatter(FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if settings.file:
+        _create_private(settings.file)
         handlers.append(
             logging.handlers.TimedRotatingFileHandler(
                 settings.file, when="midnight", backupCount=14, encoding="utf-8"
@@ -38,3 +40,17 @@ def configure_logging(settings: LoggingSettings) -> None:
     # (and copy each C-STORE data set to see that it is not empty) before the
     # logger drops it. They log nothing above INFO, so nothing is lost.
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+
+
+def _create_private(path: str) -> None:
+    """Make the log file readable by its owner only (0600), before the handler opens it.
+
+    The log names no patient, but it holds pseudonymous keys, UIDs and peers'
+    addresses. Rotated files are made by the handler under the process umask,
+    which the command line sets to 077.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
