@@ -49,6 +49,8 @@ _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _INFLATE_CHUNK = 1 << 20
+#: ContourSequence (3006,0040) and Contour Data (3006,0050) of an RT Structure Set (PS3.3 C.8.8.6).
+_CONTOUR_SEQUENCE, _CONTOUR_DATA = 0x30060040, 0x30060050
 
 
 class ObjectTooLargeError(DicomInputError):
@@ -68,11 +70,18 @@ class DecodeLimits:
         data fragments count as elements too.
     max_sequence_items
         Most sequence items, summed over every sequence at every nesting level.
+    max_contour_points
+        Most contour points of an RT Structure Set: Contour Data values
+        (backslashes in the raw DS bytes, no conversion) ÷ 3, every ROI summed.
+    max_contours_per_roi
+        Most items of one Contour Sequence (the contours of one ROI).
     """
 
     max_inflated_bytes: int
     max_elements: int
     max_sequence_items: int
+    max_contour_points: int | None = None
+    max_contours_per_roi: int | None = None
 
 
 def decode(data: bytes, limits: DecodeLimits | None = None) -> Dataset:
@@ -323,6 +332,7 @@ def _walk(body: memoryview, implicit: bool, endian: str, limits: DecodeLimits) -
     """
     stack: list[tuple[str, int | None]] = []  # open containers: kind, end offset if defined
     elements = items = 0
+    contours = _ContourCount(limits)
     position = 0
     while position + 8 <= len(body):
         while stack and (end := stack[-1][1]) is not None and position >= end:
@@ -338,14 +348,21 @@ def _walk(body: memoryview, implicit: bool, endian: str, limits: DecodeLimits) -
             position += 0 if undefined else length
         elif tag == _ITEM:
             items += 1
+            if stack and stack[-1][0] == "contours":
+                contours.contour()
             stack.append(("item", None if undefined else position + length))
         elif tag in (_ITEM_END, _SEQUENCE_END):
             _close(stack, "item" if tag == _ITEM_END else "")
         elif _opens_sequence(body, found, position, endian):
-            stack.append(("sequence", None if undefined else position + length))
+            kind = "contours" if tag == _CONTOUR_SEQUENCE else "sequence"
+            if kind == "contours":
+                contours.roi()
+            stack.append((kind, None if undefined else position + length))
         elif undefined:
             stack.append(("fragments", None))
         else:
+            if tag == _CONTOUR_DATA:
+                contours.values(body[position:position + length])
             position += length
         if items > limits.max_sequence_items or elements > limits.max_elements:
             _refuse_counts(elements, items, limits)
@@ -355,8 +372,41 @@ def _close(stack: list[tuple[str, int | None]], kind: str) -> None:
     """Pop the containers a delimitation item closes (an item, else a sequence or fragments)."""
     while stack:
         popped = stack.pop()[0]
-        if popped == kind or (not kind and popped in ("sequence", "fragments")):
+        if popped == kind or (not kind and popped in ("sequence", "contours", "fragments")):
             return
+
+
+class _ContourCount:
+    """Contours per ROI and contour points of a structure set, as :func:`_walk` meets them."""
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits = limits
+        self.in_roi = 0
+        self.values_count = 0
+
+    def roi(self) -> None:
+        """A Contour Sequence opens: the contours of the next ROI."""
+        self.in_roi = 0
+
+    def contour(self) -> None:
+        self.in_roi += 1
+        limit = self.limits.max_contours_per_roi
+        if limit is not None and self.in_roi > limit:
+            raise ObjectTooLargeError(
+                f"max_contours_per_roi {limit} exceeded: an ROI of this structure set has "
+                "more contours than that; resample it or raise security.max_contours_per_roi"
+            )
+
+    def values(self, raw: memoryview) -> None:
+        """Contour Data: its values are the backslash-separated DS strings (PS3.5 6.4)."""
+        text = bytes(raw).strip(b" \0")
+        self.values_count += text.count(b"\\") + 1 if text else 0
+        limit = self.limits.max_contour_points
+        if limit is not None and self.values_count > 3 * limit:
+            raise ObjectTooLargeError(
+                f"max_contour_points {limit} exceeded: this structure set holds more contour "
+                "points than that; resample its contours or raise security.max_contour_points"
+            )
 
 
 def _refuse_counts(elements: int, items: int, limits: DecodeLimits) -> None:

@@ -18,7 +18,9 @@ Statuses (PS3.4 Annex B.2.3, and theranode's own codes in the 0xC000 range):
 0xC102 cannot understand: decoding would exceed a configured limit — the
        inflated size of a Deflated data set (``max_inflated_mb``), the number
        of data elements (``max_elements``) or of sequence items
-       (``max_sequence_items``); checked before the data set is parsed
+       (``max_sequence_items``), an RT Structure Set's contour points
+       (``max_contour_points``) or contours in one ROI (``max_contours_per_roi``);
+       checked before the data set is parsed
 0xC110 cannot file: a UID or PatientID is missing or invalid, or the series
        UID already belongs to another patient
 0xC120 cannot file: SOP class not stored by theranode
@@ -123,6 +125,8 @@ def decode_limits(security: SecuritySettings) -> DecodeLimits:
         max_inflated_bytes=security.max_inflated_mb * 2**20,
         max_elements=security.max_elements,
         max_sequence_items=security.max_sequence_items,
+        max_contour_points=security.max_contour_points,
+        max_contours_per_roi=security.max_contours_per_roi,
     )
 
 

@@ -1,0 +1,114 @@
+"""RT Structure Sets beyond the contour bounds: refused at C-STORE time (0xC102) from the
+raw bytes, and by the reader, with the same counts (issue #12 item 5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from config.schema import SecuritySettings
+from dicomio.integrity import ObjectTooLargeError
+from dicomio.rtstruct import (
+    MAX_CONTOUR_POINTS,
+    MAX_CONTOURS_PER_ROI,
+    ContourLimits,
+    read_rois,
+)
+from service.archive import Archive
+from service.ingest import LIMIT_EXCEEDED, SUCCESS, Ingest, Peer
+from service.store import open_database
+from service.store.index import IndexStore
+from tests.service import factory
+from tests.service.keys import TEST_KEYER
+
+PEER = Peer("CONTOURS", "127.0.0.1")
+WHEN = datetime(2024, 3, 1, 10, 0)
+
+
+def structure_set(contours_per_roi: tuple[int, ...], points: int, implicit: bool) -> bytes:
+    """An RT Structure Set whose ROI ``r`` has ``contours_per_roi[r]`` contours of ``points``."""
+    ds = factory.rtstruct("CONTOUR-TEST", WHEN, referenced_frame="1.2.826.0.1.3680043.8.498.1")
+    ds.StructureSetROISequence = Sequence()
+    ds.ROIContourSequence = Sequence()
+    for number, count in enumerate(contours_per_roi, start=1):
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"
+        roi.ROIName = f"Organ{number}"
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        ds.StructureSetROISequence.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        item.ContourSequence = Sequence()
+        for z in range(count):
+            contour = Dataset()
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = points
+            contour.ContourData = [
+                str(v) for p in range(points) for v in (p % 7, p // 7, 0.5 * z)
+            ]
+            item.ContourSequence.append(contour)
+        ds.ROIContourSequence.append(item)
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return factory.encode(ds)
+
+
+def receive(tmp_path: Path, wire: bytes, **security: int):
+    archive = Archive(tmp_path / "data", min_free_disk_mb=0)
+    ingest = Ingest(archive, IndexStore(open_database(tmp_path / "data" / "index.db")),
+                    TEST_KEYER, security=SecuritySettings(**security))
+    try:
+        syntax = pydicom.dcmread(BytesIO(wire)).file_meta.TransferSyntaxUID
+        outcome = ingest.receive(wire, PEER, syntax, factory.RTSTRUCT)
+        quarantined = [((archive.root / r["path"]).read_bytes(), r["status"], r["reason"])
+                       for r in ingest.index.recent_quarantine()]
+    finally:
+        ingest.close()
+    return outcome, quarantined
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_more_contour_points_than_the_limit_are_refused_at_ingest(tmp_path: Path, implicit):
+    wire = structure_set((3, 4), points=10, implicit=implicit)  # 70 points
+    outcome, quarantined = receive(tmp_path, wire, max_contour_points=69)
+    assert outcome.status == LIMIT_EXCEEDED
+    assert outcome.comment.startswith("max_contour_points 69 exceeded")
+    assert quarantined == [(wire, LIMIT_EXCEEDED, outcome.comment)]
+    with pytest.raises(ObjectTooLargeError, match="^max_contour_points 69 exceeded"):
+        read_rois(pydicom.dcmread(BytesIO(wire)), ContourLimits(max_points=69))
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_more_contours_in_one_roi_than_the_limit_are_refused_at_ingest(tmp_path: Path, implicit):
+    wire = structure_set((3, 6, 2), points=4, implicit=implicit)
+    outcome, quarantined = receive(tmp_path, wire, max_contours_per_roi=5)
+    assert outcome.status == LIMIT_EXCEEDED
+    assert outcome.comment.startswith("max_contours_per_roi 5 exceeded")
+    assert quarantined == [(wire, LIMIT_EXCEEDED, outcome.comment)]
+    with pytest.raises(ObjectTooLargeError, match="^max_contours_per_roi 5 exceeded"):
+        read_rois(pydicom.dcmread(BytesIO(wire)),
+                  ContourLimits(max_contours_per_roi=5))
+
+
+def test_a_structure_set_at_the_limits_is_stored_and_read(tmp_path: Path) -> None:
+    wire = structure_set((3, 6, 2), points=4, implicit=False)  # 44 points, at most 6 per ROI
+    outcome, quarantined = receive(tmp_path, wire, max_contour_points=44, max_contours_per_roi=6)
+    assert (outcome.status, quarantined) == (SUCCESS, []), outcome.comment
+    rois = read_rois(pydicom.dcmread(BytesIO(wire)),
+                     ContourLimits(max_points=44, max_contours_per_roi=6))
+    assert [len(r.contours) for r in rois] == [3, 6, 2]
+
+
+def test_ingest_and_reader_ship_the_same_bounds() -> None:
+    security = SecuritySettings()
+    assert (security.max_contour_points, security.max_contours_per_roi) == (
+        MAX_CONTOUR_POINTS, MAX_CONTOURS_PER_ROI)
+    assert ContourLimits() == ContourLimits(MAX_CONTOUR_POINTS, MAX_CONTOURS_PER_ROI)
