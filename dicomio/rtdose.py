@@ -515,8 +515,10 @@ def read_rt_dose(ds: Dataset) -> Volume:
     """The dose map (Gy) of an RT Dose dataset, as a :class:`Volume`.
 
     Reads back what :func:`write_rt_dose` writes (and any RT Dose with a
-    uniform Grid Frame Offset Vector): used to check the writer and to load
-    a dose for a course sum.
+    uniform Grid Frame Offset Vector): used to check the writer. Course sums
+    do not load doses from RT Dose objects (whose stored values are scaled
+    integers): they read each cycle's exact dose map from the stored result
+    (:mod:`service.result_store`).
 
     Raises
     ------

@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from dicomio.errors import DicomInputError, MissingAttributeError
+from dosimetry.records_json import RecordCodec, RecordFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -294,3 +296,33 @@ def patient_study_dataset(source: SourceContext) -> Dataset:
     if source.study_description:
         ds.StudyDescription = source.study_description
     return ds
+
+
+# -- storage as JSON ------------------------------------------------------------------
+_SOURCE_CODEC = RecordCodec((InstanceReference, SourceContext))
+
+
+def source_to_json(source: SourceContext) -> Any:
+    """``source`` as a plain JSON value (stored with every result, :mod:`service.result_store`)."""
+    return _SOURCE_CODEC.encode(source, SourceContext, "source", _no_arrays)
+
+
+def source_from_json(doc: Any) -> SourceContext:
+    """The :class:`SourceContext` that :func:`source_to_json` wrote.
+
+    Raises
+    ------
+    RecordFormatError
+        ``doc`` is not a source context (a field missing, unknown or of the
+        wrong type).
+    """
+    source: SourceContext = _SOURCE_CODEC.decode(doc, SourceContext, "source", _no_load)
+    return source
+
+
+def _no_arrays(key: str, array: object) -> None:
+    raise RecordFormatError(f"{key}: a source context holds no arrays.")
+
+
+def _no_load(key: str, dtype: object, shape: object) -> Any:
+    raise RecordFormatError(f"{key}: a source context holds no arrays.")

@@ -145,19 +145,6 @@ class MapVoi:
     mask: npt.NDArray[np.bool_]
     factor: float
 
-    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        """Pickle the mask as packed bits (results are stored pickled; 8× smaller)."""
-        packed = np.packbits(np.asarray(self.mask, dtype=bool), axis=None)
-        return (_unpacked_map_voi, (self.name, packed, tuple(self.mask.shape), self.factor))
-
-
-def _unpacked_map_voi(
-    name: str, packed: npt.NDArray[np.uint8], shape: tuple[int, ...], factor: float
-) -> MapVoi:
-    count = int(np.prod(shape))
-    mask = np.unpackbits(packed, count=count).astype(bool).reshape(shape)
-    return MapVoi(name, mask, factor)
-
 
 @dataclass(frozen=True)
 class CycleResult:

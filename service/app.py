@@ -22,7 +22,7 @@ from service.scheduler import start_scheduler
 from service.scp import StorageSCP
 from service.site_secret import patient_keyer
 from service.store import open_database
-from service.store.pickle_migration import migrate_results
+from service.store.format_upgrade import migrate_results
 from service.store.index import IndexStore
 from service.store.jobs import JobRecord, JobStore
 from service.store.outbox import OutboxStore
@@ -88,7 +88,7 @@ class Node:
         self.archive.clean_incoming()
         rekey_stale_patients(self.index, self.archive, self.keyer)
         self.reconcile()
-        migrate_results(self.settings.data_dir)  # pickled results → JSON, before any job runs
+        migrate_results(self.settings.data_dir)  # results of earlier versions → JSON, before jobs
         self.regrouper.start()
         for key in self.index.patient_keys():
             self.regrouper.request(key)

@@ -45,6 +45,15 @@ Time limit: a worker still computing after ``[jobs] max_job_minutes`` is
 killed and its job failed with that reason, not retried: the same inputs
 would run as long again (a hostile structure set, a broken input). With one
 worker, a runaway job would otherwise hold up every other patient's job.
+
+Storage and hand-off: a job's inputs are stored as versioned JSON
+(:mod:`service.job_payload`); :func:`job_spec` decodes them, and a payload it
+cannot read fails the job with the reason, before anything is read or
+computed. The :class:`~service.pipeline.JobSpec` then reaches the worker
+through multiprocessing, which serialises it (Python's object serialisation)
+in memory through a pipe between the node and its own forkserver and worker
+(trusted processes of one installation, never through a file): a hand-off,
+not storage; nothing a job stores is read back that way.
 """
 
 from __future__ import annotations
@@ -53,7 +62,6 @@ import ctypes
 import logging
 import multiprocessing
 import os
-import pickle
 import select
 import signal
 import sys
@@ -66,7 +74,15 @@ from typing import Any
 
 from config.schema import Settings
 from service.ingest import utc_now
-from service.pipeline import JobKind, JobOutcome, JobSpec, run_job
+from service.job_payload import JobPayloadError, decode_payload
+from service.pipeline import (
+    CourseJobInput,
+    CycleJobInput,
+    JobKind,
+    JobOutcome,
+    JobSpec,
+    run_job,
+)
 from service.store.jobs import JobRecord, JobState, JobStore
 from service.store.outbox import OutboxStore
 
@@ -195,15 +211,20 @@ def worker_death(exitcode: int | None) -> str:
 
 
 def job_spec(job: JobRecord, settings: Settings) -> JobSpec:
-    """The worker's view of a job record."""
-    payload = pickle.loads(job.payload) if job.payload else None
+    """The worker's view of a job record (a payload that cannot be read: ``payload_error``)."""
     kind = JobKind(job.kind)
+    payload, error = None, None
+    try:
+        payload = decode_payload(job.payload or b"", kind)
+    except JobPayloadError as exc:
+        error = str(exc)
     assert job.version is not None
     return JobSpec(
         job_id=job.id, kind=kind, version=job.version, created_at=job.created_at,
         data_dir=str(settings.data_dir.resolve()), settings=settings,
-        cycle=payload if kind is JobKind.CYCLE else None,
-        course=payload if kind is JobKind.COURSE else None,
+        cycle=payload if isinstance(payload, CycleJobInput) else None,
+        course=payload if isinstance(payload, CourseJobInput) else None,
+        payload_error=error,
     )
 
 

@@ -9,8 +9,9 @@ can run in a worker process with no database connection. The pipeline
 4. writes RT Dose, SR and PDF (deterministic: UIDs from the inputs and the
    result version, creation time from the job record) into
    ``<data_dir>/results/job-<id>/`` by write-and-rename, together with the
-   pickled result and source context that later course and single-time-point
-   jobs read back,
+   result, source context and reference CT as versioned JSON and ``.npy``
+   arrays (:mod:`service.result_store`) that later course and
+   single-time-point jobs read back,
 
 and returns a :class:`JobOutcome` listing the written objects; sending them is
 the outbox's business (:mod:`service.outbox`).
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -71,13 +71,13 @@ from service.archive import write_durably
 from service.calibration import counts_calibration
 from service.engine_settings import build_engine_settings
 from service.errors import ServiceError
+from service.result_store import RESULT_JSON, load_stored_result, write_result
 
 logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
 MIN_HU, MAX_HU = -1100.0, 3100.0  # the CT scale with a margin (PS3.3 C.11.1.1.2)
-RESULT_FILE = "result.pkl"
-SOURCE_FILE = "source.pkl"
+RESULT_FILE = RESULT_JSON
 
 
 class PipelineError(ServiceError):
@@ -93,7 +93,7 @@ class JobKind(str, Enum):
     COURSE = "course"
 
 
-# -- job descriptions (picklable, by value) ----------------------------------
+# -- job descriptions (by value; stored as JSON by service.job_payload) ----------
 @dataclass(frozen=True)
 class TimePointInput:
     """The files of one time point: its SPECT and the CT in its frame of reference."""
@@ -140,6 +140,8 @@ class JobSpec:
     settings: Settings
     cycle: CycleJobInput | None = None
     course: CourseJobInput | None = None
+    #: Why the job's stored inputs could not be read: the worker fails the job with it.
+    payload_error: str | None = None
 
     @property
     def result_folder(self) -> str:
@@ -358,10 +360,13 @@ def read_cycle(spec: JobSpec) -> _ReadCycle:
 
 def load_result(data_dir: Path, result_dir: str) -> tuple[CycleResult, SourceContext, Volume]:
     """A computed cycle's result, source context and reference CT (for scaling and courses)."""
-    folder = data_dir / result_dir
-    with open(folder / RESULT_FILE, "rb") as f:
-        stored = pickle.load(f)
-    return stored["result"], stored["source"], stored["reference_ct"]
+    stored = load_stored_result(data_dir / result_dir)
+    if not isinstance(stored.result, CycleResult):
+        raise PipelineError(
+            f"{result_dir} holds a course result where a cycle's result was expected; "
+            "reprocess the patient."
+        )
+    return stored.result, stored.source, stored.reference_ct
 
 
 # -- writing ------------------------------------------------------------------------
@@ -388,9 +393,10 @@ def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultOb
     return tuple(objects)
 
 
-def _store_result(spec: JobSpec, payload: dict[str, Any]) -> None:
-    spec.result_dir.mkdir(parents=True, exist_ok=True)
-    write_durably(spec.result_dir / RESULT_FILE, pickle.dumps(payload, protocol=5))
+def _store_result(
+    spec: JobSpec, result: CycleResult | CourseResult, source: SourceContext, reference_ct: Volume
+) -> None:
+    write_result(spec.result_dir, result, source, reference_ct)
 
 
 def _summary(vois: Sequence[Any]) -> tuple[str, ...]:
@@ -429,8 +435,7 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
         cycle_number=job.cycle_number,
     )
     datasets = _cycle_objects(result, read, identity)
-    _store_result(spec, {"result": result, "source": read.source,
-                         "reference_ct": read.inputs.reference.ct})
+    _store_result(spec, result, read.source, read.inputs.reference.ct)
     objects = _write_objects(spec, datasets)
     logger.info("Job %d: cycle %d %s written (%d objects)", spec.job_id, job.cycle_number,
                 identity.label, len(objects))
@@ -519,7 +524,7 @@ def run_course(spec: JobSpec) -> JobOutcome:
         datasets.append(course_rt_dose(course, source, identity))
     datasets.append(write_course_sr(course, source, identity))
     datasets.append(write_course_pdf(course, source, identity))
-    _store_result(spec, {"result": course, "source": source, "reference_ct": loaded[0][2]})
+    _store_result(spec, course, source, loaded[0][2])
     objects = _write_objects(spec, datasets)
     summary = tuple(f"{c.name}: total {c.total_gy:.3f} Gy" for c in course.cumulative)
     logger.info("Job %d: %s written (%d objects)", spec.job_id, identity.label, len(objects))
@@ -528,6 +533,8 @@ def run_course(spec: JobSpec) -> JobOutcome:
 
 def run_job(spec: JobSpec) -> JobOutcome:
     """Run one job (in a worker process); errors propagate with their message."""
+    if spec.payload_error is not None:
+        raise PipelineError(spec.payload_error)
     if spec.kind is JobKind.CYCLE:
         return run_cycle(spec)
     return run_course(spec)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from service.completion import (
     settings_digest,
 )
 from service.ingest import utc_now
+from service.job_payload import encode_payload
 from service.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from service.store.index import IndexStore
 from service.store.jobs import JobRecord, JobState, JobStore
@@ -206,7 +206,7 @@ class Planner:
         )
         payload = None
         if decision.action is Action.RUN:
-            payload = pickle.dumps(self._cycle_input(view, decision, instances))
+            payload = encode_payload(self._cycle_input(view, decision, instances))
         job = self.jobs.submit(
             kind=JobKind.CYCLE.value, target=target, patient_key=view.patient_key,
             label=cycle_label(view.course, view.cycle), fingerprint=fingerprint,
@@ -264,7 +264,7 @@ class Planner:
         target = course_target(patient_key, course)
         parts = [f"{j.fingerprint}:{j.version}" for j in done]
         fingerprint = input_fingerprint((), self.digest, [*parts, str(self.jobs.generation(target))])
-        payload = pickle.dumps(CourseJobInput(tuple(j.result_dir or "" for j in done)))
+        payload = encode_payload(CourseJobInput(tuple(j.result_dir or "" for j in done)))
         job = self.jobs.submit(
             kind=JobKind.COURSE.value, target=target, patient_key=patient_key,
             label=f"{course}", fingerprint=fingerprint, payload=payload,

@@ -96,6 +96,18 @@ def m003_retry_jobs_a_shutdown_failed(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m004_job_payloads_as_json(db: sqlite_utils.Database) -> None:
+    """Job payloads of earlier versions become JSON (:mod:`service.job_payload`).
+
+    The conversion, the one place that still reads the old format, is
+    :func:`service.store.format_upgrade.payloads_to_json`.
+    """
+    from service.store.format_upgrade import payloads_to_json
+
+    payloads_to_json(db)
+
+
 class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"

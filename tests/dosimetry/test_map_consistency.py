@@ -10,8 +10,8 @@ drawn on the reference CT, not taken from the result.
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 
 import numpy as np
 import pytest
@@ -28,6 +28,7 @@ from dosimetry.cycle import (
     compute_single_time_point_cycle,
 )
 from dosimetry.dose_map import VoiTarget, normalise_to_voi_means
+from dosimetry.records_json import record_from_json, record_to_json
 from dosimetry.registration import resample_mask
 from dosimetry.results import CourseResult, CycleResult, DoseMethod, VoiKind
 from dosimetry.volume import Volume
@@ -241,8 +242,10 @@ def test_a_voi_its_smaller_vois_overfill_is_reported() -> None:
     assert result.warnings and "'Organ'" in result.warnings[0]
 
 
-def test_map_vois_survive_pickling_as_the_stored_results_are(cycle3: CycleResult) -> None:
-    restored = pickle.loads(pickle.dumps(cycle3))
+def test_map_vois_survive_storage_as_the_stored_results_are(cycle3: CycleResult) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    doc = json.loads(json.dumps(record_to_json(cycle3, CycleResult, "result", arrays.__setitem__)))
+    restored = record_from_json(doc, CycleResult, "result", lambda key, dtype, shape: arrays[key])
     assert [v.name for v in restored.map_vois] == [v.name for v in cycle3.map_vois]
     for before, after in zip(cycle3.map_vois, restored.map_vois, strict=True):
         assert after.mask.dtype == bool and np.array_equal(after.mask, before.mask)

@@ -9,7 +9,6 @@ compared with (VOI mean doses, RT Dose pixel bytes).
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +20,15 @@ import pydicom
 
 from config.schema import Settings
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
+from dosimetry.results import CourseResult
 from service.pipeline import (
-    RESULT_FILE,
     CycleJobInput,
     JobKind,
     JobSpec,
     TimePointInput,
     run_job,
 )
+from service.result_store import load_stored_result
 from service.store import open_database
 from service.store.jobs import JobRecord, JobState, JobStore
 from tests.reliability.processes import write_config
@@ -143,7 +143,7 @@ class CycleOutput:
 
 def cycle_output(data_dir: Path, job: JobRecord) -> CycleOutput:
     folder = data_dir / str(job.result_dir)
-    result = pickle.loads((folder / RESULT_FILE).read_bytes())["result"]
+    result = load_stored_result(folder).result
     rtdose = folder / "RTDOSE.dcm"
     pixels = pydicom.dcmread(rtdose).PixelData if rtdose.exists() else None
     return CycleOutput(result.cycle_number, {v.name: v.mean_gy for v in result.vois}, pixels)
@@ -178,8 +178,9 @@ def course_totals_gy(db: NodeDatabase, job: JobRecord | None = None) -> dict[str
     job = job or (done[-1] if done else None)
     if job is None:
         return {}
-    result = pickle.loads((db.data_dir / str(job.result_dir) / RESULT_FILE).read_bytes())
-    return {c.name: c.total_gy for c in result["result"].cumulative}
+    result = load_stored_result(db.data_dir / str(job.result_dir)).result
+    assert isinstance(result, CourseResult)
+    return {c.name: c.total_gy for c in result.cumulative}
 
 
 def direct_cycle_output(manifest: CourseManifest) -> CycleOutput:
@@ -207,6 +208,6 @@ def direct_cycle_output(manifest: CourseManifest) -> CycleOutput:
             rel(structure)))
     outcome = run_job(spec)
     folder = out / outcome.result_dir
-    result = pickle.loads((folder / RESULT_FILE).read_bytes())["result"]
+    result = load_stored_result(folder).result
     return CycleOutput(result.cycle_number, {v.name: v.mean_gy for v in result.vois},
                        pydicom.dcmread(folder / "RTDOSE.dcm").PixelData)

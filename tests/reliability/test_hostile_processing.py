@@ -13,7 +13,6 @@ it alone. The corpus of malformed objects (refused or flagged when stored) is te
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dicomio.phantom import CourseWriteSpec, write_course
-from service.pipeline import RESULT_FILE
+from service.result_store import load_stored_result
 from service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.bad_cycles import BadCycle, write_bad_cycles
@@ -75,8 +74,7 @@ def _victims_ended(db: NodeDatabase, victims: list[BadCycle]) -> bool:
 
 
 def _warnings(data_dir: Path, job: JobRecord) -> tuple[str, ...]:
-    stored = pickle.loads((data_dir / str(job.result_dir) / RESULT_FILE).read_bytes())
-    return tuple(stored["result"].warnings)
+    return tuple(load_stored_result(data_dir / str(job.result_dir)).result.warnings)
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ held, not sent (issue #11)."""
 
 from __future__ import annotations
 
-import pickle
 import re
 import shutil
 import time
@@ -19,9 +18,9 @@ from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
 from dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_report
 from dosimetry.plausibility import PlausibilityLimits, implausible_doses
 from dosimetry.results import CycleResult, VoiKind
+from service.job_payload import encode_payload
 from service.jobs import JobRunner
 from service.pipeline import (
-    RESULT_FILE,
     CycleJobInput,
     ImplausibleResultError,
     JobKind,
@@ -30,6 +29,7 @@ from service.pipeline import (
     administered_activity,
     run_job,
 )
+from service.result_store import load_stored_result
 from service.store import open_database
 from service.store.jobs import JobState, JobStore
 from service.store.outbox import OutboxStore
@@ -68,7 +68,7 @@ def computed(course: CourseManifest) -> tuple[CycleResult, Path]:
                    cycle=cycle_input(course, course.out_dir))
     outcome = run_job(spec)
     folder = course.out_dir / outcome.result_dir
-    return pickle.loads((folder / RESULT_FILE).read_bytes())["result"], folder
+    return load_stored_result(folder).result, folder
 
 
 def pdf_lines(document: bytes) -> list[str]:
@@ -175,7 +175,7 @@ def test_a_dose_no_patient_can_have_is_held_and_nothing_is_sent(
     settings = make_settings(data_dir, destinations=[{"name": "pacs", "folder": str(tmp_path)}])
     store = JobStore(open_database(data_dir / "theranode.db"))
     job = store.submit(kind="cycle", target="cycle|p|1.1", patient_key="p", label="1.1",
-                       fingerprint="held", payload=pickle.dumps(cycle_input(course, data_dir)),
+                       fingerprint="held", payload=encode_payload(cycle_input(course, data_dir)),
                        created_at="2024-05-01T10:00:00")
     assert job is not None
     outbox = OutboxStore(store)

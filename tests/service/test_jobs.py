@@ -4,7 +4,6 @@ restart or a shutdown, retried (boundedly) when their worker is killed from outs
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import time
 from pathlib import Path
@@ -14,7 +13,9 @@ import sqlite_utils
 
 from service.job_status import render_jobs
 from service.jobs import JobRunner, _context, die_with_node, worker_death, worker_main
-from service.pipeline import RESULT_FILE, CourseJobInput, JobKind
+from service.job_payload import encode_payload
+from service.pipeline import CourseJobInput, JobKind
+from service.result_store import write_result
 from service.store import open_database
 from service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
 from service.store.jobs import JobState, JobStore
@@ -70,8 +71,7 @@ def stored_cycle(data_dir: Path) -> str:
     folder = data_dir / "results" / "job-0"
     folder.mkdir(parents=True)
     source, _ = source_for_cycle()
-    payload = {"result": cycle_result(1), "source": source, "reference_ct": dose_map()}
-    (folder / RESULT_FILE).write_bytes(pickle.dumps(payload))
+    write_result(folder, cycle_result(1), source, dose_map())
     return "results/job-0"
 
 
@@ -79,7 +79,7 @@ def course_job(store: JobStore, cycle_results: tuple[str, ...], fingerprint: str
                target: str = "course|p|1"):
     return store.submit(
         kind=JobKind.COURSE.value, target=target, patient_key="p", label="1",
-        fingerprint=fingerprint, payload=pickle.dumps(CourseJobInput(cycle_results)),
+        fingerprint=fingerprint, payload=encode_payload(CourseJobInput(cycle_results)),
         created_at=NOW)
 
 
@@ -139,7 +139,7 @@ def test_failing_job_is_failed_with_its_reason_and_the_queue_goes_on(tmp_path: P
     finally:
         runner.stop()
     assert failed.state is JobState.FAILED
-    assert "FileNotFoundError" in failed.message and "job-404" in failed.message
+    assert "StoredResultError" in failed.message and "job-404" in failed.message
     assert "Traceback" in Path(failed.log_path).read_text()
     assert done.state is JobState.DONE
 

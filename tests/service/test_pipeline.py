@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
 from dosimetry.results import CycleResult, Organ, VoiKind
 from service.job_status import render_dosimetry_status
 from service.pipeline import (
-    RESULT_FILE,
     CycleJobInput,
     JobKind,
     JobSpec,
@@ -26,6 +24,7 @@ from service.pipeline import (
     classify_roi,
     run_job,
 )
+from service.result_store import load_stored_result
 from service.store import open_database
 from service.store.jobs import JobRecord, JobState, JobStore
 from tests.peers import free_port, wait_for_port
@@ -67,7 +66,7 @@ def reference(course: CourseManifest, tmp_path_factory: pytest.TempPathFactory) 
                                  tuple(map(rel, tp.ct_files))) for tp in tps),
             rel(tps[0].rtstruct_file)))
     outcome = run_job(spec)
-    result = pickle.loads((out / outcome.result_dir / RESULT_FILE).read_bytes())["result"]
+    result = load_stored_result(out / outcome.result_dir).result
     rtdose = pydicom.dcmread(out / outcome.result_dir / "RTDOSE.dcm")
     return result, rtdose.PixelData
 
@@ -93,7 +92,7 @@ def assert_same_doses(found: CycleResult, expected: CycleResult) -> None:
 
 
 def stored_result(data_dir: Path, job: JobRecord) -> CycleResult:
-    return pickle.loads((data_dir / str(job.result_dir) / RESULT_FILE).read_bytes())["result"]
+    return load_stored_result(data_dir / str(job.result_dir)).result
 
 
 def test_cycle_missing_its_192h_scan_is_incomplete_then_runs_when_it_arrives(

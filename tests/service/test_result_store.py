@@ -1,0 +1,174 @@
+"""Stored results and job payloads: exact round trips on disk, clear refusals of foreign files."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dicomio.source import InstanceReference, SourceContext, source_from_json, source_to_json
+from dosimetry.records_json import RecordFormatError
+from service.job_payload import JobPayloadError, decode_payload, encode_payload
+from service.jobs import JobRunner
+from service.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
+from service.result_store import (
+    RESULT_JSON,
+    StoredResultError,
+    load_stored_result,
+    write_result,
+)
+from service.store import open_database
+from service.store.jobs import JobRecord, JobState, JobStore
+from service.store.outbox import OutboxStore
+from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
+from tests.dosimetry.records_strategies import (
+    assert_identical,
+    course_results,
+    cycle_results,
+    text,
+    volumes,
+)
+from tests.service.nodes import make_settings
+
+NOW = "2024-05-01T10:00:00"
+EXAMPLES = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+references = st.builds(InstanceReference, text, text, text, text, text)
+sources = st.builds(
+    SourceContext, patient_id=text, study_instance_uid=text, frame_of_reference_uid=text,
+    reference_ct=st.lists(references, max_size=3).map(tuple), issuer_of_patient_id=text,
+    patient_name=text, patient_birth_date=text, patient_sex=text, study_id=text,
+    accession_number=text, study_date=text, study_time=text, referring_physician_name=text,
+    study_description=text, structure_set=st.none() | references,
+    roi_numbers=st.lists(st.tuples(text, st.integers()), max_size=3).map(tuple),
+    source_images=st.lists(references, max_size=3).map(tuple),
+)
+
+
+@EXAMPLES
+@given(source=sources)
+def test_source_contexts_round_trip_exactly(source: SourceContext) -> None:
+    assert source_from_json(json.loads(json.dumps(source_to_json(source)))) == source
+
+
+@EXAMPLES
+@given(result=cycle_results | course_results, source=sources, reference_ct=volumes)
+def test_results_round_trip_exactly_through_the_folder(result, source, reference_ct) -> None:  # type: ignore[no-untyped-def]
+    with tempfile.TemporaryDirectory() as folder:
+        write_result(Path(folder), result, source, reference_ct)
+        stored = load_stored_result(Path(folder))
+        json.loads((Path(folder) / RESULT_JSON).read_text(), parse_constant=pytest.fail)
+    assert_identical(stored.result, result)
+    assert stored.source == source
+    assert_identical(stored.reference_ct, reference_ct)
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> Path:
+    source, _ = source_for_cycle()
+    write_result(tmp_path, cycle_result(), source, dose_map())
+    return tmp_path
+
+
+def rewrite(folder: Path, change) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads((folder / RESULT_JSON).read_text())
+    change(doc)
+    (folder / RESULT_JSON).write_text(json.dumps(doc))
+
+
+def test_a_newer_result_json_is_refused_with_advice(stored: Path) -> None:
+    rewrite(stored, lambda doc: doc.update(version=3))
+    with pytest.raises(StoredResultError, match=r"result.json format version 3 is newer than "
+                       r"this theranode understands \(1\); upgrade theranode"):
+        load_stored_result(stored)
+
+
+def test_an_array_file_of_another_shape_or_a_pickled_array_is_refused(stored: Path) -> None:
+    np.save(stored / "result.dose_map.array.npy", np.zeros((2, 2, 2)), allow_pickle=False)
+    with pytest.raises(StoredResultError, match="result.dose_map.array.npy holds float64"):
+        load_stored_result(stored)
+    np.save(stored / "result.dose_map.array.npy", np.array([[[{}]]], dtype=object))
+    with pytest.raises(StoredResultError, match="cannot be read"):
+        load_stored_result(stored)
+
+
+def test_a_result_json_with_nan_literals_is_refused(stored: Path) -> None:
+    (stored / RESULT_JSON).write_text('{"format": NaN}')
+    with pytest.raises(StoredResultError, match="not valid JSON"):
+        load_stored_result(stored)
+
+
+def test_job_payloads_round_trip_and_refuse_other_versions_and_kinds() -> None:
+    cycle = CycleJobInput(3, "2024-01-01T10:00:00", False,
+                          (TimePointInput(24.0, 23.5, ("a.dcm",), ("b.dcm", "c.dcm")),),
+                          "rt.dcm", reference_result="results/job-1")
+    assert decode_payload(encode_payload(cycle), JobKind.CYCLE) == cycle
+    course = CourseJobInput(("results/job-1", "results/job-2"))
+    assert decode_payload(encode_payload(course), JobKind.COURSE) == course
+    with pytest.raises(JobPayloadError, match="expected a course job"):
+        decode_payload(encode_payload(cycle), JobKind.COURSE)
+    newer = json.loads(encode_payload(course))
+    newer["version"] = 2
+    with pytest.raises(JobPayloadError, match=r"format version 2 is newer than this theranode "
+                       r"understands \(1\); upgrade theranode"):
+        decode_payload(json.dumps(newer).encode(), JobKind.COURSE)
+
+
+def run_until_ended(store: JobStore, runner: JobRunner, job_id: int) -> JobRecord:
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = store.get(job_id)
+            if job.state in (JobState.DONE, JobState.FAILED):
+                return job
+            time.sleep(0.2)
+    finally:
+        runner.stop()
+    pytest.fail("the job did not end")
+
+
+def test_a_job_with_a_newer_payload_fails_with_the_reason_and_runs_nothing(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
+    doc = json.loads(encode_payload(CourseJobInput(("results/job-404",))))
+    doc["version"] = 3
+    job = store.submit(kind="course", target="course|p|1", patient_key="p", label="1",
+                       fingerprint="f", payload=json.dumps(doc).encode(), created_at=NOW)
+    failed = run_until_ended(store, JobRunner(store, OutboxStore(store), settings), job.id)
+    assert failed.state is JobState.FAILED
+    assert ("The job payload format version 3 is newer than this theranode understands (1); "
+            "upgrade theranode") in failed.message
+    assert "StoredResultError" not in failed.message  # it never looked for job-404's result
+    assert not (settings.data_dir / "results" / f"job-{job.id}").exists()
+
+
+def test_a_course_over_a_tampered_result_fails_with_the_reason_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "data")
+    folder = settings.data_dir / "results" / "job-0"
+    source, _ = source_for_cycle()
+    write_result(folder, cycle_result(), source, dose_map())
+    rewrite(folder, lambda doc: doc.update(version=3))
+    store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
+    job = store.submit(kind="course", target="course|p|1", patient_key="p", label="1",
+                       fingerprint="f", payload=encode_payload(CourseJobInput(("results/job-0",))),
+                       created_at=NOW)
+    failed = run_until_ended(store, JobRunner(store, OutboxStore(store), settings), job.id)
+    assert failed.state is JobState.FAILED
+    assert ("result.json format version 3 is newer than this theranode understands (1); "
+            "upgrade theranode") in failed.message
+    assert not list((settings.data_dir / "results").glob(f"job-{job.id}/*"))
+
+
+def test_record_format_errors_are_what_the_codec_raises() -> None:
+    with pytest.raises(RecordFormatError):
+        source_from_json({"patient_id": "x"})
