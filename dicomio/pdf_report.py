@@ -4,7 +4,9 @@ Rendered with matplotlib's object-oriented API (no pyplot state, so it is
 safe in worker threads) into a multi-page A4 PDF: identification and VOI
 dose table, time-activity curves with the fitted model, DVHs, registration
 quality, warnings, software version and the settings used. The PDF carries
-no creation date, so the same result renders to the same bytes.
+no creation date, so the same result renders to the same bytes. Names come
+from the inputs (ROI names, the patient's name), so every text is drawn as
+written (:func:`literal_texts`): a ``$`` never starts matplotlib mathtext.
 
 References
 ----------
@@ -27,6 +29,8 @@ import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.table import Table
+from matplotlib.text import Text
 from pydicom.dataset import Dataset
 
 from dicomio.dvh import dvhs_from_masks
@@ -87,6 +91,33 @@ def flatten_settings(settings: Mapping[str, object], prefix: str = "") -> list[s
         else:
             lines.append(f"{name} = {value!r}")
     return lines
+
+
+def literal_texts(fig: Figure) -> Figure:
+    """Make every text of ``fig`` draw as written, then return ``fig``.
+
+    matplotlib parses text between ``$`` signs as mathtext (and as TeX with
+    ``text.usetex``): an ROI named ``$\\foo$ liver`` would fail the render
+    with "Unknown symbol". Titles, labels, legend entries, free text and
+    table cells are set to ``parse_math=False, usetex=False`` (matplotlib
+    ≥ 3.5); tick labels are left to their formatter, which may use mathtext
+    (``10²`` on a log axis) and never holds input text.
+    """
+    from_formatters = {
+        id(artist)
+        for ax in fig.axes
+        for axis in (ax.xaxis, ax.yaxis)
+        for artist in axis.findobj(Text)
+        if artist is not axis.label
+    }
+    texts = [a for a in fig.findobj(Text) if isinstance(a, Text) and id(a) not in from_formatters]
+    for table in fig.findobj(Table):
+        if isinstance(table, Table):
+            texts.extend(cell.get_text() for cell in table.get_celld().values())
+    for text in texts:
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -436,7 +467,7 @@ def _render(pages: Sequence[Figure]) -> bytes:
     with PdfPages(buffer, metadata=PDF_METADATA) as pdf:
         for number, fig in enumerate(pages, start=1):
             fig.text(0.94, 0.015, f"page {number}/{len(pages)}", fontsize=7, ha="right")
-            pdf.savefig(fig)
+            pdf.savefig(literal_texts(fig))
     return buffer.getvalue()
 
 

@@ -13,7 +13,9 @@ writes ``<reports_dir>/cohort/<UTC timestamp>-<input hash 8>/`` holding
   ``'`` (:func:`spreadsheet_text`), numbers as they are;
 - ``figures/*.png`` and ``*.svg`` — KM curves with at-risk tables,
   dose–response scatter with model band and the 20 % line, TCP curve,
-  Spearman panels, per-cycle absorbed dose distributions;
+  Spearman panels, per-cycle absorbed dose distributions (their texts drawn
+  as written, a ``$`` never starting mathtext:
+  :func:`~dicomio.pdf_report.literal_texts`);
 - ``report.html`` — one self-contained page (figures embedded as PNG data).
 
 The folder is written under a temporary name and renamed when complete; the
@@ -44,6 +46,7 @@ import sqlite_utils
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from dicomio.pdf_report import literal_texts
 from dosimetry.cohort.analysis import AnalysisOptions, analyse_cohort
 from dosimetry.cohort.data import (
     CohortData,
@@ -183,7 +186,7 @@ def write_report(
     for name, frame in tables.items():
         spreadsheet_safe(frame).to_csv(folder / "tables" / f"{name}.csv", index=False)
     (folder / "figures").mkdir()
-    figures = {name: draw(data, report) for name, draw in FIGURES.items()}
+    figures = {name: literal_texts(draw(data, report)) for name, draw in FIGURES.items()}
     for name, figure in figures.items():
         for extension in FIGURE_FORMATS:
             figure.savefig(folder / "figures" / f"{name}.{extension}", dpi=110, bbox_inches="tight")

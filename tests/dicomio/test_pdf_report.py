@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,61 @@ def test_dciodvfy_finds_nothing(tmp_path: Path, kind: str) -> None:
     )
     report = run.stdout + run.stderr
     assert "Error" not in report and "Warning" not in report, report
+
+
+def _pdf_strings(pdf: bytes) -> list[str]:
+    """The text of each BT … ET block of the PDF's content streams, decoded.
+
+    matplotlib writes text as literal strings in ``TJ`` arrays (Type 3 fonts,
+    Latin-1 codes), kerning numbers between them; the strings of one block
+    are joined. PDF 32000-1:2008 7.3.4.2 (literal strings), 9.4 (text objects).
+    """
+    escapes = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+
+    def unescape(match: re.Match[bytes]) -> bytes:
+        code = match.group(1)
+        if code[:1].isdigit():
+            return bytes([int(code, 8)])
+        return escapes.get(code, code)
+
+    blocks = []
+    for stream in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        try:
+            content = zlib.decompress(stream)
+        except zlib.error:
+            continue
+        for block in re.findall(rb"\bBT\b(.*?)\bET\b", content, re.S):
+            parts = re.findall(rb"\(((?:\\.|[^\\)])*)\)", block, re.S)
+            text = b"".join(re.sub(rb"\\([0-7]{1,3}|.)", unescape, p, flags=re.S) for p in parts)
+            blocks.append(text.decode("latin-1"))
+    return blocks
+
+
+MATH_ROI = "$\\foo$ liver"
+#: PN Family^Given (a backslash would split the value, PS3.5 6.2); as mathtext "$x_{$" fails
+MATH_NAME = "Doe$x_{$^Jane"
+
+
+def test_dollar_signs_in_roi_and_patient_names_are_drawn_as_written() -> None:
+    """mathtext is not parsed in input text: the job does not fail (issue 12 item 9)."""
+    source, _ = source_for_cycle()
+    source = dataclasses.replace(source, patient_name=MATH_NAME)
+    result = cycle_result(1)
+    result = dataclasses.replace(
+        result, vois=(dataclasses.replace(result.vois[0], name=MATH_ROI), *result.vois[1:])
+    )
+    masks = {MATH_ROI: box_mask(LIVER_BOX), "lesion 1": box_mask(LESION_BOX)}
+    ds = decode(encode(write_cycle_pdf(result, source, identity(), masks=masks)))
+    text = _pdf_strings(extract_pdf(ds))
+    assert any(line.startswith("Patient: Doe$x_{$, Jane    ID: TN-0001") for line in text)
+    assert MATH_ROI in text  # the dose table's cell and the DVH legend
+    assert f"{MATH_ROI} (organ)" in text  # the curve's title
+    course = dataclasses.replace(
+        course_result(),
+        cumulative=tuple(
+            dataclasses.replace(d, name=MATH_ROI) if d.name == "liver" else d
+            for d in course_result().cumulative
+        ),
+    )
+    pdf = render_course_pdf(course, source, identity(ResultKind.COURSE))
+    assert MATH_ROI in _pdf_strings(pdf)

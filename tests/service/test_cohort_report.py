@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -122,14 +123,6 @@ def test_second_run_moves_latest(
     assert (tmp_path / "cohort" / LATEST).resolve() == second.resolve()
 
 
-def test_empty_database_still_gives_a_report(tmp_path: Path) -> None:
-    db = sqlite_utils.Database(memory=True)
-    MIGRATIONS.apply(db)
-    run = run_cohort(db, tmp_path, now=NOW)
-    text = (run / "report.html").read_text(encoding="utf-8")
-    assert "not estimable" in text.lower() or "Not estimable" in text
-
-
 @pytest.mark.peer
 def test_html_renders_in_headless_chromium(
     reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path
@@ -176,3 +169,27 @@ def test_html_tables_escape_imported_text() -> None:
     table = cohort_report.html_table(frame)
     assert "<script>" not in table and "<b>" not in table
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in table and "&lt;b&gt;" in table
+
+
+def test_empty_database_still_gives_a_report_and_figure_texts_are_drawn_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every analysis not estimable still makes a report; a ``$`` pair in a figure's text is
+    not mathtext, so ``$\\foo$`` fails no run (issue 12 item 9)."""
+
+    def with_math_title(draw: Any) -> Any:
+        def drawn(data: CohortData, report: Any) -> Any:
+            figure = draw(data, report)
+            figure.suptitle("$\\foo$ lesion")
+            return figure
+
+        return drawn
+
+    figures = {name: with_math_title(draw) for name, draw in cohort_report.FIGURES.items()}
+    monkeypatch.setattr(cohort_report, "FIGURES", figures)
+    db = sqlite_utils.Database(memory=True)
+    MIGRATIONS.apply(db)
+    run = run_cohort(db, tmp_path, now=NOW)
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "not estimable" in text.lower() or "Not estimable" in text
+    assert (run / "figures" / "fig4_tcp.png").stat().st_size > 1000
