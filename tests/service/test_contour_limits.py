@@ -25,6 +25,7 @@ from service.archive import Archive
 from service.ingest import LIMIT_EXCEEDED, SUCCESS, Ingest, Peer
 from service.store import open_database
 from service.store.index import IndexStore
+from tests.reliability.contour_bombs import plane_bomb, point_bomb
 from tests.service import factory
 from tests.service.keys import TEST_KEYER
 
@@ -112,3 +113,17 @@ def test_ingest_and_reader_ship_the_same_bounds() -> None:
     assert (security.max_contour_points, security.max_contours_per_roi) == (
         MAX_CONTOUR_POINTS, MAX_CONTOURS_PER_ROI)
     assert ContourLimits() == ContourLimits(MAX_CONTOUR_POINTS, MAX_CONTOURS_PER_ROI)
+
+
+def test_shipped_limits_refuse_a_million_points_and_store_the_issues_2000_planes(
+    tmp_path: Path,
+) -> None:
+    """The issue's 2,000-plane structure set is stored (and rasterises cheaply, see
+    tests/dicomio/test_rtstruct.py); one over the shipped point bound is refused."""
+    wire = point_bomb()
+    refused, quarantined = receive(tmp_path / "points", wire)
+    assert refused.status == LIMIT_EXCEEDED
+    assert refused.comment.startswith("max_contour_points 1000000 exceeded")
+    assert quarantined == [(wire, LIMIT_EXCEEDED, refused.comment)]
+    stored, _ = receive(tmp_path / "planes", plane_bomb())
+    assert stored.status == SUCCESS, stored.comment
