@@ -18,7 +18,9 @@ A run that ends without an outcome sends the job back to ``queued`` with its
 version: a shutdown or a crash of the node (not counted), or a worker process
 killed from outside (counted in ``worker_deaths``; at ``[jobs] max_attempts``
 such deaths the job is ``failed``). ``attempts`` counts every start and
-``last_error`` keeps why the last run did not end with a result.
+``last_error`` keeps why the last run did not end with a result. A run the
+runner killed at ``[jobs] max_job_minutes`` is ``failed`` at once, never
+queued again (:mod:`service.jobs`).
 """
 
 from __future__ import annotations

@@ -336,7 +336,8 @@ def test_reader_refuses_more_contours_in_one_roi_than_the_limit() -> None:
     ds = structure_set(planes=6, points_per_contour=8)
     with pytest.raises(ObjectTooLargeError, match=r"^max_contours_per_roi 5 exceeded: ROI 1 "):
         read_rois(ds, ContourLimits(max_contours_per_roi=5))
-    assert len(read_rois(structure_set(6, 8), ContourLimits(max_contours_per_roi=6))[0].contours) == 6
+    (roi,) = read_rois(structure_set(6, 8), ContourLimits(max_contours_per_roi=6))
+    assert len(roi.contours) == 6
 
 
 def test_raw_contour_data_reads_as_pydicom_converts_it() -> None:
