@@ -147,7 +147,9 @@ class SecuritySettings:
     tls_cert: str = setting("", "PEM certificate of the node; with tls_key enables TLS.")
     tls_key: str = setting("", "PEM private key of the node.")
     tls_ca: str = setting(
-        "", "PEM CA bundle; when set, peers must present a certificate signed by it."
+        "",
+        "PEM CA bundle; when set, peers must present a certificate signed by it (needs "
+        "tls_cert and tls_key: a CA alone is refused, not served in plaintext).",
     )
     max_associations: int = setting(8, "Concurrent associations; more are rejected.", positive)
     max_connections: int = setting(
@@ -450,6 +452,16 @@ class Destination:
     folder: str = setting(
         "", "Write results as files into this folder instead of sending them (DICOM if empty)."
     )
+    tls_ca: str = setting(
+        "",
+        "PEM CA bundle that signed the destination's certificate; when set, results go over "
+        "TLS, and the destination must present a certificate signed by it for host.",
+    )
+    tls_cert: str = setting(
+        "", "PEM client certificate the node presents to this destination (with tls_key and "
+        "tls_ca), for a destination that requires one."
+    )
+    tls_key: str = setting("", "PEM private key (unencrypted) of tls_cert.")
 
 
 @dataclass(frozen=True)
@@ -581,10 +593,30 @@ def _cross_checks(settings: Settings, problems: list[str]) -> None:
             f"max_associations ({settings.security.max_associations}); associations would be "
             "refused before the association limit is reached"
         )
+    _tls_checks(settings, problems)
     _protocol_checks(settings, problems)
     names = [d.name for d in settings.destinations]
     for name in {n for n in names if names.count(n) > 1}:
         problems.append(f"destinations: the name {name!r} is used more than once")
+
+
+def _tls_checks(settings: Settings, problems: list[str]) -> None:
+    """TLS settings that would do something else than they say (files: service.tls)."""
+    if settings.security.tls_ca and not settings.security.tls_cert:
+        problems.append(
+            "security.tls_ca: needs tls_cert and tls_key; without them the listener would "
+            "serve plaintext. Give the node's certificate and key, or remove tls_ca")
+    for i, d in enumerate(settings.destinations):
+        where = f"destinations[{i}]"
+        if bool(d.tls_cert) != bool(d.tls_key):
+            problems.append(f"{where}: tls_cert and tls_key must be given together")
+        if d.tls_cert and not d.tls_ca:
+            problems.append(
+                f"{where}: tls_cert and tls_key need tls_ca, the CA that signed the "
+                "destination's certificate (TLS to a destination is on only with tls_ca)")
+        if d.folder and (d.tls_ca or d.tls_cert or d.tls_key):
+            problems.append(f"{where}: tls_ca, tls_cert and tls_key do not apply to a folder "
+                            "destination; remove them or the folder")
 
 
 def _protocol_checks(settings: Settings, problems: list[str]) -> None:

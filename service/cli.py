@@ -30,11 +30,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _engine_ready_settings(args: argparse.Namespace) -> Settings:
-    """Settings the dosimetry engine accepts too: what a job builds is built now."""
+    """Settings the dosimetry engine accepts too: what a job builds is built now; and
+    every TLS file of the listener and the destinations loads."""
     from service.engine_settings import build_engine_settings
+    from service.tls import check_tls
 
     settings = _settings(args)
-    build_engine_settings(settings)
+    problems: list[str] = []
+    for check in (build_engine_settings, check_tls):
+        try:
+            check(settings)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems, settings.source)
     return settings
 
 

@@ -4,19 +4,25 @@ Like dicomweb-client's ``DICOMClient`` protocol, :class:`Sender` is the small
 surface the outbox needs: send these files, tell me per file what the
 destination answered. :class:`DicomSender` sends by C-STORE on one
 association per batch (pynetdicom SCU, TCP_NODELAY on its socket so small
-objects are not held back by Nagle's algorithm, see INTEROP.md);
-:class:`FolderSender` copies into a folder (write, fsync, rename).
+objects are not held back by Nagle's algorithm, see INTEROP.md), over TLS
+when the destination has ``tls_ca`` (:func:`service.tls.client_context`: the
+destination's certificate verified against that CA and its host name, the
+node's client certificate presented when given); :class:`FolderSender`
+copies into a folder (write, fsync, rename).
 
 Outcomes
 --------
 * ``SENT`` — status Success (0x0000) or a Warning (0x0001, 0xB000-0xBFFF);
 * ``REFUSED`` — any failure status (0xA7xx, 0xA9xx, 0xCxxx, …): the
   destination understood and said no; resending will not help;
-* ``UNREACHABLE`` — no association, aborted, or no answer: retry later.
+* ``UNREACHABLE`` — no association, aborted, or no answer, or a TLS
+  handshake that fails (the destination's certificate does not verify, or it
+  refuses the node's): retry later, the reason in the result's detail.
 
 References
 ----------
-DICOM PS3.4 B.2.3 (Storage Service statuses), PS3.7 9.1.1 (C-STORE).
+DICOM PS3.4 B.2.3 (Storage Service statuses), PS3.7 9.1.1 (C-STORE),
+PS3.15 B.1 and B.9 (TLS secure transport connection profiles).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import enum
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,7 @@ from pynetdicom.events import Event
 
 from config.schema import Destination
 from service.archive import write_durably
+from service.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +116,26 @@ class DicomSender:
             self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian,
                                                       ImplicitVRLittleEndian])
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
+        # bounds the TCP connect and, with TLS, the handshake (none by default)
+        self.ae.connection_timeout = timeout_s
 
     def send(self, paths: Sequence[Path], on_result: OnResult = _ignore) -> list[SendResult]:
         if not paths:
             return []
         d = self.destination
         try:
+            context = client_context(d)
+        except (OSError, ssl.SSLError) as exc:
+            return _unreachable(paths[0], f"TLS settings of destination {d.name} do not load: "
+                                f"{exc}; run theranode check-config", on_result)
+        try:
             assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title,
-                                      evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+                                      evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+                                      tls_args=(context, d.host) if context else None)
         except (OSError, RuntimeError) as exc:
             return _unreachable(paths[0], str(exc), on_result)
         if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "no association"
-            return _unreachable(paths[0], why, on_result)
+            return _unreachable(paths[0], _why_not_associated(assoc, context), on_result)
         results: list[SendResult] = []
         try:
             for path in paths:
@@ -168,6 +183,13 @@ class FolderSender:
             results.append(SendResult(path, SendState.SENT, 0x0000))
             on_result(results[-1])
         return results
+
+
+def _why_not_associated(assoc: object, context: ssl.SSLContext | None) -> str:
+    if getattr(assoc, "is_rejected", False):
+        return "association rejected"
+    tls_error = getattr(context, "tls_error", "")
+    return f"TLS failed: {tls_error}" if tls_error else "no association"
 
 
 def _unreachable(path: Path, why: str, on_result: OnResult) -> list[SendResult]:

@@ -160,3 +160,92 @@ def test_jobs_build_the_engine_settings_check_config_built():
     with pytest.raises(ConfigError, match="density cap"):
         build_engine_settings(settings_from_dict(
             {"dosimetry": {"density_points_g_per_ml": [0.0012, 0.93, 1.03, 1.12, 3.5]}}))
+
+
+# -- TLS settings: refused when they would not do what they say (issue #12 item 11) --
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    from tests.reliability.certificates import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_config(tmp_path: Path, security: dict[str, object],
+               destination: dict[str, object] | None = None) -> Path:
+    lines = ["[security]", *(f'{k} = "{v}"' for k, v in security.items())]
+    if destination is not None:
+        lines += ["[[destinations]]", 'name = "pacs"', 'host = "127.0.0.1"', "port = 11112",
+                  *(f'{k} = "{v}"' for k, v in destination.items())]
+    config = tmp_path / "tls.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def check_config_errors(config: Path, capsys) -> list[str]:
+    assert main(["check-config", "--config", str(config)]) == 2
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+
+
+def test_tls_ca_without_a_certificate_is_refused_not_served_in_plaintext():
+    with pytest.raises(ConfigError, match="security.tls_ca: needs tls_cert and tls_key"):
+        settings_from_dict({"security": {"tls_ca": "/etc/theranode/ca.pem"}})
+
+
+def test_destination_tls_settings_that_would_not_apply_are_refused():
+    with pytest.raises(ConfigError) as error:
+        settings_from_dict({"destinations": [
+            {"name": "a", "tls_ca": "/ca.pem", "tls_cert": "/node.pem"},
+            {"name": "b", "tls_cert": "/node.pem", "tls_key": "/node.key"},
+            {"name": "c", "folder": "/results", "tls_ca": "/ca.pem"}]})
+    text = "\n".join(error.value.problems)
+    assert len(error.value.problems) == 3, text
+    assert "destinations[0]: tls_cert and tls_key must be given together" in text
+    assert "destinations[1]: tls_cert and tls_key need tls_ca" in text
+    assert "destinations[2]: tls_ca, tls_cert and tls_key do not apply to a folder" in text
+
+
+def test_check_config_refuses_tls_files_that_do_not_exist(tmp_path: Path, capsys, pki):
+    config = tls_config(
+        tmp_path,
+        {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_ca": tmp_path / "no-ca.pem"},
+        {"tls_ca": tmp_path / "no-pacs-ca.pem"})
+    load_settings(config)  # the schema alone cannot know: the files are checked at start-up
+    problems = check_config_errors(config, capsys)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"  - security.tls_ca: cannot read '{tmp_path / 'no-ca.pem'}'")
+    assert "No such file or directory" in problems[0]
+    assert problems[1].startswith("  - destinations[0].tls_ca: cannot read")
+
+
+def test_check_config_refuses_a_certificate_with_another_key_and_a_ca_that_is_no_ca(
+        tmp_path: Path, capsys, pki):
+    config = tls_config(
+        tmp_path, {"tls_cert": pki.server_cert, "tls_key": pki.client_key, "tls_ca": pki.ca_cert},
+        {"tls_ca": pki.server_key, "tls_cert": pki.client_cert, "tls_key": pki.client_key})
+    problems = check_config_errors(config, capsys)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("  - security.tls_cert / tls_key: does not load")
+    assert "KEY_VALUES_MISMATCH" in problems[0]
+    assert problems[1].startswith("  - destinations[0].tls_ca: does not load")
+
+
+def test_check_config_accepts_working_tls_files(tmp_path: Path, capsys, pki):
+    config = tls_config(
+        tmp_path, {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_ca": pki.ca_cert},
+        {"tls_ca": pki.ca_cert, "tls_cert": pki.client_cert, "tls_key": pki.client_key})
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert f"destinations[0].tls_ca = '{pki.ca_cert}'" in capsys.readouterr().out
+
+
+def test_serve_refuses_to_start_with_a_tls_file_that_does_not_exist(tmp_path: Path, capsys,
+                                                                    monkeypatch, pki):
+    import service.app
+
+    def node_must_not_start(*args, **kwargs):
+        raise AssertionError("serve started a node whose CA file does not exist")
+
+    monkeypatch.setattr(service.app, "Node", node_must_not_start)
+    config = tls_config(tmp_path, {"tls_cert": pki.server_cert, "tls_key": pki.server_key,
+                                   "tls_ca": tmp_path / "no-ca.pem"})
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "security.tls_ca: cannot read" in capsys.readouterr().err
