@@ -32,13 +32,16 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from config.schema import Settings
-from dicomio.headers import SOP_CLASS_KINDS
+from dicomio.headers import SOP_CLASS_KINDS, is_valid_uid
 from dicomio.phantom import CourseManifest, CourseWriteSpec, PhantomGrids, write_course
 from dicomio.sr import read_sr_report
 from service.sender import RESULT_SOP_CLASSES
 from service.terminal_text import emit, terminal_text
 
 DEMO_SEED = 2024
+#: Received objects whose file name cannot be made from a valid UID and modality
+#: (PS3.4 C.4.2.1.4: "Error: Cannot understand").
+CANNOT_FILE = 0xC110
 
 
 def destination_snippet(args: argparse.Namespace) -> str:
@@ -72,7 +75,10 @@ class Receiver:
     def _on_store(self, event: Event) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
-        path = self.folder / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
+        modality, uid = str(ds.get("Modality", "")), str(ds.get("SOPInstanceUID", ""))
+        if not (modality.isascii() and modality.isalnum() and is_valid_uid(uid)):
+            return CANNOT_FILE  # the file name is built from these: no path from a peer
+        path = self.folder / f"{modality}-{uid}.dcm"
         ds.save_as(path, enforce_file_format=True)
         with self._lock:
             self.count += 1
