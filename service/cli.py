@@ -60,7 +60,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     checks = check_health(_settings(args), args.timeout)
     for check in checks:
-        print(("ok   " if check.ok else "FAIL ") + check.message)
+        print(terminal_text(("ok   " if check.ok else "FAIL ") + check.message))
     return 0 if all(check.ok for check in checks) else 1
 
 

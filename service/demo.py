@@ -40,7 +40,7 @@ from service.terminal_text import emit, terminal_text
 
 DEMO_SEED = 2024
 #: Received objects whose file name cannot be made from a valid UID and modality
-#: (PS3.4 C.4.2.1.4: "Error: Cannot understand").
+#: (a "Cannot understand" failure, PS3.4 B.2.3).
 CANNOT_FILE = 0xC110
 
 
