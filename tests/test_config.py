@@ -165,8 +165,10 @@ def test_jobs_build_the_engine_settings_check_config_built():
 # -- TLS settings: refused when they would not do what they say (issue #12 item 11) --
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory):
+    from tests.peers import require_tool
     from tests.reliability.certificates import make_pki
 
+    require_tool("openssl")
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 

@@ -5,6 +5,7 @@ in plaintext (issue #12 item 11)."""
 from __future__ import annotations
 
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
@@ -21,7 +23,7 @@ from service.sender import ENCAPSULATED_PDF_STORAGE
 from service.store import open_database
 from service.store.jobs import JobStore
 from service.store.outbox import OutboxStore
-from tests.peers import free_port
+from tests.peers import free_port, require_tool, wait_for_port
 from tests.reliability.certificates import Pki, make_pki
 from tests.service.nodes import make_settings
 from tests.service.test_outbox import START, Clock, result_files
@@ -31,6 +33,7 @@ UIDS = [f"1.2.826.0.1.3680043.10.1.{i}" for i in (1, 2, 3)]
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    require_tool("openssl")
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
@@ -130,3 +133,25 @@ def test_the_node_presents_its_client_certificate_when_the_destination_requires_
     for refused, reason in ((without, "certificate required"), (untrusted, "unknown ca")):
         assert refused.store.destination_due("pacs")[0] == 1
         assert last_error(refused).startswith("TLS failed:") and reason in last_error(refused)
+
+
+@pytest.mark.peer
+def test_dcmtk_storescp_over_tls_receives_the_results(tmp_path: Path, pki: Pki) -> None:
+    """Interoperability: dcmtk's storescp with its default BCP 195 profile, which also
+    requires a client certificate (``-rc``, its default)."""
+    port, clock, received = free_port(), Clock(), tmp_path / "received"
+    received.mkdir()
+    outbox = tls_outbox(tmp_path, port, clock, tls_ca=pki.ca_cert,
+                        tls_cert=pki.client_cert, tls_key=pki.client_key)
+    scp = subprocess.Popen(
+        [require_tool("storescp"), "-aet", "PACS", "+tls", str(pki.server_key),
+         str(pki.server_cert), "+cf", str(pki.ca_cert), "-od", str(received), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        outbox.deliver_due()
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    assert {r["state"]: r["n"] for r in outbox.store.summary()} == {"sent": 3}
+    assert sorted(str(dcmread(f).SOPInstanceUID) for f in received.iterdir()) == UIDS
