@@ -580,11 +580,13 @@ def test_counts_without_calibration_are_refused_by_reader_and_at_ingest(name):
 def test_counts_pass_ingest_when_their_camera_is_calibrated():
     ds = COUNTS["nm-counts-nothing-declared"]()
     camera = CameraCalibration(manufacturer="ACME", station_name="NM1", cps_per_mbq=CPS_PER_MBQ)
-    parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[camera]), keyer=TEST_KEYER)
+    parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[camera]),
+          keyer=TEST_KEYER)
     other = CameraCalibration(manufacturer="ACME", station_name="NM2", cps_per_mbq=CPS_PER_MBQ)
     with pytest.raises(Rejected):
         parse(_encode(ds), ds.SOPClassUID, CalibrationSettings(cameras=[other]), keyer=TEST_KEYER)
-    parse(_encode(ds), ds.SOPClassUID, None, keyer=TEST_KEYER)  # a listener without settings leaves it to the job
+    # a listener without settings leaves it to the job
+    parse(_encode(ds), ds.SOPClassUID, None, keyer=TEST_KEYER)
 
 
 def test_nm_projections_are_filed_whatever_their_units():

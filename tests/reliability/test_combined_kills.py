@@ -67,7 +67,8 @@ def test_verify_finds_an_unindexed_acknowledged_instance_and_a_half_written_file
     (tmp_path / "archive" / "a.dcm").write_bytes(data[:-100])  # indexed whole, then cut
     index = IndexStore(open_database(tmp_path / "theranode.db"))
     index.add_instance(instance_header(ds, TEST_KEYER), path="archive/a.dcm",
-                       sha256=sha256_hex(data), size=len(data), transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                       sha256=sha256_hex(data), size=len(data),
+                       transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
                        received=WHEN, calling_ae="TEST", peer="")
     index.db.conn.close()
     problems = verify(tmp_path, [Sender("TEST", [], acknowledged={"1.2.3.4": "pixels"})])

@@ -1,4 +1,4 @@
-"""Pseudonymous patient keys: keyed by the site secret, made once, re-keyed on upgrade (issue #12, 10)."""
+"""Patient keys: keyed by the site secret, made once, re-keyed on upgrade (issue #12, item 10)."""
 
 from __future__ import annotations
 
