@@ -89,9 +89,15 @@ def make_private_folder(folder: Path) -> None:
     """
     folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     mode = stat.S_IMODE(folder.stat().st_mode)
-    if mode & 0o077:
+    if not mode & 0o077:
+        return
+    try:
         folder.chmod(DIR_MODE)
-        logger.warning("Folder %s was open to other users (mode %03o); made it 0700", folder, mode)
+    except PermissionError:  # another user's folder: say so, but do not refuse to start
+        logger.warning("Folder %s is open to other users (mode %03o) and this user may not "
+                       "change it: make it 0700 (chmod 700)", folder, mode)
+        return
+    logger.warning("Folder %s was open to other users (mode %03o); made it 0700", folder, mode)
 
 
 def make_private_file(path: Path) -> None:

@@ -23,6 +23,7 @@ RFC 2104 (HMAC); Python :mod:`secrets` (a cryptographically strong source).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -95,6 +96,11 @@ def _create(path: Path) -> None:
             os.link(temporary, path)
         except FileExistsError:  # another process made it first: use that one
             return
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            _create_exclusively(path)  # a filesystem without hard links
+            return
         _fsync_dir(path.parent)
         logger.warning("Created a new site secret %s; back it up with the data folder "
                        "(losing it changes every patient key)", path)
@@ -102,6 +108,27 @@ def _create(path: Path) -> None:
         raise StartupError(f"Cannot create the site secret {path}: {exc}") from exc
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _create_exclusively(path: Path) -> None:
+    """Create the final name itself (O_EXCL), for filesystems without hard links.
+
+    Two processes cannot both make it; one that reads it in the instant
+    before its bytes are written stops with "holds 0 bytes" and starts the
+    next time.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, secrets.token_bytes(SECRET_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+    logger.warning("Created a new site secret %s; back it up with the data folder "
+                   "(losing it changes every patient key)", path)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import os
 import pickle
 import stat
 import threading
@@ -150,3 +152,16 @@ def test_start_up_rekeys_a_database_and_archive_written_with_unkeyed_keys(tmp_pa
     with running_node(make_settings(data_dir)) as node:  # a second start changes nothing
         assert node.index.patient_keys() == [new_key]
         assert node.index.archived_paths() == {new_path}
+
+
+def test_a_filesystem_without_hard_links_still_gets_one_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    secret = load_or_create(tmp_path)
+    assert len(secret) == 32 and load_or_create(tmp_path) == secret
+    assert stat.S_IMODE((tmp_path / SECRET_FILE).stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [SECRET_FILE]
