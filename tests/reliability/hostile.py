@@ -47,7 +47,7 @@ NO_ANSWER = -1
 FLAG_STATES = frozenset({"held", "ungrouped", "ignored"})
 #: What the node may create directly below its data folder.
 DATA_ENTRIES = frozenset({"incoming", "archive", "conflicts", "quarantine", "results", "outbox",
-                          "reports", "jobs", "cohort"})
+                          "reports", "jobs", "cohort", "site-secret"})
 
 
 @dataclass
