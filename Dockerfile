@@ -7,7 +7,7 @@
 # Back up the whole volume: it holds the site secret that keys patient keys.
 FROM python:3.11-slim
 
-# dcmtk provides storescu and echoscu for operators.
+# dcmtk: echoscu for the health check, storescu and echoscu for operators.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dcmtk \
     && rm -rf /var/lib/apt/lists/*
@@ -31,12 +31,12 @@ WORKDIR /var/lib/theranode
 VOLUME ["/var/lib/theranode"]
 EXPOSE 11112
 
-# `theranode health` reads the same configuration as the node: it opens the
-# database read-only and sends a C-ECHO to the listener's port and AE title,
-# over TLS when the node serves TLS (presenting the node's own certificate),
-# and counts an A-ASSOCIATE-RJ (calling AE HEALTHCHECK not in an allow-list)
-# or the prompt close of a host not in allowed_hosts as alive. echoscu could
-# not follow TLS, allow-lists or a changed port or AE title.
+# The health check is dcmtk's echoscu, run by `theranode health` with what it
+# reads from the node's own configuration: the listener's port and AE title,
+# and TLS with the node's key pair when the node serves TLS (a bare echoscu
+# could not follow a changed port, AE title or TLS). It also opens the
+# database read-only, and counts an A-ASSOCIATE-RJ (calling AE HEALTHCHECK not
+# in an allow-list) or the prompt close of a host not in allowed_hosts as alive.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=20s \
     CMD theranode health --config /etc/theranode.toml --timeout 20
 
