@@ -47,7 +47,7 @@ from dicomio.nm import read_spect
 from dicomio.part10 import encode
 from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
 from dicomio.rtdose import course_rt_dose, cycle_rt_dose
-from dicomio.rtstruct import RoiContours, read_rois, roi_mask
+from dicomio.rtstruct import ContourLimits, RoiContours, read_rois, roi_mask
 from dicomio.source import (
     SourceContext,
     course_source_context,
@@ -326,6 +326,12 @@ def administered_activity(
                     f"({listed}); {chosen:.6g} MBq was used. Check RadionuclideTotalDose."]
 
 
+def contour_limits(settings: Settings) -> ContourLimits:
+    """The contour bounds of ``[security]``: the job reads what ingest accepted."""
+    security = settings.security
+    return ContourLimits(security.max_contour_points, security.max_contours_per_roi)
+
+
 def read_cycle(spec: JobSpec) -> _ReadCycle:
     """Read every input file of a cycle job into the engine's inputs."""
     job = spec.cycle
@@ -343,7 +349,7 @@ def read_cycle(spec: JobSpec) -> _ReadCycle:
         spect_sets.extend(spect_ds)
         frame_notes += frame_mismatch_note(tp, ct_ds, spect_ds)
     structure_set = pydicom.dcmread(data_dir / job.rtstruct_file)
-    rois = read_rois(structure_set)
+    rois = read_rois(structure_set, contour_limits(spec.settings))
     vois, notes = voi_masks(rois, images[0].ct)
     activity_mbq, activity_notes = administered_activity(
         job.administered_activity_mbq, header_activities

@@ -127,3 +127,19 @@ def test_shipped_limits_refuse_a_million_points_and_store_the_issues_2000_planes
     assert quarantined == [(wire, LIMIT_EXCEEDED, refused.comment)]
     stored, _ = receive(tmp_path / "planes", plane_bomb())
     assert stored.status == SUCCESS, stored.comment
+
+
+def test_a_job_reads_with_the_configured_bounds_not_the_shipped_ones() -> None:
+    """A site that raises a bound gets structure sets ingest accepted read by its jobs."""
+    from config.schema import settings_from_dict
+    from service.pipeline import contour_limits
+
+    raised = settings_from_dict({"security": {"max_contour_points": 2 * MAX_CONTOUR_POINTS,
+                                              "max_contours_per_roi": 7}}, "test")
+    assert contour_limits(raised) == ContourLimits(2 * MAX_CONTOUR_POINTS, 7)
+    wire = structure_set((3, 7, 2), points=4, implicit=False)
+    rois = read_rois(pydicom.dcmread(BytesIO(wire)), contour_limits(raised))
+    assert [len(r.contours) for r in rois] == [3, 7, 2]
+    lowered = settings_from_dict({"security": {"max_contours_per_roi": 6}}, "test")
+    with pytest.raises(ObjectTooLargeError):
+        read_rois(pydicom.dcmread(BytesIO(wire)), contour_limits(lowered))
