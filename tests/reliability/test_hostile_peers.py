@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from contextlib import ExitStack, closing
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np

@@ -27,7 +27,6 @@ from config.schema import Settings
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
 from dosimetry.results import MapVoi
 from service.app import DATABASE_NAME
-from service.job_payload import encode_payload
 from service.jobs import JobRunner
 from service.pipeline import (
     CourseJobInput,
