@@ -1,8 +1,8 @@
 """Ingest rate: theranode vs dcmtk storescp vs Orthanc, measured in one run.
 
 Sends the same ~300 CT (512×512, 0.5 MB each) + NM instances over loopback on
-one association with dcmtk ``storescu`` (TCP_NODELAY=1, as INTEROP.md
-recommends) to each receiver and prints instances/s and theranode's ratio to
+one association with dcmtk ``storescu`` (TCP_NODELAY=1, see
+docs/interoperability.md) to each receiver and prints instances/s and theranode's ratio to
 each. Target on a 2-core machine: ≥ 250 instances/s and ≥ Orthanc's rate.
 
 Receivers:

@@ -150,7 +150,8 @@ class SpectImage:
     """A SPECT volume in Bq/mL with the facts needed for dosimetry.
 
     ``injection_datetime`` is ``None`` when the header holds only a time of
-    day (``injection_time``): the caller must supply the date (INTEROP.md).
+    day (``injection_time``): the caller must supply the date
+    (PS3.3 C.8.4.10; docs/interoperability.md).
     """
 
     volume: Volume

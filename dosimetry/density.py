@@ -117,7 +117,8 @@ def _validate_points(hu: tuple[float, ...], rho: tuple[float, ...]) -> None:
         )
 
 
-#: Generic 120 kV calibration (Schneider et al. 2000, via DOMAIN.md).
+#: Generic 120 kV calibration (Schneider W et al., Phys Med Biol 2000;45:459-478;
+#: docs/interoperability.md).
 SCHNEIDER_2000 = DensityCalibration(
     points_hu=(-1000.0, -98.0, 14.0, 100.0, 1600.0),
     points_g_per_ml=(0.0012, 0.93, 1.03, 1.12, 1.96),

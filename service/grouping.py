@@ -4,7 +4,7 @@
 header facts alone, so it can be re-run whenever a series arrives and gives
 the same answer after a restart.
 
-Rules (INTEROP.md, "Robust grouping"):
+Rules (docs/interoperability.md, "Grouping keys"):
 
 1. An administration (cycle) is identified by the Radiopharmaceutical
    Administration Event UID when present, else by

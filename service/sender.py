@@ -4,7 +4,7 @@ Like dicomweb-client's ``DICOMClient`` protocol, :class:`Sender` is the small
 surface the outbox needs: send these files, tell me per file what the
 destination answered. :class:`DicomSender` sends by C-STORE on one
 association per batch (pynetdicom SCU, TCP_NODELAY on its socket so small
-objects are not held back by Nagle's algorithm, see INTEROP.md), over TLS
+objects are not held back by Nagle's algorithm, see docs/interoperability.md), over TLS
 when the destination has ``tls_ca`` (:func:`service.tls.client_context`: the
 destination's certificate verified against that CA and its host name, the
 node's client certificate presented when given); :class:`FolderSender`
@@ -98,7 +98,7 @@ def classify_status(status: int) -> SendState:
 
 
 def _nodelay(event: Event) -> None:
-    """Turn Nagle's algorithm off on the association's socket (INTEROP.md)."""
+    """Turn Nagle's algorithm off on the association's socket (docs/interoperability.md)."""
     sock = getattr(event.assoc.dul, "socket", None)
     raw = getattr(sock, "socket", None)
     if raw is not None:

@@ -106,7 +106,7 @@ def run_orthanc(
     """Start Orthanc with its storage in ``work_dir`` on free loopback ports.
 
     ``modalities`` maps a symbolic name to ``{"AET":…, "Host":…, "Port":…}``.
-    Orthanc is started with ``TCP_NODELAY=1`` (INTEROP.md: without it the
+    Orthanc is started with ``TCP_NODELAY=1`` (docs/interoperability.md: without it the
     linked dcmtk stalls on Nagle/delayed-ACK at ~20 instances/s).
     """
     binary = require_tool("orthanc")

@@ -1,4 +1,4 @@
-"""Nuclear data pinned against the ICRP-107 packages and DOMAIN.md figures."""
+"""Nuclear data pinned against the ICRP-107 packages and ICRP Publication 107 figures."""
 
 from __future__ import annotations
 
