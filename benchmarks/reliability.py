@@ -69,6 +69,7 @@ from tests.reliability.combined_kills import (
 from tests.reliability.course_runs import COURSE_SEED
 from tests.reliability.hostile import HostileReport, run_hostile
 from tests.reliability.hostile_peers import (
+    AttackFigures,
     HostileCourseReport,
     course_bombs,
     run_hostile_course,
@@ -395,7 +396,13 @@ def _mib(value: float) -> str:
     return f"{value:+.1f} MiB"
 
 
-def section_hostile_peers(report: HostileCourseReport, seconds: float) -> list[str]:
+def _cpu_rate(attack: AttackFigures, settle_s: float) -> float:
+    """Node CPU seconds per second of the stage, per object the attacker keeps open."""
+    return (attack.after.cpu_s - attack.before.cpu_s) / settle_s / max(attack.count, 1)
+
+
+def section_hostile_peers(report: HostileCourseReport, seconds: float,
+                          settle_s: float = 5.0) -> list[str]:
     """The hostile-peer section, between its markers (``--only hostile-peers`` replaces it)."""
     base = report.baseline
     end = report.end
@@ -421,8 +428,8 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float) -> list[s
         "",
         "### Attacks, started one kind at a time (each held, and measured over its own stage)",
         "",
-        ("| attack | held | opened in the stage | node's answer to one | closed after | "
-        "RSS change | node CPU in the stage | per object opened | threads | connections |"),
+        ("| attack | attacker keeps open | opened in the stage | node's answer to one | "
+        "closed after | RSS change | node CPU in the stage | per object opened | threads | connections |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in report.attacks:
@@ -434,13 +441,18 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float) -> list[s
             f"{a.after.threads} | {a.after.connections} |")
     lines += [
         "",
-        (f"Each stage lasts {PEER_SETTLE_S:g} s and adds its attack to those already held "
+        (f"Each stage lasts {settle_s:g} s and adds its attack to those already held "
         "(threads and connections are the node's at the stage's end, all attacks so far "
         "included). A socket the node closes is reopened by its attacker within 0.5 s, so "
         "\"opened\" counts the node's closures too; the probe is one more object of the "
         "kind, opened at the stage's start, and an idle association the node keeps open shows "
         "\"still open\" (it gives its slot up to a sender after reclaim_idle_after_s). "
-        "The idle associations' CPU includes their C-ECHOs."),
+        "The idle associations' CPU includes their C-ECHOs. \"Opened\" below the count "
+        "means the attacker's other connect() calls had not completed (or had timed out) by "
+        "the stage's end."),
+        "",
+        *(f"- {a.kind}: node CPU {_cpu_rate(a, settle_s):.1%} of a core per object kept open, "
+          "over the stage." for a in report.attacks),
         "",
         "### Bombs, each sent alone on its own association, all attacks held",
         "",
@@ -636,7 +648,7 @@ def render(sizes: Sizes, hostile: HostileReport, load: LoadReport, kills: KillRe
     ]
     body = (section_hostile(hostile) + section_load(load) + section_kills(kills, sizes.kill_senders)
             + section_jobs(jobs) + section_combined(combined) + section_modules(modules)
-            + section_hostile_peers(peers, peers_seconds) + NOT_COVERED)
+            + section_hostile_peers(peers, peers_seconds, PEER_SETTLE_S) + NOT_COVERED)
     return "\n".join(header + body)
 
 
@@ -722,7 +734,7 @@ def only_hostile_peers(sizes: Sizes, write: bool) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="theranode-reliability-") as scratch:
         report = _hostile_peers_run(Path(scratch), sizes)
-    section = section_hostile_peers(report, time.monotonic() - started)
+    section = section_hostile_peers(report, time.monotonic() - started, PEER_SETTLE_S)
     if write:
         DOC.write_text(replace_section(DOC.read_text(encoding="utf-8"), section),
                        encoding="utf-8")
