@@ -429,7 +429,8 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
         "### Attacks, started one kind at a time (each held, and measured over its own stage)",
         "",
         ("| attack | attacker keeps open | opened in the stage | node's answer to one | "
-        "closed after | RSS change | node CPU in the stage | per object opened | threads | connections |"),
+        "closed after | RSS change | node CPU in the stage | per object opened | threads | "
+        "connections |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in report.attacks:
