@@ -178,13 +178,19 @@ def run_hostile_peers(work: Path, sizes: Sizes) -> HostileCourseReport:
     spec = CourseWriteSpec(cycles=tuple(range(1, sizes.peer_cycles + 1)))
     manifest = write_course(work / "course", spec, COURSE_SEED)
     cases, expected = course_bombs()
-    return run_hostile_course(
+    report = run_hostile_course(
         work / "node", manifest, sizes.peer_cycles, cases, expected,
         idle_sockets=sizes.peer_idle_sockets, partial_requests=sizes.peer_partial,
         oversized_requests=sizes.peer_oversized,
         idle_associations=sizes.peer_idle_associations, settle_s=PEER_SETTLE_S,
         timeout_s=900.0,
         security=PEER_SECURITY)
+    report.quiet = run_hostile_course(  # the peer to compare with: no attacker, no bomb
+        work / "quiet", manifest, sizes.peer_cycles, [], {}, idle_sockets=0,
+        partial_requests=0, oversized_requests=0, idle_associations=0, timeout_s=900.0,
+        security=PEER_SECURITY)
+    report.problems += [f"run without attackers: {p}" for p in report.quiet.problems]
+    return report
 
 
 @dataclass(frozen=True)
@@ -396,6 +402,15 @@ def _mib(value: float) -> str:
     return f"{value:+.1f} MiB"
 
 
+def _compared(what: str, value: float | None, peer: float | None, form: str) -> str:
+    """A table row: the figure under attack, without attackers, and their ratio."""
+    shown = form.format(value) if value is not None else "not measured"
+    if peer is None:
+        return f"| {what} | {shown} | | |"
+    ratio = f"{value / peer:.2f}" if value is not None and peer else ""
+    return f"| {what} | {shown} | {form.format(peer)} | {ratio} |"
+
+
 def _cpu_rate(attack: AttackFigures, settle_s: float) -> float:
     """Node CPU seconds per second of the stage, per object the attacker keeps open."""
     return (attack.after.cpu_s - attack.before.cpu_s) / settle_s / max(attack.count, 1)
@@ -405,6 +420,7 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
                           settle_s: float = 5.0) -> list[str]:
     """The hostile-peer section, between its markers (``--only hostile-peers`` replaces it)."""
     base = report.baseline
+    quiet = report.quiet
     end = report.end
     lines = [
         SECTION_START,
@@ -483,22 +499,30 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
         "",
         "### The legitimate sender's course",
         "",
-        "| | |",
-        "|---|---|",
-        f"| course | {report.cycles} cycles, {report.course_instances} instances |",
-        f"| acknowledged | {report.acknowledged} |",
-        f"| waited for its first association | {report.first_slot_s:.1f} s |",
-        f"| whole course stored in | {report.store_s:.1f} s |",
-        f"| stored and computed (every cycle and the course job) in | {report.computed_s:.1f} s |",
-        f"| node CPU from the first store to the course job done | {report.course_cpu_s:.1f} s |",
-        f"| jobs | {'; '.join(report.jobs)} |",
+        ("The same course was also sent to a fresh node with no attacker and no bomb (same "
+        "settings), the peer the ratios compare with."),
+        "",
+        "| | under attack | no attacker | ratio |",
+        "|---|---|---|---|",
+        f"| course | {report.cycles} cycles, {report.course_instances} instances | | |",
+        _compared("acknowledged", report.acknowledged, quiet and quiet.acknowledged, "{:.0f}"),
+        _compared("waited for its first association", report.first_slot_s,
+                  quiet and quiet.first_slot_s, "{:.1f} s"),
+        _compared("whole course stored in", report.store_s, quiet and quiet.store_s, "{:.1f} s"),
+        _compared("stored and computed (every cycle and the course job) in", report.computed_s,
+                  quiet and quiet.computed_s, "{:.1f} s"),
+        _compared("node CPU from the first store to the course job done", report.course_cpu_s,
+                  quiet and quiet.course_cpu_s, "{:.1f} s"),
+        _compared("node peak RSS (VmHWM) over the whole run", end.peak_rss_mb if end else None,
+                  quiet and quiet.end and quiet.end.peak_rss_mb, "{:.0f} MiB"),
+        f"| jobs | {'; '.join(report.jobs)} | {'; '.join(quiet.jobs) if quiet else ''} | |",
         f"| idle associations the node ended (slots given up) | "
-        f"{report.idle_associations_reclaimed} |",
-        f"| node threads, most seen | {report.threads_max} |",
-        f"| node connections, most seen | {report.connections_max} |",
+        f"{report.idle_associations_reclaimed} | | |",
+        _compared("node threads, most seen", report.threads_max, quiet and quiet.threads_max,
+                  "{:.0f}"),
+        _compared("node connections, most seen", report.connections_max,
+                  quiet and quiet.connections_max, "{:.0f}"),
     ]
-    if end is not None:
-        lines.append(f"| node peak RSS (VmHWM) over the whole run | {end.peak_rss_mb:.0f} MiB |")
     lines += [
         "",
         ("Each acknowledged instance was checked indexed and archived whole (the archived "

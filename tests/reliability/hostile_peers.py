@@ -368,6 +368,7 @@ class HostileCourseReport:
     course_cpu_s: float = 0.0
     jobs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    quiet: HostileCourseReport | None = None  # the same course with no attacker, to compare
 
 
 class _IdleAssociations(threading.Thread):
