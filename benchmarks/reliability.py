@@ -500,7 +500,9 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
         "### The legitimate sender's course",
         "",
         ("The same course was also sent to a fresh node with no attacker and no bomb (same "
-        "settings), the peer the ratios compare with."),
+        "settings), the peer the ratios compare with. Under attack the node's CPU and peak "
+        "RSS include the attacks' and the bombs' own cost (the bombs are sent again while "
+        "the course is stored; the idle associations' CPU per second is above)."),
         "",
         "| | under attack | no attacker | ratio |",
         "|---|---|---|---|",
