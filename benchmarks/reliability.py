@@ -434,7 +434,8 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
         "max_inflated_mb 256, max_sequence_items 50,000, max_elements 500,000, "
         "max_contour_points 1,000,000, max_contours_per_roi 10,000) except "
         f"reclaim_idle_after_s {PEER_SECURITY['reclaim_idle_after_s']:g} (shipped 60). "
-        "Node figures come from `/proc/<pid>`: RSS (VmRSS), peak RSS (VmHWM), CPU (utime + "
+        "Node figures are those of the `theranode serve` process (jobs compute in child "
+        "processes, whose CPU and memory are not in them), from `/proc/<pid>`: RSS (VmRSS), peak RSS (VmHWM), CPU (utime + "
         "stime), threads, and the TCP connections ESTABLISHED on its port (`/proc/net/tcp`: the "
         "kernel's count, so connections waiting in the accept queue or just refused are in "
         "it; max_connections bounds those the node holds)."),
@@ -513,7 +514,8 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
         _compared("whole course stored in", report.store_s, quiet and quiet.store_s, "{:.1f} s"),
         _compared("stored and computed (every cycle and the course job) in", report.computed_s,
                   quiet and quiet.computed_s, "{:.1f} s"),
-        _compared("node CPU from the first store to the course job done", report.course_cpu_s,
+        _compared("node process CPU from the first store to the course job done (the jobs "
+                  "compute in child processes, not counted)", report.course_cpu_s,
                   quiet and quiet.course_cpu_s, "{:.1f} s"),
         _compared("node peak RSS (VmHWM) over the whole run", end.peak_rss_mb if end else None,
                   quiet and quiet.end and quiet.end.peak_rss_mb, "{:.0f} MiB"),
