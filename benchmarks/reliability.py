@@ -435,10 +435,11 @@ def section_hostile_peers(report: HostileCourseReport, seconds: float,
         "max_contour_points 1,000,000, max_contours_per_roi 10,000) except "
         f"reclaim_idle_after_s {PEER_SECURITY['reclaim_idle_after_s']:g} (shipped 60). "
         "Node figures are those of the `theranode serve` process (jobs compute in child "
-        "processes, whose CPU and memory are not in them), from `/proc/<pid>`: RSS (VmRSS), peak RSS (VmHWM), CPU (utime + "
-        "stime), threads, and the TCP connections ESTABLISHED on its port (`/proc/net/tcp`: the "
-        "kernel's count, so connections waiting in the accept queue or just refused are in "
-        "it; max_connections bounds those the node holds)."),
+        "processes, whose CPU and memory are not in them), from `/proc/<pid>`: RSS "
+        "(VmRSS), peak RSS (VmHWM), CPU (utime + stime), threads, and the TCP connections "
+        "ESTABLISHED on its port (`/proc/net/tcp`: the kernel's count, so connections "
+        "waiting in the accept queue or just refused are in it; max_connections bounds "
+        "those the node holds)."),
         "",
         (f"Node at rest: RSS {base.rss_mb:.0f} MiB, {base.threads} threads, "
         f"{base.connections} connections." if base else "Node at rest: not measured."),
