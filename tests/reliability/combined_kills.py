@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
@@ -260,15 +260,23 @@ def _kill(node: _Node, waves: _Waves, db: NodeDatabase, slot: tuple[int, int],
 
 def _course_run(db: NodeDatabase, destination: RecordingDestination, seconds: float) -> CourseRun:
     """The run's jobs, objects and arrivals; outputs keyed ``PATIENTID/cycle``, course totals
-    ``PATIENTID vVERSION VOI``."""
+    ``PATIENTID vVERSION VOI``.
+
+    Jobs carry the PatientID in place of the patient key: keys are keyed by each
+    node's own site secret, so two runs (two data folders) give one patient two
+    keys, and only the PatientID says which jobs are the same.
+    """
     outputs, totals = {}, {}
-    for key, patient_id in db.patient_ids().items():
+    patient_ids = db.patient_ids()
+    jobs = [replace(j, patient_key=patient_ids.get(j.patient_key, j.patient_key))
+            for j in db.all_jobs()]
+    for key, patient_id in patient_ids.items():
         outputs.update({f"{patient_id}/{n}": o for n, o in outputs_by_cycle(db, key).items()})
         for job in db.of_kind("course", JobState.DONE):
             if job.patient_key == key:
                 totals.update({f"{patient_id} v{job.version} {voi}": gy
                                for voi, gy in course_totals_gy(db, job).items()})
-    return CourseRun(db.all_jobs(), db.result_objects(), list(destination.arrivals), outputs,
+    return CourseRun(jobs, db.result_objects(), list(destination.arrivals), outputs,
                      totals, 0, 0, seconds)
 
 
@@ -316,7 +324,7 @@ Signature = tuple[str, str, str, int | None]
 
 
 def _signature(job: JobRecord) -> Signature:
-    """What a job is, independent of the run: patient, kind, cycle or course label, version."""
+    """What a job is, independent of the run: PatientID, kind, cycle or course label, version."""
     return job.patient_key, job.kind, job.label, job.version
 
 
