@@ -72,7 +72,8 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` durable (fsync of the directory)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -142,7 +143,7 @@ def write_durably(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 class Archive:
@@ -214,7 +215,7 @@ class Archive:
         source, target = self.archive / old_key, self.archive / new_key
         if source.is_dir():
             _merge_folder(source, target)
-            _fsync_dir(self.archive)
+            fsync_directory(self.archive)
         self._known_dirs.clear()
 
     def relative(self, path: Path) -> str:
@@ -232,7 +233,7 @@ class Archive:
                 probe = probe.parent
             directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             for new_dir in reversed(created):
-                _fsync_dir(new_dir.parent)
+                fsync_directory(new_dir.parent)
             self._known_dirs.add(directory)
 
     def stage(self, data: bytes) -> Staged:
@@ -258,7 +259,7 @@ class Archive:
         try:
             self._ensure_dir(final_path.parent)
             os.replace(staged.path, final_path)
-            _fsync_dir(final_path.parent)
+            fsync_directory(final_path.parent)
         except OSError as exc:
             staged.path.unlink(missing_ok=True)
             raise ArchiveError(f"Could not place {final_path.name}: {exc}") from exc

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 
 from dicomio.headers import MIN_SECRET_BYTES, PatientKeyer
+from service.archive import fsync_directory
 from service.errors import StartupError
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _create(path: Path) -> None:
                 raise
             _create_exclusively(path)  # a filesystem without hard links
             return
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
         logger.warning("Created a new site secret %s; back it up with the data folder "
                        "(losing it changes every patient key)", path)
     except OSError as exc:
@@ -126,14 +127,6 @@ def _create_exclusively(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
     logger.warning("Created a new site secret %s; back it up with the data folder "
                    "(losing it changes every patient key)", path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
