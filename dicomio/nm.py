@@ -249,7 +249,7 @@ def _read_nm(ds: Dataset, calibration: CountsCalibration | None) -> SpectImage:
         )
     else:
         values = _refer_to_start(
-            scaled * declaration.to_bq_per_ml, declaration, ds, start, duration_s,
+            scaled * declaration.to_bq_per_ml, declaration, start, duration_s,
             radionuclide, notes,
         )
     return _spect_image(
@@ -359,7 +359,6 @@ def _mean_to_start(radionuclide: Radionuclide | None, duration_s: float) -> floa
 def _refer_to_start(
     values: npt.NDArray[np.float64],
     declaration: ValueDeclaration,
-    ds: Dataset,
     start: datetime,
     duration_s: float | None,
     radionuclide: Radionuclide | None,
@@ -378,18 +377,11 @@ def _refer_to_start(
             )
         notes.append("values not decay corrected: mean over the acquisition referred to its start")
         return np.asarray(values * _mean_to_start(nuclide, duration_s), dtype=np.float64)
+    reference = declaration.decay_datetime  # dated by declared_values for ADMIN and DATETIME
+    assert reference is not None
     if decay is DecayReference.ADMIN:
-        shot = injection(ds)
-        if shot is None or shot.start is None:
-            raise MissingAttributeError(
-                "DecayCorrection is ADMIN but RadiopharmaceuticalStartDateTime is missing; the "
-                "values cannot be referred to the acquisition time."
-            )
-        reference = shot.start
         notes.append("ADMIN decay correction undone: values refer to acquisition start")
     else:
-        assert declaration.decay_datetime is not None
-        reference = declaration.decay_datetime
         notes.append(f"values decay corrected to {reference.isoformat()} referred to acquisition start")
     elapsed_h = (start - reference) / timedelta(hours=1)
     lam = nuclear_data(nuclide).decay_constant_per_h
@@ -415,7 +407,7 @@ def _read_pt(datasets: Sequence[Dataset]) -> SpectImage:
     duration = first.get("ActualFrameDuration")
     duration_s = None if duration in (None, "") else float(duration) / 1000.0
     notes: list[str] = [f"values read from {declaration.source}"]
-    values = _refer_to_start(values, declaration, first, start, duration_s, radionuclide, notes)
+    values = _refer_to_start(values, declaration, start, duration_s, radionuclide, notes)
     geometry = {
         "spacing_mm": stack.spacing_mm,
         "origin_mm": stack.origin_mm,
@@ -481,7 +473,7 @@ def _read_enhanced_pet(ds: Dataset) -> SpectImage:
     start = _enhanced_start(ds)
     duration_s = _enhanced_duration_s(ds)
     notes: list[str] = [f"values read from {declaration.source} of every frame"]
-    values = _refer_to_start(values, declaration, ds, start, duration_s, radionuclide, notes)
+    values = _refer_to_start(values, declaration, start, duration_s, radionuclide, notes)
     geometry = {"spacing_mm": stack.spacing_mm, "origin_mm": stack.origin_mm,
                 "direction": stack.direction}
     return _spect_image(

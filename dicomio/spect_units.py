@@ -102,6 +102,8 @@ class ValueDeclaration:
     to_bq_per_ml: float
     source: str
     decay: DecayReference
+    #: What the values are decay corrected to: the administration (ADMIN) or Enhanced
+    #: PET's Decay Correction DateTime; ``None`` for START and NONE.
     decay_datetime: datetime | None = None
 
     @property
@@ -305,11 +307,12 @@ def _concentration(
             f"DecayCorrection (0054,1102) {raw!r} is not understood; expected START, ADMIN "
             "or NONE."
         )
-    _check_decay_inputs(ds, decay)
-    return ValueDeclaration(encoding, slope, intercept, factor, source, decay)
+    administered = _check_decay_inputs(ds, decay)
+    return ValueDeclaration(encoding, slope, intercept, factor, source, decay, administered)
 
 
-def _check_decay_inputs(ds: Dataset, decay: DecayReference) -> None:
+def _check_decay_inputs(ds: Dataset, decay: DecayReference) -> datetime | None:
+    """Refuse a decay reference its inputs cannot date; ADMIN: the administration's time."""
     if decay is DecayReference.ADMIN:
         shot = injection(ds)
         if shot is None or shot.start is None:
@@ -318,11 +321,13 @@ def _check_decay_inputs(ds: Dataset, decay: DecayReference) -> None:
                 "corrected to the administration (DecayCorrection ADMIN) and a time of day "
                 "alone cannot date it."
             )
+        return shot.start
     if decay is DecayReference.NONE and acquisition_duration_s(ds) is None:
         raise MissingAttributeError(
             "ActualFrameDuration (0018,1242) is needed: the values are not decay corrected "
             "(DecayCorrection NONE) and are averages over the acquisition."
         )
+    return None
 
 
 def acquisition_duration_s(ds: Dataset) -> float | None:
