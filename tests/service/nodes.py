@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
@@ -16,6 +18,7 @@ from pynetdicom.sop_class import Verification
 from config.schema import Settings, settings_from_dict
 from dicomio.headers import SOP_CLASS_KINDS
 from service.app import Node
+from service.store.jobs import JobRecord, JobState, JobStore
 from tests.peers import free_port
 
 
@@ -72,3 +75,14 @@ def send(node_port: int, datasets: Iterable[Dataset | str | Path], *,
 
 def replace_security(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, security=dataclasses.replace(settings.security, **changes))
+
+
+def wait_job_ended(store: JobStore, job_id: int, timeout_s: float = 300.0) -> JobRecord:
+    """The job once it is done or failed; the test fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = store.get(job_id)
+        if job.state in (JobState.DONE, JobState.FAILED):
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} still {store.get(job_id).state.value} after {timeout_s:g} s")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 import zlib
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from service.store import open_database
 from service.store.jobs import JobState, JobStore
 from service.store.outbox import OutboxStore
 from tests.dicomio.result_records import cycle_result
-from tests.service.nodes import make_settings
+from tests.service.nodes import make_settings, wait_job_ended
 
 SEED = 11
 
@@ -148,16 +147,6 @@ def test_bounds_are_per_voi_kind() -> None:
     assert implausible_doses(result.vois, None, tight) == []  # no activity: no ratio
 
 
-def _wait(store: JobStore, job_id: int, timeout_s: float = 300.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = store.get(job_id)
-        if job.state in (JobState.DONE, JobState.FAILED):
-            return job
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id} still {store.get(job_id).state} after {timeout_s} s")
-
-
 def test_a_dose_no_patient_can_have_is_held_and_nothing_is_sent(
     course: CourseManifest, tmp_path: Path
 ) -> None:
@@ -182,7 +171,7 @@ def test_a_dose_no_patient_can_have_is_held_and_nothing_is_sent(
     runner = JobRunner(store, outbox, settings)
     runner.start()
     try:
-        held = _wait(store, job.id)
+        held = wait_job_ended(store, job.id)
     finally:
         runner.stop()
     assert held.state is JobState.FAILED

@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +37,9 @@ from service.pipeline import (
 )
 from service.result_store import RESULT_JSON, load_stored_result
 from service.store import open_database
-from service.store.jobs import JobRecord, JobState, JobStore
+from service.store.jobs import JobState, JobStore
 from service.store.outbox import OutboxStore
-from tests.service.nodes import make_settings, running_node
+from tests.service.nodes import make_settings, running_node, wait_job_ended
 
 NOW = "2024-05-01T10:00:00"
 SEED = 11
@@ -115,16 +114,6 @@ def forget_payload_migration(db_path: Path) -> None:
     db.conn.close()
 
 
-def wait_ended(store: JobStore, job_id: int, timeout_s: float = 300) -> JobRecord:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = store.get(job_id)
-        if job.state in (JobState.DONE, JobState.FAILED):
-            return job
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id} did not end in {timeout_s} s")
-
-
 def test_queued_pickled_jobs_and_pickled_results_survive_the_upgrade(
     tmp_path: Path, old_pickling: None
 ) -> None:
@@ -164,7 +153,7 @@ def test_queued_pickled_jobs_and_pickled_results_survive_the_upgrade(
     forget_payload_migration(db_path)
 
     with running_node(settings) as node:  # start-up migrates, then the runner runs the jobs
-        ended = [wait_ended(node.jobs, j.id) for j in queued]
+        ended = [wait_job_ended(node.jobs, j.id) for j in queued]
     for job in ended:
         assert job.state is JobState.DONE, job.message
     assert objects(data_dir / CYCLE3) == expected[2]
@@ -193,7 +182,7 @@ def test_a_payload_that_cannot_be_converted_fails_its_job_with_the_reason(
     runner = JobRunner(store, OutboxStore(store), settings)
     runner.start()
     try:
-        failed = wait_ended(store, job.id, 60)
+        failed = wait_job_ended(store, job.id, 60)
     finally:
         runner.stop()
     assert failed.state is JobState.FAILED

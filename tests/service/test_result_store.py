@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from tests.dosimetry.records_strategies import (
     text,
     volumes,
 )
-from tests.service.nodes import make_settings
+from tests.service.nodes import make_settings, wait_job_ended
 
 NOW = "2024-05-01T10:00:00"
 EXAMPLES = settings(max_examples=25, deadline=None,
@@ -124,15 +123,9 @@ def test_job_payloads_round_trip_and_refuse_other_versions_and_kinds() -> None:
 def run_until_ended(store: JobStore, runner: JobRunner, job_id: int) -> JobRecord:
     runner.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            job = store.get(job_id)
-            if job.state in (JobState.DONE, JobState.FAILED):
-                return job
-            time.sleep(0.2)
+        return wait_job_ended(store, job_id, 60)
     finally:
         runner.stop()
-    pytest.fail("the job did not end")
 
 
 def test_a_job_with_a_newer_payload_fails_with_the_reason_and_runs_nothing(tmp_path: Path) -> None:
