@@ -1,7 +1,7 @@
 """How close VOI mean doses come to the analytic truth, and what stops them.
 
 The engine's VOI mean absorbed dose is compared with the analytic mean of the
-synthetic phantom (``dosimetry.phantom.mean_dose_gy``) for cycle 1 (four
+synthetic phantom (``theranode.dosimetry.synthetic.phantom.mean_dose_gy``) for cycle 1 (four
 time points, noise-free, no blur) on clinical grids: CT 0.977 × 0.977 ×
 2.5 mm, SPECT 4.42 mm, field of view cropped to the phantom. Lesion doses
 are compared before recovery correction (RC belongs to blurred imaging).
@@ -25,7 +25,7 @@ value, so a VOI mean is biased by about −(that share) × (1 − background /
 VOI concentration) whatever the engine does.
 
 Then the *restated criterion* (clean margins): the four-cycle course of
-``dosimetry.phantom.clean_margin_model``, whose VOI contours lie
+``theranode.dosimetry.synthetic.phantom.clean_margin_model``, whose VOI contours lie
 ``clean_margin_mm`` (≥ one SPECT voxel) inside uniform activity, voxel-
 averaged images, sub-voxel repositioning, registration estimated; cycles 3–4
 scaled from cycle 2 by the paper's formula (exact for this phantom, whose
@@ -51,8 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dosimetry import phantom as ph
-from dosimetry.cycle import (
+from theranode.dosimetry.synthetic import phantom as ph
+from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
     TimePointImages,
@@ -60,8 +60,8 @@ from dosimetry.cycle import (
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from dosimetry.registration import RigidRegistration
-from dosimetry.results import CycleResult
+from theranode.dosimetry.registration import RigidRegistration
+from theranode.dosimetry.results import CycleResult
 
 FOV_MM = (360.0, 260.0, 160.0)
 CENTRE_MM = (0.0, 0.0, -5.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from dicomio.phantom import CourseWriteSpec, PhantomGrids, write_course
+from theranode.dicomio.synthetic_course import CourseWriteSpec, PhantomGrids, write_course
 from tests.peers import free_port, run_orthanc, wait_for_port
 from tests.service.nodes import scu
 
@@ -86,7 +86,7 @@ def main() -> int:
         with run_orthanc(work / "orthanc") as orthanc:
             config = node_config(work, port, orthanc.dicom_port, args.quiet_s)
             log = open(work / "node.log", "wb")
-            node = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
+            node = subprocess.Popen([sys.executable, "-m", "theranode.service.cli.main", "serve", "--config",
                                      str(config)], stdout=subprocess.DEVNULL, stderr=log)
             try:
                 wait_for_port(port)

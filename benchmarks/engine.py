@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pydicom
 
-from dicomio.ct import read_ct_series
-from dicomio.nm import read_spect
-from dicomio.phantom import CourseManifest, CourseWriteSpec, PhantomGrids, write_course
-from dicomio.rtstruct import read_rois, roi_mask
-from dosimetry.cycle import (
+from theranode.dicomio.ct import read_ct_series
+from theranode.dicomio.nm import read_spect
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, PhantomGrids, write_course
+from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
     TimePointImages,
@@ -41,10 +41,10 @@ from dosimetry.cycle import (
     compute_multi_time_point_cycle,
     register_time_points,
 )
-from dosimetry.phantom import default_course
-from dosimetry.registration import crop_mask
-from dosimetry.results import CycleResult, Organ, VoiKind
-from dosimetry.volume import Volume
+from theranode.dosimetry.synthetic.phantom import default_course
+from theranode.dosimetry.registration import crop_mask
+from theranode.dosimetry.results import CycleResult, Organ, VoiKind
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Receivers:
 - Orthanc with TCP_NODELAY=1 and ``SyncStorageArea`` (fsync);
 - a bare pynetdicom Storage SCP whose handler only writes, fsyncs and renames
   each instance, set up as theranode's (TCP_NODELAY, the reactor polls of
-  :mod:`service.polling`, no standard event-logging handlers), i.e. the floor
+  :mod:`theranode.service.receive.polling`, no standard event-logging handlers), i.e. the floor
   of any durable pynetdicom receiver on this disk, and the same SCP with a
   handler that stores nothing (pynetdicom's own ceiling).
 
@@ -39,7 +39,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import polling
+from theranode.service.receive import polling
 from tests.peers import free_port, run_orthanc, wait_for_port
 
 
@@ -119,7 +119,7 @@ def measure_theranode(folder: Path, n: int, work: Path) -> float:
         f'[node]\nbind = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "theranode"}"\n'
         '[security]\nmin_free_disk_mb = 0\n[logging]\nlevel = "WARNING"\n'
     )
-    node = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
+    node = subprocess.Popen([sys.executable, "-m", "theranode.service.cli.main", "serve", "--config",
                              str(config)], cwd=ROOT)
     try:
         wait_for_port(port, 60)

@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicomio.phantom import CourseWriteSpec, write_course
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 from tests.reliability import combined_kills
 from tests.reliability.combined_kills import (
     DELIVERY,
@@ -608,7 +608,7 @@ NOT_COVERED = [
     ("- The hostile corpus is stored or refused; only the six spoiled whole cycles of "
     "`test_hostile_processing.py` run through the dosimetry pipeline."),
     ("- A SPECT with no CT in its frame of reference is computed on its time point's CT "
-    "(`service/completion.py` prefers, but does not require, the same frame), with a warning; "
+    "(`service/plan/completion.py` prefers, but does not require, the same frame), with a warning; "
     "it is not refused."),
     ("- Hostile peers (idle, partial and oversized association requests, idle associations, "
     "bombs) are covered by the hostile-peer section above, in plain TCP only: hostile peers "
@@ -653,22 +653,22 @@ def render(sizes: Sizes, hostile: HostileReport, load: LoadReport, kills: KillRe
         "",
         ("- An image object cut at an element boundary (so without Pixel Data), or whose pixel "
         "data was longer than Rows × Columns × frames, was stored as Success "
-        "(`service/ingest.py`; hostile corpus)."),
+        "(`service/receive/ingest.py`; hostile corpus)."),
         ("- An instance of patient B carrying a Series Instance UID of patient A joined A's "
         "series (and would have entered A's dosimetry); now refused 0xC110 and quarantined "
-        "(`service/ingest.py`; hostile corpus, collision family)."),
+        "(`service/receive/ingest.py`; hostile corpus, collision family)."),
         ("- A negative, zero, infinite or 10¹² MBq RadionuclideTotalDose was indexed as the "
         "administered activity; now dropped (`dicomio/headers.py`; hostile corpus)."),
         ("- A bare TCP connection (health check, port scan) held an association slot for the "
         "30 s ACSE timeout, so a few of them locked senders out with local-limit-exceeded "
-        "(`service/scp.py`; load test)."),
+        "(`service/receive/scp.py`; load test)."),
         ("- A series-UID collision answered 0xA700 instead of 0xC110 after a concurrent change of "
-        "the quarantine call's signature (`service/ingest.py`; hostile test)."),
+        "the quarantine call's signature (`service/receive/ingest.py`; hostile test)."),
         ("- A cycle whose SPECT was scaled by 10³⁰ was computed (10³⁰ Gy) and its results queued "
         "for the PACS, and a CT with a +30000 HU intercept gave doses a third of the truth, "
         "both as done jobs; the pipeline now refuses a SPECT holding no activity or more than "
         "100 GBq and a CT whose median is outside −1100…3100 HU, and warns when a SPECT is not "
-        "in its CT's frame of reference (`service/pipeline.py`; hostile processing test)."),
+        "in its CT's frame of reference (`service/jobs/pipeline.py`; hostile processing test)."),
         ("- A refused object was answered 0xA700 \"database is locked\" and its quarantined "
         "file left without an index row when the job store committed during the index's "
         "deferred transaction (SQLite refuses that lock upgrade at once); every store now "

@@ -601,7 +601,7 @@ def _cross_checks(settings: Settings, problems: list[str]) -> None:
 
 
 def _tls_checks(settings: Settings, problems: list[str]) -> None:
-    """TLS settings that would do something else than they say (files: service.tls)."""
+    """TLS settings that would do something else than they say (files: theranode.service.tls)."""
     if settings.security.tls_ca and not settings.security.tls_cert:
         problems.append(
             "security.tls_ca: needs tls_cert and tls_key; without them the listener would "

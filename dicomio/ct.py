@@ -1,4 +1,4 @@
-"""CT Image Storage series → :class:`~dosimetry.volume.Volume` in HU.
+"""CT Image Storage series → :class:`~theranode.dosimetry.volume.Volume` in HU.
 
 References
 ----------
@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicomio.errors import InconsistentSeriesError, UnsupportedObjectError
-from dicomio.series import sort_slices
-from dosimetry.volume import Volume
+from theranode.dicomio.errors import InconsistentSeriesError, UnsupportedObjectError
+from theranode.dicomio.series import sort_slices
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Dose-volume histograms as the RT Dose DVH module and the PDF report need them.
 
-The DVHs themselves are :class:`dosimetry.roi.CumulativeDvh` (computed by
-:func:`dosimetry.roi.cumulative_dvh`); this room only checks that a DVH can
+The DVHs themselves are :class:`theranode.dosimetry.roi.CumulativeDvh` (computed by
+:func:`theranode.dosimetry.roi.cumulative_dvh`); this room only checks that a DVH can
 be written as DICOM DVH Data and computes a set of them from masks.
 
 References
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.errors import DosimetryError
-from dosimetry.roi import CumulativeDvh, cumulative_dvh
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.roi import CumulativeDvh, cumulative_dvh
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

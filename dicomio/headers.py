@@ -26,7 +26,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from theranode.dicomio.errors import MissingAttributeError, UnsupportedObjectError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 

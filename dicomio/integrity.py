@@ -37,8 +37,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dicomio.errors import DicomInputError, InconsistentPixelDataError, TruncatedObjectError
-from dicomio.headers import SeriesKind
+from theranode.dicomio.errors import DicomInputError, InconsistentPixelDataError, TruncatedObjectError
+from theranode.dicomio.headers import SeriesKind
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

@@ -1,7 +1,7 @@
 """Reconstructed SPECT (NM, PT or Enhanced PET objects) → activity concentration volume.
 
 What the stored values mean is decided from the header alone by
-:func:`dicomio.spect_units.declared_values` (the same rules the listener
+:func:`theranode.dicomio.spect_units.declared_values` (the same rules the listener
 applies at C-STORE time, so an object it accepted is readable here). Every
 quantitative encoding vendors ship is read to Bq/mL:
 
@@ -75,19 +75,19 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicomio.errors import (
+from theranode.dicomio.errors import (
     InconsistentSeriesError,
     MissingAttributeError,
     UnsupportedObjectError,
 )
-from dicomio.headers import acquisition_datetime, injection, parse_da, parse_dt, parse_tm
-from dicomio.series import (
+from theranode.dicomio.headers import acquisition_datetime, injection, parse_da, parse_dt, parse_tm
+from theranode.dicomio.series import (
     direction_matrix,
     orientation_axes,
     pixel_spacing_xy,
     sort_slices,
 )
-from dicomio.spect_units import (
+from theranode.dicomio.spect_units import (
     ENHANCED_PET_IMAGE_STORAGE,
     NM_IMAGE_STORAGE,
     PET_IMAGE_STORAGE,
@@ -100,9 +100,9 @@ from dicomio.spect_units import (
     frame_group,
     number_of_frames,
 )
-from dicomio.spect_units import acquisition_duration_s as nm_acquisition_duration_s
-from dosimetry.radionuclides import Radionuclide, nuclear_data
-from dosimetry.volume import Volume
+from theranode.dicomio.spect_units import acquisition_duration_s as nm_acquisition_duration_s
+from theranode.dosimetry.radionuclides import Radionuclide, nuclear_data
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
-from dicomio.errors import InvalidOutputError
-from dicomio.source import InstanceReference, SourceContext
-from dicomio.uids import MANUFACTURER, MODEL_NAME, ResultIdentity, derive_uid
+from theranode.dicomio.errors import InvalidOutputError
+from theranode.dicomio.source import InstanceReference, SourceContext
+from theranode.dicomio.uids import MANUFACTURER, MODEL_NAME, ResultIdentity, derive_uid
 
 #: Implementation Class UID of theranode's DICOM writer (PS3.7 D.3.3.2).
 IMPLEMENTATION_CLASS_UID = derive_uid("implementation", MANUFACTURER)

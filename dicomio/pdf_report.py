@@ -12,7 +12,7 @@ References
 ----------
 DICOM PS3.3 A.45.1 (Encapsulated PDF IOD), C.24.2 (Encapsulated Document
 module), C.8.6.1 (SC Equipment module). Kinetic models as in
-:mod:`dosimetry.kinetics` (Sjögreen Gleisner et al., EANM 2022).
+:mod:`theranode.dosimetry.kinetics` (Sjögreen Gleisner et al., EANM 2022).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from matplotlib.table import Table
 from matplotlib.text import Text
 from pydicom.dataset import Dataset
 
-from dicomio.dvh import dvhs_from_masks
-from dicomio.part10 import (
+from theranode.dicomio.dvh import dvhs_from_masks
+from theranode.dicomio.part10 import (
     dicom_date,
     dicom_time,
     file_meta,
@@ -42,17 +42,17 @@ from dicomio.part10 import (
     set_equipment,
     sop_reference,
 )
-from dicomio.source import SourceContext, patient_study_dataset
-from dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
-from dosimetry.results import (
+from theranode.dicomio.source import SourceContext, patient_study_dataset
+from theranode.dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
+from theranode.dosimetry.results import (
     CourseResult,
     CycleResult,
     KineticFit,
     KineticModel,
     VoiDose,
 )
-from dosimetry.roi import CumulativeDvh
-from dosimetry.volume import Volume
+from theranode.dosimetry.roi import CumulativeDvh
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def model_curve(
     Monoexponential: Ḋ₀ e^(−λt); biexponential with uptake:
     A (e^(−λ₁t) − e^(−λ₂t)); trapezoid: straight lines through the measured
     ``points`` (time, value), constant before the first and physical decay
-    after the last (:mod:`dosimetry.kinetics`).
+    after the last (:mod:`theranode.dosimetry.kinetics`).
     """
     p = fit.parameters
     if fit.model is KineticModel.MONOEXPONENTIAL:

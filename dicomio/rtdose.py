@@ -34,21 +34,21 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicomio.dvh import dicom_bin_width_gy
-from dicomio.errors import DicomInputError, UnsupportedObjectError
-from dicomio.part10 import (
+from theranode.dicomio.dvh import dicom_bin_width_gy
+from theranode.dicomio.errors import DicomInputError, UnsupportedObjectError
+from theranode.dicomio.part10 import (
     common_instance_reference,
     file_meta,
     set_creation,
     set_equipment,
     sop_reference,
 )
-from dicomio.source import SourceContext, patient_study_dataset
-from dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
-from dicomio.valuerep import format_ds, format_ds_values
-from dosimetry.results import CourseResult, CycleResult
-from dosimetry.roi import CumulativeDvh
-from dosimetry.volume import Volume
+from theranode.dicomio.source import SourceContext, patient_study_dataset
+from theranode.dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
+from theranode.dicomio.valuerep import format_ds, format_ds_values
+from theranode.dosimetry.results import CourseResult, CycleResult
+from theranode.dosimetry.roi import CumulativeDvh
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -518,7 +518,7 @@ def read_rt_dose(ds: Dataset) -> Volume:
     uniform Grid Frame Offset Vector): used to check the writer. Course sums
     do not load doses from RT Dose objects (whose stored values are scaled
     integers): they read each cycle's exact dose map from the stored result
-    (:mod:`service.result_store`).
+    (:mod:`theranode.service.jobs.results`).
 
     Raises
     ------

@@ -32,10 +32,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicomio.errors import MissingAttributeError, UnsupportedObjectError
-from dicomio.integrity import ObjectTooLargeError
-from dicomio.valuerep import format_ds
-from dosimetry.volume import Volume
+from theranode.dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from theranode.dicomio.integrity import ObjectTooLargeError
+from theranode.dicomio.valuerep import format_ds
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicomio.errors import InconsistentSeriesError, MissingAttributeError
-from dosimetry.volume import Matrix3, Vector3
+from theranode.dicomio.errors import InconsistentSeriesError, MissingAttributeError
+from theranode.dosimetry.volume import Matrix3, Vector3
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ ORIENTATION_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class StackGeometry:
-    """Geometry of a sorted slice stack, in :class:`~dosimetry.volume.Volume` terms."""
+    """Geometry of a sorted slice stack, in :class:`~theranode.dosimetry.volume.Volume` terms."""
 
     spacing_mm: Vector3
     origin_mm: Vector3

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomio.errors import DicomInputError, MissingAttributeError
-from dosimetry.records_json import RecordCodec, RecordFormatError
+from theranode.dicomio.errors import DicomInputError, MissingAttributeError
+from theranode.dosimetry.records_json import RecordCodec, RecordFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ _SOURCE_CODEC = RecordCodec((InstanceReference, SourceContext))
 
 
 def source_to_json(source: SourceContext) -> Any:
-    """``source`` as a plain JSON value (stored with every result, :mod:`service.result_store`)."""
+    """``source`` as a plain JSON value (stored with every result, :mod:`theranode.service.jobs.results`)."""
     return _SOURCE_CODEC.encode(source, SourceContext, "source", _no_arrays)
 
 

@@ -49,8 +49,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomio.errors import MissingAttributeError, UnsupportedObjectError
-from dicomio.headers import injection, parse_dt
+from theranode.dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from theranode.dicomio.headers import injection, parse_dt
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"

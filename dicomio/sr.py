@@ -35,10 +35,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicomio.errors import UnsupportedObjectError
-from dicomio.part10 import dicom_date, dicom_time
-from dicomio.source import InstanceReference, SourceContext, patient_study_dataset
-from dicomio.uids import (
+from theranode.dicomio.errors import UnsupportedObjectError
+from theranode.dicomio.part10 import dicom_date, dicom_time
+from theranode.dicomio.source import InstanceReference, SourceContext, patient_study_dataset
+from theranode.dicomio.uids import (
     MANUFACTURER,
     MODEL_NAME,
     OutputObject,
@@ -48,7 +48,7 @@ from dicomio.uids import (
     output_uids,
     tracking_uid,
 )
-from dosimetry.results import (
+from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CycleResult,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
 
-from dicomio.source import SourceContext
+from theranode.dicomio.source import SourceContext
 
 logger = logging.getLogger(__name__)
 

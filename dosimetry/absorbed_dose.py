@@ -50,9 +50,9 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.errors import DosimetryError
-from dosimetry.radionuclides import Radionuclide, nuclear_data
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.radionuclides import Radionuclide, nuclear_data
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def led_dose_rate(
         Activity concentration (Bq/mL), e.g. quantitative SPECT.
     density_g_per_ml:
         Mass density on the same grid (from
-        :meth:`dosimetry.density.DensityCalibration.density_volume` of the
+        :meth:`theranode.dosimetry.density.DensityCalibration.density_volume` of the
         registered, resampled CT).
     gas_policy, density_threshold_g_per_ml:
         Treatment of voxels with ρ below the threshold (module docstring).

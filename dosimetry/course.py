@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from dosimetry.errors import DosimetryError, InsufficientDataError
-from dosimetry.results import (
+from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
+from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CycleResult,

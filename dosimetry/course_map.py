@@ -9,7 +9,7 @@ transform; voxels a cycle's map does not cover add 0, and
 
 The sum is then scaled within each VOI of the first cycle (its masks on its
 dose grid, the course grid) so that the VOI's mean is the VOI's course total,
-the sum of its reported cycle means (:mod:`dosimetry.dose_map`, smallest VOI
+the sum of its reported cycle means (:mod:`theranode.dosimetry.dose_map`, smallest VOI
 first). Each cycle map already has its VOI means equal to the reported
 ones; what the scaling corrects is how the later cycles' maps land on the
 first cycle's VOIs after a cross-cycle registration and linear resampling:
@@ -36,21 +36,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dosimetry.course import CourseLimits, summarize_course
-from dosimetry.dose_map import (
+from theranode.dosimetry.course import CourseLimits, summarize_course
+from theranode.dosimetry.dose_map import (
     NOTEWORTHY_FACTOR_DEVIATION,
     VoiTarget,
     normalise_to_voi_means,
 )
-from dosimetry.errors import DosimetryError
-from dosimetry.registration import (
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.registration import (
     RegistrationSettings,
     RigidRegistration,
     register_rigid,
     resample_to_reference,
 )
-from dosimetry.results import CourseResult, CumulativeDose, CycleResult
-from dosimetry.volume import Volume
+from theranode.dosimetry.results import CourseResult, CumulativeDose, CycleResult
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def compute_course(
         Each cycle's reference CT, in the same order as ``cycles``; when given and every cycle has a dose map, the maps are summed
         onto the first cycle's dose grid (:func:`sum_dose_maps`).
     planned_cycles, limits:
-        Passed to :func:`dosimetry.course.summarize_course`.
+        Passed to :func:`theranode.dosimetry.course.summarize_course`.
     """
     result = summarize_course(cycles, planned_cycles, limits or CourseLimits())
     if reference_cts is None:

@@ -3,11 +3,11 @@
 Multi-time-point cycles (the paper's cycles 1-2)
 ------------------------------------------------
 1. Every CT is registered rigidly onto the reference CT, the first (earliest)
-   time point's (:func:`dosimetry.registration.register_rigid`).
+   time point's (:func:`theranode.dosimetry.registration.register_rigid`).
 2. Per time point, on its own SPECT grid: density from its own CT (HU →
    g/mL on the CT grid, box-averaged by integer bin shrinking to about the
    SPECT voxel, then linearly resampled: mass is averaged, not HU) and the
-   LED dose-rate map (:mod:`dosimetry.absorbed_dose`).
+   LED dose-rate map (:mod:`theranode.dosimetry.absorbed_dose`).
 3. The VOIs drawn on the reference CT are carried to each time point through
    the inverse registration, as the paper propagates them (a time point's
    own VOIs replace them). Masks go from the CT grid to the SPECT grid by
@@ -28,10 +28,10 @@ Multi-time-point cycles (the paper's cycles 1-2)
 6. Voxel-wise mono-exponential fit of the stacked dose-rate maps → dose map
    (Gy). The fit of voxel curves and the fit of the VOI mean curve differ
    (the fit is not linear, partial-volume voxels at a VOI's border clear
-   differently; see :mod:`dosimetry.kinetics`), by 5-10 % for organs on a
+   differently; see :mod:`theranode.dosimetry.kinetics`), by 5-10 % for organs on a
    coarse SPECT grid. So the map is then scaled within each VOI to the VOI's
    reported mean (RC-corrected for lesions), smallest VOI first
-   (:mod:`dosimetry.dose_map`): the map keeps the voxel fit's distribution
+   (:mod:`theranode.dosimetry.dose_map`): the map keeps the voxel fit's distribution
    and the report's level, and every VOI mean of the map is the reported
    mean. Outside every VOI the map is the voxel fit. Per VOI, min, max, D98
    and D2 come from the scaled map; the factor is noted per VOI.
@@ -49,7 +49,7 @@ time-integration factor. For a scaled VOI τ_v carries the reference VOI's
 kinetics (its integral per dose rate at the matching scan time, corrected
 by e^(λ_eff Δt)) and, for a lesion, 1/RC; for a Hänscheid VOI it is 2t/ln 2
 (1/RC for lesions); for a Madsen VOI e^(λt)/λ. Overlaps follow
-:mod:`dosimetry.dose_map` (smallest VOI first, each VOI's mean over its
+:mod:`theranode.dosimetry.dose_map` (smallest VOI first, each VOI's mean over its
 whole mask is its reported mean). Outside every VOI, where no VOI kinetics
 exist, the map is Hänscheid's ``Ḋ(x, t)·2t/ln 2`` (Madsen's population λ is
 per VOI, so it has no value there).
@@ -84,31 +84,31 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dosimetry.absorbed_dose import (
+from theranode.dosimetry.absorbed_dose import (
     DEFAULT_GAS_THRESHOLD_G_PER_ML,
     GasPolicy,
     led_dose_rate,
 )
-from dosimetry.density import SCHNEIDER_2000, DensityCalibration
-from dosimetry.dose_map import NormalisedMap, VoiTarget, normalise_to_voi_means
-from dosimetry.errors import DosimetryError, GeometryError, InsufficientDataError
-from dosimetry.kinetics import fit_best, fit_curve, fit_voxels_monoexponential
-from dosimetry.radionuclides import Radionuclide, nuclear_data
-from dosimetry.recovery import (
+from theranode.dosimetry.density import SCHNEIDER_2000, DensityCalibration
+from theranode.dosimetry.dose_map import NormalisedMap, VoiTarget, normalise_to_voi_means
+from theranode.dosimetry.errors import DosimetryError, GeometryError, InsufficientDataError
+from theranode.dosimetry.kinetics import fit_best, fit_curve, fit_voxels_monoexponential
+from theranode.dosimetry.radionuclides import Radionuclide, nuclear_data
+from theranode.dosimetry.recovery import (
     DEFAULT_RECOVERY,
     MIN_LESION_VOLUME_ML,
     RecoveryCurve,
     apply_lesion_eligibility,
     apply_recovery,
 )
-from dosimetry.registration import (
+from theranode.dosimetry.registration import (
     RegistrationSettings,
     RigidRegistration,
     register_rigid,
     resample_mask,
     resample_to_reference,
 )
-from dosimetry.results import (
+from theranode.dosimetry.results import (
     CurvePoint,
     CycleResult,
     DoseMethod,
@@ -119,15 +119,15 @@ from dosimetry.results import (
     VoiDose,
     VoiKind,
 )
-from dosimetry.roi import voi_statistics
-from dosimetry.single_time_point import (
+from theranode.dosimetry.roi import voi_statistics
+from theranode.dosimetry.single_time_point import (
     VoiScan,
     hanscheid,
     hanscheid_dose_gy,
     madsen,
     scale_from_reference_cycle,
 )
-from dosimetry.volume import Volume, resample
+from theranode.dosimetry.volume import Volume, resample
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class EngineSettings:
     density_calibration:
         HU → g/mL curve of the CT protocol.
     gas_policy, gas_threshold_g_per_ml:
-        LED in voxels of almost no mass (:mod:`dosimetry.absorbed_dose`).
+        LED in voxels of almost no mass (:mod:`theranode.dosimetry.absorbed_dose`).
     kinetic_model:
         Model of VOI curves; mono-exponential as in the paper.
     select_model_by_aicc:
@@ -475,7 +475,7 @@ def normalised_map(
 
     Returns the scaled map, the VOIs with min/max/D98/D2 from it and a note,
     the VOIs as the map was normalised in them, and warnings
-    (:func:`dosimetry.dose_map.normalise_to_voi_means`).
+    (:func:`theranode.dosimetry.dose_map.normalise_to_voi_means`).
     """
     targets = [
         VoiTarget(v.name, np.asarray(masks[v.name].array, dtype=bool), v.mean_gy) for v in vois

@@ -32,8 +32,8 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.errors import DosimetryError
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -57,8 +57,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import least_squares
 
-from dosimetry.errors import FitError, InsufficientDataError
-from dosimetry.results import KineticFit, KineticModel
+from theranode.dosimetry.errors import FitError, InsufficientDataError
+from theranode.dosimetry.results import KineticFit, KineticModel
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def fit_monoexponential(
     Raises
     ------
     FitError
-        Fewer than two time points (use :mod:`dosimetry.single_time_point`),
+        Fewer than two time points (use :mod:`theranode.dosimetry.single_time_point`),
         or no positive value.
     """
     curve = _prepare(elapsed_h, values, sd, lambda_phys_per_h, min_points=2, what="monoexponential")
@@ -472,7 +472,7 @@ def _prepare(
     if t.size < min_points:
         raise FitError(
             f"A {what} fit needs at least {min_points} time points, got {t.size}. For a "
-            "single scan use dosimetry.single_time_point (scaled cycle, Hänscheid, Madsen)."
+            "single scan use theranode.dosimetry.single_time_point (scaled cycle, Hänscheid, Madsen)."
         )
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(y))) or np.any(t < 0):
         raise FitError(f"Times must be finite and ≥ 0 and values finite; got t={t}, values={y}.")
@@ -668,7 +668,7 @@ def _prepare_stack(
     if t.ndim != 1 or t.size < 2:
         raise InsufficientDataError(
             f"Voxel-wise fitting needs at least two time points, got {t.size}; use "
-            "dosimetry.single_time_point for a single scan."
+            "theranode.dosimetry.single_time_point for a single scan."
         )
     if stack.ndim < 2 or stack.shape[0] != t.size:
         raise FitError(

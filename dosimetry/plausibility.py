@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dosimetry.results import VoiDose, VoiKind
+from theranode.dosimetry.results import VoiDose, VoiKind
 
 #: Default bound on organ and marrow mean dose per administered activity, Gy/GBq.
 MAX_ORGAN_GY_PER_GBQ = 5.0

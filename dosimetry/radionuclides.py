@@ -21,7 +21,7 @@ from functools import cache
 import icrp107_database
 import radioactivedecay
 
-from dosimetry.errors import DosimetryError
+from theranode.dosimetry.errors import DosimetryError
 
 #: Joules per kilo-electronvolt (CODATA 2018 elementary charge × 1000).
 JOULE_PER_KEV = 1.602176634e-16

@@ -1,7 +1,7 @@
 """Result records ⇄ plain JSON values, by an explicit registry of record types.
 
 Results are stored as JSON (and their arrays as ``.npy`` files beside it,
-:mod:`service.result_store`), never by Python's object serialisation:
+:mod:`theranode.service.jobs.results`), never by Python's object serialisation:
 reading that runs whatever code the file names, and a renamed class breaks
 every stored file.
 :class:`RecordCodec` converts a frozen dataclass of its registry to a plain
@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.errors import DosimetryError
-from dosimetry.results import (
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CurvePoint,
@@ -59,7 +59,7 @@ from dosimetry.results import (
     RegistrationQuality,
     VoiDose,
 )
-from dosimetry.volume import Volume
+from theranode.dosimetry.volume import Volume
 
 #: ``store(key, array)``: keep an array under ``key`` (the caller writes it somewhere).
 ArrayStore = Callable[[str, npt.NDArray[Any]], None]
@@ -326,7 +326,7 @@ def _decode_array(doc: Any, key: str, load: ArrayLoad) -> npt.NDArray[Any]:
     return load(name, dtype, tuple(shape))
 
 
-#: Every record type of a cycle or course result (:mod:`dosimetry.results`, :class:`Volume`).
+#: Every record type of a cycle or course result (:mod:`theranode.dosimetry.results`, :class:`Volume`).
 RESULT_TYPES: tuple[type, ...] = (
     CycleResult, CourseResult, VoiDose, KineticFit, CurvePoint, RegistrationQuality,
     CumulativeDose, LesionIndices, MapVoi, Volume,

@@ -37,8 +37,8 @@ from typing import Protocol
 
 import numpy as np
 
-from dosimetry.errors import DosimetryError
-from dosimetry.results import VoiDose, VoiKind
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.results import VoiDose, VoiKind
 
 logger = logging.getLogger(__name__)
 

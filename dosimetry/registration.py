@@ -58,9 +58,9 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from dosimetry.errors import GeometryError, RegistrationError
-from dosimetry.results import RegistrationQuality
-from dosimetry.volume import Vector3, Volume, resample
+from theranode.dosimetry.errors import GeometryError, RegistrationError
+from theranode.dosimetry.results import RegistrationQuality
+from theranode.dosimetry.volume import Vector3, Volume, resample
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class RigidRegistration:
         return (x, y, z)
 
     def quality(self, elapsed_h: float) -> RegistrationQuality:
-        """This registration as a :class:`~dosimetry.results.RegistrationQuality`."""
+        """This registration as a :class:`~theranode.dosimetry.results.RegistrationQuality`."""
         return RegistrationQuality(
             elapsed_h=elapsed_h,
             metric=f"{self.metric.value} within the reference body mask",

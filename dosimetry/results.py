@@ -1,8 +1,8 @@
 """Result records of the dosimetry engine.
 
 These frozen dataclasses are the contract between the engine
-(:mod:`dosimetry`), the DICOM writers (:mod:`dicomio.rtdose`,
-:mod:`dicomio.sr`, the PDF report) and the service, which stores them.
+(:mod:`dosimetry`), the DICOM writers (:mod:`theranode.dicomio.rtdose`,
+:mod:`theranode.dicomio.sr`, the PDF report) and the service, which stores them.
 Every number says in its name what unit it is in and every dose says which
 method produced it.
 """
@@ -15,7 +15,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.volume import Volume
+from theranode.dosimetry.volume import Volume
 
 
 class VoiKind(str, Enum):
@@ -127,7 +127,7 @@ class VoiDose:
 
 @dataclass(frozen=True, eq=False)
 class MapVoi:
-    """A VOI as the dose map was normalised in it (:mod:`dosimetry.dose_map`).
+    """A VOI as the dose map was normalised in it (:mod:`theranode.dosimetry.dose_map`).
 
     Attributes
     ----------

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.errors import DosimetryError, GeometryError
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import DosimetryError, GeometryError
+from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)
 

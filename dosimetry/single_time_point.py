@@ -30,7 +30,7 @@ with a population λ; Hänscheid replaces ``e^(λt)/λ`` by ``2t/ln 2``, a
 half-life (t ≈ 96 h for 177Lu-DOTATATE).
 
 Results are uncorrected for partial volume (``recovery_coefficient`` 1):
-apply :func:`dosimetry.recovery.apply_recovery` with the volume of this
+apply :func:`theranode.dosimetry.recovery.apply_recovery` with the volume of this
 cycle afterwards. The reference cycle's dose is un-corrected first (multiplied
 by its recovery coefficient), so corrected and uncorrected references give the
 same result.
@@ -51,8 +51,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from dosimetry.errors import DosimetryError, InsufficientDataError
-from dosimetry.results import DoseMethod, Organ, VoiDose, VoiKind
+from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
+from theranode.dosimetry.results import DoseMethod, Organ, VoiDose, VoiKind
 
 logger = logging.getLogger(__name__)
 

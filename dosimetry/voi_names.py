@@ -2,11 +2,11 @@
 
 Every part of theranode that turns a VOI name into a VOI kind or an organ
 uses :func:`classify_roi`: the engine (which RTSTRUCT ROIs become organ,
-marrow or lesion VOIs, :mod:`service.pipeline`), the SR (its finding sites
+marrow or lesion VOIs, :mod:`theranode.service.jobs.pipeline`), the SR (its finding sites
 follow the organ chosen here), the outcome CSV importer (organ names in
 ``doses.csv``) and the cohort analyses (organ of a dose row). A name the
 engine computes a dose for is therefore a name the importer accepts, and both
-map it to the same :class:`~dosimetry.results.Organ`.
+map it to the same :class:`~theranode.dosimetry.results.Organ`.
 
 The rules, applied to the name in lower case with every run of characters
 other than letters and digits (blanks, ``-``, ``_``, ``.``, brackets) read as
@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from dosimetry.results import Organ, VoiKind
+from theranode.dosimetry.results import Organ, VoiKind
 
 #: RT ROI Interpreted Types (PS3.3 C.8.8.8) that make a VOI a lesion.
 LESION_INTERPRETED_TYPES = frozenset({"GTV", "CTV", "PTV"})

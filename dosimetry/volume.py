@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from dosimetry.errors import GeometryError
+from theranode.dosimetry.errors import GeometryError
 
 Vector3 = tuple[float, float, float]
 Matrix3 = tuple[float, float, float, float, float, float, float, float, float]

@@ -1,3 +1,4 @@
-"""The theranode DICOM node: network, archive, index, jobs and scheduling."""
+"""The theranode DICOM node: network, archive, index, jobs and scheduling.
 
-__version__ = "0.1.0"
+How the subpackages feed each other is described in :mod:`theranode.service.app`.
+"""

@@ -1,4 +1,4 @@
-"""Builds the running node from one :class:`~config.schema.Settings` object."""
+"""Builds the running node from one :class:`~theranode.config.schema.Settings` object."""
 
 from __future__ import annotations
 
@@ -8,24 +8,24 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from config.schema import Settings
-from dicomio.headers import InstanceHeader
-from service.archive import Archive, make_private_file, make_private_folder
-from service.errors import StartupError
-from service.ingest import IDENTICAL_DUPLICATE, OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome
-from service.jobs import JobRunner
-from service.outbox import Outbox
-from service.planner import Planner
-from service.regroup import Regrouper, rules_from_settings
-from service.rekey import rekey_stale_patients
-from service.scheduler import start_scheduler
-from service.scp import StorageSCP
-from service.site_secret import patient_keyer
-from service.store import open_database
-from service.store.format_upgrade import migrate_results
-from service.store.index import IndexStore
-from service.store.jobs import JobRecord, JobStore
-from service.store.outbox import OutboxStore
+from theranode.config.schema import Settings
+from theranode.dicomio.headers import InstanceHeader
+from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
+from theranode.service.errors import StartupError
+from theranode.service.receive.ingest import IDENTICAL_DUPLICATE, OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome
+from theranode.service.jobs.runner import JobRunner
+from theranode.service.deliver.outbox import Outbox
+from theranode.service.plan.planner import Planner
+from theranode.service.plan.regroup import Regrouper, rules_from_settings
+from theranode.service.receive.rekey import rekey_stale_patients
+from theranode.service.cohort.scheduler import start_scheduler
+from theranode.service.receive.scp import StorageSCP
+from theranode.service.receive.site_secret import patient_keyer
+from theranode.service.store import open_database
+from theranode.service.store.format_upgrade import migrate_results
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobRecord, JobStore
+from theranode.service.store.outbox import OutboxStore
 
 logger = logging.getLogger(__name__)
 

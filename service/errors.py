@@ -5,7 +5,7 @@
     ServiceError
     └── StartupError     the node cannot start (port in use, data folder unwritable)
 
-Configuration problems raise :class:`config.schema.ConfigError`.
+Configuration problems raise :class:`theranode.config.schema.ConfigError`.
 """
 
 

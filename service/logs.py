@@ -9,7 +9,7 @@ import sys
 
 from pynetdicom import _config as pynetdicom_config
 
-from config.schema import LoggingSettings
+from theranode.config.schema import LoggingSettings
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s"
 

@@ -10,9 +10,9 @@ A path that does not exist, a certificate that does not match its key or a
 CA file that holds no certificate would otherwise surface only when the
 first peer connects or the first result goes out. :func:`check_tls` loads
 every file as the listener and the outbox will, and raises one
-:class:`~config.schema.ConfigError` listing each problem, named by its
+:class:`~theranode.config.schema.ConfigError` listing each problem, named by its
 setting. ``check-config`` and ``serve`` call it at start-up (with
-:func:`service.engine_settings.build_engine_settings`).
+:func:`theranode.service.jobs.engine_settings.build_engine_settings`).
 
 References
 ----------
@@ -26,7 +26,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 
-from config.schema import ConfigError, Destination, SecuritySettings, Settings
+from theranode.config.schema import ConfigError, Destination, SecuritySettings, Settings
 
 _KEY_HINT = ("give the PEM certificate and the unencrypted PEM private key it was issued for")
 _CA_HINT = "give a PEM file holding the CA certificate(s)"

@@ -30,6 +30,6 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
 @pytest.fixture(scope="session")
 def phantom_course(tmp_path_factory: pytest.TempPathFactory):
     """The default 4-cycle synthetic Lu-177 course on small grids, written once."""
-    from dicomio.phantom import write_course
+    from theranode.dicomio.synthetic_course import write_course
 
     return write_course(tmp_path_factory.mktemp("course"), seed=7)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config.schema import (
+from theranode.config.schema import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     Settings,
@@ -15,7 +15,7 @@ from config.schema import (
     load_settings,
     settings_from_dict,
 )
-from service.cli import main
+from theranode.service.cli.main import main
 
 
 def test_shipped_config_equals_the_schema_defaults():
@@ -134,12 +134,12 @@ def test_every_engine_refusal_is_reported_one_per_line(tmp_path: Path, capsys):
 
 
 def test_serve_refuses_to_start_on_what_the_engine_refuses(tmp_path: Path, capsys, monkeypatch):
-    import service.app
+    import theranode.service.app
 
     def node_must_not_start(*args, **kwargs):
         raise AssertionError("serve started a node on settings the engine refuses")
 
-    monkeypatch.setattr(service.app, "Node", node_must_not_start)
+    monkeypatch.setattr(theranode.service.app, "Node", node_must_not_start)
     config = tmp_path / "engine.toml"
     config.write_text(
         f'[node]\ndata_dir = "{tmp_path / "data"}"\n'
@@ -151,8 +151,8 @@ def test_serve_refuses_to_start_on_what_the_engine_refuses(tmp_path: Path, capsy
 
 
 def test_jobs_build_the_engine_settings_check_config_built():
-    from dosimetry.cycle import EngineSettings
-    from service.engine_settings import build_engine_settings
+    from theranode.dosimetry.cycle import EngineSettings
+    from theranode.service.jobs.engine_settings import build_engine_settings
 
     engine = build_engine_settings(load_settings())
     assert isinstance(engine, EngineSettings)
@@ -241,12 +241,12 @@ def test_check_config_accepts_working_tls_files(tmp_path: Path, capsys, pki):
 
 def test_serve_refuses_to_start_with_a_tls_file_that_does_not_exist(tmp_path: Path, capsys,
                                                                     monkeypatch, pki):
-    import service.app
+    import theranode.service.app
 
     def node_must_not_start(*args, **kwargs):
         raise AssertionError("serve started a node whose CA file does not exist")
 
-    monkeypatch.setattr(service.app, "Node", node_must_not_start)
+    monkeypatch.setattr(theranode.service.app, "Node", node_must_not_start)
     config = tls_config(tmp_path, {"tls_cert": pki.server_cert, "tls_key": pki.server_key,
                                    "tls_ca": tmp_path / "no-ca.pem"})
     assert main(["serve", "--config", str(config)]) == 2

@@ -2,7 +2,7 @@
 
 The phantom course is written as real DICOM (CT series, NM multi-frame in
 Bq/mL, RT Structure Set on each cycle's first CT, seeded repositioning), read
-back through :mod:`dicomio`, and computed by :mod:`dosimetry.cycle`. The
+back through :mod:`dicomio`, and computed by :mod:`theranode.dosimetry.cycle`. The
 small test grids (CT 4 mm, SPECT 8 mm) make partial volume large, so:
 
 * organ doses are compared with the truth within the partial-volume budget
@@ -26,18 +26,18 @@ import pytest
 from pydicom import dcmread
 
 from benchmarks.engine import load_cycle_inputs
-from dicomio.part10 import decode, encode
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from dicomio.source import source_context_from_datasets
-from dicomio.sr import VOI_MEASUREMENTS, read_sr_report, write_cycle_sr
-from dicomio.uids import ResultIdentity, ResultKind
-from dosimetry.cycle import (
+from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.dicomio.source import source_context_from_datasets
+from theranode.dicomio.sr import VOI_MEASUREMENTS, read_sr_report, write_cycle_sr
+from theranode.dicomio.uids import ResultIdentity, ResultKind
+from theranode.dosimetry.cycle import (
     EngineSettings,
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from dosimetry.phantom import default_course
-from dosimetry.results import CycleResult, DoseMethod
+from theranode.dosimetry.synthetic.phantom import default_course
+from theranode.dosimetry.results import CycleResult, DoseMethod
 
 ORGANS = ("Liver", "Kidney_L", "Kidney_R", "Spleen")
 SETTINGS = EngineSettings(voxelwise_map=False)
@@ -105,8 +105,8 @@ def test_dicom_path_equals_the_in_memory_path(
     manifest: CourseManifest, cycle2: CycleResult
 ) -> None:
     """Same phantom, same grids: files and memory give the same doses."""
-    from dosimetry import phantom as ph
-    from dosimetry.cycle import CycleInputs, TimePointImages, VoiMask
+    from theranode.dosimetry.synthetic import phantom as ph
+    from theranode.dosimetry.cycle import CycleInputs, TimePointImages, VoiMask
 
     spec = manifest.spec
     course = spec.course

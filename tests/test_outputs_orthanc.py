@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomio.part10 import encode, file_meta
-from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
-from dicomio.rtdose import course_rt_dose, cycle_rt_dose
-from dicomio.sr import write_course_sr, write_cycle_sr
-from dicomio.uids import ResultKind
+from theranode.dicomio.part10 import encode, file_meta
+from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
+from theranode.dicomio.sr import write_course_sr, write_cycle_sr
+from theranode.dicomio.uids import ResultKind
 from tests.dicomio.result_records import (
     SHAPE,
     course_result,

@@ -2,16 +2,16 @@
 
 Pure computation on tables (pandas data frames) of patients, cycles,
 lesions, laboratory values and absorbed doses; every analysis returns a
-frozen dataclass, or :class:`~dosimetry.cohort.results.NotEstimable` with the
+frozen dataclass, or :class:`~theranode.dosimetry.cohort.results.NotEstimable` with the
 reason when the data are too few. Nothing here reads files or databases: the
-service builds a :class:`~dosimetry.cohort.data.CohortData` record and hands
-it to :func:`~dosimetry.cohort.analysis.analyse_cohort`.
+service builds a :class:`~theranode.dosimetry.cohort.data.CohortData` record and hands
+it to :func:`~theranode.dosimetry.cohort.analysis.analyse_cohort`.
 
 Rooms: ``data`` (the input record), ``ctcae`` (CTCAE v4.03 grades, CKD-EPI),
 ``labs`` (Tables 3 and 4), ``distributions`` (Tables 5 and 6), ``trend``
 (absorbed dose across cycles), ``response`` (Figs 3 and 4), ``toxicity``
-(Fig 5), ``survival`` (Fig 6), ``synthetic`` (a generator matching the paper's
-marginals), ``results`` (records), ``analysis`` (all of it at once).
+(Fig 5), ``survival`` (Fig 6),
+``results`` (records), ``analysis`` (all of it at once).
 
 References
 ----------

@@ -1,8 +1,8 @@
-"""Run every cohort analysis on a :class:`~dosimetry.cohort.data.CohortData` record.
+"""Run every cohort analysis on a :class:`~theranode.dosimetry.cohort.data.CohortData` record.
 
 :func:`analyse_cohort` never raises for a lack of data: each analysis that
 the data do not allow comes back as
-:class:`~dosimetry.cohort.results.NotEstimable` with its reason.
+:class:`~theranode.dosimetry.cohort.results.NotEstimable` with its reason.
 """
 
 from __future__ import annotations
@@ -10,20 +10,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from dosimetry.cohort.ctcae import EgfrEquation
-from dosimetry.cohort.data import CohortData
-from dosimetry.cohort.distributions import dose_distributions, lesion_index_distributions
-from dosimetry.cohort.labs import LabWindows, add_computed_egfr, lab_changes, toxicity_table
-from dosimetry.cohort.response import dose_response, tumour_control
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.ctcae import EgfrEquation
+from theranode.dosimetry.cohort.data import CohortData
+from theranode.dosimetry.cohort.distributions import dose_distributions, lesion_index_distributions
+from theranode.dosimetry.cohort.labs import LabWindows, add_computed_egfr, lab_changes, toxicity_table
+from theranode.dosimetry.cohort.response import dose_response, tumour_control
+from theranode.dosimetry.cohort.results import (
     CohortCounts,
     CohortReport,
     Endpoint,
     MethodChoices,
 )
-from dosimetry.cohort.survival import overall_survival, survival_by_index
-from dosimetry.cohort.toxicity import dose_toxicity_correlations
-from dosimetry.cohort.trend import cycle_trend
+from theranode.dosimetry.cohort.survival import overall_survival, survival_by_index
+from theranode.dosimetry.cohort.toxicity import dose_toxicity_correlations
+from theranode.dosimetry.cohort.trend import cycle_trend
 
 logger = logging.getLogger(__name__)
 

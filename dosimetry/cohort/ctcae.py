@@ -24,7 +24,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from dosimetry.cohort.data import Analyte
+from theranode.dosimetry.cohort.data import Analyte
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from enum import Enum
 import numpy as np
 import pandas as pd
 
-from dosimetry.cohort.results import LesionIndex
-from dosimetry.errors import InsufficientDataError
-from dosimetry.results import Organ
-from dosimetry.voi_names import organ_of
+from theranode.dosimetry.cohort.results import LesionIndex
+from theranode.dosimetry.errors import InsufficientDataError
+from theranode.dosimetry.results import Organ
+from theranode.dosimetry.voi_names import organ_of
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class DoseRow:
     """Absorbed dose of one VOI in one cycle of one patient.
 
     ``voi`` is the RTSTRUCT ROI name (lesions) or an organ name accepted by
-    :func:`dosimetry.voi_names.organ_of` (organs and marrow).
+    :func:`theranode.dosimetry.voi_names.organ_of` (organs and marrow).
     """
 
     patient_id: str

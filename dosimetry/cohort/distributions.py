@@ -12,20 +12,20 @@ import logging
 import numpy as np
 import pandas as pd
 
-from dosimetry.cohort.data import (
+from theranode.dosimetry.cohort.data import (
     CohortData,
     lesion_doses,
     organ_doses,
     patient_lesion_indices,
 )
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.results import (
     DistributionRow,
     LesionIndex,
     LesionIndexRow,
     NotEstimable,
     Summary,
 )
-from dosimetry.results import Organ
+from theranode.dosimetry.results import Organ
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dosimetry.cohort.ctcae import (
+from theranode.dosimetry.cohort.ctcae import (
     BANDS,
     UNDETERMINED,
     EgfrEquation,
@@ -23,8 +23,8 @@ from dosimetry.cohort.ctcae import (
     ctcae_grades,
     egfr_ckd_epi,
 )
-from dosimetry.cohort.data import CANONICAL_UNITS, Analyte, CohortData
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.data import CANONICAL_UNITS, Analyte, CohortData
+from theranode.dosimetry.cohort.results import (
     Interval,
     LabChange,
     LabChangeRow,

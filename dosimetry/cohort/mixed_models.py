@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMResults
 
-from dosimetry.cohort.results import NotEstimable
+from theranode.dosimetry.cohort.results import NotEstimable
 
 logger = logging.getLogger(__name__)
 

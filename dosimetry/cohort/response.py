@@ -23,9 +23,9 @@ from patsy import build_design_matrices, dmatrix
 from scipy import special, stats
 from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMResults
 
-from dosimetry.cohort.data import CohortData, lesion_totals
-from dosimetry.cohort.mixed_models import fit_mixed
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.data import CohortData, lesion_totals
+from theranode.dosimetry.cohort.mixed_models import fit_mixed
+from theranode.dosimetry.cohort.results import (
     CurvePoint,
     DoseResponse,
     Interval,

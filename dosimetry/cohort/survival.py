@@ -30,8 +30,8 @@ from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import logrank_test
 from lifelines.utils import median_survival_times
 
-from dosimetry.cohort.data import CohortData, median_split, patient_lesion_indices
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.data import CohortData, median_split, patient_lesion_indices
+from theranode.dosimetry.cohort.results import (
     AtRisk,
     Endpoint,
     GroupSurvival,

@@ -23,16 +23,16 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
-from dosimetry.cohort.data import Analyte, CohortData, cumulative_organ_doses
-from dosimetry.cohort.labs import LabWindows, baseline_values
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.data import Analyte, CohortData, cumulative_organ_doses
+from theranode.dosimetry.cohort.labs import LabWindows, baseline_values
+from theranode.dosimetry.cohort.results import (
     CorrelationRow,
     CurvePoint,
     DoseToxicityCorrelation,
     NotEstimable,
 )
-from dosimetry.cohort.smoothing import loess
-from dosimetry.results import Organ
+from theranode.dosimetry.cohort.smoothing import loess
+from theranode.dosimetry.results import Organ
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from dosimetry.cohort.data import CohortData, lesion_doses
-from dosimetry.cohort.mixed_models import fit_mixed
-from dosimetry.cohort.results import CycleTrend, Interval, NotEstimable, TestResult
+from theranode.dosimetry.cohort.data import CohortData, lesion_doses
+from theranode.dosimetry.cohort.mixed_models import fit_mixed
+from theranode.dosimetry.cohort.results import CycleTrend, Interval, NotEstimable, TestResult
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ Each module holds one group of tables and their schema changes as a
 sqlite-utils :class:`~sqlite_utils.migrations.Migrations` set named
 ``theranode.<module>``; :func:`open_database` applies every set at start-up.
 
-- :mod:`service.store.index` — instances, series, grouping (patient → course →
+- :mod:`theranode.service.store.index` — instances, series, grouping (patient → course →
   cycle → time point).
-- :mod:`service.store.outcomes` — imported outcome data for cohort statistics.
-- :mod:`service.store.jobs` — dosimetry jobs and reprocess requests.
-- :mod:`service.store.outbox` — result objects and their delivery per destination.
+- :mod:`theranode.service.store.outcomes` — imported outcome data for cohort statistics.
+- :mod:`theranode.service.store.jobs` — dosimetry jobs and reprocess requests.
+- :mod:`theranode.service.store.outbox` — result objects and their delivery per destination.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def open_database(path: Path | str | None = None) -> sqlite_utils.Database:
     operating system's cache) but the last commits may roll back on a power
     cut or kernel crash. That is safe because the archive, not the index, is
     the durable record: every file is fsynced and renamed before its row is
-    written, and :meth:`service.app.Node.reconcile` re-indexes archived files
+    written, and :meth:`theranode.service.app.Node.reconcile` re-indexes archived files
     without a row at start-up. One fsync fewer per instance is worth it on a
     node that must keep up with a scanner.
 

@@ -1,7 +1,7 @@
 """One-time conversion of the pickles earlier versions stored, to JSON.
 
-Until format version 1 of ``result.json`` (:mod:`service.result_store`) and
-of the job payload (:mod:`service.job_payload`), theranode pickled both: job
+Until format version 1 of ``result.json`` (:mod:`theranode.service.jobs.results`) and
+of the job payload (:mod:`theranode.service.jobs.payload`), theranode pickled both: job
 inputs into ``jobs.payload`` and every result into
 ``results/job-<id>/result.pkl``. Reading a pickle runs whatever code the
 file names, so anyone able to write the data folder could run code in the
@@ -9,7 +9,7 @@ node. This module is **the only place in theranode that unpickles**, and
 only here, once:
 
 - :func:`payloads_to_json` is a database migration (``m004`` of
-  :mod:`service.store.jobs`, applied by :func:`service.store.open_database`):
+  :mod:`theranode.service.store.jobs`, applied by :func:`theranode.service.store.open_database`):
   every pickled payload becomes a JSON payload;
 - :func:`migrate_results` runs at the node's start, before the job runner:
   each ``result.pkl`` becomes ``result.json`` with its ``.npy`` arrays,
@@ -51,8 +51,8 @@ _PICKLE_MAGIC = b"\x80"
 def _unpacked_map_voi(
     name: str, packed: npt.NDArray[np.uint8], shape: tuple[int, ...], factor: float
 ) -> Any:
-    """What ``dosimetry.results._unpacked_map_voi`` did for pickled VOI masks (packed bits)."""
-    from dosimetry.results import MapVoi
+    """What ``theranode.dosimetry.results._unpacked_map_voi`` did for pickled VOI masks (packed bits)."""
+    from theranode.dosimetry.results import MapVoi
 
     count = int(np.prod(shape))
     return MapVoi(name, np.unpackbits(packed, count=count).astype(bool).reshape(shape), factor)
@@ -60,24 +60,24 @@ def _unpacked_map_voi(
 
 def _allowed() -> dict[tuple[str, str], Callable[..., Any] | type]:
     """Every global the pickles of earlier versions name, and nothing else."""
-    from dicomio import source
-    from dosimetry import results, volume
-    from service import pipeline
+    from theranode.dicomio import source
+    from theranode.dosimetry import results, volume
+    from theranode.service.jobs import pipeline
 
     allowed: dict[tuple[str, str], Callable[..., Any] | type] = {
-        ("dosimetry.results", "_unpacked_map_voi"): _unpacked_map_voi,
-        ("dosimetry.volume", "Volume"): volume.Volume,
-        ("dicomio.source", "SourceContext"): source.SourceContext,
-        ("dicomio.source", "InstanceReference"): source.InstanceReference,
+        ("theranode.dosimetry.results", "_unpacked_map_voi"): _unpacked_map_voi,
+        ("theranode.dosimetry.volume", "Volume"): volume.Volume,
+        ("theranode.dicomio.source", "SourceContext"): source.SourceContext,
+        ("theranode.dicomio.source", "InstanceReference"): source.InstanceReference,
         ("numpy", "dtype"): np.dtype,
         ("numpy", "ndarray"): np.ndarray,
     }
     for name in ("CycleResult", "CourseResult", "VoiDose", "KineticFit", "CurvePoint",
                  "RegistrationQuality", "CumulativeDose", "LesionIndices", "MapVoi",
                  "VoiKind", "Organ", "KineticModel", "DoseMethod"):
-        allowed[("dosimetry.results", name)] = getattr(results, name)
+        allowed[("theranode.dosimetry.results", name)] = getattr(results, name)
     for name in ("CycleJobInput", "TimePointInput", "CourseJobInput"):
-        allowed[("service.pipeline", name)] = getattr(pipeline, name)
+        allowed[("theranode.service.jobs.pipeline", name)] = getattr(pipeline, name)
     for module in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x spell it differently
         allowed[(f"{module}.numeric", "_frombuffer")] = _numpy_global("numeric", "_frombuffer")
         allowed[(f"{module}.multiarray", "_reconstruct")] = _numpy_global(
@@ -118,13 +118,13 @@ def restricted_loads(data: bytes) -> Any:
 
 # -- job payloads (a database migration) ----------------------------------------------
 def payloads_to_json(db: sqlite_utils.Database) -> None:
-    """Convert every pickled ``jobs.payload`` to JSON (:mod:`service.job_payload`)."""
+    """Convert every pickled ``jobs.payload`` to JSON (:mod:`theranode.service.jobs.payload`)."""
     rows = [(job_id, bytes(payload)) for job_id, payload in db.execute(
         "select id, payload from jobs where payload is not null")
         if bytes(payload).startswith(_PICKLE_MAGIC)]
     if not rows:
         return
-    from service.job_payload import encode_payload
+    from theranode.service.jobs.payload import encode_payload
 
     for job_id, payload in rows:
         try:
@@ -160,7 +160,7 @@ def migrate_results(data_dir: Path) -> Counter[str]:
 
 
 def _migrate_result(path: Path) -> None:
-    from service.result_store import write_result
+    from theranode.service.jobs.results import write_result
 
     stored = restricted_loads(path.read_bytes())
     if not isinstance(stored, dict) or set(stored) != {"result", "source", "reference_ct"}:

@@ -7,10 +7,10 @@ series        one row per series with the header facts grouping needs.
 instances     one row per archived SOP instance (path, hash, size, peer).
 conflicts     same SOP Instance UID with different bytes, kept aside.
 quarantine    objects that could not be filed, with the reason.
-grouping      the persisted result of :func:`service.grouping.group_patient`.
+grouping      the persisted result of :func:`theranode.service.plan.grouping.group_patient`.
 
 Patient keys are HMAC-SHA-256 of the PatientID under the site secret
-(:mod:`service.site_secret`). Databases written before (keys were an unkeyed
+(:mod:`theranode.service.receive.site_secret`). Databases written before (keys were an unkeyed
 SHA-256) or with another secret are re-keyed at start-up:
 :meth:`IndexStore.stale_patient_keys` finds them from the PatientID and
 issuer stored here, and :meth:`IndexStore.rekey` rewrites them everywhere.
@@ -28,8 +28,8 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from dicomio.headers import InstanceHeader, PatientKeyer
-from service.store import immediate_transaction
+from theranode.dicomio.headers import InstanceHeader, PatientKeyer
+from theranode.service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.index")
 
@@ -319,8 +319,8 @@ class IndexStore:
 
         Index rows (patients, series, grouping), archive paths
         (``archive/<key>/…``, the folders are moved by
-        :meth:`service.archive.Archive.move_patient_folder`), and the jobs
-        tables (:mod:`service.store.jobs`): ``patient_key``, the targets
+        :meth:`theranode.service.receive.archive.Archive.move_patient_folder`), and the jobs
+        tables (:mod:`theranode.service.store.jobs`): ``patient_key``, the targets
         ``cycle|<key>|…`` and ``course|<key>|…`` in ``jobs`` and
         ``generations``, and the archive paths inside stored job inputs. Old
         and new keys have the same length (16 hex digits), so those paths are

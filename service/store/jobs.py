@@ -20,7 +20,7 @@ killed from outside (counted in ``worker_deaths``; at ``[jobs] max_attempts``
 such deaths the job is ``failed``). ``attempts`` counts every start and
 ``last_error`` keeps why the last run did not end with a result. A run the
 runner killed at ``[jobs] max_job_minutes`` is ``failed`` at once, never
-queued again (:mod:`service.jobs`).
+queued again (:mod:`theranode.service.jobs.runner`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from service.store import immediate_transaction
+from theranode.service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.jobs")
 
@@ -100,12 +100,12 @@ def m003_retry_jobs_a_shutdown_failed(db: sqlite_utils.Database) -> None:
 
 @MIGRATIONS()
 def m004_job_payloads_as_json(db: sqlite_utils.Database) -> None:
-    """Job payloads of earlier versions become JSON (:mod:`service.job_payload`).
+    """Job payloads of earlier versions become JSON (:mod:`theranode.service.jobs.payload`).
 
     The conversion, the one place that still reads the old format, is
-    :func:`service.store.format_upgrade.payloads_to_json`.
+    :func:`theranode.service.store.format_upgrade.payloads_to_json`.
     """
-    from service.store.format_upgrade import payloads_to_json
+    from theranode.service.store.format_upgrade import payloads_to_json
 
     payloads_to_json(db)
 

@@ -24,7 +24,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from service.store.jobs import JobStore
+from theranode.service.store.jobs import JobStore
 
 MIGRATIONS = Migrations("theranode.outbox")
 

@@ -18,7 +18,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from service.store import immediate_transaction
+from theranode.service.store import immediate_transaction
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicomio.part10 import file_meta
-from dicomio.source import SourceContext, source_context_from_datasets
-from dicomio.uids import ResultIdentity, ResultKind
-from dosimetry.results import (
+from theranode.dicomio.part10 import file_meta
+from theranode.dicomio.source import SourceContext, source_context_from_datasets
+from theranode.dicomio.uids import ResultIdentity, ResultKind
+from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CurvePoint,
@@ -33,7 +33,7 @@ from dosimetry.results import (
     VoiDose,
     VoiKind,
 )
-from dosimetry.volume import Volume
+from theranode.dosimetry.volume import Volume
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"

@@ -2,7 +2,7 @@
 
 It finds each contour's plane by a linear search and each voxel's nearest
 plane through a points × planes array: correct, and the definition the
-faster :func:`dicomio.rtstruct.roi_mask` must reproduce voxel for voxel,
+faster :func:`theranode.dicomio.rtstruct.roi_mask` must reproduce voxel for voxel,
 but 2,000 contour planes on a small grid took tens of seconds.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.path import Path as PolygonPath
 
-from dicomio.rtstruct import (
+from theranode.dicomio.rtstruct import (
     PLANE_TOLERANCE_MM,
     RoiContours,
     _default_spacing,
@@ -19,7 +19,7 @@ from dicomio.rtstruct import (
     _slab_index_box,
     contour_normal,
 )
-from dosimetry.volume import Volume
+from theranode.dosimetry.volume import Volume
 
 
 def reference_roi_mask(roi: RoiContours, grid: Volume) -> np.ndarray:

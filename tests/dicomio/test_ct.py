@@ -10,9 +10,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomio.ct import CT_IMAGE_STORAGE, read_ct_series
-from dicomio.errors import InconsistentSeriesError, UnsupportedObjectError
-from dicomio.valuerep import format_ds
+from theranode.dicomio.ct import CT_IMAGE_STORAGE, read_ct_series
+from theranode.dicomio.errors import InconsistentSeriesError, UnsupportedObjectError
+from theranode.dicomio.valuerep import format_ds
 
 SERIES = generate_uid(entropy_srcs=["test-ct-series"])
 FRAME = generate_uid(entropy_srcs=["test-ct-frame"])

@@ -12,7 +12,7 @@ poses and the course map with a coarse registration, to keep the test short:
 the values are not under test here, their encoding is).
 
 Each object is written under pydicom's strict writing validation, encoded by
-:func:`dicomio.part10.encode` (which refuses any element that breaks PS3.5),
+:func:`theranode.dicomio.part10.encode` (which refuses any element that breaks PS3.5),
 read back from its bytes and encoded again to the same bytes; then
 ``dciodvfy`` (dicom3tools) must report no error on it. The warnings it may
 report are listed below with the reason they are expected.
@@ -37,31 +37,31 @@ import pytest
 from pydicom.dataset import Dataset
 
 from benchmarks.engine import load_cycle_inputs
-from dicomio.dvh import dvhs_from_masks
-from dicomio.part10 import decode, encode, value_problems
-from dicomio.pdf_report import write_course_pdf, write_cycle_pdf
-from dicomio.phantom import CourseManifest
-from dicomio.rtdose import course_rt_dose, cycle_rt_dose
-from dicomio.rtstruct import read_rois, roi_mask
-from dicomio.source import (
+from theranode.dicomio.dvh import dvhs_from_masks
+from theranode.dicomio.part10 import decode, encode, value_problems
+from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
+from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dicomio.source import (
     SourceContext,
     course_source_context,
     source_context_from_datasets,
 )
-from dicomio.sr import read_sr_report, write_course_sr, write_cycle_sr
-from dicomio.uids import ResultIdentity, ResultKind
-from dosimetry.course_map import compute_course
-from dosimetry.cycle import (
+from theranode.dicomio.sr import read_sr_report, write_course_sr, write_cycle_sr
+from theranode.dicomio.uids import ResultIdentity, ResultKind
+from theranode.dosimetry.course_map import compute_course
+from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
     StpFallback,
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from dosimetry.phantom import relative_affine
-from dosimetry.registration import RegistrationSettings, RigidRegistration
-from dosimetry.results import CourseResult, CycleResult, DoseMethod, KineticModel
-from dosimetry.roi import CumulativeDvh, cumulative_dvh
+from theranode.dosimetry.synthetic.phantom import relative_affine
+from theranode.dosimetry.registration import RegistrationSettings, RigidRegistration
+from theranode.dosimetry.results import CourseResult, CycleResult, DoseMethod, KineticModel
+from theranode.dosimetry.roi import CumulativeDvh, cumulative_dvh
 from tests.dicomio import result_records
 from tests.peers import require_tool
 

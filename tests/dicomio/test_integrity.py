@@ -16,9 +16,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomio.errors import DicomInputError, InconsistentPixelDataError, TruncatedObjectError
-from dicomio.headers import SeriesKind
-from dicomio.integrity import (
+from theranode.dicomio.errors import DicomInputError, InconsistentPixelDataError, TruncatedObjectError
+from theranode.dicomio.headers import SeriesKind
+from theranode.dicomio.integrity import (
     DecodeLimits,
     ObjectTooLargeError,
     check_limits,

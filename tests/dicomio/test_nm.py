@@ -14,16 +14,16 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomio.errors import MissingAttributeError, UnsupportedObjectError
-from dicomio.nm import (
+from theranode.dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from theranode.dicomio.nm import (
     NM_IMAGE_STORAGE,
     PET_IMAGE_STORAGE,
     CountsCalibration,
     SpectEncoding,
     read_spect,
 )
-from dicomio.valuerep import format_ds
-from dosimetry.radionuclides import Radionuclide, nuclear_data
+from theranode.dicomio.valuerep import format_ds
+from theranode.dosimetry.radionuclides import Radionuclide, nuclear_data
 
 LAMBDA_PER_H = nuclear_data("Lu-177").decay_constant_per_h
 INJECTED = datetime(2024, 3, 4, 9, 15, 0)

@@ -14,8 +14,8 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from dicomio.errors import DicomInputError
-from dicomio.part10 import (
+from theranode.dicomio.errors import DicomInputError
+from theranode.dicomio.part10 import (
     InvalidOutputError,
     decode,
     encode,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicomio.part10 import decode, encode
-from dicomio.pdf_report import (
+from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.pdf_report import (
     extract_pdf,
     flatten_settings,
     model_curve,
@@ -23,8 +23,8 @@ from dicomio.pdf_report import (
     write_course_pdf,
     write_cycle_pdf,
 )
-from dicomio.uids import ResultKind
-from dosimetry.results import KineticFit, KineticModel
+from theranode.dicomio.uids import ResultKind
+from theranode.dosimetry.results import KineticFit, KineticModel
 from tests.dicomio.result_records import (
     LESION_BOX,
     LIVER_BOX,

@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from dicomio.ct import read_ct_series
-from dicomio.nm import CountsCalibration, SpectEncoding, read_spect
-from dicomio.phantom import (
+from theranode.dicomio.ct import read_ct_series
+from theranode.dicomio.nm import CountsCalibration, SpectEncoding, read_spect
+from theranode.dicomio.synthetic_course import (
     CourseManifest,
     CourseWriteSpec,
     PhantomGrids,
@@ -23,8 +23,8 @@ from dicomio.phantom import (
     clean_margin_course,
     write_course,
 )
-from dicomio.rtstruct import read_rois, roi_mask
-from dosimetry.phantom import (
+from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dosimetry.synthetic.phantom import (
     CountingStatistics,
     ImageGrid,
     default_course,
@@ -33,7 +33,7 @@ from dosimetry.phantom import (
     voi_contour_mask,
     voxelise,
 )
-from dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.radionuclides import nuclear_data
 from tests.peers import require_tool
 
 ROI_NAMES = [

@@ -21,13 +21,13 @@ if not hasattr(pydicom.dicomio, "read_file"):
 
 from dicompylercore import dicomparser, dvh, dvhcalc
 
-from dicomio.errors import (
+from theranode.dicomio.errors import (
     DicomInputError,
     MissingAttributeError,
     UnsupportedObjectError,
 )
-from dicomio.part10 import decode, encode
-from dicomio.rtdose import (
+from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.rtdose import (
     DOSE_SUMMATION_TYPE,
     course_rt_dose,
     cycle_rt_dose,
@@ -35,10 +35,10 @@ from dicomio.rtdose import (
     read_rt_dose,
     write_rt_dose,
 )
-from dicomio.source import course_source_context, source_context_from_datasets
-from dicomio.uids import ResultKind
-from dosimetry.roi import cumulative_dvh
-from dosimetry.volume import Volume, resample
+from theranode.dicomio.source import course_source_context, source_context_from_datasets
+from theranode.dicomio.uids import ResultKind
+from theranode.dosimetry.roi import cumulative_dvh
+from theranode.dosimetry.volume import Volume, resample
 from tests.dicomio.result_records import (
     LESION_BOX,
     LIVER_BOX,

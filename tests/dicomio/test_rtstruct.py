@@ -15,10 +15,10 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
-from dicomio.ct import read_ct_series
-from dicomio.errors import UnsupportedObjectError
-from dicomio.integrity import ObjectTooLargeError
-from dicomio.rtstruct import (
+from theranode.dicomio.ct import read_ct_series
+from theranode.dicomio.errors import UnsupportedObjectError
+from theranode.dicomio.integrity import ObjectTooLargeError
+from theranode.dicomio.rtstruct import (
     ContourLimits,
     RoiContours,
     RoiDefinition,
@@ -26,8 +26,8 @@ from dicomio.rtstruct import (
     read_rois,
     roi_mask,
 )
-from dicomio.valuerep import format_ds
-from dosimetry.volume import Volume
+from theranode.dicomio.valuerep import format_ds
+from theranode.dosimetry.volume import Volume
 from tests.dicomio.rtstruct_reference import reference_roi_mask
 
 FRAME = generate_uid(entropy_srcs=["test-rtstruct-frame"])

@@ -3,10 +3,10 @@
 One small synthetic object (8×8×6 voxels) per encoding, all holding the same
 known activity concentrations at the acquisition start (``TRUTH``, placed in
 patient space). Each readable encoding must come back from
-:func:`dicomio.nm.read_spect` within 0.1 % of the truth at the same patient
+:func:`theranode.dicomio.nm.read_spect` within 0.1 % of the truth at the same patient
 positions, whatever frame order, slice direction, pixel signedness, rescale
 (per slice / per frame / shared) or decay reference it uses. Each unreadable
-one must be refused at C-STORE time (:func:`service.ingest.parse`) with its
+one must be refused at C-STORE time (:func:`theranode.service.receive.ingest.parse`) with its
 documented status and an Error Comment that starts with the attribute to fix.
 
 Property: an object that declares units (RWVM units code, Units) is never
@@ -30,19 +30,19 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from config.schema import CalibrationSettings, CameraCalibration
-from dicomio.errors import DicomInputError
-from dicomio.nm import CountsCalibration, SpectEncoding, read_spect
-from dicomio.spect_units import (
+from theranode.config.schema import CalibrationSettings, CameraCalibration
+from theranode.dicomio.errors import DicomInputError
+from theranode.dicomio.nm import CountsCalibration, SpectEncoding, read_spect
+from theranode.dicomio.spect_units import (
     ENHANCED_PET_IMAGE_STORAGE,
     NM_IMAGE_STORAGE,
     PET_IMAGE_STORAGE,
 )
-from dicomio.valuerep import format_ds
-from dosimetry.radionuclides import nuclear_data
-from dosimetry.volume import Volume
-from service.archive import Archive
-from service.ingest import (
+from theranode.dicomio.valuerep import format_ds
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.volume import Volume
+from theranode.service.receive.archive import Archive
+from theranode.service.receive.ingest import (
     SUCCESS,
     UNCALIBRATED_COUNTS,
     UNREADABLE_SPECT_VALUES,
@@ -51,8 +51,8 @@ from service.ingest import (
     Rejected,
     parse,
 )
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.service.keys import TEST_KEYER
 
 LAMBDA_PER_H = nuclear_data("Lu-177").decay_constant_per_h
@@ -659,7 +659,7 @@ def test_values_not_decay_corrected_are_referred_to_the_acquisition_start(correc
     ("{SUVbw}g/ml", None), ("{counts}", None), ("1", None), ("", None),
 ])
 def test_ucum_concentration_codes(code, bq_per_ml):
-    from dicomio.spect_units import concentration_factor
+    from theranode.dicomio.spect_units import concentration_factor
 
     assert concentration_factor(code) == bq_per_ml
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import highdicom as hd
 import pytest
 
-from dicomio.part10 import decode, encode
-from dicomio.sr import (
+from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.sr import (
     LESION_INDICES_ID,
     VOI_MEASUREMENTS,
     read_sr_report,
     write_course_sr,
     write_cycle_sr,
 )
-from dicomio.uids import ResultKind
+from theranode.dicomio.uids import ResultKind
 from tests.dicomio.result_records import (
     course_result,
     cycle_result,
@@ -182,7 +182,7 @@ def _is_number(text: str) -> bool:
 def test_non_ascii_method_names_and_notes_survive_in_utf8() -> None:
     from dataclasses import replace
 
-    from dosimetry.results import DoseMethod
+    from theranode.dosimetry.results import DoseMethod
 
     result = cycle_result(3)
     first = replace(result.vois[0], method=DoseMethod.HANSCHEID,

@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dosimetry.results import (
+from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CurvePoint,
@@ -31,7 +31,7 @@ from dosimetry.results import (
     VoiDose,
     VoiKind,
 )
-from dosimetry.volume import Volume
+from theranode.dosimetry.volume import Volume
 
 floats = st.floats(allow_nan=True, allow_infinity=True)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)

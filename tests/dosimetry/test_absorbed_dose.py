@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dosimetry.absorbed_dose import (
+from theranode.dosimetry.absorbed_dose import (
     GasPolicy,
     led_dose_rate,
     led_dose_rate_in_water,
     led_factor_gy_per_h_per_bq_per_ml,
 )
-from dosimetry.errors import DosimetryError, GeometryError
-from dosimetry.radionuclides import nuclear_data
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import DosimetryError, GeometryError
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.volume import Volume
 
 SPACING = (4.0, 4.0, 4.0)
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dosimetry.course import (
+from theranode.dosimetry.course import (
     CourseLimits,
     FlagCode,
     course_flags,
@@ -15,8 +15,8 @@ from dosimetry.course import (
     projected_totals,
     summarize_course,
 )
-from dosimetry.errors import DosimetryError, InsufficientDataError
-from dosimetry.results import CycleResult, DoseMethod, Organ, VoiDose, VoiKind
+from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
+from theranode.dosimetry.results import CycleResult, DoseMethod, Organ, VoiDose, VoiKind
 
 
 def _voi(

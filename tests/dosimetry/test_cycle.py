@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dosimetry import phantom as ph
-from dosimetry.course_map import compute_course
-from dosimetry.cycle import (
+from theranode.dosimetry.synthetic import phantom as ph
+from theranode.dosimetry.course_map import compute_course
+from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
     StpFallback,
@@ -36,11 +36,11 @@ from dosimetry.cycle import (
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from dosimetry.errors import InsufficientDataError
-from dosimetry.recovery import RecoveryTable
-from dosimetry.registration import RigidRegistration
-from dosimetry.results import CycleResult, DoseMethod, VoiKind
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import InsufficientDataError
+from theranode.dosimetry.recovery import RecoveryTable
+from theranode.dosimetry.registration import RigidRegistration
+from theranode.dosimetry.results import CycleResult, DoseMethod, VoiKind
+from theranode.dosimetry.volume import Volume
 
 CT_GRID = ph.ImageGrid.centred((144, 104, 64), (2.5, 2.5, 2.5), (0.0, 0.0, -5.0))
 SPECT_GRID = ph.ImageGrid.centred((90, 65, 40), (4.0, 4.0, 4.0), (0.0, 0.0, -5.0))

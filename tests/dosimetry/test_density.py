@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dosimetry.density import SCHNEIDER_2000, DensityCalibration
-from dosimetry.errors import DosimetryError
-from dosimetry.volume import Volume
+from theranode.dosimetry.density import SCHNEIDER_2000, DensityCalibration
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.volume import Volume
 
 
 def test_schneider_points_are_reproduced() -> None:

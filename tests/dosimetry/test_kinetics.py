@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.integrate import quad
 
-from dosimetry.errors import FitError, InsufficientDataError
-from dosimetry.kinetics import (
+from theranode.dosimetry.errors import FitError, InsufficientDataError
+from theranode.dosimetry.kinetics import (
     HeadSegment,
     aicc,
     fit_best,
@@ -23,8 +23,8 @@ from dosimetry.kinetics import (
     integrate_trapezoid_tail,
     trapezoid_weights,
 )
-from dosimetry.radionuclides import nuclear_data
-from dosimetry.results import KineticModel
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.results import KineticModel
 
 LAMBDA_PHYS = nuclear_data("Lu-177").decay_constant_per_h
 PAPER_TIMES_H = np.array([4.0, 24.0, 72.0, 192.0])

@@ -16,9 +16,9 @@ import math
 import numpy as np
 import pytest
 
-from dosimetry import phantom as ph
-from dosimetry.course_map import compute_course
-from dosimetry.cycle import (
+from theranode.dosimetry.synthetic import phantom as ph
+from theranode.dosimetry.course_map import compute_course
+from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
     StpFallback,
@@ -27,11 +27,11 @@ from dosimetry.cycle import (
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from dosimetry.dose_map import VoiTarget, normalise_to_voi_means
-from dosimetry.records_json import record_from_json, record_to_json
-from dosimetry.registration import resample_mask
-from dosimetry.results import CourseResult, CycleResult, DoseMethod, VoiKind
-from dosimetry.volume import Volume
+from theranode.dosimetry.dose_map import VoiTarget, normalise_to_voi_means
+from theranode.dosimetry.records_json import record_from_json, record_to_json
+from theranode.dosimetry.registration import resample_mask
+from theranode.dosimetry.results import CourseResult, CycleResult, DoseMethod, VoiKind
+from theranode.dosimetry.volume import Volume
 
 CT_GRID = ph.ImageGrid.centred((96, 72, 48), (4.0, 4.0, 4.0), (0.0, 0.0, -5.0))
 SPECT_GRID = ph.ImageGrid.centred((60, 45, 30), (6.4, 6.4, 6.4), (0.0, 0.0, -5.0))

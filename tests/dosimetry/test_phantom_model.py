@@ -9,8 +9,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from dosimetry.density import SCHNEIDER_2000
-from dosimetry.phantom import (
+from theranode.dosimetry.density import SCHNEIDER_2000
+from theranode.dosimetry.synthetic.phantom import (
     CountingStatistics,
     CycleSpec,
     Ellipsoid,
@@ -43,8 +43,8 @@ from dosimetry.phantom import (
     with_lesion_lambda_change,
     with_subvoxel_motion,
 )
-from dosimetry.radionuclides import nuclear_data
-from dosimetry.results import VoiKind
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.results import VoiKind
 
 LU = nuclear_data("Lu-177")
 SMALL_CT = ImageGrid.centred((96, 96, 40), (4.0, 4.0, 4.0))
@@ -146,7 +146,7 @@ def test_overlapping_structures_are_rejected() -> None:
     body = Structure("Body", Ellipsoid((0, 0, 0), (100, 100, 100)), 40.0, k)
     a = Structure("A", Ellipsoid((0, 0, 0), (20, 20, 20)), 40.0, k, "Body")
     b = Structure("B", Ellipsoid((25, 0, 0), (20, 20, 20)), 40.0, k, "Body")
-    from dosimetry.phantom import validate_model
+    from theranode.dosimetry.synthetic.phantom import validate_model
 
     with pytest.raises(PhantomError, match="overlap"):
         validate_model(

@@ -8,8 +8,8 @@ import icrp107_database
 import pytest
 import radioactivedecay
 
-from dosimetry.errors import DosimetryError
-from dosimetry.radionuclides import decay_factor, nuclear_data
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.radionuclides import decay_factor, nuclear_data
 
 
 def test_half_life_matches_radioactivedecay_and_icrp107() -> None:

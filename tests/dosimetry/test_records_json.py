@@ -11,14 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dosimetry.records_json import (
+from theranode.dosimetry.records_json import (
     RESULT_TYPES,
     RecordFormatError,
     check_format,
     record_from_json,
     record_to_json,
 )
-from dosimetry.results import CycleResult, MapVoi, VoiDose
+from theranode.dosimetry.results import CycleResult, MapVoi, VoiDose
 from tests.dicomio.result_records import course_result, cycle_result
 from tests.dosimetry.records_strategies import RECORDS, assert_identical
 

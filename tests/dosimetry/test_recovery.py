@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dosimetry.errors import DosimetryError
-from dosimetry.recovery import (
+from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.recovery import (
     DEFAULT_RECOVERY,
     RecoveryTable,
     SigmoidRecovery,
@@ -18,7 +18,7 @@ from dosimetry.recovery import (
     correct,
     lesion_eligibility,
 )
-from dosimetry.results import DoseMethod, VoiDose, VoiKind
+from theranode.dosimetry.results import DoseMethod, VoiDose, VoiKind
 
 
 def _voi(volume_ml: float, kind: VoiKind = VoiKind.LESION) -> VoiDose:

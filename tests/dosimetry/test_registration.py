@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dosimetry import phantom as ph
-from dosimetry.errors import GeometryError, RegistrationError
-from dosimetry.registration import (
+from theranode.dosimetry.synthetic import phantom as ph
+from theranode.dosimetry.errors import GeometryError, RegistrationError
+from theranode.dosimetry.registration import (
     InitialAlignment,
     RegistrationSettings,
     RigidRegistration,
@@ -19,7 +19,7 @@ from dosimetry.registration import (
     resample_mask,
     resample_to_reference,
 )
-from dosimetry.volume import Volume
+from theranode.dosimetry.volume import Volume
 
 #: Small CT grid: 3 mm voxels over the abdomen (fast, still sub-voxel accuracy).
 GRID = ph.ImageGrid.centred((120, 88, 56), (3.0, 3.0, 3.0), (0.0, 0.0, -5.0))

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dosimetry.errors import DosimetryError, GeometryError
-from dosimetry.roi import cumulative_dvh, dose_covering, voi_mean_curve, voi_statistics
-from dosimetry.volume import Volume
+from theranode.dosimetry.errors import DosimetryError, GeometryError
+from theranode.dosimetry.roi import cumulative_dvh, dose_covering, voi_mean_curve, voi_statistics
+from theranode.dosimetry.volume import Volume
 
 
 def _volume(array: np.ndarray, unit: str = "Gy") -> Volume:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dosimetry.errors import DosimetryError, InsufficientDataError
-from dosimetry.kinetics import fit_monoexponential
-from dosimetry.radionuclides import nuclear_data
-from dosimetry.results import DoseMethod, Organ, VoiDose, VoiKind
-from dosimetry.single_time_point import (
+from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
+from theranode.dosimetry.kinetics import fit_monoexponential
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.results import DoseMethod, Organ, VoiDose, VoiKind
+from theranode.dosimetry.single_time_point import (
     VoiScan,
     hanscheid,
     hanscheid_dose_gy,

@@ -20,7 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 
 FAR_AWAY_MM = 5000.0  # contours moved this far along x: outside every image
 

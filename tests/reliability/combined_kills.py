@@ -44,8 +44,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from service.store.jobs import JobRecord, JobState
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,

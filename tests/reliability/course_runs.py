@@ -18,19 +18,19 @@ from typing import Any, TypeVar
 
 import pydicom
 
-from config.schema import Settings
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from dosimetry.results import CourseResult
-from service.pipeline import (
+from theranode.config.schema import Settings
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.dosimetry.results import CourseResult
+from theranode.service.jobs.pipeline import (
     CycleJobInput,
     JobKind,
     JobSpec,
     TimePointInput,
     run_job,
 )
-from service.result_store import load_stored_result
-from service.store import open_database
-from service.store.jobs import JobRecord, JobState, JobStore
+from theranode.service.jobs.results import load_stored_result
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from tests.reliability.processes import write_config
 
 T = TypeVar("T")

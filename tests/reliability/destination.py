@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
-from service.sender import RESULT_SOP_CLASSES
+from theranode.service.deliver.sender import RESULT_SOP_CLASSES
 
 logger = logging.getLogger(__name__)
 

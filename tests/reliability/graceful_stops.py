@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicomio.phantom import CourseManifest
-from service.cli import main
-from service.store.jobs import JobRecord, JobState
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.service.cli.main import main
+from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,

@@ -27,9 +27,9 @@ from typing import Any
 from pydicom import dcmread
 from pynetdicom.association import Association
 
-from config.schema import Settings
-from service.app import Node
-from service.archive import sha256_hex
+from theranode.config.schema import Settings
+from theranode.service.app import Node
+from theranode.service.receive.archive import sha256_hex
 from tests.reliability.corpus import (
     INJECTION,
     Expect,
@@ -41,7 +41,7 @@ from tests.reliability.corpus import (
 from tests.service import factory
 from tests.service.nodes import running_node, scu, send
 
-#: Statuses a hostile object may be refused with (PS3.4 B.2.3; service/ingest.py).
+#: Statuses a hostile object may be refused with (PS3.4 B.2.3; service/receive/ingest.py).
 REFUSALS = frozenset({0xA900, 0xC100, 0xC101, 0xC110, 0xC120})
 NO_ANSWER = -1
 FLAG_STATES = frozenset({"held", "ungrouped", "ignored"})
@@ -193,7 +193,7 @@ def _check_index(node: Node, report: HostileReport, refused: int) -> None:
         if not row["reason"] or not (node.archive.root / row["path"]).is_file():
             report.problems.append(f"quarantine row {row['id']} lacks its reason or its file")
     for path in node.index.archived_paths():  # every indexed file re-parses to a valid header
-        from dicomio.headers import instance_header
+        from theranode.dicomio.headers import instance_header
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -196,8 +196,8 @@ def run_hostile_peers(work: Path, instances: int = 20, idle_sockets: int = 50,
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    from service.store import open_database
-    from service.store.index import IndexStore
+    from theranode.service.store import open_database
+    from theranode.service.store.index import IndexStore
     from tests.reliability.load import peak_rss_mb
     from tests.reliability.processes import start_node, write_config
     from tests.service import factory
@@ -459,7 +459,7 @@ def run_hostile_course(work: Path, manifest: object, cycles: int, bomb_cases: li
     (:func:`tests.reliability.kills.verify`) and every bomb answered
     ``expected_status[name]``.
     """
-    from service.store.jobs import JobState
+    from theranode.service.store.jobs import JobState
     from tests.peers import free_port
     from tests.reliability.course_runs import (
         NodeDatabase,

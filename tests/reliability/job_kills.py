@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicomio.phantom import CourseManifest
-from service.store.jobs import JobState
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.service.store.jobs import JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,

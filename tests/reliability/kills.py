@@ -34,9 +34,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 
-from service.archive import sha256_hex
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.reliability.processes import NodeProcess, start_node, write_config
 from tests.service import factory
 from tests.service.nodes import scu

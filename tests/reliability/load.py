@@ -22,9 +22,9 @@ import numpy as np
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from service.archive import sha256_hex
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.reliability.processes import start_node, write_config
 from tests.service import factory
 

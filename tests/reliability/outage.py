@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicomio.phantom import CourseManifest
-from service.store.jobs import JobRecord, JobState
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     CycleOutput,

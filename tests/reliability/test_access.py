@@ -21,8 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.peers import require_tool
 from tests.reliability.certificates import Pki, make_pki
 from tests.reliability.processes import start_node, write_config

@@ -2,7 +2,7 @@
 
 A Deflated data set is inflated incrementally up to ``security.max_inflated_mb``
 and elements and sequence items are counted before pydicom parses anything
-(:func:`dicomio.integrity.check_limits`); beyond a limit the C-STORE is answered
+(:func:`theranode.dicomio.integrity.check_limits`); beyond a limit the C-STORE is answered
 0xC102 with an Error Comment naming the setting, and the bytes as received are
 kept in quarantine. Nothing here asserts on time: the refusals are by size
 and count, and memory is measured with :mod:`tracemalloc`.
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from config.schema import SecuritySettings
-from service.archive import Archive, sha256_hex
-from service.ingest import (
+from theranode.config.schema import SecuritySettings
+from theranode.service.receive.archive import Archive, sha256_hex
+from theranode.service.receive.ingest import (
     LIMIT_EXCEEDED,
     OUT_OF_RESOURCES,
     SUCCESS,
@@ -29,8 +29,8 @@ from service.ingest import (
     decode_limits,
     parse,
 )
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.reliability import bombs
 from tests.service import factory
 from tests.service.keys import TEST_KEYER

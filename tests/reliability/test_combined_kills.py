@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from dicomio.headers import instance_header
-from service.archive import sha256_hex
-from service.store import open_database
-from service.store.index import IndexStore
-from service.store.jobs import JobRecord, JobState
+from theranode.dicomio.headers import instance_header
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobRecord, JobState
 from tests.reliability.combined_kills import (
     STAGES,
     CombinedReport,

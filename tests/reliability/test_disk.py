@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from service.archive import Archive, ArchiveError
-from service.ingest import OUT_OF_RESOURCES
+from theranode.service.receive.archive import Archive, ArchiveError
+from theranode.service.receive.ingest import OUT_OF_RESOURCES
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, send
 

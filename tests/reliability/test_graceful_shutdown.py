@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.jobs import INTERRUPTED_BY_SHUTDOWN
-from service.store.jobs import JobState
+from theranode.service.jobs.runner import INTERRUPTED_BY_SHUTDOWN
+from theranode.service.store.jobs import JobState
 from tests.reliability.course_runs import two_cycle_course
 from tests.reliability.graceful_stops import run_graceful_stops
 from tests.reliability.job_kills import compare_with_clean

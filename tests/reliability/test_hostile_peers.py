@@ -23,9 +23,9 @@ from pynetdicom import AE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
-from config.schema import ConfigError, settings_from_dict
-from service.ingest import OUT_OF_RESOURCES, TRUNCATED
-from service.scp import GuardedServer, StorageSCP
+from theranode.config.schema import ConfigError, settings_from_dict
+from theranode.service.receive.ingest import OUT_OF_RESOURCES, TRUNCATED
+from theranode.service.receive.scp import GuardedServer, StorageSCP
 from tests.peers import require_tool
 from tests.reliability import hostile_peers as hostile
 from tests.reliability.certificates import Pki, make_pki
@@ -66,7 +66,7 @@ def test_an_idle_socket_does_not_block_a_tls_sender_and_is_closed_after_the_time
     with running_node(make_settings(tmp_path / "data", security=security)) as node:
         # closed on failure too: an old listener would otherwise never stop
         with closing(hostile.connect(node.port)) as idle, \
-                caplog.at_level(logging.WARNING, logger="service.scp"):
+                caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"):
             time.sleep(0.2)  # the listener has accepted it
             good = client_context(pki, pki.client_cert, pki.client_key)
             start = time.monotonic()
@@ -88,7 +88,7 @@ def test_an_idle_socket_does_not_block_a_tls_sender_and_is_closed_after_the_time
 def test_a_denied_host_is_closed_before_any_tls_handshake(tmp_path: Path, pki: Pki, caplog):
     security = tls_security(pki, allowed_hosts=["192.0.2.0/24"], handshake_timeout_s=30.0)
     with running_node(make_settings(tmp_path / "data", security=security)) as node:
-        with caplog.at_level(logging.WARNING, logger="service.scp"):
+        with caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"):
             with closing(hostile.connect(node.port)) as sock:  # sends no ClientHello
                 assert hostile.wait_closed(sock, within_s=2.0) is not None
         assert "Refused connection from 127.0.0.1: host not in allowed_hosts" in caplog.text
@@ -102,7 +102,7 @@ def test_connections_beyond_the_limit_are_closed_at_once(tmp_path: Path, caplog)
         ae.add_requested_context(Verification)
         held = [ae.associate("127.0.0.1", node.port, ae_title="THERANODE") for _ in range(3)]
         assert all(a.is_established for a in held)
-        with caplog.at_level(logging.WARNING, logger="service.scp"), \
+        with caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"), \
                 closing(hostile.connect(node.port)) as excess:
             assert hostile.wait_closed(excess, within_s=1.0) is not None
         assert "3 connections open, the limit (max_connections) is 3" in caplog.text
@@ -124,7 +124,7 @@ def test_idle_connections_at_the_limit_give_way_to_a_sender(tmp_path: Path, capl
             if time.monotonic() - opened < GuardedServer.EVICT_AFTER_S:
                 assert closed is not None, "a flood of new connections evicts no one"
             time.sleep(GuardedServer.EVICT_AFTER_S)
-            with caplog.at_level(logging.WARNING, logger="service.scp"):
+            with caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"):
                 asked = time.monotonic()
                 assert send(node.port, [factory.ct("P1", INJECTION, frame="1.2.3")]) == [0]
                 assert time.monotonic() - asked < 3.0
@@ -167,7 +167,7 @@ def test_an_oversized_association_request_is_refused_from_its_header(tmp_path: P
     with running_node(make_settings(tmp_path / "data", security=security)) as node:
         before = listener_threads()  # other tests' threads may linger
         with closing(hostile.connect(node.port)) as sock:
-            with caplog.at_level(logging.WARNING, logger="service.scp"):
+            with caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"):
                 sock.sendall(hostile.pdu_header(0x01, 256 * 1024 * 1024))
                 answer = hostile.received_before_close(sock, within_s=1.0)
             assert answer[:1] == b"\x07", "an A-ABORT, at once"
@@ -185,7 +185,7 @@ def test_a_pdu_longer_than_the_offered_maximum_is_not_read(tmp_path: Path, caplo
             sock.sendall(hostile.association_request("THERANODE", "BIGPDU"))
             sock.settimeout(5)
             assert sock.recv(1) == b"\x02", "A-ASSOCIATE-AC"
-            with caplog.at_level(logging.WARNING, logger="service.scp"):
+            with caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"):
                 sock.sendall(hostile.pdu_header(0x04, 256 * 1024 * 1024))  # P-DATA-TF
                 assert hostile.wait_closed(sock, within_s=2.0) is not None
             assert "more than the maximum length (1048576) it was given" in caplog.text
@@ -208,7 +208,7 @@ def test_idle_associations_at_the_limit_give_way_to_a_sender(tmp_path: Path, cap
         while time.monotonic() - start < reclaim_s:  # C-ECHO does not keep a slot
             assert all(a.send_c_echo().Status == 0x0000 for a in idlers)
             time.sleep(0.3)
-        with caplog.at_level(logging.WARNING, logger="service.scp"):
+        with caplog.at_level(logging.WARNING, logger="theranode.service.receive.scp"):
             asked = time.monotonic()
             assert send(node.port, [ct]) == [0]
             assert time.monotonic() - asked < 3.0
@@ -249,7 +249,7 @@ def test_an_oversized_c_store_is_refused_and_not_kept(tmp_path: Path, caplog, mo
         big.PixelData = np.zeros(2000 * 2000, dtype=np.uint16).tobytes()
         assoc = scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
         assert assoc.is_established
-        with caplog.at_level(logging.ERROR, logger="service.scp"):
+        with caplog.at_level(logging.ERROR, logger="theranode.service.receive.scp"):
             status = assoc.send_c_store(big)
             small = assoc.send_c_store(factory.ct("P1", INJECTION, frame="1.2.3"))
         assoc.release()
@@ -279,7 +279,7 @@ def test_quarantine_beyond_its_quota_is_refused(tmp_path: Path, caplog):
         assert send(node.port, [truncated(8)]) == [TRUNCATED]  # within the quota: kept
         assert len(list(node.archive.quarantine.iterdir())) == 2
         assoc = scu().associate("127.0.0.1", node.port, ae_title="THERANODE")
-        with caplog.at_level(logging.ERROR, logger="service.ingest"):
+        with caplog.at_level(logging.ERROR, logger="theranode.service.receive.ingest"):
             status = assoc.send_c_store(truncated(400))  # 320 kB more: beyond it
         good = assoc.send_c_store(a_ct(tmp_path)[0])
         assoc.release()

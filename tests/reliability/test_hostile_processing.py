@@ -6,7 +6,7 @@ a Tc-99m SPECT, SPECTs in no CT's frame of reference: tests/reliability/bad_cycl
 The node keeps serving; a cycle whose contours, counts or CT numbers cannot give doses
 ends failed with a reason ``theranode jobs`` shows; the Tc-99m SPECTs are ignored for Lu-177
 dosimetry with the reason in ``theranode status``; SPECTs in no CT's frame of reference are
-computed on their time point's CT (service/completion.py) with a warning in the result; and
+computed on their time point's CT (service/plan/completion.py) with a warning in the result; and
 the good patient's doses and RT Dose pixels are exactly those the pipeline computes for
 it alone. The corpus of malformed objects (refused or flagged when stored) is tests/reliability/test_hostile.py.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dicomio.phantom import CourseWriteSpec, write_course
-from service.result_store import load_stored_result
-from service.store.jobs import JobRecord, JobState
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
+from theranode.service.jobs.results import load_stored_result
+from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.bad_cycles import BadCycle, write_bad_cycles
 from tests.reliability.course_runs import (
@@ -50,7 +50,7 @@ ENDED = (JobState.FAILED, JobState.INCOMPLETE, JobState.DONE)
 
 
 def _cli(command: str, config: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "service.cli", command, "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "theranode.service.cli.main", command, "--config", str(config)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     return done.stdout
 

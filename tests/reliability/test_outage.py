@@ -1,6 +1,6 @@
 """Outage for a whole course: the destination is down while a node computes two cycles and
 the course result; when it comes up, every object arrives once, in the order the jobs
-produced them (the outbox delivers per destination by result-object id: service/outbox.py).
+produced them (the outbox delivers per destination by result-object id: service/deliver/outbox.py).
 
 The full-size run is in ``benchmarks/reliability.py``.
 """
@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from service.store.jobs import JobState
+from theranode.service.store.jobs import JobState
 from tests.reliability.outage import clean_two_cycle_run
 
 RESULTS_PER_JOB = 3  # RT Dose, SR, PDF

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dosimetry.cohort.data import CohortData
+from theranode.dosimetry.cohort.data import CohortData
 
 LAB_UNITS = {"hgb": "g/dL", "creat": "mg/dL", "egfr": "mL/min/1.73m2"}
 

@@ -1,7 +1,7 @@
 """Small hand-made DICOM instances for node tests (headers that matter to filing).
 
 These are deliberately minimal: the full, dciodvfy-clean synthetic course
-comes from :mod:`dicomio.phantom`; these let a test vary one attribute at a
+comes from :mod:`theranode.dicomio.synthetic_course`; these let a test vary one attribute at a
 time (a missing UID, a time-only injection, a foreign frame of reference).
 """
 

@@ -15,10 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
-from config.schema import Settings, settings_from_dict
-from dicomio.headers import SOP_CLASS_KINDS
-from service.app import Node
-from service.store.jobs import JobRecord, JobState, JobStore
+from theranode.config.schema import Settings, settings_from_dict
+from theranode.dicomio.headers import SOP_CLASS_KINDS
+from theranode.service.app import Node
+from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from tests.peers import free_port
 
 

@@ -2,7 +2,7 @@
 
 The restated accuracy criterion (issue #11, item 8; ``docs/accuracy.md``):
 on a phantom whose VOI contours lie at least one SPECT voxel inside uniform
-activity (clean margins, :func:`dosimetry.phantom.clean_margin_model`),
+activity (clean margins, :func:`theranode.dosimetry.synthetic.phantom.clean_margin_model`),
 noise-free, unblurred, with sub-voxel repositioning between scans, sent
 through Orthanc — Orthanc routes every study to theranode with the shipped
 ``config/orthanc-route-to-theranode.lua``, theranode computes and stores
@@ -34,8 +34,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomio.ct import read_ct_series
-from dicomio.phantom import (
+from theranode.dicomio.ct import read_ct_series
+from theranode.dicomio.synthetic_course import (
     CourseManifest,
     CourseWriteSpec,
     PhantomGrids,
@@ -43,18 +43,18 @@ from dicomio.phantom import (
     clean_margin_course,
     write_course,
 )
-from dicomio.rtdose import read_rt_dose
-from dicomio.rtstruct import read_rois, roi_mask
-from dicomio.sr import ReportValues, read_sr_report
-from dosimetry.phantom import (
+from theranode.dicomio.rtdose import read_rt_dose
+from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dicomio.sr import ReportValues, read_sr_report
+from theranode.dosimetry.synthetic.phantom import (
     CourseSpec,
     ImageGrid,
     analytic_truth,
     course_time_points,
     mean_dose_gy,
 )
-from dosimetry.registration import resample_mask
-from dosimetry.results import VoiKind
+from theranode.dosimetry.registration import resample_mask
+from theranode.dosimetry.results import VoiKind
 from tests.peers import OrthancPeer, require_tool, run_orthanc
 from tests.service.nodes import make_settings, running_node
 

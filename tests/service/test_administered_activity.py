@@ -12,14 +12,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from config.schema import Settings, settings_from_dict
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_report
-from dosimetry.plausibility import PlausibilityLimits, implausible_doses
-from dosimetry.results import CycleResult, VoiKind
-from service.job_payload import encode_payload
-from service.jobs import JobRunner
-from service.pipeline import (
+from theranode.config.schema import Settings, settings_from_dict
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_report
+from theranode.dosimetry.plausibility import PlausibilityLimits, implausible_doses
+from theranode.dosimetry.results import CycleResult, VoiKind
+from theranode.service.jobs.payload import encode_payload
+from theranode.service.jobs.runner import JobRunner
+from theranode.service.jobs.pipeline import (
     CycleJobInput,
     ImplausibleResultError,
     JobKind,
@@ -28,10 +28,10 @@ from service.pipeline import (
     administered_activity,
     run_job,
 )
-from service.result_store import load_stored_result
-from service.store import open_database
-from service.store.jobs import JobState, JobStore
-from service.store.outbox import OutboxStore
+from theranode.service.jobs.results import load_stored_result
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobState, JobStore
+from theranode.service.store.outbox import OutboxStore
 from tests.dicomio.result_records import cycle_result
 from tests.service.nodes import make_settings, wait_job_ended
 
@@ -188,7 +188,7 @@ def test_the_engine_refuses_nothing_the_hold_would_not_report(
     result, _ = computed
     assert implausible_doses(result.vois, result.administered_activity_mbq) == []
     with pytest.raises(ImplausibleResultError, match="Held, not sent"):
-        from service.pipeline import hold_if_implausible
+        from theranode.service.jobs.pipeline import hold_if_implausible
 
         hold_if_implausible(result, make_settings(
             Path("unused"), dosimetry={"max_organ_gy_per_gbq": 1e-3}))
@@ -197,7 +197,7 @@ def test_the_engine_refuses_nothing_the_hold_would_not_report(
 def test_hold_bounds_do_not_change_what_a_result_depends_on() -> None:
     """Raising a hold bound (or upgrading to a version that has them) recomputes nothing;
     a setting that changes doses does."""
-    from service.planner import result_settings_digest
+    from theranode.service.plan.planner import result_settings_digest
 
     base = settings_from_dict({}, "test")
     raised = settings_from_dict(

@@ -15,12 +15,12 @@ import pytest
 import sqlite_utils
 from matplotlib import image
 
-import service.cohort_report as cohort_report
-from dosimetry.cohort.data import CohortData
-from dosimetry.cohort.synthetic import synthetic_cohort
-from service.cohort_report import LATEST, run_cohort
-from service.outcomes import import_outcome_files
-from service.store.outcomes import MIGRATIONS
+import theranode.service.cohort.report as cohort_report
+from theranode.dosimetry.cohort.data import CohortData
+from tests.synthetic_cohort import synthetic_cohort
+from theranode.service.cohort.report import LATEST, run_cohort
+from theranode.service.cohort.outcomes import import_outcome_files
+from theranode.service.store.outcomes import MIGRATIONS
 from tests.peers import require_tool
 from tests.service.cohort_files import export_outcome_csv
 

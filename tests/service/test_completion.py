@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from service.completion import (
+from theranode.service.plan.completion import (
     Action,
     CycleView,
     Protocol,

@@ -13,18 +13,18 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
-from config.schema import SecuritySettings
-from dicomio.integrity import ObjectTooLargeError
-from dicomio.rtstruct import (
+from theranode.config.schema import SecuritySettings
+from theranode.dicomio.integrity import ObjectTooLargeError
+from theranode.dicomio.rtstruct import (
     MAX_CONTOUR_POINTS,
     MAX_CONTOURS_PER_ROI,
     ContourLimits,
     read_rois,
 )
-from service.archive import Archive
-from service.ingest import LIMIT_EXCEEDED, SUCCESS, Ingest, Peer
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.receive.archive import Archive
+from theranode.service.receive.ingest import LIMIT_EXCEEDED, SUCCESS, Ingest, Peer
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.reliability.contour_bombs import plane_bomb, point_bomb
 from tests.service import factory
 from tests.service.keys import TEST_KEYER
@@ -131,8 +131,8 @@ def test_shipped_limits_refuse_a_million_points_and_store_the_issues_2000_planes
 
 def test_a_job_reads_with_the_configured_bounds_not_the_shipped_ones() -> None:
     """A site that raises a bound gets structure sets ingest accepted read by its jobs."""
-    from config.schema import settings_from_dict
-    from service.pipeline import contour_limits
+    from theranode.config.schema import settings_from_dict
+    from theranode.service.jobs.pipeline import contour_limits
 
     raised = settings_from_dict({"security": {"max_contour_points": 2 * MAX_CONTOUR_POINTS,
                                               "max_contours_per_roi": 7}}, "test")

@@ -17,9 +17,9 @@ import numpy as np
 from pydicom import dcmread
 import pytest
 
-from service.archive import sha256_hex
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.peers import free_port, wait_for_port
 from tests.service import factory
 from tests.service.nodes import scu
@@ -30,7 +30,7 @@ INJECTION = datetime(2024, 5, 6, 9, 15)
 def start_node(config: Path) -> subprocess.Popen[bytes]:
     log = open(config.with_suffix(".log"), "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "theranode.service.cli.main", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=log,
     )
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from config.schema import LoggingSettings
-from service.cohort_report import run_cohort
-from service.logs import configure_logging
-from service.store import open_database
-from service.store.outcomes import MIGRATIONS as OUTCOME_MIGRATIONS
+from theranode.config.schema import LoggingSettings
+from theranode.service.cohort.report import run_cohort
+from theranode.service.logs import configure_logging
+from theranode.service.store import open_database
+from theranode.service.store.outcomes import MIGRATIONS as OUTCOME_MIGRATIONS
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, send
 
@@ -75,7 +75,7 @@ def test_an_existing_world_readable_data_folder_is_tightened_with_a_warning(
     data.chmod(0o755)
     open_database(data / "theranode.db").conn.close()  # a database made as before: 0644
     assert stat.S_IMODE((data / "theranode.db").stat().st_mode) == 0o644
-    caplog.set_level(logging.WARNING, logger="service.archive")
+    caplog.set_level(logging.WARNING, logger="theranode.service.receive.archive")
     with running_node(make_settings(data)):
         pass
     assert stat.S_IMODE(data.stat().st_mode) == 0o700

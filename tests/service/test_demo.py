@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from dicomio.part10 import decode, encode
-from dicomio.sr import write_cycle_sr
-from service.demo import comparison_lines
+from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.sr import write_cycle_sr
+from theranode.service.cli.demo import comparison_lines
 from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from dicomio.phantom import CourseWriteSpec, write_course
-from dicomio.sr import read_sr_report
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
+from theranode.dicomio.sr import read_sr_report
 from tests.peers import OrthancPeer, require_tool, run_orthanc
 from tests.service.nodes import make_settings, running_node
 

@@ -3,7 +3,7 @@
 Cycles 1-2 are imaged at four time points, cycles 3-4 once (scaled from
 cycle 2, Hebert 2024). For cycles 3-4 and the course, the written RT Dose is
 read back, the VOIs of the written RTSTRUCT are rasterised on the reference
-CT (:func:`dicomio.rtstruct.roi_mask`) and carried to the dose grid at 50 %
+CT (:func:`theranode.dicomio.rtstruct.roi_mask`) and carried to the dose grid at 50 %
 occupancy — the VOI masks the reported means average over (docs/conformance.md)
 — and the map's mean in each VOI must be within 1 % of the SR's value read
 back from the written SR. Every written object must pass dciodvfy.
@@ -18,14 +18,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from config.schema import Settings
-from dicomio.ct import read_ct_series
-from dicomio.phantom import CourseManifest
-from dicomio.rtdose import read_rt_dose
-from dicomio.rtstruct import read_rois, roi_mask
-from dicomio.sr import read_sr_report
-from dosimetry.registration import resample_mask
-from service.pipeline import (
+from theranode.config.schema import Settings
+from theranode.dicomio.ct import read_ct_series
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.dicomio.rtdose import read_rt_dose
+from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dicomio.sr import read_sr_report
+from theranode.dosimetry.registration import resample_mask
+from theranode.service.jobs.pipeline import (
     CourseJobInput,
     CycleJobInput,
     JobKind,

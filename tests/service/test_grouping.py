@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from config.schema import GroupingSettings
-from service.grouping import Role, SeriesFacts, State, group_patient
-from service.regroup import rules_from_settings
+from theranode.config.schema import GroupingSettings
+from theranode.service.plan.grouping import Role, SeriesFacts, State, group_patient
+from theranode.service.plan.regroup import rules_from_settings
 
 RULES = rules_from_settings(GroupingSettings())
 CYCLE1 = datetime(2024, 3, 4, 10, 30)

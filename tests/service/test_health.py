@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from config.schema import load_settings
-from service.cli import main
+from theranode.config.schema import load_settings
+from theranode.service.cli.main import main
 from tests.peers import require_tool
 from tests.reliability.certificates import _authority, _leaf
 from tests.service.nodes import free_port, running_node

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.status import cycles_of
+from theranode.service.cli.main import main
+from theranode.service.cli.status_view import cycles_of
 from tests.peers import require_tool, run_orthanc
 from tests.service.nodes import make_settings, running_node, send
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from dicomio.headers import instance_header
-from service.job_status import render_dosimetry_status, render_jobs
-from service.planner import Planner, course_target
-from service.regroup import regroup_patient, rules_from_settings
-from service.store import open_database
-from service.store.index import IndexStore
-from service.store.jobs import JobState, JobStore
+from theranode.dicomio.headers import instance_header
+from theranode.service.cli.jobs_view import render_dosimetry_status, render_jobs
+from theranode.service.plan.planner import Planner, course_target
+from theranode.service.plan.regroup import regroup_patient, rules_from_settings
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobState, JobStore
 from tests.service import factory
 from tests.service.keys import TEST_KEYER
 from tests.service.nodes import make_settings

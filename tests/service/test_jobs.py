@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from service.job_status import render_jobs
-from service.jobs import JobRunner, _context, die_with_node, worker_death, worker_main
-from service.job_payload import encode_payload
-from service.pipeline import CourseJobInput, JobKind
-from service.result_store import write_result
-from service.store import open_database
-from service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
-from service.store.jobs import JobState, JobStore
-from service.store.outbox import OutboxStore
+from theranode.service.cli.jobs_view import render_jobs
+from theranode.service.jobs.runner import JobRunner, _context, die_with_node, worker_death, worker_main
+from theranode.service.jobs.payload import encode_payload
+from theranode.service.jobs.pipeline import CourseJobInput, JobKind
+from theranode.service.jobs.results import write_result
+from theranode.service.store import open_database
+from theranode.service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
+from theranode.service.store.jobs import JobState, JobStore
+from theranode.service.store.outbox import OutboxStore
 from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
 from tests.service.nodes import make_settings
 
@@ -341,7 +341,7 @@ def test_a_worker_dies_with_the_node(tmp_path: Path) -> None:
 # -- time limit ---------------------------------------------------------------------------
 def runaway_first_job(spec, log_path: str, conn) -> None:
     """The first job computes on and on (a hostile input); every other job ends at once."""
-    from service.pipeline import JobOutcome
+    from theranode.service.jobs.pipeline import JobOutcome
 
     if spec.job_id == 1:
         Path(log_path).with_suffix(".pid").write_text(str(os.getpid()))

@@ -6,8 +6,8 @@ import logging
 
 from pynetdicom import _config as pynetdicom_config
 
-from config.schema import LoggingSettings
-from service.logs import configure_logging
+from theranode.config.schema import LoggingSettings
+from theranode.service.logs import configure_logging
 
 
 def test_pynetdicom_is_kept_to_warnings_and_its_per_message_handlers_are_not_bound(

@@ -13,13 +13,13 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
-from dicomio.part10 import encode, file_meta
-from service.outbox import Outbox, backoff_s
-from service.pipeline import ResultObject
-from service.sender import ENCAPSULATED_PDF_STORAGE, SendState, classify_status
-from service.store import open_database
-from service.store.jobs import JobStore
-from service.store.outbox import OutboxStore
+from theranode.dicomio.part10 import encode, file_meta
+from theranode.service.deliver.outbox import Outbox, backoff_s
+from theranode.service.jobs.pipeline import ResultObject
+from theranode.service.deliver.sender import ENCAPSULATED_PDF_STORAGE, SendState, classify_status
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobStore
+from theranode.service.store.outbox import OutboxStore
 from tests.peers import free_port
 from tests.service.nodes import make_settings
 

@@ -8,21 +8,21 @@ import pandas as pd
 import pytest
 import sqlite_utils
 
-from dosimetry.cohort.analysis import analyse_cohort
-from dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
-from dosimetry.cohort.data import DoseKind, DoseRow, organ_doses
-from dosimetry.results import VoiKind
-from dosimetry.cohort.synthetic import synthetic_cohort
-from service.outcomes import (
+from theranode.dosimetry.cohort.analysis import analyse_cohort
+from theranode.dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
+from theranode.dosimetry.cohort.data import DoseKind, DoseRow, organ_doses
+from theranode.dosimetry.results import VoiKind
+from tests.synthetic_cohort import synthetic_cohort
+from theranode.service.cohort.outcomes import (
     MAX_ACTIVITY_GBQ,
     FileStatus,
     OutcomeKind,
     import_outcome_files,
     load_cohort_data,
 )
-from service.pipeline import classify_roi
-from service.store import outcomes as store
-from service.store.outcomes import MIGRATIONS
+from theranode.service.jobs.pipeline import classify_roi
+from theranode.service.store import outcomes as store
+from theranode.service.store.outcomes import MIGRATIONS
 from tests.service.cohort_files import export_outcome_csv
 
 PATIENTS = """patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,last_followup_date,recist_m3
@@ -366,7 +366,7 @@ def test_import_accepts_every_roi_name_the_engine_classifies(
     db: sqlite_utils.Database, tmp_path: Path, name: str
 ) -> None:
     """issue #11: one vocabulary; the importer's organ is the engine's organ."""
-    voi = classify_roi(name, None)  # the engine's classification (service.pipeline)
+    voi = classify_roi(name, None)  # the engine's classification (theranode.service.jobs.pipeline)
     assert voi is not None, f"the engine ignores ROI {name!r}"
     _import_before(db, tmp_path, "doses")
     is_lesion = voi.kind is VoiKind.LESION

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from dicomio.headers import PatientKeyer, instance_header, patient_key
-from service.archive import Archive
-from service.errors import StartupError
-from service.job_status import request_reprocess
-from service.planner import cycle_target
-from service.site_secret import SECRET_FILE, load_or_create
-from service.store import open_database
-from service.store.index import IndexStore
-from service.store.jobs import JobState, JobStore
+from theranode.dicomio.headers import PatientKeyer, instance_header, patient_key
+from theranode.service.receive.archive import Archive
+from theranode.service.errors import StartupError
+from theranode.service.cli.jobs_view import request_reprocess
+from theranode.service.plan.planner import cycle_target
+from theranode.service.receive.site_secret import SECRET_FILE, load_or_create
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobState, JobStore
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, send
 

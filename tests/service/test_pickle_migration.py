@@ -5,7 +5,7 @@ Until result.json format version 1, job payloads were pickled into
 pickles here are made exactly as that code made them (``pickle.dumps`` of
 the job input; ``pickle.dumps({"result", "source", "reference_ct"},
 protocol=5)`` with VOI masks reduced to packed bits by
-``dosimetry.results._unpacked_map_voi``), from results the pipeline computes
+``theranode.dosimetry.results._unpacked_map_voi``), from results the pipeline computes
 on a small phantom.
 """
 
@@ -21,13 +21,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import dosimetry.results
-from config.schema import Settings
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from dosimetry.results import MapVoi
-from service.app import DATABASE_NAME
-from service.jobs import JobRunner
-from service.pipeline import (
+import theranode.dosimetry.results
+from theranode.config.schema import Settings
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.dosimetry.results import MapVoi
+from theranode.service.app import DATABASE_NAME
+from theranode.service.jobs.runner import JobRunner
+from theranode.service.jobs.pipeline import (
     CourseJobInput,
     CycleJobInput,
     JobKind,
@@ -35,10 +35,10 @@ from service.pipeline import (
     TimePointInput,
     run_job,
 )
-from service.result_store import RESULT_JSON, load_stored_result
-from service.store import open_database
-from service.store.jobs import JobState, JobStore
-from service.store.outbox import OutboxStore
+from theranode.service.jobs.results import RESULT_JSON, load_stored_result
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobState, JobStore
+from theranode.service.store.outbox import OutboxStore
 from tests.service.nodes import make_settings, running_node, wait_job_ended
 
 NOW = "2024-05-01T10:00:00"
@@ -60,10 +60,10 @@ def _old_reduce(self: MapVoi) -> tuple[object, tuple[object, ...]]:
 
 @pytest.fixture
 def old_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``MapVoi`` pickles as it did before JSON: by ``dosimetry.results._unpacked_map_voi``."""
-    _old_unpacked_map_voi.__module__ = "dosimetry.results"
+    """``MapVoi`` pickles as it did before JSON: by ``theranode.dosimetry.results._unpacked_map_voi``."""
+    _old_unpacked_map_voi.__module__ = "theranode.dosimetry.results"
     _old_unpacked_map_voi.__qualname__ = "_unpacked_map_voi"
-    monkeypatch.setattr(dosimetry.results, "_unpacked_map_voi", _old_unpacked_map_voi,
+    monkeypatch.setattr(theranode.dosimetry.results, "_unpacked_map_voi", _old_unpacked_map_voi,
                         raising=False)
     monkeypatch.setattr(MapVoi, "__reduce__", _old_reduce, raising=False)
 

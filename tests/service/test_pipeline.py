@@ -12,11 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from config.schema import Settings
-from dicomio.phantom import CourseManifest, CourseWriteSpec, write_course
-from dosimetry.results import CycleResult, Organ, VoiKind
-from service.job_status import render_dosimetry_status
-from service.pipeline import (
+from theranode.config.schema import Settings
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.dosimetry.results import CycleResult, Organ, VoiKind
+from theranode.service.cli.jobs_view import render_dosimetry_status
+from theranode.service.jobs.pipeline import (
     CycleJobInput,
     JobKind,
     JobSpec,
@@ -24,9 +24,9 @@ from service.pipeline import (
     classify_roi,
     run_job,
 )
-from service.result_store import load_stored_result
-from service.store import open_database
-from service.store.jobs import JobRecord, JobState, JobStore
+from theranode.service.jobs.results import load_stored_result
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from tests.peers import free_port, wait_for_port
 from tests.service.nodes import make_settings, running_node, send
 
@@ -125,7 +125,7 @@ def test_cycle_missing_its_192h_scan_is_incomplete_then_runs_when_it_arrives(
 
 def start_node(config: Path) -> subprocess.Popen[bytes]:
     log = open(config.with_suffix(".log"), "ab")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
+    return subprocess.Popen([sys.executable, "-m", "theranode.service.cli.main", "serve", "--config",
                              str(config)], stdout=subprocess.DEVNULL, stderr=log)
 
 

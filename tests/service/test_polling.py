@@ -11,11 +11,11 @@ import pynetdicom.dul
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from service import polling
+from theranode.service.receive import polling
 
 
 def test_pynetdicom_still_polls_the_way_the_shortcut_assumes() -> None:
-    # If an upgrade changes these loops, service.polling no longer does what
+    # If an upgrade changes these loops, theranode.service.receive.polling no longer does what
     # its docstring says: revisit it (and benchmarks/ingest.py) then.
     assert "time.sleep(0.001)" in inspect.getsource(Association._run_reactor)
     reactor = inspect.getsource(pynetdicom.dul.DULServiceProvider.run_reactor)

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomio.headers import instance_header
-from dicomio.integrity import decode
-from service.app import DATABASE_NAME
-from service.archive import Archive, sha256_hex
-from service.ingest import MISSING_ATTRIBUTE, SUCCESS, UNDECODABLE, Ingest, Peer
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.dicomio.headers import instance_header
+from theranode.dicomio.integrity import decode
+from theranode.service.app import DATABASE_NAME
+from theranode.service.receive.archive import Archive, sha256_hex
+from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, UNDECODABLE, Ingest, Peer
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.service import factory
 from tests.service.keys import TEST_KEYER, use_test_secret
 from tests.service.nodes import make_settings, running_node
@@ -81,7 +81,7 @@ def test_node_starts_and_every_orphan_ends_where_documented(
     plain = _orphan(archive, plain_data)
     ingest.close()
 
-    caplog.set_level(logging.WARNING, logger="service.app")
+    caplog.set_level(logging.WARNING, logger="theranode.service.app")
     with running_node(settings) as node:  # before: IntegrityError here, on every start
         index = node.index
         # 1: the archived copy is unchanged; the orphan is kept aside in conflicts/
@@ -109,7 +109,7 @@ def test_node_starts_and_every_orphan_ends_where_documented(
         assert row is not None and data_dir / row["path"] == plain and plain.exists()
         assert index.archived_paths() == {
             archive.relative(p) for p in archive.archive.rglob("*.dcm")}
-    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "service.app")
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "theranode.service.app")
     for line in ("1 unindexed archive file(s) re-indexed",
                  "1 unindexed archive file(s) moved to conflicts/",
                  "2 unindexed archive file(s) quarantined",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
-from service.ingest import (
+from theranode.service.receive.ingest import (
     MISSING_ATTRIBUTE,
     OUT_OF_RESOURCES,
     SOP_CLASS_MISMATCH,
@@ -208,7 +208,7 @@ def test_received_bytes_are_framed_as_pynetdicom_frames_them(tmp_path, sop_insta
     # Archived digests are of these bytes: an identical resend must keep matching.
     from pynetdicom import ALL_TRANSFER_SYNTAXES, evt
 
-    from service.scp import received_file
+    from theranode.service.receive.scp import received_file
 
     seen: list[tuple[bytes, bytes]] = []
 

@@ -18,11 +18,11 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
-from service.outbox import Outbox
-from service.sender import ENCAPSULATED_PDF_STORAGE
-from service.store import open_database
-from service.store.jobs import JobStore
-from service.store.outbox import OutboxStore
+from theranode.service.deliver.outbox import Outbox
+from theranode.service.deliver.sender import ENCAPSULATED_PDF_STORAGE
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobStore
+from theranode.service.store.outbox import OutboxStore
 from tests.peers import free_port, require_tool, wait_for_port
 from tests.reliability.certificates import Pki, make_pki
 from tests.service.nodes import make_settings

@@ -1,7 +1,7 @@
 """Two patients racing into one new series: exactly one is filed, the other refused.
 
 The series-owner check and the insert run in one ``BEGIN IMMEDIATE``
-transaction (:meth:`service.store.index.IndexStore.add_instance`), so two
+transaction (:meth:`theranode.service.store.index.IndexStore.add_instance`), so two
 associations storing patients A and B into the same new Series Instance UID
 at the same moment can no longer both be answered Success: the second gets
 the series-owner refusal (0xC110) and its bytes go to quarantine.
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from service.archive import Archive, sha256_hex
-from service.ingest import MISSING_ATTRIBUTE, SUCCESS, Ingest, Outcome, Peer
-from service.store import open_database
-from service.store.index import IndexStore
+from theranode.service.receive.archive import Archive, sha256_hex
+from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, Ingest, Outcome, Peer
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 from tests.service import factory
 from tests.service.keys import TEST_KEYER
 

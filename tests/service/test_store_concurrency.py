@@ -6,9 +6,9 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from service.store import open_database
-from service.store.index import IndexStore
-from service.store.jobs import JobStore
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobStore
 
 ROUNDS = 300
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from config.schema import load_settings
-from service.cli import main
-from service.planner import Planner
-from service.store import open_database
-from service.store.index import IndexStore
-from service.store.jobs import JobState, JobStore
-from service.terminal_text import terminal_text
+from theranode.config.schema import load_settings
+from theranode.service.cli.main import main
+from theranode.service.plan.planner import Planner
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobState, JobStore
+from theranode.service.cli.terminal_text import terminal_text
 from tests.peers import free_port
 from tests.service import factory
 from tests.service.nodes import running_node, send

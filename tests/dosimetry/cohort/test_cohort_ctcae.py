@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dosimetry.cohort.ctcae import (
+from theranode.dosimetry.cohort.ctcae import (
     BANDS,
     UNDETERMINED,
     EgfrEquation,
@@ -14,7 +14,7 @@ from dosimetry.cohort.ctcae import (
     ctcae_grades,
     egfr_ckd_epi,
 )
-from dosimetry.cohort.data import Analyte
+from theranode.dosimetry.cohort.data import Analyte
 
 # (analyte, LLN, [(value, expected grade)]) — "<a–b" means b ≤ value < a (CTCAE v4.03).
 EDGES = [

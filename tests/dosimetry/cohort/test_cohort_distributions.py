@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dosimetry.cohort.data import CohortData, organ_doses, patient_lesion_indices
-from dosimetry.cohort.distributions import dose_distributions, lesion_index_distributions
-from dosimetry.cohort.results import LesionIndex, NotEstimable, Summary
+from theranode.dosimetry.cohort.data import CohortData, organ_doses, patient_lesion_indices
+from theranode.dosimetry.cohort.distributions import dose_distributions, lesion_index_distributions
+from theranode.dosimetry.cohort.results import LesionIndex, NotEstimable, Summary
 
 
 def _data() -> CohortData:

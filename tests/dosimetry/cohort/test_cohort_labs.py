@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dosimetry.cohort.ctcae import EgfrEquation, Sex, egfr_ckd_epi
-from dosimetry.cohort.data import CohortData
-from dosimetry.cohort.labs import add_computed_egfr, lab_changes, toxicity_table
-from dosimetry.cohort.results import LabChange, NotEstimable, ToxicityTable
+from theranode.dosimetry.cohort.ctcae import EgfrEquation, Sex, egfr_ckd_epi
+from theranode.dosimetry.cohort.data import CohortData
+from theranode.dosimetry.cohort.labs import add_computed_egfr, lab_changes, toxicity_table
+from theranode.dosimetry.cohort.results import LabChange, NotEstimable, ToxicityTable
 
 
 def _cohort(labs: list[tuple[str, str, str, float, float | None]], n: int = 4) -> CohortData:

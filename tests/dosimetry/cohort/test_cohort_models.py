@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dosimetry.cohort.data import CohortData
-from dosimetry.cohort.response import dose_response, fieller_interval, stable_above, tumour_control
-from dosimetry.cohort.results import CycleTrend, DoseResponse, NotEstimable, TumourControl
-from dosimetry.cohort.synthetic import synthetic_cohort
-from dosimetry.cohort.trend import cycle_trend
+from theranode.dosimetry.cohort.data import CohortData
+from theranode.dosimetry.cohort.response import dose_response, fieller_interval, stable_above, tumour_control
+from theranode.dosimetry.cohort.results import CycleTrend, DoseResponse, NotEstimable, TumourControl
+from tests.synthetic_cohort import synthetic_cohort
+from theranode.dosimetry.cohort.trend import cycle_trend
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ import time
 
 import pytest
 
-from dosimetry.cohort.response import dose_response, tumour_control
-from dosimetry.cohort.results import (
+from theranode.dosimetry.cohort.response import dose_response, tumour_control
+from theranode.dosimetry.cohort.results import (
     DoseResponse,
     Endpoint,
     LesionIndex,
     SurvivalComparison,
     TumourControl,
 )
-from dosimetry.cohort.survival import survival_by_index
-from dosimetry.cohort.synthetic import synthetic_cohort
+from theranode.dosimetry.cohort.survival import survival_by_index
+from tests.synthetic_cohort import synthetic_cohort
 
 N_PATIENTS = 4000
 

@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from dosimetry.cohort.analysis import analyse_cohort
-from dosimetry.cohort.data import CohortData
-from dosimetry.cohort.results import NotEstimable, as_plain
-from dosimetry.cohort.synthetic import synthetic_cohort
-from dosimetry.errors import InsufficientDataError
+from theranode.dosimetry.cohort.analysis import analyse_cohort
+from theranode.dosimetry.cohort.data import CohortData
+from theranode.dosimetry.cohort.results import NotEstimable, as_plain
+from tests.synthetic_cohort import synthetic_cohort
+from theranode.dosimetry.errors import InsufficientDataError
 
 
 def _subset(n_patients: int) -> CohortData:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dosimetry.cohort.results import Endpoint, LesionIndex, NotEstimable, SurvivalComparison
-from dosimetry.cohort.survival import at_risk_counts, compare_groups, kaplan_meier
+from theranode.dosimetry.cohort.results import Endpoint, LesionIndex, NotEstimable, SurvivalComparison
+from theranode.dosimetry.cohort.survival import at_risk_counts, compare_groups, kaplan_meier
 
 
 def test_km_median_of_five_uncensored_times() -> None:

@@ -1,0 +1,1 @@
+"""Synthetic phantoms with known answers, for tests, benchmarks and the demo."""

@@ -1,0 +1,1 @@
+"""The ``theranode`` command line and its views of the node's state."""

@@ -1,0 +1,1 @@
+"""Cohort statistics: outcome import, cohort data loading, the report and its schedule."""

@@ -1,0 +1,1 @@
+"""Jobs: the worker-process runner, job inputs, and the dosimetry pipeline."""

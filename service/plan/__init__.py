@@ -1,0 +1,1 @@
+"""Planning: grouping series into cycles, completion rules, job submission."""

@@ -1,0 +1,132 @@
+"""Re-runs grouping off the association threads whenever a series arrives.
+
+Grouping itself is the pure :func:`theranode.service.plan.grouping.group_patient`; this
+module converts index rows into its inputs, persists its output and runs it
+on a background thread so a C-STORE never waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from theranode.config.schema import GroupingSettings
+from theranode.service.plan.grouping import GroupingRules, Placement, Role, SeriesFacts, Window, group_patient
+from theranode.service.store.index import IndexStore
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def rules_from_settings(grouping: GroupingSettings) -> GroupingRules:
+    return GroupingRules(
+        windows=tuple(Window(w.nominal_h, w.min_h, w.max_h) for w in grouping.time_points),
+        same_injection_tolerance=timedelta(minutes=grouping.same_injection_tolerance_min),
+        new_course_after=timedelta(days=grouping.new_course_after_days),
+    )
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def facts_from_row(row: dict[str, Any]) -> SeriesFacts:
+    return SeriesFacts(
+        series_uid=row["series_uid"],
+        role=Role(row["kind"]),
+        study_uid=row["study_uid"],
+        frame_of_reference_uid=row["frame_of_reference_uid"],
+        referenced_frames=tuple(json.loads(row["referenced_frames"] or "[]")),
+        acquired=_dt(row["acquired"]),
+        injection_start=_dt(row["injection_start"]),
+        injection_time=time.fromisoformat(row["injection_time"]) if row["injection_time"] else None,
+        injection_event_uid=row["injection_event_uid"],
+        radionuclide=row["radionuclide"],
+    )
+
+
+def placement_row(patient_key: str, p: Placement) -> dict[str, Any]:
+    return {
+        "series_uid": p.series_uid,
+        "patient_key": patient_key,
+        "course": p.course,
+        "cycle": p.cycle,
+        "injection": p.injection.isoformat() if p.injection else None,
+        "injection_source": p.injection_source,
+        "time_point_h": p.time_point_h,
+        "elapsed_h": p.elapsed_h,
+        "role": p.role.value,
+        "state": p.state.value,
+        "note": p.note,
+    }
+
+
+def regroup_patient(index: IndexStore, rules: GroupingRules, patient_key: str) -> list[Placement]:
+    """Group one patient from the index and persist the result."""
+    facts = [facts_from_row(row) for row in index.series_of_patient(patient_key)]
+    placements = group_patient(facts, rules)
+    index.replace_grouping(patient_key, [placement_row(patient_key, p) for p in placements])
+    return placements
+
+
+class Regrouper:
+    """A background thread that regroups patients as their series arrive."""
+
+    def __init__(
+        self,
+        index: IndexStore,
+        rules: GroupingRules,
+        on_grouped: Callable[[str, list[Placement]], None] = lambda key, placements: None,
+    ) -> None:
+        self.index = index
+        self.rules = rules
+        self.on_grouped = on_grouped
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="regrouper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def request(self, patient_key: str) -> None:
+        """Ask for ``patient_key`` to be regrouped (coalesced while queued)."""
+        with self._lock:
+            if patient_key in self._pending:
+                return
+            self._pending.add(patient_key)
+            self._idle.clear()
+        self._queue.put(patient_key)
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Block until no regrouping is queued or running (for tests and shutdown)."""
+        return self._idle.wait(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            key = str(item)
+            with self._lock:
+                self._pending.discard(key)
+            try:
+                placements = regroup_patient(self.index, self.rules, key)
+                self.on_grouped(key, placements)
+            except Exception:
+                logger.exception("Grouping failed for patient %s", key)
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()

@@ -1,0 +1,1 @@
+"""Receiving: the DICOM listener, what happens to each instance, the archive."""
