@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from theranode.config.schema import Settings
-from theranode.service.receive.ingest import utc_now
+from theranode.service.clock import utc_now
 from theranode.service.deliver.sender import Sender, SendResult, SendState, sender_for
 from theranode.service.store.outbox import DeliveryState, OutboxStore, PendingObject
 

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from theranode.config.schema import Settings
-from theranode.service.receive.ingest import utc_now
+from theranode.service.clock import utc_now
 from theranode.service.jobs.payload import JobPayloadError, decode_payload
 from theranode.service.jobs.pipeline import (
     CourseJobInput,

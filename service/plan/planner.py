@@ -38,7 +38,7 @@ from theranode.service.plan.completion import (
     input_fingerprint,
     settings_digest,
 )
-from theranode.service.receive.ingest import utc_now
+from theranode.service.clock import utc_now
 from theranode.service.jobs.payload import encode_payload
 from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from theranode.service.store.index import IndexStore

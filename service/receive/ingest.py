@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -63,6 +63,7 @@ from theranode.dicomio.headers import InstanceHeader, PatientKeyer, instance_hea
 from theranode.dicomio.integrity import DecodeLimits, ObjectTooLargeError, check_pixel_data, decode
 from theranode.dicomio.spect_units import acquisition_duration_s, declared_values, is_read_as_spect
 from theranode.service.receive.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
+from theranode.service.clock import utc_now
 from theranode.service.receive.calibration import camera_facts, counts_calibration
 from theranode.service.store.index import IndexStore, SeriesOwnerError
 
@@ -113,10 +114,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def decode_limits(security: SecuritySettings) -> DecodeLimits:
