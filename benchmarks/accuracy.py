@@ -51,7 +51,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
@@ -62,6 +61,7 @@ from theranode.dosimetry.cycle import (
 )
 from theranode.dosimetry.registration import RigidRegistration
 from theranode.dosimetry.results import CycleResult
+from theranode.dosimetry.synthetic import phantom as ph
 
 FOV_MM = (360.0, 260.0, 160.0)
 CENTRE_MM = (0.0, 0.0, -5.0)

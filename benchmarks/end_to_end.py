@@ -24,9 +24,9 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from theranode.dicomio.synthetic_course import CourseWriteSpec, PhantomGrids, write_course
 from tests.peers import free_port, run_orthanc, wait_for_port
 from tests.service.nodes import scu
+from theranode.dicomio.synthetic_course import CourseWriteSpec, PhantomGrids, write_course
 
 TARGET_S = 90.0
 

@@ -31,8 +31,13 @@ import pydicom
 
 from theranode.dicomio.ct import read_ct_series
 from theranode.dicomio.nm import read_spect
-from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, PhantomGrids, write_course
 from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dicomio.synthetic_course import (
+    CourseManifest,
+    CourseWriteSpec,
+    PhantomGrids,
+    write_course,
+)
 from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
@@ -41,9 +46,9 @@ from theranode.dosimetry.cycle import (
     compute_multi_time_point_cycle,
     register_time_points,
 )
-from theranode.dosimetry.synthetic.phantom import default_course
 from theranode.dosimetry.registration import crop_mask
 from theranode.dosimetry.results import CycleResult, Organ, VoiKind
+from theranode.dosimetry.synthetic.phantom import default_course
 from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)

@@ -39,8 +39,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from theranode.service.receive import polling
 from tests.peers import free_port, run_orthanc, wait_for_port
+from theranode.service.receive import polling
 
 
 def write_instances(folder: Path, n_ct: int, seed: int = 0) -> int:

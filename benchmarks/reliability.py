@@ -51,7 +51,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 from tests.reliability import combined_kills
 from tests.reliability.combined_kills import (
     DELIVERY,
@@ -84,6 +83,7 @@ from tests.reliability.kills import KillReport, run_kills
 from tests.reliability.load import LIMIT_REJECTION, LoadReport, run_load
 from tests.reliability.outage import CourseRun, run_outage
 from tests.service.nodes import make_settings
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 
 DOC = ROOT / "docs" / "reliability.md"
 SECTION_START = "<!-- section: hostile-peers -->"

@@ -27,8 +27,8 @@ from functools import lru_cache
 from io import BytesIO
 
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -37,7 +37,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from theranode.dicomio.errors import DicomInputError, InconsistentPixelDataError, TruncatedObjectError
+from theranode.dicomio.errors import (
+    DicomInputError,
+    InconsistentPixelDataError,
+    TruncatedObjectError,
+)
 from theranode.dicomio.headers import SeriesKind
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF

@@ -18,8 +18,8 @@ module), C.8.6.1 (SC Equipment module). Kinetic models as in
 from __future__ import annotations
 
 import logging
-import textwrap
 import math
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from io import BytesIO
 from typing import Any

@@ -43,6 +43,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from theranode.dicomio.rtstruct import RoiDefinition, build_rtstruct
 from theranode.dicomio.valuerep import format_ds
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.synthetic.phantom import (
     CountingStatistics,
     CourseSpec,
@@ -63,8 +65,6 @@ from theranode.dosimetry.synthetic.phantom import (
     voxelise,
     with_subvoxel_motion,
 )
-from theranode.dosimetry.radionuclides import nuclear_data
-from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.volume import Volume
 
 logger = logging.getLogger(__name__)

@@ -10,15 +10,21 @@ from pathlib import Path
 
 from theranode.config.schema import Settings
 from theranode.dicomio.headers import InstanceHeader
-from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
-from theranode.service.errors import StartupError
-from theranode.service.receive.ingest import IDENTICAL_DUPLICATE, OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome
-from theranode.service.jobs.runner import JobRunner
+from theranode.service.cohort.scheduler import start_scheduler
 from theranode.service.deliver.outbox import Outbox
+from theranode.service.errors import StartupError
+from theranode.service.jobs.runner import JobRunner
 from theranode.service.plan.planner import Planner
 from theranode.service.plan.regroup import Regrouper, rules_from_settings
+from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
+from theranode.service.receive.ingest import (
+    IDENTICAL_DUPLICATE,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Ingest,
+    Outcome,
+)
 from theranode.service.receive.rekey import rekey_stale_patients
-from theranode.service.cohort.scheduler import start_scheduler
 from theranode.service.receive.scp import StorageSCP
 from theranode.service.receive.site_secret import patient_keyer
 from theranode.service.store import open_database

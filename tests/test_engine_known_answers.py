@@ -27,17 +27,17 @@ from pydicom import dcmread
 
 from benchmarks.engine import load_cycle_inputs
 from theranode.dicomio.part10 import decode, encode
-from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dicomio.source import source_context_from_datasets
 from theranode.dicomio.sr import VOI_MEASUREMENTS, read_sr_report, write_cycle_sr
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dicomio.uids import ResultIdentity, ResultKind
 from theranode.dosimetry.cycle import (
     EngineSettings,
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from theranode.dosimetry.synthetic.phantom import default_course
 from theranode.dosimetry.results import CycleResult, DoseMethod
+from theranode.dosimetry.synthetic.phantom import default_course
 
 ORGANS = ("Liver", "Kidney_L", "Kidney_R", "Spleen")
 SETTINGS = EngineSettings(voxelwise_map=False)
@@ -105,8 +105,8 @@ def test_dicom_path_equals_the_in_memory_path(
     manifest: CourseManifest, cycle2: CycleResult
 ) -> None:
     """Same phantom, same grids: files and memory give the same doses."""
-    from theranode.dosimetry.synthetic import phantom as ph
     from theranode.dosimetry.cycle import CycleInputs, TimePointImages, VoiMask
+    from theranode.dosimetry.synthetic import phantom as ph
 
     spec = manifest.spec
     course = spec.course

@@ -7,11 +7,6 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from theranode.dicomio.part10 import encode, file_meta
-from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
-from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
-from theranode.dicomio.sr import write_course_sr, write_cycle_sr
-from theranode.dicomio.uids import ResultKind
 from tests.dicomio.result_records import (
     SHAPE,
     course_result,
@@ -21,6 +16,11 @@ from tests.dicomio.result_records import (
     source_for_cycle,
 )
 from tests.peers import OrthancPeer, require_tool
+from theranode.dicomio.part10 import encode, file_meta
+from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
+from theranode.dicomio.sr import write_course_sr, write_cycle_sr
+from theranode.dicomio.uids import ResultKind
 
 
 def _upload(orthanc: OrthancPeer, ds: Dataset) -> dict[str, Any]:

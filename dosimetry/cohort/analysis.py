@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from theranode.dosimetry.cohort.ctcae import EgfrEquation
 from theranode.dosimetry.cohort.data import CohortData
 from theranode.dosimetry.cohort.distributions import dose_distributions, lesion_index_distributions
-from theranode.dosimetry.cohort.labs import LabWindows, add_computed_egfr, lab_changes, toxicity_table
+from theranode.dosimetry.cohort.labs import (
+    LabWindows,
+    add_computed_egfr,
+    lab_changes,
+    toxicity_table,
+)
 from theranode.dosimetry.cohort.response import dose_response, tumour_control
 from theranode.dosimetry.cohort.results import (
     CohortCounts,

@@ -33,10 +33,15 @@ from pynetdicom.sop_class import Verification
 
 from theranode.config.schema import Settings
 from theranode.dicomio.headers import SOP_CLASS_KINDS, is_valid_uid
-from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, PhantomGrids, write_course
 from theranode.dicomio.sr import read_sr_report
-from theranode.service.deliver.sender import RESULT_SOP_CLASSES
+from theranode.dicomio.synthetic_course import (
+    CourseManifest,
+    CourseWriteSpec,
+    PhantomGrids,
+    write_course,
+)
 from theranode.service.cli.terminal_text import emit, terminal_text
+from theranode.service.deliver.sender import RESULT_SOP_CLASSES
 
 DEMO_SEED = 2024
 #: Received objects whose file name cannot be made from a valid UID and modality

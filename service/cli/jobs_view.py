@@ -14,13 +14,13 @@ from collections.abc import Iterator
 import sqlite_utils
 
 from theranode.config.schema import Settings
-from theranode.service.plan.completion import Action
+from theranode.service.cli.terminal_text import terminal_lines
 from theranode.service.jobs.runner import read_job_log
+from theranode.service.plan.completion import Action
 from theranode.service.plan.planner import Planner, course_target
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
-from theranode.service.cli.terminal_text import terminal_lines
 
 
 def _patient_ids(db: sqlite_utils.Database) -> dict[str, str]:

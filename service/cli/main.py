@@ -13,11 +13,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from theranode.config.schema import ConfigError, Settings, iter_settings, load_settings
 from theranode import __version__
+from theranode.config.schema import ConfigError, Settings, iter_settings, load_settings
+from theranode.service.cli.terminal_text import emit, terminal_lines, terminal_text
 from theranode.service.errors import ServiceError
 from theranode.service.logs import configure_logging
-from theranode.service.cli.terminal_text import emit, terminal_lines, terminal_text
 
 if TYPE_CHECKING:
     from theranode.service.cohort.outcomes import ImportReport
@@ -99,8 +99,8 @@ def _database(settings: Settings) -> object | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from theranode.service.cli.jobs_view import render_dosimetry_status
-    from theranode.service.plan.regroup import rules_from_settings
     from theranode.service.cli.status_view import render_status
+    from theranode.service.plan.regroup import rules_from_settings
     from theranode.service.store.index import IndexStore
 
     settings = _settings(args)

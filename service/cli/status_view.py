@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from theranode.service.cli.terminal_text import terminal_lines
 from theranode.service.plan.grouping import GroupingRules
 from theranode.service.store.index import IndexStore
-from theranode.service.cli.terminal_text import terminal_lines
 
 
 @dataclass

@@ -67,11 +67,11 @@ from theranode.dosimetry.plausibility import PlausibilityLimits, implausible_dos
 from theranode.dosimetry.results import CourseResult, CycleResult
 from theranode.dosimetry.voi_names import classify_roi
 from theranode.dosimetry.volume import Volume
+from theranode.service.errors import ServiceError
+from theranode.service.jobs.engine_settings import build_engine_settings
+from theranode.service.jobs.results import RESULT_JSON, load_stored_result, write_result
 from theranode.service.receive.archive import write_durably
 from theranode.service.receive.calibration import counts_calibration
-from theranode.service.jobs.engine_settings import build_engine_settings
-from theranode.service.errors import ServiceError
-from theranode.service.jobs.results import RESULT_JSON, load_stored_result, write_result
 
 logger = logging.getLogger(__name__)
 

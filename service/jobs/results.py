@@ -49,8 +49,8 @@ from theranode.dosimetry.records_json import (
 )
 from theranode.dosimetry.results import CourseResult, CycleResult
 from theranode.dosimetry.volume import Volume
-from theranode.service.receive.archive import write_durably
 from theranode.service.errors import ServiceError
+from theranode.service.receive.archive import write_durably
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from theranode.config.schema import Settings
+from theranode.service.clock import utc_now
+from theranode.service.jobs.payload import encode_payload
+from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from theranode.service.plan.completion import (
     NO_REFERENCE,
     Action,
@@ -38,9 +41,6 @@ from theranode.service.plan.completion import (
     input_fingerprint,
     settings_digest,
 )
-from theranode.service.clock import utc_now
-from theranode.service.jobs.payload import encode_payload
-from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 

@@ -16,7 +16,14 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from theranode.config.schema import GroupingSettings
-from theranode.service.plan.grouping import GroupingRules, Placement, Role, SeriesFacts, Window, group_patient
+from theranode.service.plan.grouping import (
+    GroupingRules,
+    Placement,
+    Role,
+    SeriesFacts,
+    Window,
+    group_patient,
+)
 from theranode.service.store.index import IndexStore
 
 logger = logging.getLogger(__name__)

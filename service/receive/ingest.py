@@ -62,8 +62,14 @@ from theranode.dicomio.errors import (
 from theranode.dicomio.headers import InstanceHeader, PatientKeyer, instance_header
 from theranode.dicomio.integrity import DecodeLimits, ObjectTooLargeError, check_pixel_data, decode
 from theranode.dicomio.spect_units import acquisition_duration_s, declared_values, is_read_as_spect
-from theranode.service.receive.archive import Archive, ArchiveError, DiskFullError, Staged, sha256_hex
 from theranode.service.clock import utc_now
+from theranode.service.receive.archive import (
+    Archive,
+    ArchiveError,
+    DiskFullError,
+    Staged,
+    sha256_hex,
+)
 from theranode.service.receive.calibration import camera_facts, counts_calibration
 from theranode.service.store.index import IndexStore, SeriesOwnerError
 

@@ -31,8 +31,8 @@ import uuid
 from pathlib import Path
 
 from theranode.dicomio.headers import MIN_SECRET_BYTES, PatientKeyer
-from theranode.service.receive.archive import fsync_directory
 from theranode.service.errors import StartupError
+from theranode.service.receive.archive import fsync_directory
 
 logger = logging.getLogger(__name__)
 

@@ -37,10 +37,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from benchmarks.engine import load_cycle_inputs
+from tests.dicomio import result_records
+from tests.peers import require_tool
 from theranode.dicomio.dvh import dvhs_from_masks
 from theranode.dicomio.part10 import decode, encode, value_problems
 from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
-from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.rtstruct import read_rois, roi_mask
 from theranode.dicomio.source import (
@@ -49,6 +50,7 @@ from theranode.dicomio.source import (
     source_context_from_datasets,
 )
 from theranode.dicomio.sr import read_sr_report, write_course_sr, write_cycle_sr
+from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.dicomio.uids import ResultIdentity, ResultKind
 from theranode.dosimetry.course_map import compute_course
 from theranode.dosimetry.cycle import (
@@ -58,12 +60,10 @@ from theranode.dosimetry.cycle import (
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
 )
-from theranode.dosimetry.synthetic.phantom import relative_affine
 from theranode.dosimetry.registration import RegistrationSettings, RigidRegistration
 from theranode.dosimetry.results import CourseResult, CycleResult, DoseMethod, KineticModel
 from theranode.dosimetry.roi import CumulativeDvh, cumulative_dvh
-from tests.dicomio import result_records
-from tests.peers import require_tool
+from theranode.dosimetry.synthetic.phantom import relative_affine
 
 #: dciodvfy warnings each object kind may carry, with the reason (docs/conformance.md).
 EXPLAINED_WARNINGS: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from theranode.dicomio.errors import DicomInputError, InconsistentPixelDataError, TruncatedObjectError
+from tests.service import factory
+from theranode.dicomio.errors import (
+    DicomInputError,
+    InconsistentPixelDataError,
+    TruncatedObjectError,
+)
 from theranode.dicomio.headers import SeriesKind
 from theranode.dicomio.integrity import (
     DecodeLimits,
@@ -26,7 +31,6 @@ from theranode.dicomio.integrity import (
     decode,
     inflate_bounded,
 )
-from tests.service import factory
 
 
 def nm_bytes() -> bytes:

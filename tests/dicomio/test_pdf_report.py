@@ -12,6 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.dicomio.result_records import (
+    LESION_BOX,
+    LIVER_BOX,
+    box_mask,
+    course_result,
+    cycle_result,
+    identity,
+    source_for_cycle,
+)
+from tests.peers import require_tool
 from theranode.dicomio.part10 import decode, encode
 from theranode.dicomio.pdf_report import (
     extract_pdf,
@@ -25,16 +35,6 @@ from theranode.dicomio.pdf_report import (
 )
 from theranode.dicomio.uids import ResultKind
 from theranode.dosimetry.results import KineticFit, KineticModel
-from tests.dicomio.result_records import (
-    LESION_BOX,
-    LIVER_BOX,
-    box_mask,
-    course_result,
-    cycle_result,
-    identity,
-    source_for_cycle,
-)
-from tests.peers import require_tool
 
 
 def _page_count(pdf: bytes) -> int:

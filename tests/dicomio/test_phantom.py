@@ -12,8 +12,10 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from tests.peers import require_tool
 from theranode.dicomio.ct import read_ct_series
 from theranode.dicomio.nm import CountsCalibration, SpectEncoding, read_spect
+from theranode.dicomio.rtstruct import read_rois, roi_mask
 from theranode.dicomio.synthetic_course import (
     CourseManifest,
     CourseWriteSpec,
@@ -23,7 +25,7 @@ from theranode.dicomio.synthetic_course import (
     clean_margin_course,
     write_course,
 )
-from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dosimetry.radionuclides import nuclear_data
 from theranode.dosimetry.synthetic.phantom import (
     CountingStatistics,
     ImageGrid,
@@ -33,8 +35,6 @@ from theranode.dosimetry.synthetic.phantom import (
     voi_contour_mask,
     voxelise,
 )
-from theranode.dosimetry.radionuclides import nuclear_data
-from tests.peers import require_tool
 
 ROI_NAMES = [
     "Liver",

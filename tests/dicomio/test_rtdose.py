@@ -21,6 +21,19 @@ if not hasattr(pydicom.dicomio, "read_file"):
 
 from dicompylercore import dicomparser, dvh, dvhcalc
 
+from tests.dicomio.result_records import (
+    LESION_BOX,
+    LIVER_BOX,
+    box_mask,
+    course_result,
+    cycle_result,
+    dose_map,
+    identity,
+    reference_ct,
+    source_for_cycle,
+    structure_set,
+)
+from tests.peers import require_tool
 from theranode.dicomio.errors import (
     DicomInputError,
     MissingAttributeError,
@@ -39,19 +52,6 @@ from theranode.dicomio.source import course_source_context, source_context_from_
 from theranode.dicomio.uids import ResultKind
 from theranode.dosimetry.roi import cumulative_dvh
 from theranode.dosimetry.volume import Volume, resample
-from tests.dicomio.result_records import (
-    LESION_BOX,
-    LIVER_BOX,
-    box_mask,
-    course_result,
-    cycle_result,
-    dose_map,
-    identity,
-    reference_ct,
-    source_for_cycle,
-    structure_set,
-)
-from tests.peers import require_tool
 
 #: A rotation of 30 degrees about the patient z axis (columns are the index axes).
 COS, SIN = math.cos(math.pi / 6), math.sin(math.pi / 6)

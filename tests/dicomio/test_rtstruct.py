@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
+from tests.dicomio.rtstruct_reference import reference_roi_mask
 from theranode.dicomio.ct import read_ct_series
 from theranode.dicomio.errors import UnsupportedObjectError
 from theranode.dicomio.integrity import ObjectTooLargeError
@@ -28,7 +29,6 @@ from theranode.dicomio.rtstruct import (
 )
 from theranode.dicomio.valuerep import format_ds
 from theranode.dosimetry.volume import Volume
-from tests.dicomio.rtstruct_reference import reference_roi_mask
 
 FRAME = generate_uid(entropy_srcs=["test-rtstruct-frame"])
 

@@ -30,6 +30,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.service.keys import TEST_KEYER
 from theranode.config.schema import CalibrationSettings, CameraCalibration
 from theranode.dicomio.errors import DicomInputError
 from theranode.dicomio.nm import CountsCalibration, SpectEncoding, read_spect
@@ -53,7 +54,6 @@ from theranode.service.receive.ingest import (
 )
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
-from tests.service.keys import TEST_KEYER
 
 LAMBDA_PER_H = nuclear_data("Lu-177").decay_constant_per_h
 INJECTED = datetime(2024, 3, 4, 9, 15, 0)

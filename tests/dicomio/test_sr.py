@@ -9,6 +9,13 @@ from pathlib import Path
 import highdicom as hd
 import pytest
 
+from tests.dicomio.result_records import (
+    course_result,
+    cycle_result,
+    identity,
+    source_for_cycle,
+)
+from tests.peers import require_tool
 from theranode.dicomio.part10 import decode, encode
 from theranode.dicomio.sr import (
     LESION_INDICES_ID,
@@ -18,13 +25,6 @@ from theranode.dicomio.sr import (
     write_cycle_sr,
 )
 from theranode.dicomio.uids import ResultKind
-from tests.dicomio.result_records import (
-    course_result,
-    cycle_result,
-    identity,
-    source_for_cycle,
-)
-from tests.peers import require_tool
 
 
 def _cycle_report(cycle: int = 1, key: str = "c1") -> bytes:

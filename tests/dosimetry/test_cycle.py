@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.course_map import compute_course
 from theranode.dosimetry.cycle import (
     CycleInputs,
@@ -40,6 +39,7 @@ from theranode.dosimetry.errors import InsufficientDataError
 from theranode.dosimetry.recovery import RecoveryTable
 from theranode.dosimetry.registration import RigidRegistration
 from theranode.dosimetry.results import CycleResult, DoseMethod, VoiKind
+from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.volume import Volume
 
 CT_GRID = ph.ImageGrid.centred((144, 104, 64), (2.5, 2.5, 2.5), (0.0, 0.0, -5.0))

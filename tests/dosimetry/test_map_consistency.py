@@ -16,7 +16,6 @@ import math
 import numpy as np
 import pytest
 
-from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.course_map import compute_course
 from theranode.dosimetry.cycle import (
     CycleInputs,
@@ -31,6 +30,7 @@ from theranode.dosimetry.dose_map import VoiTarget, normalise_to_voi_means
 from theranode.dosimetry.records_json import record_from_json, record_to_json
 from theranode.dosimetry.registration import resample_mask
 from theranode.dosimetry.results import CourseResult, CycleResult, DoseMethod, VoiKind
+from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.volume import Volume
 
 CT_GRID = ph.ImageGrid.centred((96, 72, 48), (4.0, 4.0, 4.0), (0.0, 0.0, -5.0))

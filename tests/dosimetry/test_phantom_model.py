@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from theranode.dosimetry.density import SCHNEIDER_2000
+from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.synthetic.phantom import (
     CountingStatistics,
     CycleSpec,
@@ -43,8 +45,6 @@ from theranode.dosimetry.synthetic.phantom import (
     with_lesion_lambda_change,
     with_subvoxel_motion,
 )
-from theranode.dosimetry.radionuclides import nuclear_data
-from theranode.dosimetry.results import VoiKind
 
 LU = nuclear_data("Lu-177")
 SMALL_CT = ImageGrid.centred((96, 96, 40), (4.0, 4.0, 4.0))

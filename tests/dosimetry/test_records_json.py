@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.dicomio.result_records import course_result, cycle_result
+from tests.dosimetry.records_strategies import RECORDS, assert_identical
 from theranode.dosimetry.records_json import (
     RESULT_TYPES,
     RecordFormatError,
@@ -19,8 +21,6 @@ from theranode.dosimetry.records_json import (
     record_to_json,
 )
 from theranode.dosimetry.results import CycleResult, MapVoi, VoiDose
-from tests.dicomio.result_records import course_result, cycle_result
-from tests.dosimetry.records_strategies import RECORDS, assert_identical
 
 EXAMPLES = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

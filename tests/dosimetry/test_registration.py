@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.errors import GeometryError, RegistrationError
 from theranode.dosimetry.registration import (
     InitialAlignment,
@@ -19,6 +18,7 @@ from theranode.dosimetry.registration import (
     resample_mask,
     resample_to_reference,
 )
+from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.volume import Volume
 
 #: Small CT grid: 3 mm voxels over the abdomen (fast, still sub-voxel accuracy).

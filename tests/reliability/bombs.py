@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import struct
 import time
-from itertools import chain
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
+from itertools import chain
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset

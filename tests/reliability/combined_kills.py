@@ -44,8 +44,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
-from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,
@@ -67,6 +65,8 @@ from tests.reliability.kills import (
 )
 from tests.reliability.outage import SETTLE_S, CourseRun
 from tests.reliability.processes import NodeProcess, start_node
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
+from theranode.service.store.jobs import JobRecord, JobState
 
 INGEST, INGEST_JOBS, JOBS, DELIVERY, IDLE = (
     "ingest", "ingest + jobs", "jobs", "delivery", "idle")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pydicom
 
+from tests.reliability.processes import write_config
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import CourseResult
@@ -31,7 +32,6 @@ from theranode.service.jobs.pipeline import (
 from theranode.service.jobs.results import load_stored_result
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
-from tests.reliability.processes import write_config
 
 T = TypeVar("T")
 

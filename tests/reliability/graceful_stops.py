@@ -30,9 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from theranode.dicomio.synthetic_course import CourseManifest
-from theranode.service.cli.main import main
-from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,
@@ -45,6 +42,10 @@ from tests.reliability.job_kills import JobKillReport, finish_course_run
 from tests.reliability.outage import CourseRun
 from tests.reliability.processes import NodeProcess, start_node
 from tests.service.nodes import send
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.service.cli.main import main
+from theranode.service.store.jobs import JobRecord, JobState
+
 
 @dataclass(frozen=True)
 class Stop:

@@ -27,9 +27,6 @@ from typing import Any
 from pydicom import dcmread
 from pynetdicom.association import Association
 
-from theranode.config.schema import Settings
-from theranode.service.app import Node
-from theranode.service.receive.archive import sha256_hex
 from tests.reliability.corpus import (
     INJECTION,
     Expect,
@@ -40,6 +37,9 @@ from tests.reliability.corpus import (
 )
 from tests.service import factory
 from tests.service.nodes import running_node, scu, send
+from theranode.config.schema import Settings
+from theranode.service.app import Node
+from theranode.service.receive.archive import sha256_hex
 
 #: Statuses a hostile object may be refused with (PS3.4 B.2.3; service/receive/ingest.py).
 REFUSALS = frozenset({0xA900, 0xC100, 0xC101, 0xC110, 0xC120})

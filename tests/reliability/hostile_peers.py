@@ -196,11 +196,11 @@ def run_hostile_peers(work: Path, instances: int = 20, idle_sockets: int = 50,
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    from theranode.service.store import open_database
-    from theranode.service.store.index import IndexStore
     from tests.reliability.load import peak_rss_mb
     from tests.reliability.processes import start_node, write_config
     from tests.service import factory
+    from theranode.service.store import open_database
+    from theranode.service.store.index import IndexStore
 
     config = work / "node.toml"
     data_dir = work / "data"
@@ -459,7 +459,6 @@ def run_hostile_course(work: Path, manifest: object, cycles: int, bomb_cases: li
     (:func:`tests.reliability.kills.verify`) and every bomb answered
     ``expected_status[name]``.
     """
-    from theranode.service.store.jobs import JobState
     from tests.peers import free_port
     from tests.reliability.course_runs import (
         NodeDatabase,
@@ -470,6 +469,7 @@ def run_hostile_course(work: Path, manifest: object, cycles: int, bomb_cases: li
     from tests.reliability.destination import RecordingDestination
     from tests.reliability.kills import keep_sending, sender_of_files, verify
     from tests.reliability.processes import start_node
+    from theranode.service.store.jobs import JobState
 
     files = course_files(manifest)  # type: ignore[arg-type]
     sender = sender_of_files("MODALITY", files)

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from theranode.dicomio.synthetic_course import CourseManifest
-from theranode.service.store.jobs import JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,
@@ -35,6 +33,8 @@ from tests.reliability.destination import RecordingDestination
 from tests.reliability.outage import SETTLE_S, CourseRun
 from tests.reliability.processes import NodeProcess, start_node
 from tests.service.nodes import send
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.service.store.jobs import JobState
 
 DELIVERY_DELAY_S = 0.05  # results go out within milliseconds of their job's commit
 

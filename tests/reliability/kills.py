@@ -34,12 +34,12 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 
-from theranode.service.receive.archive import sha256_hex
-from theranode.service.store import open_database
-from theranode.service.store.index import IndexStore
 from tests.reliability.processes import NodeProcess, start_node, write_config
 from tests.service import factory
 from tests.service.nodes import scu
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 
 ACQUIRED = datetime(2024, 5, 7, 9, 15)
 

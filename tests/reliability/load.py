@@ -22,11 +22,11 @@ import numpy as np
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.reliability.processes import start_node, write_config
+from tests.service import factory
 from theranode.service.receive.archive import sha256_hex
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
-from tests.reliability.processes import start_node, write_config
-from tests.service import factory
 
 ACQUIRED = datetime(2024, 5, 7, 9, 15)
 #: A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), local-limit-exceeded

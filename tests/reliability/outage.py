@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from theranode.dicomio.synthetic_course import CourseManifest
-from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.course_runs import (
     CycleOutput,
@@ -31,6 +29,8 @@ from tests.reliability.course_runs import (
 from tests.reliability.destination import Arrival, RecordingDestination
 from tests.reliability.processes import start_node
 from tests.service.nodes import send
+from theranode.dicomio.synthetic_course import CourseManifest
+from theranode.service.store.jobs import JobRecord, JobState
 
 SETTLE_S = 2.0  # after the last delivery: long enough for any (wrong) second send to show
 

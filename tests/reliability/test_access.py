@@ -21,14 +21,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from theranode.service.store import open_database
-from theranode.service.store.index import IndexStore
 from tests.peers import require_tool
 from tests.reliability.certificates import Pki, make_pki
 from tests.reliability.processes import start_node, write_config
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node
 from tests.service.test_ingest_peers import course_files
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
 

@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
+from tests.reliability import bombs
+from tests.service import factory
+from tests.service.keys import TEST_KEYER
+from tests.service.nodes import make_settings, running_node, send
 from theranode.config.schema import SecuritySettings
 from theranode.service.receive.archive import Archive, sha256_hex
 from theranode.service.receive.ingest import (
@@ -31,10 +35,6 @@ from theranode.service.receive.ingest import (
 )
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
-from tests.reliability import bombs
-from tests.service import factory
-from tests.service.keys import TEST_KEYER
-from tests.service.nodes import make_settings, running_node, send
 
 CT = factory.CT
 PEER = Peer("BOMBER", "127.0.0.1")

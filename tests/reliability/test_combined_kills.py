@@ -22,11 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from theranode.dicomio.headers import instance_header
-from theranode.service.receive.archive import sha256_hex
-from theranode.service.store import open_database
-from theranode.service.store.index import IndexStore
-from theranode.service.store.jobs import JobRecord, JobState
 from tests.reliability.combined_kills import (
     STAGES,
     CombinedReport,
@@ -43,6 +38,11 @@ from tests.reliability.kills import Sender, verify
 from tests.reliability.outage import CourseRun
 from tests.service import factory
 from tests.service.keys import TEST_KEYER
+from theranode.dicomio.headers import instance_header
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
+from theranode.service.store.jobs import JobRecord, JobState
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from theranode.service.receive.archive import Archive, ArchiveError
-from theranode.service.receive.ingest import OUT_OF_RESOURCES
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, send
+from theranode.service.receive.archive import Archive, ArchiveError
+from theranode.service.receive.ingest import OUT_OF_RESOURCES
 
 ACQUIRED = datetime(2024, 5, 7, 9, 15)
 SIZE = 256  # 128 KiB per CT slice: an 8 MiB disk holds about 60

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import pytest
 
-from theranode.service.jobs.runner import INTERRUPTED_BY_SHUTDOWN
-from theranode.service.store.jobs import JobState
 from tests.reliability.course_runs import two_cycle_course
 from tests.reliability.graceful_stops import run_graceful_stops
 from tests.reliability.job_kills import compare_with_clean
 from tests.reliability.outage import clean_two_cycle_run
+from theranode.service.jobs.runner import INTERRUPTED_BY_SHUTDOWN
+from theranode.service.store.jobs import JobState
 
 STOP_WITHIN_S = 15.0
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 from tests.reliability.course_runs import COURSE_SEED
 from tests.reliability.hostile_peers import course_bombs, run_hostile_course
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 
 
 @pytest.mark.slow

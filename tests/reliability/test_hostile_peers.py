@@ -23,15 +23,15 @@ from pynetdicom import AE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
-from theranode.config.schema import ConfigError, settings_from_dict
-from theranode.service.receive.ingest import OUT_OF_RESOURCES, TRUNCATED
-from theranode.service.receive.scp import GuardedServer, StorageSCP
 from tests.peers import require_tool
 from tests.reliability import hostile_peers as hostile
 from tests.reliability.certificates import Pki, make_pki
 from tests.reliability.test_access import a_ct, client_context, tls_associate, tls_security
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, scu, send
+from theranode.config.schema import ConfigError, settings_from_dict
+from theranode.service.receive.ingest import OUT_OF_RESOURCES, TRUNCATED
+from theranode.service.receive.scp import GuardedServer, StorageSCP
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
 

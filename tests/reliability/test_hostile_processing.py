@@ -19,9 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
-from theranode.service.jobs.results import load_stored_result
-from theranode.service.store.jobs import JobRecord, JobState
 from tests.peers import free_port
 from tests.reliability.bad_cycles import BadCycle, write_bad_cycles
 from tests.reliability.course_runs import (
@@ -34,6 +31,9 @@ from tests.reliability.course_runs import (
 )
 from tests.reliability.processes import ROOT, start_node
 from tests.service.nodes import send
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
+from theranode.service.jobs.results import load_stored_result
+from theranode.service.store.jobs import JobRecord, JobState
 
 GOOD_SEED = 21
 #: What each spoiled cycle must end as: a failed job whose message says this, a done job

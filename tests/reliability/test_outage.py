@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from theranode.service.store.jobs import JobState
 from tests.reliability.outage import clean_two_cycle_run
+from theranode.service.store.jobs import JobState
 
 RESULTS_PER_JOB = 3  # RT Dose, SR, PDF
 

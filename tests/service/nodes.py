@@ -15,12 +15,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
+from tests.peers import free_port
 from theranode.config.schema import Settings, settings_from_dict
 from theranode.dicomio.headers import SOP_CLASS_KINDS
 from theranode.service.app import Node
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
-from tests.peers import free_port
-
 
 # Files are sent as their raw bytes (not decoded and re-encoded), so a test
 # can send exactly the malformed bytes it wants the node to see.

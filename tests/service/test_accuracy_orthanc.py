@@ -34,7 +34,12 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.peers import OrthancPeer, require_tool, run_orthanc
+from tests.service.nodes import make_settings, running_node
 from theranode.dicomio.ct import read_ct_series
+from theranode.dicomio.rtdose import read_rt_dose
+from theranode.dicomio.rtstruct import read_rois, roi_mask
+from theranode.dicomio.sr import ReportValues, read_sr_report
 from theranode.dicomio.synthetic_course import (
     CourseManifest,
     CourseWriteSpec,
@@ -43,9 +48,8 @@ from theranode.dicomio.synthetic_course import (
     clean_margin_course,
     write_course,
 )
-from theranode.dicomio.rtdose import read_rt_dose
-from theranode.dicomio.rtstruct import read_rois, roi_mask
-from theranode.dicomio.sr import ReportValues, read_sr_report
+from theranode.dosimetry.registration import resample_mask
+from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.synthetic.phantom import (
     CourseSpec,
     ImageGrid,
@@ -53,10 +57,6 @@ from theranode.dosimetry.synthetic.phantom import (
     course_time_points,
     mean_dose_gy,
 )
-from theranode.dosimetry.registration import resample_mask
-from theranode.dosimetry.results import VoiKind
-from tests.peers import OrthancPeer, require_tool, run_orthanc
-from tests.service.nodes import make_settings, running_node
 
 SEED = 11
 ROUTE = (Path(__file__).parents[2] / "config" / "orthanc-route-to-theranode.lua").read_text()

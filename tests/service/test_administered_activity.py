@@ -12,13 +12,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.dicomio.result_records import cycle_result
+from tests.service.nodes import make_settings, wait_job_ended
 from theranode.config.schema import Settings, settings_from_dict
-from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_report
+from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.plausibility import PlausibilityLimits, implausible_doses
 from theranode.dosimetry.results import CycleResult, VoiKind
 from theranode.service.jobs.payload import encode_payload
-from theranode.service.jobs.runner import JobRunner
 from theranode.service.jobs.pipeline import (
     CycleJobInput,
     ImplausibleResultError,
@@ -29,11 +30,10 @@ from theranode.service.jobs.pipeline import (
     run_job,
 )
 from theranode.service.jobs.results import load_stored_result
+from theranode.service.jobs.runner import JobRunner
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
-from tests.dicomio.result_records import cycle_result
-from tests.service.nodes import make_settings, wait_job_ended
 
 SEED = 11
 

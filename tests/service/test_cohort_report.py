@@ -16,13 +16,13 @@ import sqlite_utils
 from matplotlib import image
 
 import theranode.service.cohort.report as cohort_report
-from theranode.dosimetry.cohort.data import CohortData
-from tests.synthetic_cohort import synthetic_cohort
-from theranode.service.cohort.report import LATEST, run_cohort
-from theranode.service.cohort.outcomes import import_outcome_files
-from theranode.service.store.outcomes import MIGRATIONS
 from tests.peers import require_tool
 from tests.service.cohort_files import export_outcome_csv
+from tests.synthetic_cohort import synthetic_cohort
+from theranode.dosimetry.cohort.data import CohortData
+from theranode.service.cohort.outcomes import import_outcome_files
+from theranode.service.cohort.report import LATEST, run_cohort
+from theranode.service.store.outcomes import MIGRATIONS
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 FORMULA_ID = '=HYPERLINK("http://x","y")'

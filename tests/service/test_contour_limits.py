@@ -13,6 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
+from tests.reliability.contour_bombs import plane_bomb, point_bomb
+from tests.service import factory
+from tests.service.keys import TEST_KEYER
 from theranode.config.schema import SecuritySettings
 from theranode.dicomio.integrity import ObjectTooLargeError
 from theranode.dicomio.rtstruct import (
@@ -25,9 +28,6 @@ from theranode.service.receive.archive import Archive
 from theranode.service.receive.ingest import LIMIT_EXCEEDED, SUCCESS, Ingest, Peer
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
-from tests.reliability.contour_bombs import plane_bomb, point_bomb
-from tests.service import factory
-from tests.service.keys import TEST_KEYER
 
 PEER = Peer("CONTOURS", "127.0.0.1")
 WHEN = datetime(2024, 3, 1, 10, 0)

@@ -9,20 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from io import BytesIO
 from datetime import datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmread
 import pytest
+from pydicom import dcmread
 
-from theranode.service.receive.archive import sha256_hex
-from theranode.service.store import open_database
-from theranode.service.store.index import IndexStore
 from tests.peers import free_port, wait_for_port
 from tests.service import factory
 from tests.service.nodes import scu
+from theranode.service.receive.archive import sha256_hex
+from theranode.service.store import open_database
+from theranode.service.store.index import IndexStore
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
 

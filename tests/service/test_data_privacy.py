@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
+from tests.service import factory
+from tests.service.nodes import make_settings, running_node, send
 from theranode.config.schema import LoggingSettings
 from theranode.service.cohort.report import run_cohort
 from theranode.service.logs import configure_logging
 from theranode.service.store import open_database
 from theranode.service.store.outcomes import MIGRATIONS as OUTCOME_MIGRATIONS
-from tests.service import factory
-from tests.service.nodes import make_settings, running_node, send
 
 WHEN = datetime(2024, 5, 7, 9, 0)
 

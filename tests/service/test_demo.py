@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
 from theranode.dicomio.part10 import decode, encode
 from theranode.dicomio.sr import write_cycle_sr
 from theranode.service.cli.demo import comparison_lines
-from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
 
 
 def test_comparison_lines_show_dose_truth_difference_and_notes():

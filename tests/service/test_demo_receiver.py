@@ -10,12 +10,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
+from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
+from tests.peers import free_port
 from theranode.dicomio.part10 import decode, encode
 from theranode.dicomio.pdf_report import ENCAPSULATED_PDF_STORAGE
 from theranode.dicomio.sr import write_cycle_sr
 from theranode.service.cli.demo import CANNOT_FILE, Receiver, comparison_lines
-from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
-from tests.peers import free_port
 
 
 def _document(modality: str, uid: str) -> Dataset:

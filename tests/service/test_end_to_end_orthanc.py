@@ -10,10 +10,10 @@ from typing import Any
 import pydicom
 import pytest
 
-from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
-from theranode.dicomio.sr import read_sr_report
 from tests.peers import OrthancPeer, require_tool, run_orthanc
 from tests.service.nodes import make_settings, running_node
+from theranode.dicomio.sr import read_sr_report
+from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 
 ORGANS = ("Liver", "Kidney_L", "Kidney_R", "Spleen")
 # Orthanc 1.10's Lua SendToModality() takes an instance; a study goes through the REST API.

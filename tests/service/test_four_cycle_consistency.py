@@ -18,12 +18,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.peers import require_tool
 from theranode.config.schema import Settings
 from theranode.dicomio.ct import read_ct_series
-from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.dicomio.rtdose import read_rt_dose
 from theranode.dicomio.rtstruct import read_rois, roi_mask
 from theranode.dicomio.sr import read_sr_report
+from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.dosimetry.registration import resample_mask
 from theranode.service.jobs.pipeline import (
     CourseJobInput,
@@ -33,7 +34,6 @@ from theranode.service.jobs.pipeline import (
     TimePointInput,
     run_job,
 )
-from tests.peers import require_tool
 
 TOLERANCE = 0.01
 MASK_THRESHOLD = 0.5  # the engine's default (EngineSettings.mask_threshold)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from theranode.config.schema import load_settings
-from theranode.service.cli.main import main
 from tests.peers import require_tool
 from tests.reliability.certificates import _authority, _leaf
 from tests.service.nodes import free_port, running_node
+from theranode.config.schema import load_settings
+from theranode.service.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from theranode.service.cli.main import main
-from theranode.service.cli.status_view import cycles_of
 from tests.peers import require_tool, run_orthanc
 from tests.service.nodes import make_settings, running_node, send
+from theranode.service.cli.main import main
+from theranode.service.cli.status_view import cycles_of
 
 pytestmark = pytest.mark.peer
 

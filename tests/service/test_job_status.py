@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from tests.service import factory
+from tests.service.keys import TEST_KEYER
+from tests.service.nodes import make_settings
 from theranode.dicomio.headers import instance_header
 from theranode.service.cli.jobs_view import render_dosimetry_status, render_jobs
 from theranode.service.plan.planner import Planner, course_target
@@ -12,9 +15,6 @@ from theranode.service.plan.regroup import regroup_patient, rules_from_settings
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobState, JobStore
-from tests.service import factory
-from tests.service.keys import TEST_KEYER
-from tests.service.nodes import make_settings
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
 NOW = "2024-05-20T10:00:00"

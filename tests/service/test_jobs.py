@@ -11,17 +11,23 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
+from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
+from tests.service.nodes import make_settings
 from theranode.service.cli.jobs_view import render_jobs
-from theranode.service.jobs.runner import JobRunner, _context, die_with_node, worker_death, worker_main
 from theranode.service.jobs.payload import encode_payload
 from theranode.service.jobs.pipeline import CourseJobInput, JobKind
 from theranode.service.jobs.results import write_result
+from theranode.service.jobs.runner import (
+    JobRunner,
+    _context,
+    die_with_node,
+    worker_death,
+    worker_main,
+)
 from theranode.service.store import open_database
 from theranode.service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
 from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
-from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
-from tests.service.nodes import make_settings
 
 NOW = "2024-05-01T10:00:00"
 

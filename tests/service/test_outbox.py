@@ -13,15 +13,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
+from tests.peers import free_port
+from tests.service.nodes import make_settings
 from theranode.dicomio.part10 import encode, file_meta
 from theranode.service.deliver.outbox import Outbox, backoff_s
-from theranode.service.jobs.pipeline import ResultObject
 from theranode.service.deliver.sender import ENCAPSULATED_PDF_STORAGE, SendState, classify_status
+from theranode.service.jobs.pipeline import ResultObject
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobStore
 from theranode.service.store.outbox import OutboxStore
-from tests.peers import free_port
-from tests.service.nodes import make_settings
 
 START = datetime(2024, 5, 1, 10, 0, 0)
 

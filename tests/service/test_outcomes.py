@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import sqlite_utils
 
-from theranode.dosimetry.cohort.analysis import analyse_cohort
+from tests.service.cohort_files import export_outcome_csv
+from tests.synthetic_cohort import synthetic_cohort
 from theranode.dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
+from theranode.dosimetry.cohort.analysis import analyse_cohort
 from theranode.dosimetry.cohort.data import DoseKind, DoseRow, organ_doses
 from theranode.dosimetry.results import VoiKind
-from tests.synthetic_cohort import synthetic_cohort
 from theranode.service.cohort.outcomes import (
     MAX_ACTIVITY_GBQ,
     FileStatus,
@@ -23,7 +24,6 @@ from theranode.service.cohort.outcomes import (
 from theranode.service.jobs.pipeline import classify_roi
 from theranode.service.store import outcomes as store
 from theranode.service.store.outcomes import MIGRATIONS
-from tests.service.cohort_files import export_outcome_csv
 
 PATIENTS = """patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,last_followup_date,recist_m3
 P1,M,66,2020-01-10,2021-06-01,,2023-01-01,SD

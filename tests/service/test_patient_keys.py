@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.service import factory
+from tests.service.nodes import make_settings, running_node, send
 from theranode.dicomio.headers import PatientKeyer, instance_header, patient_key
-from theranode.service.receive.archive import Archive
-from theranode.service.errors import StartupError
 from theranode.service.cli.jobs_view import request_reprocess
+from theranode.service.errors import StartupError
 from theranode.service.plan.planner import cycle_target
+from theranode.service.receive.archive import Archive
 from theranode.service.receive.site_secret import SECRET_FILE, load_or_create
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobState, JobStore
-from tests.service import factory
-from tests.service.nodes import make_settings, running_node, send
 
 WHEN = datetime(2024, 5, 7, 9, 0)
 MRN = "123456"

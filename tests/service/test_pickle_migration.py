@@ -22,11 +22,11 @@ import numpy.typing as npt
 import pytest
 
 import theranode.dosimetry.results
+from tests.service.nodes import make_settings, running_node, wait_job_ended
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import MapVoi
 from theranode.service.app import DATABASE_NAME
-from theranode.service.jobs.runner import JobRunner
 from theranode.service.jobs.pipeline import (
     CourseJobInput,
     CycleJobInput,
@@ -36,10 +36,10 @@ from theranode.service.jobs.pipeline import (
     run_job,
 )
 from theranode.service.jobs.results import RESULT_JSON, load_stored_result
+from theranode.service.jobs.runner import JobRunner
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
-from tests.service.nodes import make_settings, running_node, wait_job_ended
 
 NOW = "2024-05-01T10:00:00"
 SEED = 11

@@ -12,6 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.peers import free_port, wait_for_port
+from tests.service.nodes import make_settings, running_node, send
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import CycleResult, Organ, VoiKind
@@ -27,8 +29,6 @@ from theranode.service.jobs.pipeline import (
 from theranode.service.jobs.results import load_stored_result
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
-from tests.peers import free_port, wait_for_port
-from tests.service.nodes import make_settings, running_node, send
 
 SEED = 5
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from theranode.dosimetry.results import DoseMethod
-from theranode.service.store.jobs import JobState
 from tests.service.nodes import make_settings, running_node, send
 from tests.service.test_ingest_peers import course_files
 from tests.service.test_pipeline import cycle_jobs, stored_result, wait_for
+from theranode.dosimetry.results import DoseMethod
+from theranode.service.store.jobs import JobState
 
 ORGANS = ("Liver", "Kidney_L", "Kidney_R", "Spleen")
 

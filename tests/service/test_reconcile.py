@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from tests.service import factory
+from tests.service.keys import TEST_KEYER, use_test_secret
+from tests.service.nodes import make_settings, running_node
 from theranode.dicomio.headers import instance_header
 from theranode.dicomio.integrity import decode
 from theranode.service.app import DATABASE_NAME
@@ -27,9 +30,6 @@ from theranode.service.receive.archive import Archive, sha256_hex
 from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, UNDECODABLE, Ingest, Peer
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
-from tests.service import factory
-from tests.service.keys import TEST_KEYER, use_test_secret
-from tests.service.nodes import make_settings, running_node
 
 WHEN = datetime(2024, 5, 7, 9, 0)
 PEER = Peer("SCU", "127.0.0.1")

@@ -11,20 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theranode.dicomio.source import InstanceReference, SourceContext, source_from_json, source_to_json
-from theranode.dosimetry.records_json import RecordFormatError
-from theranode.service.jobs.payload import JobPayloadError, decode_payload, encode_payload
-from theranode.service.jobs.runner import JobRunner
-from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
-from theranode.service.jobs.results import (
-    RESULT_JSON,
-    StoredResultError,
-    load_stored_result,
-    write_result,
-)
-from theranode.service.store import open_database
-from theranode.service.store.jobs import JobRecord, JobState, JobStore
-from theranode.service.store.outbox import OutboxStore
 from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
 from tests.dosimetry.records_strategies import (
     assert_identical,
@@ -34,6 +20,25 @@ from tests.dosimetry.records_strategies import (
     volumes,
 )
 from tests.service.nodes import make_settings, wait_job_ended
+from theranode.dicomio.source import (
+    InstanceReference,
+    SourceContext,
+    source_from_json,
+    source_to_json,
+)
+from theranode.dosimetry.records_json import RecordFormatError
+from theranode.service.jobs.payload import JobPayloadError, decode_payload, encode_payload
+from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
+from theranode.service.jobs.results import (
+    RESULT_JSON,
+    StoredResultError,
+    load_stored_result,
+    write_result,
+)
+from theranode.service.jobs.runner import JobRunner
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobRecord, JobState, JobStore
+from theranode.service.store.outbox import OutboxStore
 
 NOW = "2024-05-01T10:00:00"
 EXAMPLES = settings(max_examples=25, deadline=None,

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
+from tests.service import factory
+from tests.service.nodes import make_settings, running_node, send
 from theranode.service.receive.ingest import (
     MISSING_ATTRIBUTE,
     OUT_OF_RESOURCES,
     SOP_CLASS_MISMATCH,
     TRUNCATED,
 )
-from tests.service import factory
-from tests.service.nodes import make_settings, running_node, send
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
 

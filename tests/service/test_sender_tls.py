@@ -18,15 +18,15 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
+from tests.peers import free_port, require_tool, wait_for_port
+from tests.reliability.certificates import Pki, make_pki
+from tests.service.nodes import make_settings
+from tests.service.test_outbox import START, Clock, result_files
 from theranode.service.deliver.outbox import Outbox
 from theranode.service.deliver.sender import ENCAPSULATED_PDF_STORAGE
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobStore
 from theranode.service.store.outbox import OutboxStore
-from tests.peers import free_port, require_tool, wait_for_port
-from tests.reliability.certificates import Pki, make_pki
-from tests.service.nodes import make_settings
-from tests.service.test_outbox import START, Clock, result_files
 
 UIDS = [f"1.2.826.0.1.3680043.10.1.{i}" for i in (1, 2, 3)]
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from tests.service import factory
+from tests.service.keys import TEST_KEYER
 from theranode.service.receive.archive import Archive, sha256_hex
 from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, Ingest, Outcome, Peer
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
-from tests.service import factory
-from tests.service.keys import TEST_KEYER
 
 TRIES = 40
 WHEN = datetime(2024, 5, 7, 9, 0)

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import free_port
+from tests.service import factory
+from tests.service.nodes import running_node, send
 from theranode.config.schema import load_settings
 from theranode.service.cli.main import main
+from theranode.service.cli.terminal_text import terminal_text
 from theranode.service.plan.planner import Planner
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobState, JobStore
-from theranode.service.cli.terminal_text import terminal_text
-from tests.peers import free_port
-from tests.service import factory
-from tests.service.nodes import running_node, send
 
 INJECTION = datetime(2024, 5, 6, 9, 15)
 NOW = "2024-05-20T10:00:00"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.synthetic_cohort import synthetic_cohort
 from theranode.dosimetry.cohort.analysis import analyse_cohort
 from theranode.dosimetry.cohort.results import as_plain
-from tests.synthetic_cohort import synthetic_cohort
 
 GOLDEN = Path(__file__).with_name("golden_paper_cohort_seed2024.json")
 RTOL = 1e-3

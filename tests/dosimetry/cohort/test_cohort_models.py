@@ -6,10 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theranode.dosimetry.cohort.data import CohortData
-from theranode.dosimetry.cohort.response import dose_response, fieller_interval, stable_above, tumour_control
-from theranode.dosimetry.cohort.results import CycleTrend, DoseResponse, NotEstimable, TumourControl
 from tests.synthetic_cohort import synthetic_cohort
+from theranode.dosimetry.cohort.data import CohortData
+from theranode.dosimetry.cohort.response import (
+    dose_response,
+    fieller_interval,
+    stable_above,
+    tumour_control,
+)
+from theranode.dosimetry.cohort.results import CycleTrend, DoseResponse, NotEstimable, TumourControl
 from theranode.dosimetry.cohort.trend import cycle_trend
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tests.synthetic_cohort import synthetic_cohort
 from theranode.dosimetry.cohort.response import dose_response, tumour_control
 from theranode.dosimetry.cohort.results import (
     DoseResponse,
@@ -15,7 +16,6 @@ from theranode.dosimetry.cohort.results import (
     TumourControl,
 )
 from theranode.dosimetry.cohort.survival import survival_by_index
-from tests.synthetic_cohort import synthetic_cohort
 
 N_PATIENTS = 4000
 

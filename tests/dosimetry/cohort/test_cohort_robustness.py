@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
+from tests.synthetic_cohort import synthetic_cohort
 from theranode.dosimetry.cohort.analysis import analyse_cohort
 from theranode.dosimetry.cohort.data import CohortData
 from theranode.dosimetry.cohort.results import NotEstimable, as_plain
-from tests.synthetic_cohort import synthetic_cohort
 from theranode.dosimetry.errors import InsufficientDataError
 
 

@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from theranode.dosimetry.cohort.results import Endpoint, LesionIndex, NotEstimable, SurvivalComparison
+from theranode.dosimetry.cohort.results import (
+    Endpoint,
+    LesionIndex,
+    NotEstimable,
+    SurvivalComparison,
+)
 from theranode.dosimetry.cohort.survival import at_risk_counts, compare_groups, kaplan_meier
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from theranode.dosimetry.cohort.data import lesion_totals, patient_lesion_indices
 from tests.synthetic_cohort import synthetic_cohort
+from theranode.dosimetry.cohort.data import lesion_totals, patient_lesion_indices
 
 
 def test_paper_sized_cohort_marginals() -> None:
