@@ -37,7 +37,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 @MIGRATIONS()
 def m001_outcome_tables(db: sqlite_utils.Database) -> None:
     """Create the outcome tables."""
-    db["outcome_files"].create(
+    db.table("outcome_files").create(
         {
             "sha256": str,
             "file_name": str,
@@ -48,7 +48,7 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         },
         pk="sha256",
     )
-    db["outcome_patients"].create(
+    db.table("outcome_patients").create(
         {
             "patient_id": str,
             "sex": str,
@@ -64,7 +64,7 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk="patient_id",
         not_null={"sex", "first_injection_date"},
     )
-    db["outcome_cycles"].create(
+    db.table("outcome_cycles").create(
         {
             "patient_id": str,
             "cycle": int,
@@ -75,7 +75,7 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "cycle"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db["outcome_lesions"].create(
+    db.table("outcome_lesions").create(
         {
             "patient_id": str,
             "lesion_id": str,
@@ -89,7 +89,7 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "lesion_id"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db["outcome_labs"].create(
+    db.table("outcome_labs").create(
         {
             "patient_id": str,
             "date": str,
@@ -105,7 +105,7 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "date", "analyte"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db["outcome_doses"].create(
+    db.table("outcome_doses").create(
         {
             "patient_id": str,
             "cycle": int,
@@ -117,16 +117,16 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "cycle", "voi"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db["outcome_warnings"].create(
+    db.table("outcome_warnings").create(
         {"id": int, "sha256": str, "file_name": str, "line": int, "column": str, "message": str},
         pk="id",
     )
-    db["outcome_warnings"].create_index(["sha256"])
+    db.table("outcome_warnings").create_index(["sha256"])
 
 
 def file_imported(db: sqlite_utils.Database, sha256: str) -> bool:
     """Whether a file with this content hash was imported before."""
-    return bool(db["outcome_files"].count_where("sha256 = ?", [sha256]))
+    return bool(db.table("outcome_files").count_where("sha256 = ?", [sha256]))
 
 
 def keys(db: sqlite_utils.Database, kind: str) -> set[tuple[Any, ...]]:
@@ -139,7 +139,7 @@ def keys(db: sqlite_utils.Database, kind: str) -> set[tuple[Any, ...]]:
 def rows(db: sqlite_utils.Database, kind: str) -> list[dict[str, Any]]:
     """Every row of the table of ``kind``, in primary-key order."""
     table, pk = TABLES[kind]
-    return list(db[table].rows_where(order_by=", ".join(f"[{c}]" for c in pk)))
+    return list(db.table(table).rows_where(order_by=", ".join(f"[{c}]" for c in pk)))
 
 
 def store_file(
@@ -164,8 +164,8 @@ def store_file(
     with immediate_transaction(db):
         if records:
             payload = [{**record, "source_sha256": sha256} for record in records]
-            db[table].upsert_all(payload, pk=pk)
-        db["outcome_files"].insert(
+            db.table(table).upsert_all(payload, pk=pk)
+        db.table("outcome_files").insert(
             {
                 "sha256": sha256,
                 "file_name": file_name,
@@ -175,7 +175,7 @@ def store_file(
                 "warnings": json.dumps([message for _, _, message in warning_list]),
             }
         )
-        db["outcome_warnings"].insert_all(
+        db.table("outcome_warnings").insert_all(
             {
                 "sha256": sha256,
                 "file_name": file_name,
@@ -190,7 +190,7 @@ def store_file(
 
 def stored_warnings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """Every kept import warning, oldest first."""
-    return list(db["outcome_warnings"].rows_where(order_by="id"))
+    return list(db.table("outcome_warnings").rows_where(order_by="id"))
 
 
 def content_hash(db: sqlite_utils.Database) -> str:
