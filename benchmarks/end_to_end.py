@@ -86,7 +86,7 @@ def main() -> int:
         with run_orthanc(work / "orthanc") as orthanc:
             config = node_config(work, port, orthanc.dicom_port, args.quiet_s)
             log = open(work / "node.log", "wb")
-            node = subprocess.Popen([sys.executable, "-m", "theranode.service.cli.main", "serve", "--config",
+            node = subprocess.Popen([sys.executable, "-m", "theranode", "serve", "--config",
                                      str(config)], stdout=subprocess.DEVNULL, stderr=log)
             try:
                 wait_for_port(port)

@@ -119,7 +119,7 @@ def measure_theranode(folder: Path, n: int, work: Path) -> float:
         f'[node]\nbind = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "theranode"}"\n'
         '[security]\nmin_free_disk_mb = 0\n[logging]\nlevel = "WARNING"\n'
     )
-    node = subprocess.Popen([sys.executable, "-m", "theranode.service.cli.main", "serve", "--config",
+    node = subprocess.Popen([sys.executable, "-m", "theranode", "serve", "--config",
                              str(config)], cwd=ROOT)
     try:
         wait_for_port(port, 60)

@@ -38,7 +38,7 @@ Retries: a worker that dies without sending a result while the node is not
 stopping was killed from outside (a signal, the kernel's out-of-memory
 killer); its job is queued again with its version, up to ``[jobs]
 max_attempts`` such runs, then failed with the reason. A job whose
-computation raises an error (:class:`~theranode.service.jobs.pipeline.PipelineError` and
+computation raises an error (:class:`~theranode.service.errors.PipelineError` and
 any other exception) fails at once: the same inputs would fail again.
 
 Time limit: a worker still computing after ``[jobs] max_job_minutes`` is
@@ -49,7 +49,7 @@ worker, a runaway job would otherwise hold up every other patient's job.
 Storage and hand-off: a job's inputs are stored as versioned JSON
 (:mod:`theranode.service.jobs.payload`); :func:`job_spec` decodes them, and a payload it
 cannot read fails the job with the reason, before anything is read or
-computed. The :class:`~theranode.service.jobs.pipeline.JobSpec` then reaches the worker
+computed. The :class:`~theranode.service.jobs.spec.JobSpec` then reaches the worker
 through multiprocessing, which serialises it (Python's object serialisation)
 in memory through a pipe between the node and its own forkserver and worker
 (trusted processes of one installation, never through a file): a hand-off,
@@ -75,14 +75,8 @@ from typing import Any
 from theranode.config.schema import Settings
 from theranode.service.clock import utc_now
 from theranode.service.jobs.payload import JobPayloadError, decode_payload
-from theranode.service.jobs.pipeline import (
-    CourseJobInput,
-    CycleJobInput,
-    JobKind,
-    JobOutcome,
-    JobSpec,
-    run_job,
-)
+from theranode.service.jobs.pipeline import run_job
+from theranode.service.jobs.spec import CourseJobInput, CycleJobInput, JobKind, JobOutcome, JobSpec
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from theranode.dicomio.headers import InstanceHeader, is_valid_uid
+from theranode.service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ DIR_MODE = 0o700
 _PATIENT_KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
-class ArchiveError(Exception):
+class ArchiveError(ServiceError):
     """The archive could not write or refused to write (disk full, I/O error)."""
 
 

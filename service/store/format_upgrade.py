@@ -51,7 +51,8 @@ _PICKLE_MAGIC = b"\x80"
 def _unpacked_map_voi(
     name: str, packed: npt.NDArray[np.uint8], shape: tuple[int, ...], factor: float
 ) -> Any:
-    """What ``theranode.dosimetry.results._unpacked_map_voi`` did for pickled VOI masks (packed bits)."""
+    """A pickled VOI mask (packed bits) rebuilt, as earlier versions'
+    ``dosimetry.results._unpacked_map_voi`` did."""
     from theranode.dosimetry.results import MapVoi
 
     count = int(np.prod(shape))
@@ -59,25 +60,31 @@ def _unpacked_map_voi(
 
 
 def _allowed() -> dict[tuple[str, str], Callable[..., Any] | type]:
-    """Every global the pickles of earlier versions name, and nothing else."""
+    """Every global the pickles of earlier versions name, and nothing else.
+
+    Those versions installed the top-level packages ``dosimetry``,
+    ``dicomio`` and ``service`` (not yet ``theranode.*``), and their pickles
+    name the classes by those module paths; the job inputs lived in
+    ``service.pipeline``.
+    """
     from theranode.dicomio import source
     from theranode.dosimetry import results, volume
-    from theranode.service.jobs import pipeline
+    from theranode.service.jobs import spec
 
     allowed: dict[tuple[str, str], Callable[..., Any] | type] = {
-        ("theranode.dosimetry.results", "_unpacked_map_voi"): _unpacked_map_voi,
-        ("theranode.dosimetry.volume", "Volume"): volume.Volume,
-        ("theranode.dicomio.source", "SourceContext"): source.SourceContext,
-        ("theranode.dicomio.source", "InstanceReference"): source.InstanceReference,
+        ("dosimetry.results", "_unpacked_map_voi"): _unpacked_map_voi,
+        ("dosimetry.volume", "Volume"): volume.Volume,
+        ("dicomio.source", "SourceContext"): source.SourceContext,
+        ("dicomio.source", "InstanceReference"): source.InstanceReference,
         ("numpy", "dtype"): np.dtype,
         ("numpy", "ndarray"): np.ndarray,
     }
     for name in ("CycleResult", "CourseResult", "VoiDose", "KineticFit", "CurvePoint",
                  "RegistrationQuality", "CumulativeDose", "LesionIndices", "MapVoi",
                  "VoiKind", "Organ", "KineticModel", "DoseMethod"):
-        allowed[("theranode.dosimetry.results", name)] = getattr(results, name)
+        allowed[("dosimetry.results", name)] = getattr(results, name)
     for name in ("CycleJobInput", "TimePointInput", "CourseJobInput"):
-        allowed[("theranode.service.jobs.pipeline", name)] = getattr(pipeline, name)
+        allowed[("service.pipeline", name)] = getattr(spec, name)
     for module in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x spell it differently
         allowed[(f"{module}.numeric", "_frombuffer")] = _numpy_global("numeric", "_frombuffer")
         allowed[(f"{module}.multiarray", "_reconstruct")] = _numpy_global(

@@ -29,6 +29,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from theranode.dicomio.headers import InstanceHeader, PatientKeyer
+from theranode.service.errors import ServiceError
 from theranode.service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.index")
@@ -126,7 +127,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["grouping"].create_index(["patient_key"])  # type: ignore[union-attr]
 
 
-class SeriesOwnerError(Exception):
+class SeriesOwnerError(ServiceError):
     """The series UID of an instance already names another patient's series."""
 
 

@@ -22,14 +22,9 @@ from tests.reliability.processes import write_config
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import CourseResult
-from theranode.service.jobs.pipeline import (
-    CycleJobInput,
-    JobKind,
-    JobSpec,
-    TimePointInput,
-    run_job,
-)
+from theranode.service.jobs.pipeline import run_job
 from theranode.service.jobs.results import load_stored_result
+from theranode.service.jobs.spec import CycleJobInput, JobKind, JobSpec, TimePointInput
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 

@@ -1,7 +1,7 @@
 """The node as a real ``theranode serve`` process, for fault tests and benchmarks.
 
 A fault test must kill the same program an administrator runs, so these
-helpers write a TOML configuration and start ``python -m theranode.service.cli.main serve``
+helpers write a TOML configuration and start ``python -m theranode serve``
 with its log (configured by the CLI itself, as in production) in a file.
 """
 
@@ -91,7 +91,7 @@ def start_node(config: Path, port: int, log: Path | None = None,
     log = log or config.with_suffix(".log")
     with open(log, "ab") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "theranode.service.cli.main", "serve", "--config", str(config)],
+            [sys.executable, "-m", "theranode", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=handle, cwd=ROOT,
             start_new_session=own_process_group,
         )

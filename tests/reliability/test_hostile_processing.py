@@ -50,7 +50,7 @@ ENDED = (JobState.FAILED, JobState.INCOMPLETE, JobState.DONE)
 
 
 def _cli(command: str, config: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "theranode.service.cli.main", command, "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "theranode", command, "--config", str(config)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     return done.stdout
 

@@ -19,18 +19,13 @@ from theranode.dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_r
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.plausibility import PlausibilityLimits, implausible_doses
 from theranode.dosimetry.results import CycleResult, VoiKind
+from theranode.service.errors import ImplausibleResultError
+from theranode.service.jobs.checks import administered_activity
 from theranode.service.jobs.payload import encode_payload
-from theranode.service.jobs.pipeline import (
-    CycleJobInput,
-    ImplausibleResultError,
-    JobKind,
-    JobSpec,
-    TimePointInput,
-    administered_activity,
-    run_job,
-)
+from theranode.service.jobs.pipeline import run_job
 from theranode.service.jobs.results import load_stored_result
 from theranode.service.jobs.runner import JobRunner
+from theranode.service.jobs.spec import CycleJobInput, JobKind, JobSpec, TimePointInput
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
@@ -122,12 +117,12 @@ def test_the_pdf_header_states_the_activity(computed: tuple[CycleResult, Path]) 
 
 
 def test_disagreeing_headers_are_reported_and_the_first_time_point_wins() -> None:
-    chosen, notes = administered_activity(None, [(4.0, 7400.0), (24.0, 7410.0), (72.0, 7000.0)])
+    chosen, notes = administered_activity([(4.0, 7400.0), (24.0, 7410.0), (72.0, 7000.0)])
     assert chosen == 7400.0
     assert len(notes) == 1 and "disagree" in notes[0] and "7000 MBq at 72 h" in notes[0]
-    assert administered_activity(None, [(4.0, 7400.0), (24.0, 7450.0)]) == (7400.0, [])
-    assert administered_activity(7300.0, [(4.0, None)]) == (7300.0, [])
-    missing, notes = administered_activity(None, [(4.0, None), (24.0, None)])
+    assert administered_activity([(4.0, 7400.0), (24.0, 7450.0)]) == (7400.0, [])
+    assert administered_activity([(4.0, None), (24.0, 7300.0)]) == (7300.0, [])
+    missing, notes = administered_activity([(4.0, None), (24.0, None)])
     assert missing is None and "RadionuclideTotalDose" in notes[0]
 
 
@@ -188,7 +183,7 @@ def test_the_engine_refuses_nothing_the_hold_would_not_report(
     result, _ = computed
     assert implausible_doses(result.vois, result.administered_activity_mbq) == []
     with pytest.raises(ImplausibleResultError, match="Held, not sent"):
-        from theranode.service.jobs.pipeline import hold_if_implausible
+        from theranode.service.jobs.checks import hold_if_implausible
 
         hold_if_implausible(result, make_settings(
             Path("unused"), dosimetry={"max_organ_gy_per_gbq": 1e-3}))

@@ -30,7 +30,7 @@ INJECTION = datetime(2024, 5, 6, 9, 15)
 def start_node(config: Path) -> subprocess.Popen[bytes]:
     log = open(config.with_suffix(".log"), "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "theranode.service.cli.main", "serve", "--config", str(config)],
+        [sys.executable, "-m", "theranode", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=log,
     )
 

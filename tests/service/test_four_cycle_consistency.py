@@ -26,13 +26,13 @@ from theranode.dicomio.rtstruct import read_rois, roi_mask
 from theranode.dicomio.sr import read_sr_report
 from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.dosimetry.registration import resample_mask
-from theranode.service.jobs.pipeline import (
+from theranode.service.jobs.pipeline import run_job
+from theranode.service.jobs.spec import (
     CourseJobInput,
     CycleJobInput,
     JobKind,
     JobSpec,
     TimePointInput,
-    run_job,
 )
 
 TOLERANCE = 0.01

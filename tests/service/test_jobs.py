@@ -15,7 +15,6 @@ from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycl
 from tests.service.nodes import make_settings
 from theranode.service.cli.jobs_view import render_jobs
 from theranode.service.jobs.payload import encode_payload
-from theranode.service.jobs.pipeline import CourseJobInput, JobKind
 from theranode.service.jobs.results import write_result
 from theranode.service.jobs.runner import (
     JobRunner,
@@ -24,6 +23,7 @@ from theranode.service.jobs.runner import (
     worker_death,
     worker_main,
 )
+from theranode.service.jobs.spec import CourseJobInput, JobKind
 from theranode.service.store import open_database
 from theranode.service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
 from theranode.service.store.jobs import JobState, JobStore
@@ -347,7 +347,7 @@ def test_a_worker_dies_with_the_node(tmp_path: Path) -> None:
 # -- time limit ---------------------------------------------------------------------------
 def runaway_first_job(spec, log_path: str, conn) -> None:
     """The first job computes on and on (a hostile input); every other job ends at once."""
-    from theranode.service.jobs.pipeline import JobOutcome
+    from theranode.service.jobs.spec import JobOutcome
 
     if spec.job_id == 1:
         Path(log_path).with_suffix(".pid").write_text(str(os.getpid()))

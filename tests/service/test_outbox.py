@@ -18,7 +18,7 @@ from tests.service.nodes import make_settings
 from theranode.dicomio.part10 import encode, file_meta
 from theranode.service.deliver.outbox import Outbox, backoff_s
 from theranode.service.deliver.sender import ENCAPSULATED_PDF_STORAGE, SendState, classify_status
-from theranode.service.jobs.pipeline import ResultObject
+from theranode.service.jobs.spec import ResultObject
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobStore
 from theranode.service.store.outbox import OutboxStore

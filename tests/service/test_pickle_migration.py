@@ -5,8 +5,9 @@ Until result.json format version 1, job payloads were pickled into
 pickles here are made exactly as that code made them (``pickle.dumps`` of
 the job input; ``pickle.dumps({"result", "source", "reference_ct"},
 protocol=5)`` with VOI masks reduced to packed bits by
-``theranode.dosimetry.results._unpacked_map_voi``), from results the pipeline computes
-on a small phantom.
+``dosimetry.results._unpacked_map_voi``; the types named by the module paths of
+that time, before the ``theranode`` package), from results the pipeline computes on a
+small phantom.
 """
 
 from __future__ import annotations
@@ -15,28 +16,32 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+import theranode.dicomio.source
 import theranode.dosimetry.results
+import theranode.dosimetry.volume
+import theranode.service.jobs.spec
 from tests.service.nodes import make_settings, running_node, wait_job_ended
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import MapVoi
 from theranode.service.app import DATABASE_NAME
-from theranode.service.jobs.pipeline import (
+from theranode.service.jobs.pipeline import run_job
+from theranode.service.jobs.results import RESULT_JSON, load_stored_result
+from theranode.service.jobs.runner import JobRunner
+from theranode.service.jobs.spec import (
     CourseJobInput,
     CycleJobInput,
     JobKind,
     JobSpec,
     TimePointInput,
-    run_job,
 )
-from theranode.service.jobs.results import RESULT_JSON, load_stored_result
-from theranode.service.jobs.runner import JobRunner
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
@@ -58,14 +63,40 @@ def _old_reduce(self: MapVoi) -> tuple[object, tuple[object, ...]]:
     return (_old_unpacked_map_voi, (self.name, packed, tuple(self.mask.shape), self.factor))
 
 
-@pytest.fixture
-def old_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``MapVoi`` pickles as it did before JSON: by ``theranode.dosimetry.results._unpacked_map_voi``."""
-    _old_unpacked_map_voi.__module__ = "theranode.dosimetry.results"
-    _old_unpacked_map_voi.__qualname__ = "_unpacked_map_voi"
-    monkeypatch.setattr(theranode.dosimetry.results, "_unpacked_map_voi", _old_unpacked_map_voi,
-                        raising=False)
-    monkeypatch.setattr(MapVoi, "__reduce__", _old_reduce, raising=False)
+#: Where the pickled types lived before the one ``theranode`` package: old pickles
+#: name them by these module paths.
+OLD_MODULES = {
+    "dosimetry.results": theranode.dosimetry.results,
+    "dosimetry.volume": theranode.dosimetry.volume,
+    "dicomio.source": theranode.dicomio.source,
+    "service.pipeline": theranode.service.jobs.spec,
+}
+
+
+def old_pickle(obj: object, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
+    """``obj`` pickled exactly as the pickle era pickled it.
+
+    Types are named by their old module paths (``dosimetry.results.CycleResult``,
+    ``service.pipeline.CycleJobInput``…), a cycle input carries the
+    ``administered_activity_mbq`` field it had then (always ``None``), and
+    ``MapVoi`` pickles by ``dosimetry.results._unpacked_map_voi``. The
+    patches last only while pickling: the node under test runs unpatched.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for old_name, module in OLD_MODULES.items():
+            patch.setitem(sys.modules, old_name, module)
+            for value in vars(module).values():
+                if isinstance(value, type) and value.__module__ == module.__name__:
+                    patch.setattr(value, "__module__", old_name)
+        patch.setattr(CycleJobInput, "__getstate__",
+                      lambda self: {**self.__dict__, "administered_activity_mbq": None},
+                      raising=False)
+        _old_unpacked_map_voi.__module__ = "dosimetry.results"
+        _old_unpacked_map_voi.__qualname__ = "_unpacked_map_voi"
+        patch.setattr(theranode.dosimetry.results, "_unpacked_map_voi", _old_unpacked_map_voi,
+                      raising=False)
+        patch.setattr(MapVoi, "__reduce__", _old_reduce, raising=False)
+        return pickle.dumps(obj, protocol=protocol)
 
 
 def cycle_inputs(course: CourseManifest, data_dir: Path) -> dict[int, CycleJobInput]:
@@ -101,7 +132,7 @@ def to_pickle_era(folder: Path) -> None:
     stored = load_stored_result(folder)
     payload = {"result": stored.result, "source": stored.source,
                "reference_ct": stored.reference_ct}
-    (folder / "result.pkl").write_bytes(pickle.dumps(payload, protocol=5))
+    (folder / "result.pkl").write_bytes(old_pickle(payload, protocol=5))
     for path in [folder / RESULT_JSON, *folder.glob("*.npy")]:
         path.unlink()
 
@@ -115,7 +146,7 @@ def forget_payload_migration(db_path: Path) -> None:
 
 
 def test_queued_pickled_jobs_and_pickled_results_survive_the_upgrade(
-    tmp_path: Path, old_pickling: None
+    tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path / "data")
     data_dir = settings.data_dir
@@ -138,14 +169,14 @@ def test_queued_pickled_jobs_and_pickled_results_survive_the_upgrade(
     store = JobStore(open_database(db_path))
     common = dict(patient_key="p", created_at=NOW)
     done = store.submit(kind="cycle", target="cycle|p|1", label="1.1", fingerprint="c1",
-                        payload=pickle.dumps(inputs[1]), **common)
+                        payload=old_pickle(inputs[1]), **common)
     store.claim_next(NOW, str(tmp_path))
     store.finish(done.id, JobState.DONE, NOW, "ok", CYCLE1)
     queued = [
         store.submit(kind="cycle", target="cycle|p|3", label="1.3", fingerprint="c3",
-                     payload=pickle.dumps(inputs[3]), **common),
+                     payload=old_pickle(inputs[3]), **common),
         store.submit(kind="course", target="course|p|1", label="1", fingerprint="course",
-                     payload=pickle.dumps(course_input), **common),
+                     payload=old_pickle(course_input), **common),
     ]
     assert [done.id, *(j.id for j in queued)] == [1, 2, 3]
     to_pickle_era(data_dir / CYCLE1)

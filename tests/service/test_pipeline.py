@@ -17,16 +17,11 @@ from tests.service.nodes import make_settings, running_node, send
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import CycleResult, Organ, VoiKind
+from theranode.dosimetry.voi_names import classify_roi
 from theranode.service.cli.jobs_view import render_dosimetry_status
-from theranode.service.jobs.pipeline import (
-    CycleJobInput,
-    JobKind,
-    JobSpec,
-    TimePointInput,
-    classify_roi,
-    run_job,
-)
+from theranode.service.jobs.pipeline import run_job
 from theranode.service.jobs.results import load_stored_result
+from theranode.service.jobs.spec import CycleJobInput, JobKind, JobSpec, TimePointInput
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 
@@ -125,7 +120,7 @@ def test_cycle_missing_its_192h_scan_is_incomplete_then_runs_when_it_arrives(
 
 def start_node(config: Path) -> subprocess.Popen[bytes]:
     log = open(config.with_suffix(".log"), "ab")
-    return subprocess.Popen([sys.executable, "-m", "theranode.service.cli.main", "serve", "--config",
+    return subprocess.Popen([sys.executable, "-m", "theranode", "serve", "--config",
                              str(config)], stdout=subprocess.DEVNULL, stderr=log)
 
 

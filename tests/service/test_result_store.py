@@ -28,7 +28,6 @@ from theranode.dicomio.source import (
 )
 from theranode.dosimetry.records_json import RecordFormatError
 from theranode.service.jobs.payload import JobPayloadError, decode_payload, encode_payload
-from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from theranode.service.jobs.results import (
     RESULT_JSON,
     StoredResultError,
@@ -36,6 +35,7 @@ from theranode.service.jobs.results import (
     write_result,
 )
 from theranode.service.jobs.runner import JobRunner
+from theranode.service.jobs.spec import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
@@ -119,10 +119,31 @@ def test_job_payloads_round_trip_and_refuse_other_versions_and_kinds() -> None:
     with pytest.raises(JobPayloadError, match="expected a course job"):
         decode_payload(encode_payload(cycle), JobKind.COURSE)
     newer = json.loads(encode_payload(course))
-    newer["version"] = 2
-    with pytest.raises(JobPayloadError, match=r"format version 2 is newer than this theranode "
-                       r"understands \(1\); upgrade theranode"):
+    newer["version"] = 3
+    with pytest.raises(JobPayloadError, match=r"format version 3 is newer than this theranode "
+                       r"understands \(2\); upgrade theranode"):
         decode_payload(json.dumps(newer).encode(), JobKind.COURSE)
+
+
+#: A cycle job's payload as theranode wrote it before version 2 (byte for byte).
+VERSION_1_CYCLE = (
+    '{"format": "theranode-job", "version": 1, "kind": "cycle", "input": {"cycle_number": 3, '
+    '"injection": "2024-01-01T10:00:00", "multi_time_point": false, "time_points": '
+    '[{"nominal_h": 24.0, "elapsed_h": 23.5, "spect_files": ["a.dcm"], "ct_files": '
+    '["b.dcm", "c.dcm"]}], "rtstruct_file": "rt.dcm", "reference_result": "results/job-1", '
+    '"administered_activity_mbq": null}}'
+).encode()
+
+
+def test_a_cycle_job_queued_by_version_1_still_runs_after_the_upgrade() -> None:
+    assert decode_payload(VERSION_1_CYCLE, JobKind.CYCLE) == CycleJobInput(
+        3, "2024-01-01T10:00:00", False,
+        (TimePointInput(24.0, 23.5, ("a.dcm",), ("b.dcm", "c.dcm")),),
+        "rt.dcm", reference_result="results/job-1")
+    edited = VERSION_1_CYCLE.replace(b'"administered_activity_mbq": null',
+                                     b'"administered_activity_mbq": 7400.0')
+    with pytest.raises(JobPayloadError, match="sets administered_activity_mbq"):
+        decode_payload(edited, JobKind.CYCLE)
 
 
 def run_until_ended(store: JobStore, runner: JobRunner, job_id: int) -> JobRecord:
@@ -142,7 +163,7 @@ def test_a_job_with_a_newer_payload_fails_with_the_reason_and_runs_nothing(tmp_p
                        fingerprint="f", payload=json.dumps(doc).encode(), created_at=NOW)
     failed = run_until_ended(store, JobRunner(store, OutboxStore(store), settings), job.id)
     assert failed.state is JobState.FAILED
-    assert ("The job payload format version 3 is newer than this theranode understands (1); "
+    assert ("The job payload format version 3 is newer than this theranode understands (2); "
             "upgrade theranode") in failed.message
     assert "StoredResultError" not in failed.message  # it never looked for job-404's result
     assert not (settings.data_dir / "results" / f"job-{job.id}").exists()
