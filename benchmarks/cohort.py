@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.servic
 
 from tests.service.cohort_files import export_outcome_csv  # noqa: E402
 from tests.synthetic_cohort import synthetic_cohort  # noqa: E402
-from theranode.service.cohort.outcomes import import_outcome_files  # noqa: E402
+from theranode.service.cohort.imports import import_outcome_files  # noqa: E402
 from theranode.service.cohort.report import run_cohort  # noqa: E402
 from theranode.service.store.outcomes import MIGRATIONS  # noqa: E402
 

@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from theranode.dicomio.errors import MissingAttributeError, UnsupportedObjectError
+from theranode.dosimetry.plausibility import MAX_PLAUSIBLE_ACTIVITY_MBQ
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -235,16 +236,12 @@ def _radionuclide(item: Dataset) -> tuple[str | None, str | None]:
     return (name or None), None
 
 
-#: Administered activities outside (0, 100 GBq] are recording errors, not treatments
-#: (a Lu-177 PRRT cycle is about 7.4 GBq; Hebert et al. 2024).
-MAX_PLAUSIBLE_ACTIVITY_MBQ = 100_000.0
-
-
 def _activity_mbq(dose: Any, modality: str) -> float | None:
     """RadionuclideTotalDose in MBq, or None when absent, not a number or implausible.
 
     RadionuclideTotalDose is in MBq for NM (PS3.3 C.8.4.10.1) and in Bq for
-    PET (C.8.9.1.1.4). A negative, zero, infinite or astronomical value is
+    PET (C.8.9.1.1.4). A negative, zero or infinite value, or one above
+    :data:`theranode.dosimetry.plausibility.MAX_PLAUSIBLE_ACTIVITY_MBQ`, is
     dropped rather than carried into dosimetry.
     """
     if dose in (None, ""):

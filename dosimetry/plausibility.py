@@ -1,4 +1,12 @@
-"""Physical plausibility of a cycle's doses: absorbed dose per administered activity.
+"""Physical plausibility of an administered activity and of a cycle's doses.
+
+An administered activity above :data:`MAX_PLAUSIBLE_ACTIVITY_MBQ` is a
+recording error, not a treatment: one [177Lu]Lu-DOTATATE cycle is 7.4 GBq
+(Hebert 2024; NETTER-1), and the usual slips are a factor 1000 or more (MBq
+written where GBq is expected: 7400 "GBq"; Bq where MBq is expected). The
+bound, 100 GBq, is over thirteen times a standard cycle and far below those
+slips. The DICOM headers drop such a RadionuclideTotalDose, the outcome
+import refuses such a cycle, and the pipeline refuses a SPECT holding more.
 
 A wrong unit upstream (a SPECT in kBq/mL read as counts, a wrong rescale
 slope) scales every dose by the same factor and leaves no other trace in the
@@ -7,7 +15,7 @@ activity recorded at injection, shows it. A cycle whose mean absorbed dose
 per administered activity lies far beyond anything published for its VOI kind
 is therefore held by the node instead of being sent.
 
-The bounds are deliberately loose: a few times the highest values published
+The dose bounds are deliberately loose: a few times the highest values published
 for [177Lu]Lu-DOTATATE, so that real patients are never held.
 
 * Organs and marrow: published means are below about 1.5 Gy/GBq (kidneys
@@ -18,6 +26,9 @@ for [177Lu]Lu-DOTATATE, so that real patients are never held.
 
 References
 ----------
+Hebert K et al., J Nucl Med 2024;65:923-930 (7.4 GBq per cycle).
+Strosberg J et al., Phase 3 trial of 177Lu-Dotatate for midgut neuroendocrine
+tumors (NETTER-1), N Engl J Med 2017;376:125-135 (four cycles of 7.4 GBq).
 Santoro L et al., EJNMMI Res 2018;8:103 (organ doses per administered
 activity, 177Lu-DOTATATE, SPECT/CT at 4, 24, 72, 192 h).
 Sjögreen Gleisner K et al., EANM dosimetry committee recommendations for
@@ -33,6 +44,8 @@ from dataclasses import dataclass
 
 from theranode.dosimetry.results import VoiDose, VoiKind
 
+#: Largest plausible administered activity of one cycle, MBq (100 GBq; see above).
+MAX_PLAUSIBLE_ACTIVITY_MBQ = 100_000.0
 #: Default bound on organ and marrow mean dose per administered activity, Gy/GBq.
 MAX_ORGAN_GY_PER_GBQ = 5.0
 #: Default bound on lesion mean dose per administered activity, Gy/GBq.

@@ -20,7 +20,7 @@ from theranode.service.errors import ServiceError
 from theranode.service.logs import configure_logging
 
 if TYPE_CHECKING:
-    from theranode.service.cohort.outcomes import ImportReport
+    from theranode.service.cohort.imports import ImportReport
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def configure_logging_quietly() -> None:
 
 
 def cmd_outcomes_import(args: argparse.Namespace) -> int:
-    from theranode.service.cohort.outcomes import import_outcome_files
+    from theranode.service.cohort.imports import import_outcome_files
     from theranode.service.store import open_database
 
     settings = _settings(args)

@@ -62,7 +62,7 @@ from theranode.dosimetry.cohort.results import (
     SurvivalComparison,
     as_plain,
 )
-from theranode.service.cohort.outcomes import load_cohort_data
+from theranode.service.cohort.loading import load_cohort_data
 
 logger = logging.getLogger(__name__)
 

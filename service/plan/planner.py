@@ -27,7 +27,7 @@ from typing import Any
 from theranode.config.schema import Settings
 from theranode.service.clock import utc_now
 from theranode.service.jobs.payload import encode_payload
-from theranode.service.jobs.pipeline import CourseJobInput, CycleJobInput, JobKind, TimePointInput
+from theranode.service.jobs.spec import CourseJobInput, CycleJobInput, JobKind, TimePointInput
 from theranode.service.plan.completion import (
     NO_REFERENCE,
     Action,

@@ -20,7 +20,7 @@ from tests.peers import require_tool
 from tests.service.cohort_files import export_outcome_csv
 from tests.synthetic_cohort import synthetic_cohort
 from theranode.dosimetry.cohort.data import CohortData
-from theranode.service.cohort.outcomes import import_outcome_files
+from theranode.service.cohort.imports import import_outcome_files
 from theranode.service.cohort.report import LATEST, run_cohort
 from theranode.service.store.outcomes import MIGRATIONS
 

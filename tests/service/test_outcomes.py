@@ -21,7 +21,7 @@ from theranode.service.cohort.outcomes import (
     import_outcome_files,
     load_cohort_data,
 )
-from theranode.service.jobs.pipeline import classify_roi
+from theranode.dosimetry.voi_names import classify_roi
 from theranode.service.store import outcomes as store
 from theranode.service.store.outcomes import MIGRATIONS
 

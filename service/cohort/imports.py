@@ -1,4 +1,4 @@
-"""Outcome data import (``theranode outcomes import FILE…``) and cohort loading.
+"""Outcome data import: ``theranode outcomes import FILE…``.
 
 CSV files in long format with ISO dates; the kind of a file (patients,
 cycles, lesions, labs, doses) is recognised from its header. Each file is
@@ -10,8 +10,8 @@ first), each one checked against what is already in the database.
 
 :func:`import_outcome_files` returns an :class:`ImportReport` (``.ok`` is
 ``False`` when a file was rejected; ``.summary()`` is the text the CLI
-prints). :func:`load_cohort_data` builds the
-:class:`~theranode.dosimetry.cohort.data.CohortData` record the analyses take.
+prints). :func:`theranode.service.cohort.loading.load_cohort_data` reads the
+imported tables for the analyses.
 """
 
 from __future__ import annotations
@@ -28,17 +28,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import sqlite_utils
 
-from theranode.dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
-from theranode.dosimetry.cohort.data import (
-    CANONICAL_UNITS,
-    Analyte,
-    CohortData,
-    DoseKind,
-    DoseRow,
-)
+from theranode.dosimetry.cohort.data import CANONICAL_UNITS, Analyte, DoseKind
+from theranode.dosimetry.plausibility import MAX_PLAUSIBLE_ACTIVITY_MBQ
 from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.voi_names import ORGAN_NAMES_HELP, classify_roi
 from theranode.service.store import outcomes as store
@@ -175,8 +168,6 @@ SEX_VALUES = {"m": "M", "male": "M", "f": "F", "female": "F"}
 RECIST_VALUES = ("CR", "PR", "SD", "PD", "NE")
 KNOWN_SITES = ("liver", "lymph_node", "mesentery", "pancreas", "peritoneum", "bone", "other")
 SMALL_LESION_CM3 = 2.0
-#: Above this an activity is a recording error (the same bound as the DICOM headers').
-MAX_ACTIVITY_GBQ = MAX_PLAUSIBLE_ACTIVITY_MBQ / 1000.0
 
 
 def _unit_key(unit: str) -> str:
@@ -588,7 +579,7 @@ def validate_cycles(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict
         cycle = _integer(row, "cycle", ctx)
         admin = _date(row, "admin_date", ctx)
         activity = _positive(row, "activity_gbq", ctx)
-        if activity is not None and activity > MAX_ACTIVITY_GBQ:
+        if activity is not None and activity * 1000.0 > MAX_PLAUSIBLE_ACTIVITY_MBQ:
             ctx.error(
                 row.line,
                 "activity_gbq",
@@ -982,89 +973,3 @@ def _import_one(db: sqlite_utils.Database, item: _Parsed, stamp: str) -> FileRep
         warnings=((w.line, w.column, str(w)) for w in warnings),
     )
     return FileReport(str(item.path), item.kind, FileStatus.IMPORTED, len(records), (), warnings)
-
-
-# --- loading -------------------------------------------------------------------------
-
-
-def load_cohort_data(db: sqlite_utils.Database, own_doses: Iterable[DoseRow] = ()) -> CohortData:
-    """The cohort as a :class:`CohortData` record.
-
-    Parameters
-    ----------
-    db
-        Database with the outcome tables.
-    own_doses
-        theranode's own dose results (from the index). They take precedence
-        over imported doses of the same patient, cycle and VOI.
-    """
-    frames = {kind: pd.DataFrame(store.rows(db, kind.value)) for kind in OutcomeKind}
-    patients = _patients_frame(frames[OutcomeKind.PATIENTS])
-    doses = _merge_doses(frames[OutcomeKind.DOSES], own_doses)
-    return CohortData.from_frames(
-        patients=patients,
-        cycles=_frame_or_empty(
-            frames[OutcomeKind.CYCLES], ("patient_id", "cycle", "admin_date", "activity_gbq")
-        ),
-        lesions=_frame_or_empty(
-            frames[OutcomeKind.LESIONS],
-            (
-                "patient_id",
-                "lesion_id",
-                "site",
-                "vol_bl_cm3",
-                "ct_bl_date",
-                "vol_m3_cm3",
-                "ct_m3_date",
-            ),
-        ),
-        labs=_frame_or_empty(
-            frames[OutcomeKind.LABS], ("patient_id", "date", "analyte", "value", "lln", "uln")
-        ),
-        doses=doses,
-    )
-
-
-def _frame_or_empty(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
-    if frame.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    return frame.loc[:, list(columns)]
-
-
-def _patients_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    columns = (
-        "patient_id",
-        "sex",
-        "age_at_start_y",
-        "first_injection_date",
-        "progression_date",
-        "death_date",
-        "last_followup_date",
-        "recist_m3",
-    )
-    return _frame_or_empty(frame, columns)
-
-
-def _merge_doses(imported: pd.DataFrame, own_doses: Iterable[DoseRow]) -> pd.DataFrame:
-    columns = ["patient_id", "cycle", "voi", "kind", "ad_gy"]
-    own = pd.DataFrame(
-        [
-            (d.patient_id, int(d.cycle), d.voi, DoseKind(d.kind).value, float(d.ad_gy))
-            for d in own_doses
-        ],
-        columns=columns,
-    )
-    imported = imported.loc[:, columns] if not imported.empty else pd.DataFrame(columns=columns)
-    if own.empty:
-        return imported
-    keys = set(zip(own["patient_id"], own["cycle"], own["voi"], strict=True))
-    overridden = [
-        k in keys
-        for k in zip(imported["patient_id"], imported["cycle"], imported["voi"], strict=True)
-    ]
-    if any(overridden):
-        logger.info(
-            "%d imported dose row(s) superseded by theranode's own results", sum(overridden)
-        )
-    kept = imported.loc[[not o for o in overridden]]
-    return pd.concat([own, kept], ignore_index=True)
