@@ -1,4 +1,4 @@
-"""Outcome CSV import: every validation rule, idempotence, unit conversion, loading."""
+"""Outcome CSV import (every validation rule, idempotence, unit conversion) and loading."""
 
 from __future__ import annotations
 
@@ -7,21 +7,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlite_utils
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from tests.service.cohort_files import export_outcome_csv
 from tests.synthetic_cohort import synthetic_cohort
-from theranode.dicomio.headers import MAX_PLAUSIBLE_ACTIVITY_MBQ
+from theranode.dicomio.headers import injection
 from theranode.dosimetry.cohort.analysis import analyse_cohort
 from theranode.dosimetry.cohort.data import DoseKind, DoseRow, organ_doses
+from theranode.dosimetry.plausibility import MAX_PLAUSIBLE_ACTIVITY_MBQ
 from theranode.dosimetry.results import VoiKind
-from theranode.service.cohort.outcomes import (
-    MAX_ACTIVITY_GBQ,
-    FileStatus,
-    OutcomeKind,
-    import_outcome_files,
-    load_cohort_data,
-)
 from theranode.dosimetry.voi_names import classify_roi
+from theranode.service.cohort.imports import FileStatus, OutcomeKind, import_outcome_files
+from theranode.service.cohort.loading import load_cohort_data
 from theranode.service.store import outcomes as store
 from theranode.service.store.outcomes import MIGRATIONS
 
@@ -395,5 +393,28 @@ def test_a_lesion_name_given_as_organ_is_refused_with_the_fix(
     assert any("give kind lesion" in e.message for e in report.errors), report.summary()
 
 
-def test_activity_bound_is_the_dicom_headers_bound() -> None:
-    assert MAX_ACTIVITY_GBQ * 1000.0 == MAX_PLAUSIBLE_ACTIVITY_MBQ
+def _nm_injection_activity_mbq(total_dose_mbq: float) -> float | None:
+    item = Dataset()
+    item.RadiopharmaceuticalStartDateTime = "20200110093000"
+    item.RadionuclideTotalDose = f"{total_dose_mbq:g}"
+    ds = Dataset()
+    ds.Modality = "NM"
+    ds.RadiopharmaceuticalInformationSequence = Sequence([item])
+    found = injection(ds)
+    assert found is not None
+    return found.activity_mbq
+
+
+@pytest.mark.parametrize(
+    ("activity_mbq", "plausible"),
+    [(MAX_PLAUSIBLE_ACTIVITY_MBQ, True), (MAX_PLAUSIBLE_ACTIVITY_MBQ + 100.0, False)],
+)
+def test_csv_and_dicom_headers_refuse_the_same_activities(
+    db: sqlite_utils.Database, tmp_path: Path, activity_mbq: float, plausible: bool
+) -> None:
+    _import_before(db, tmp_path, "cycles")
+    cycles = _replace("cycles", "P2,1,2020-02-10,7.4", f"P2,1,2020-02-10,{activity_mbq / 1000:g}")
+    report = import_outcome_files(db, [_write(tmp_path, "cycles", cycles)])
+    assert report.ok is plausible, report.summary()
+    header_mbq = _nm_injection_activity_mbq(activity_mbq)
+    assert header_mbq == (pytest.approx(activity_mbq) if plausible else None)
