@@ -410,8 +410,3 @@ def encode(ds: Dataset) -> bytes:
     buffer = BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def decode(data: bytes) -> Dataset:
-    """Read PS3.10 file bytes back into a dataset."""
-    return pydicom.dcmread(BytesIO(data))

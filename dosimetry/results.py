@@ -71,12 +71,6 @@ class KineticFit:
     uptake_model: str = "instantaneous uptake at injection"
     notes: tuple[str, ...] = ()
 
-    @property
-    def relative_uncertainty(self) -> float:
-        """Standard deviation of the integral relative to its value."""
-        return self.integral_sd / self.integral if self.integral else float("inf")
-
-
 @dataclass(frozen=True)
 class CurvePoint:
     """One time point of a VOI's curve."""

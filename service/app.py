@@ -67,7 +67,7 @@ class Node:
         self.index = IndexStore(self.db)
         self.rules = rules_from_settings(settings.grouping)
         self.jobs = JobStore(open_database(data_dir / DATABASE_NAME))
-        self.outbox_store = OutboxStore(self.jobs)
+        self.outbox_store = OutboxStore(self.jobs.db, self.jobs.lock)
         self.outbox = Outbox(self.outbox_store, settings)
         self.runner = JobRunner(self.jobs, self.outbox_store, settings,
                                 on_finished=self._job_finished)

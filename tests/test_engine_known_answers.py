@@ -26,7 +26,8 @@ import pytest
 from pydicom import dcmread
 
 from benchmarks.engine import load_cycle_inputs
-from theranode.dicomio.part10 import decode, encode
+from tests.part10_bytes import read_back
+from theranode.dicomio.part10 import encode
 from theranode.dicomio.source import source_context_from_datasets
 from theranode.dicomio.sr import VOI_MEASUREMENTS, read_sr_report, write_cycle_sr
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
@@ -144,7 +145,7 @@ def test_sr_carries_the_engines_numbers_for_the_synthetic_course(
         structure_set=dcmread(reference.rtstruct_file),
     )
     identity = ResultIdentity(ResultKind.CYCLE, 1, datetime(2024, 6, 1, 12, 0), cycle_number=2)
-    report = read_sr_report(decode(encode(write_cycle_sr(cycle2, source, identity))))
+    report = read_sr_report(read_back(encode(write_cycle_sr(cycle2, source, identity))))
     for voi in cycle2.vois:
         group = report.group(voi.name, "cycle 2")
         for key in VOI_MEASUREMENTS:

@@ -58,7 +58,7 @@ def render_jobs(db: sqlite_utils.Database, limit: int = 50) -> Iterator[str]:
 
 def _jobs_lines(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
     jobs = JobStore(db)
-    outbox = OutboxStore(jobs)
+    outbox = OutboxStore(jobs.db, jobs.lock)
     ids = _patient_ids(db)
     rows = jobs.all(limit)
     if not rows:
@@ -103,7 +103,7 @@ def _job_lines(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
     for part in (job.message or "").split("; "):
         if part:
             yield f"  {part}"
-    for row in OutboxStore(jobs).deliveries_of_job(job.id):
+    for row in OutboxStore(jobs.db, jobs.lock).deliveries_of_job(job.id):
         status = "" if row["last_status"] is None else f" status 0x{row['last_status']:04X}"
         yield (f"  {row['modality']:<6} {row['sop_instance_uid']} → {row['destination']}: "
                f"{row['state']} after {row['attempts']} attempt(s){status} "
@@ -156,7 +156,7 @@ def _dosimetry_lines(db: sqlite_utils.Database, settings: Settings) -> Iterator[
                 yield f"  {name}: {decision.reason}; {state}"
         for course in sorted({plan.view.course for plan in plans}):
             yield _course_line(jobs, key, course, ids)
-    for line in _outbox_lines(OutboxStore(jobs)):
+    for line in _outbox_lines(OutboxStore(jobs.db, jobs.lock)):
         yield line
 
 

@@ -197,7 +197,7 @@ class Planner:
     def _submit_cycle(self, view: CycleView, decision: Decision, target: str) -> JobRecord | None:
         if decision.action is Action.WAIT:
             return None
-        instances = self.jobs.input_instances(list(decision.series_uids)) if (
+        instances = self.index.input_instances(list(decision.series_uids)) if (
             decision.action is Action.RUN) else self._all_instances(view)
         extra = [decision.action.value, str(self.jobs.generation(target)),
                  decision.reference.fingerprint]
@@ -219,7 +219,7 @@ class Planner:
         return job
 
     def _all_instances(self, view: CycleView) -> list[dict[str, Any]]:
-        return self.jobs.input_instances([s.series_uid for s in view.series])
+        return self.index.input_instances([s.series_uid for s in view.series])
 
     def _announce(self, job: JobRecord, decision: Decision) -> None:
         if job.state is JobState.INCOMPLETE:

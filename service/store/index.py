@@ -158,6 +158,17 @@ class IndexStore:
             )
         return rows[0] if rows else None
 
+    def input_instances(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """Archived instances of these series: SOP Instance UID, sha256, path, series."""
+        if not series_uids:
+            return []
+        marks = ", ".join("?" for _ in series_uids)
+        with self.lock:
+            return list(self.db.query(
+                f"select sop_instance_uid, sha256, path, series_uid from instances "
+                f"where series_uid in ({marks}) order by series_uid, path",
+                series_uids,
+            ))
     def series_owner(self, series_uid: str) -> dict[str, Any] | None:
         """The patient key and study UID of an indexed series (None when new)."""
         with self.lock:

@@ -175,12 +175,6 @@ class JobStore:
         rows = self._rows("select * from jobs where id = ?", [job_id])
         return rows[0] if rows else None
 
-    def find(self, target: str, fingerprint: str) -> JobRecord | None:
-        rows = self._rows(
-            "select * from jobs where target = ? and fingerprint = ?", [target, fingerprint]
-        )
-        return rows[0] if rows else None
-
     def of_target(self, target: str) -> list[JobRecord]:
         return self._rows("select * from jobs where target = ? order by id", [target])
 
@@ -355,22 +349,3 @@ class JobStore:
         job = self.get(job_id)
         assert job is not None
         return job
-
-    # -- inputs (read from the index tables) ----------------------------------------
-    def input_instances(self, series_uids: list[str]) -> list[dict[str, Any]]:
-        """Archived instances of these series: SOP Instance UID, sha256, path, series."""
-        if not series_uids:
-            return []
-        marks = ", ".join("?" for _ in series_uids)
-        with self.lock:
-            return list(self.db.query(
-                f"select sop_instance_uid, sha256, path, series_uid from instances "
-                f"where series_uid in ({marks}) order by series_uid, path",
-                series_uids,
-            ))
-
-    def injected_activity_mbq(self, series_uid: str) -> float | None:
-        with self.lock:
-            rows = list(self.db.query(
-                "select injected_activity_mbq from series where series_uid = ?", [series_uid]))
-        return rows[0]["injected_activity_mbq"] if rows else None

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from theranode.service.store.jobs import JobStore
+from theranode.service.store import immediate_transaction
 
 MIGRATIONS = Migrations("theranode.outbox")
 
@@ -83,12 +85,23 @@ class PendingObject:
 
 
 class OutboxStore:
-    """All SQL on result objects and deliveries (shares the job store's connection)."""
+    """All SQL on result objects and deliveries.
 
-    def __init__(self, jobs: JobStore) -> None:
-        self.jobs = jobs
-        self.db = jobs.db
-        self.lock = jobs.lock
+    The runner records a job's objects in the transaction that marks the job
+    done (:meth:`add_objects` takes that transaction's connection), so the
+    outbox and the job store share one connection and must share its lock:
+    pass the job store's ``db`` and ``lock``.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, lock: threading.RLock | None = None) -> None:
+        self.db = db
+        self.lock = lock or threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locking) transaction on this store's connection."""
+        with self.lock, immediate_transaction(self.db) as conn:
+            yield conn
 
     def add_objects(
         self,
@@ -125,7 +138,7 @@ class OutboxStore:
     def add_destination_backlog(self, destinations: Sequence[str], now: str) -> int:
         """Queue every existing object for destinations added to the configuration."""
         added = 0
-        with self.jobs.transaction() as conn:
+        with self.transaction() as conn:
             for name in destinations:
                 cursor = conn.execute(
                     "insert or ignore into deliveries (object_id, destination, state, attempts,"
@@ -151,7 +164,7 @@ class OutboxStore:
         status: int | None = None, error: str = "",
     ) -> None:
         """The answer of one delivery attempt."""
-        with self.jobs.transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "update deliveries set state = ?, attempts = attempts + 1, last_status = ?, "
                 "last_error = ?, updated_at = ? where object_id = ? and destination = ?",
@@ -169,7 +182,7 @@ class OutboxStore:
 
     def destination_failed(self, name: str, next_attempt_at: str) -> int:
         """Count a failure to reach ``name``; returns the consecutive failures."""
-        with self.jobs.transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "insert into destinations (name, failures, next_attempt_at) values (?, 1, ?) "
                 "on conflict(name) do update set failures = failures + 1, next_attempt_at = ?",
@@ -179,7 +192,7 @@ class OutboxStore:
             return int(row.fetchone()[0])
 
     def destination_reached(self, name: str) -> None:
-        with self.jobs.transaction() as conn:
+        with self.transaction() as conn:
             conn.execute("delete from destinations where name = ?", [name])
 
     def summary(self) -> list[dict[str, Any]]:

@@ -21,8 +21,9 @@ from tests.dicomio.result_records import (
     identity,
     source_for_cycle,
 )
+from tests.part10_bytes import read_back
 from tests.peers import require_tool
-from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import (
     extract_pdf,
     flatten_settings,
@@ -54,7 +55,7 @@ def test_cycle_report_has_every_section_and_is_reproducible() -> None:
 
 def test_course_report_renders_and_encapsulates() -> None:
     source, _ = source_for_cycle()
-    ds = decode(
+    ds = read_back(
         encode(write_course_pdf(course_result(), source, identity(ResultKind.COURSE)))
     )
     pdf = extract_pdf(ds)
@@ -67,7 +68,7 @@ def test_course_report_renders_and_encapsulates() -> None:
 
 def test_encapsulated_pdf_identity_and_references() -> None:
     source, rtss = source_for_cycle()
-    ds = decode(encode(write_cycle_pdf(cycle_result(1), source, identity())))
+    ds = read_back(encode(write_cycle_pdf(cycle_result(1), source, identity())))
     assert (ds.PatientID, ds.PatientName, ds.StudyInstanceUID) == (
         source.patient_id,
         source.patient_name,
@@ -179,7 +180,7 @@ def test_dollar_signs_in_roi_and_patient_names_are_drawn_as_written() -> None:
         result, vois=(dataclasses.replace(result.vois[0], name=MATH_ROI), *result.vois[1:])
     )
     masks = {MATH_ROI: box_mask(LIVER_BOX), "lesion 1": box_mask(LESION_BOX)}
-    ds = decode(encode(write_cycle_pdf(result, source, identity(), masks=masks)))
+    ds = read_back(encode(write_cycle_pdf(result, source, identity(), masks=masks)))
     text = _pdf_strings(extract_pdf(ds))
     assert any(line.startswith("Patient: Doe$x_{$, Jane    ID: TN-0001") for line in text)
     assert MATH_ROI in text  # the dose table's cell and the DVH legend

@@ -15,8 +15,9 @@ from tests.dicomio.result_records import (
     identity,
     source_for_cycle,
 )
+from tests.part10_bytes import read_back
 from tests.peers import require_tool
-from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.part10 import encode
 from theranode.dicomio.sr import (
     LESION_INDICES_ID,
     VOI_MEASUREMENTS,
@@ -39,7 +40,7 @@ def _course_report() -> bytes:
 
 def test_every_voi_value_round_trips() -> None:
     result = cycle_result(1)
-    report = read_sr_report(decode(_cycle_report()))
+    report = read_sr_report(read_back(_cycle_report()))
     assert [g.tracking_identifier for g in report.groups] == [
         v.name for v in result.vois
     ]
@@ -64,7 +65,7 @@ def test_every_voi_value_round_trips() -> None:
 
 
 def test_finding_codes_and_laterality() -> None:
-    report = read_sr_report(decode(_cycle_report()))
+    report = read_sr_report(read_back(_cycle_report()))
     assert report.group("liver", "cycle 1").finding_sites == [("10200004", None)]
     assert report.group("kidney_left", "cycle 1").finding_sites == [
         ("64033007", "7771000")
@@ -78,9 +79,9 @@ def test_finding_codes_and_laterality() -> None:
 
 
 def test_tracking_uid_is_stable_across_cycles_and_distinct_between_rois() -> None:
-    first = read_sr_report(decode(_cycle_report(1, key="c1")))
+    first = read_sr_report(read_back(_cycle_report(1, key="c1")))
     second = read_sr_report(
-        decode(_cycle_report(2, key="c2"))
+        read_back(_cycle_report(2, key="c2"))
     )  # other study, same patient
     for name in ("liver", "lesion 1"):
         assert (
@@ -93,7 +94,7 @@ def test_tracking_uid_is_stable_across_cycles_and_distinct_between_rois() -> Non
 
 def test_course_report_round_trips_cumulative_doses_indices_and_flags() -> None:
     course = course_result()
-    report = read_sr_report(decode(_course_report()))
+    report = read_sr_report(read_back(_course_report()))
     for dose in course.cumulative:
         group = report.group(dose.name, "course")
         assert group.values["total_gy"] == pytest.approx(dose.total_gy)
@@ -125,7 +126,7 @@ def test_course_report_round_trips_cumulative_doses_indices_and_flags() -> None:
 def test_identity_evidence_and_determinism() -> None:
     source, rtss = source_for_cycle()
     data = _cycle_report()
-    ds = decode(data)
+    ds = read_back(data)
     assert (ds.PatientID, ds.StudyInstanceUID, ds.AccessionNumber) == (
         source.patient_id,
         source.study_instance_uid,
@@ -189,7 +190,7 @@ def test_non_ascii_method_names_and_notes_survive_in_utf8() -> None:
                     notes=("λ_eff ≥ λ_phys enforced",))
     result = replace(result, method=DoseMethod.HANSCHEID, vois=(first, *result.vois[1:]))
     source, _ = source_for_cycle("c3")
-    ds = decode(encode(write_cycle_sr(result, source, identity(ResultKind.CYCLE, 3))))
+    ds = read_back(encode(write_cycle_sr(result, source, identity(ResultKind.CYCLE, 3))))
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     group = read_sr_report(ds).group(first.name, "cycle 3")
     assert "λ_eff ≥ λ_phys enforced" in group.texts["NOTE"]

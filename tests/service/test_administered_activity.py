@@ -162,7 +162,7 @@ def test_a_dose_no_patient_can_have_is_held_and_nothing_is_sent(
                        fingerprint="held", payload=encode_payload(cycle_input(course, data_dir)),
                        created_at="2024-05-01T10:00:00")
     assert job is not None
-    outbox = OutboxStore(store)
+    outbox = OutboxStore(store.db, store.lock)
     runner = JobRunner(store, outbox, settings)
     runner.start()
     try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
-from theranode.dicomio.part10 import decode, encode
+from tests.part10_bytes import read_back
+from theranode.dicomio.part10 import encode
 from theranode.dicomio.sr import write_cycle_sr
 from theranode.service.cli.demo import comparison_lines
 
@@ -13,7 +14,7 @@ from theranode.service.cli.demo import comparison_lines
 def test_comparison_lines_show_dose_truth_difference_and_notes():
     result = cycle_result(1)
     source, _ = source_for_cycle("c1")
-    report = decode(encode(write_cycle_sr(result, source, identity())))
+    report = read_back(encode(write_cycle_sr(result, source, identity())))
     truth = {voi.name: {"mean_dose_gy": voi.mean_gy * 2} for voi in result.vois}
     manifest = SimpleNamespace(truth={"cycles": [{"number": 1, "vois": truth}]})
     lines = "\n".join(comparison_lines(manifest, {1: report}))

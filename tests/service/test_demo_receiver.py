@@ -11,8 +11,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
+from tests.part10_bytes import read_back
 from tests.peers import free_port
-from theranode.dicomio.part10 import decode, encode
+from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import ENCAPSULATED_PDF_STORAGE
 from theranode.dicomio.sr import write_cycle_sr
 from theranode.service.cli.demo import CANNOT_FILE, Receiver, comparison_lines
@@ -55,7 +56,7 @@ def test_receiver_files_only_under_its_folder(tmp_path: Path) -> None:
 def test_comparison_lines_show_the_series_description_escaped() -> None:
     result = cycle_result(1)
     source, _ = source_for_cycle("c1")
-    report = decode(encode(write_cycle_sr(result, source, identity())))
+    report = read_back(encode(write_cycle_sr(result, source, identity())))
     report.SeriesDescription = "dose\x1b[2J\nFAKE cycle 1 v1"
     truth = {voi.name: {"mean_dose_gy": voi.mean_gy} for voi in result.vois}
     manifest = SimpleNamespace(truth={"cycles": [{"number": 1, "vois": truth}]})

@@ -111,7 +111,7 @@ def test_interrupted_job_resumes_after_restart_and_queues_its_deliveries(tmp_pat
     assert claimed.state is JobState.RUNNING and claimed.version == 1
 
     restarted = JobStore(open_database(db_path))
-    outbox = OutboxStore(restarted)
+    outbox = OutboxStore(restarted.db, restarted.lock)
     runner = JobRunner(restarted, outbox, settings)
     runner.start()
     try:
@@ -135,7 +135,7 @@ def test_failing_job_is_failed_with_its_reason_and_the_queue_goes_on(tmp_path: P
     settings = make_settings(tmp_path / "data")
     store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
     broken = course_job(store, ("results/job-404",), "missing")
-    runner = JobRunner(store, OutboxStore(store), settings)
+    runner = JobRunner(store, OutboxStore(store.db, store.lock), settings)
     runner.start()
     try:
         failed = wait_for(store, broken.id, {JobState.DONE, JobState.FAILED})
@@ -191,7 +191,7 @@ def run_jobs(tmp_path: Path, worker, fingerprints: tuple[str, ...] = ("present",
     folder = stored_cycle(settings.data_dir)
     submitted = [course_job(store, (folder,), fp, target=f"course|{fp}|1")
                  for fp in fingerprints]
-    runner = JobRunner(store, OutboxStore(store), settings, worker=worker)
+    runner = JobRunner(store, OutboxStore(store.db, store.lock), settings, worker=worker)
     runner.start()
     try:
         return [wait_for(store, job.id, {JobState.DONE, JobState.FAILED}) for job in submitted]
@@ -226,7 +226,7 @@ def test_a_job_that_fails_with_an_error_is_not_retried(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data")
     store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
     broken = course_job(store, ("results/job-404",), "missing")
-    runner = JobRunner(store, OutboxStore(store), settings)
+    runner = JobRunner(store, OutboxStore(store.db, store.lock), settings)
     runner.start()
     try:
         failed = wait_for(store, broken.id, {JobState.DONE, JobState.FAILED})
@@ -251,7 +251,7 @@ def test_shutdown_interrupts_a_running_job_which_resumes_with_its_version(
     db_path = tmp_path / "data" / "theranode.db"
     store = JobStore(open_database(db_path))
     job = course_job(store, (stored_cycle(settings.data_dir),), "inputs")
-    runner = JobRunner(store, OutboxStore(store), settings, worker=stuck)
+    runner = JobRunner(store, OutboxStore(store.db, store.lock), settings, worker=stuck)
     runner.start()
     try:
         wait_for(store, job.id, {JobState.RUNNING})
@@ -267,7 +267,7 @@ def test_shutdown_interrupts_a_running_job_which_resumes_with_its_version(
     assert "interrupted by a shutdown" in interrupted.last_error
 
     restarted = JobStore(open_database(db_path))
-    runner = JobRunner(restarted, OutboxStore(restarted), settings)
+    runner = JobRunner(restarted, OutboxStore(restarted.db, restarted.lock), settings)
     runner.start()
     try:
         done = wait_for(restarted, job.id, {JobState.DONE, JobState.FAILED})
@@ -322,7 +322,8 @@ def test_jobs_an_old_node_failed_at_shutdown_resume_with_their_version(tmp_path:
         "d": (JobState.DONE, 2, 0),
         "e": (JobState.FAILED, 1, 0),  # a real error is not retried
     }
-    assert store.find("t1", "b").last_error == died
+    (after,) = [j for j in store.of_target("t1") if j.fingerprint == "b"]
+    assert after.last_error == died
 
 
 def watches_the_node(conn) -> None:

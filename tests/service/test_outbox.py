@@ -82,7 +82,7 @@ def outbox_for(tmp_path: Path, port: int, clock: Clock, n_objects: int = 0) -> O
         tmp_path / "data", outbox={"retry_base_s": 10.0, "retry_max_s": 60.0},
         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}])
     jobs = JobStore(open_database(settings.data_dir / "theranode.db"))
-    store = OutboxStore(jobs)
+    store = OutboxStore(jobs.db, jobs.lock)
     if n_objects:
         objects = result_files(settings.data_dir, n_objects)
         with jobs.transaction() as conn:

@@ -210,7 +210,7 @@ def test_a_payload_that_cannot_be_converted_fails_its_job_with_the_reason(
     store.db.conn.close()
     forget_payload_migration(db_path)
     store = JobStore(open_database(db_path))  # m004 runs, refuses the planted pickle
-    runner = JobRunner(store, OutboxStore(store), settings)
+    runner = JobRunner(store, OutboxStore(store.db, store.lock), settings)
     runner.start()
     try:
         failed = wait_job_ended(store, job.id, 60)

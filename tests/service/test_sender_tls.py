@@ -76,7 +76,7 @@ def tls_outbox(tmp_path: Path, port: int, clock: Clock, **tls: Any) -> Outbox:
     settings = make_settings(tmp_path / "data", destinations=[destination],
                              outbox={"retry_base_s": 10.0, "retry_max_s": 60.0})
     jobs = JobStore(open_database(settings.data_dir / "theranode.db"))
-    store = OutboxStore(jobs)
+    store = OutboxStore(jobs.db, jobs.lock)
     with jobs.transaction() as conn:
         store.add_objects(conn, 1, result_files(settings.data_dir, len(UIDS)), ["pacs"],
                           START.isoformat())
