@@ -435,8 +435,12 @@ def figure_dose_response(data: CohortData, report: CohortReport) -> Figure:
     xs = [p.x for p in result.curve]
     ax.plot(xs, [p.y for p in result.curve], color="C1", label="mixed model (B-spline)")
     ax.fill_between(
-        xs, [p.low for p in result.curve], [p.high for p in result.curve], color="C1", alpha=0.25
-    )  # type: ignore[misc]
+        xs,
+        [np.nan if p.low is None else p.low for p in result.curve],
+        [np.nan if p.high is None else p.high for p in result.curve],
+        color="C1",
+        alpha=0.25,
+    )
     ax.axhline(GROWTH_LINE_PCT, linestyle=":", color="k", label="+20 %")
     ax.set_xlabel("total lesion absorbed dose (Gy)")
     ax.set_ylabel("ΔV% (BL-CT → M3-CT)")
@@ -458,8 +462,12 @@ def figure_tcp(data: CohortData, report: CohortReport) -> Figure:
     xs = [p.x for p in result.curve]
     ax.plot(xs, [p.y for p in result.curve], color="C2")
     ax.fill_between(
-        xs, [p.low for p in result.curve], [p.high for p in result.curve], color="C2", alpha=0.25
-    )  # type: ignore[misc]
+        xs,
+        [np.nan if p.low is None else p.low for p in result.curve],
+        [np.nan if p.high is None else p.high for p in result.curve],
+        color="C2",
+        alpha=0.25,
+    )
     ax.axhline(0.5, linestyle=":", color="k")
     d50 = "n/a" if result.d50_gy is None else f"{result.d50_gy:.1f} Gy"
     ax.set_title(f"Fig 4 — TCP (ΔV% ≤ 0), D50 = {d50}", fontsize=9)
