@@ -16,6 +16,7 @@ from theranode.service.errors import StartupError
 from theranode.service.jobs.runner import JobRunner
 from theranode.service.plan.planner import Planner
 from theranode.service.plan.regroup import Regrouper, rules_from_settings
+from theranode.service.receive import polling
 from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
 from theranode.service.receive.ingest import (
     IDENTICAL_DUPLICATE,
@@ -90,7 +91,13 @@ class Node:
         self.regrouper.request(header.patient_key)
 
     def start(self) -> None:
-        """Recover from any crash, then open the listener."""
+        """Recover from any crash, then open the listener.
+
+        Also the one place the node changes pynetdicom for the whole process:
+        :func:`~theranode.service.receive.polling.install` (shorter reactor
+        polls for associations that are transferring).
+        """
+        polling.install()
         self.archive.clean_incoming()
         rekey_stale_patients(self.index, self.archive, self.keyer)
         self.reconcile()

@@ -1,4 +1,15 @@
-"""Logging set-up, done once by the command line (never at import time)."""
+"""Logging set-up, done once by the command line (never at import time).
+
+:func:`configure_logging` is process-wide by nature: it replaces the root
+logger's handlers, caps the ``pynetdicom`` logger at WARNING, and sets
+pynetdicom's ``LOG_HANDLER_LEVEL`` to ``"none"`` so that no association in
+the process binds pynetdicom's per-message logging handlers. That setting
+lives in ``pynetdicom._config``, which despite its name is pynetdicom's
+documented configuration module ("Configuration Options
+(pynetdicom._config)" in its API reference, which shows this very
+assignment); pynetdicom offers no other way to set it. ``theranode serve``
+calls it once, before the node starts.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +49,8 @@ def configure_logging(settings: LoggingSettings) -> None:
     # With its logger capped at WARNING, pynetdicom's standard event handlers
     # only waste time: they format a summary of every PDU and DIMSE message
     # (and copy each C-STORE data set to see that it is not empty) before the
-    # logger drops it. They log nothing above INFO, so nothing is lost.
+    # logger drops it. They log nothing above INFO, so nothing is lost. Read
+    # when a server or an association is made: set before the node starts.
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
 
 

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from theranode.config.schema import Settings
 from theranode.dicomio.headers import SOP_CLASS_KINDS, is_valid_uid
@@ -42,6 +42,7 @@ from theranode.dicomio.synthetic_course import (
 )
 from theranode.service.cli.terminal_text import emit, terminal_text
 from theranode.service.deliver.sender import RESULT_SOP_CLASSES
+from theranode.service.receive.scp import VERIFICATION
 
 DEMO_SEED = 2024
 #: Received objects whose file name cannot be made from a valid UID and modality
@@ -73,9 +74,11 @@ class Receiver:
         for sop_class in RESULT_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, [ExplicitVRLittleEndian,
                                                       ImplicitVRLittleEndian])
-        self.ae.add_supported_context(Verification)
-        self.server = self.ae.start_server(("0.0.0.0", port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.ae.add_supported_context(VERIFICATION)
+        server = self.ae.start_server(("0.0.0.0", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        assert isinstance(server, ThreadedAssociationServer)  # block=False returns it
+        self.server = server
 
     def _on_store(self, event: Event) -> int:
         ds = event.dataset

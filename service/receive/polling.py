@@ -9,13 +9,22 @@ half a poll each: with 0.5 MB CT slices that capped a handler that does
 nothing at about 350 instances/s on loopback, and it was the largest share of
 theranode's time per instance.
 
-:func:`install` gives both loops a 0.1 ms poll, but only for an association
-that stored something in the last :data:`BUSY_WINDOW_S`; an idle or
+With :func:`install`, both loops poll every 0.1 ms, but only for an
+association that the listener marked busy (:func:`mark_busy`: it was
+accepted or stored something in the last :data:`BUSY_WINDOW_S`); an idle or
 negotiating association, and every association theranode opens as a sender,
 keep pynetdicom's 1 ms (0.1 ms polls cost about 7 % of a core per idle
-association). pynetdicom has no setting for the acceptor's poll, so the
-``time`` module its two reactor modules see is replaced by a proxy that
-changes nothing but ``sleep`` for those threads. ``tests/service/
+association).
+
+What it patches, for the whole process: pynetdicom has no setting for the
+acceptor's poll, so :func:`install` replaces the module attribute ``time``
+of ``pynetdicom.association`` and ``pynetdicom.dul`` (what their reactors
+call ``time.sleep`` on) with a proxy that changes nothing but ``sleep``, and
+``sleep`` only on a busy association's reactor threads. It affects every
+pynetdicom association in the process, incoming and outgoing, which is why
+it is not done on import or by the listener but once, explicitly, in the
+node's start-up (:meth:`theranode.service.app.Node.start`); it is idempotent,
+and without it the listener works with pynetdicom's polls. ``tests/service/
 test_polling.py`` fails when a pynetdicom upgrade changes the loops this
 relies on.
 """
@@ -74,7 +83,12 @@ class _ReactorTime(types.ModuleType):
 
 
 def install() -> None:
-    """Let busy associations' reactors poll every :data:`FAST_POLL_S` (idempotent)."""
+    """Let busy associations' reactors poll every :data:`FAST_POLL_S`, process-wide.
+
+    Replaces ``time`` in ``pynetdicom.association`` and ``pynetdicom.dul`` by
+    a proxy (see the module docstring). Idempotent: a second call changes
+    nothing.
+    """
     for module in (pynetdicom.association, pynetdicom.dul):
         if not isinstance(getattr(module, "time"), _ReactorTime):  # noqa: B009
             setattr(module, "time", _ReactorTime("time"))  # noqa: B010

@@ -23,9 +23,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from io import BytesIO
+from socketserver import BaseServer
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
@@ -33,8 +36,8 @@ from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_VERSION,
     evt,
 )
-from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from theranode.config.schema import SecuritySettings
@@ -44,6 +47,11 @@ from theranode.service.receive import polling
 from theranode.service.receive.ingest import Ingest, Outcome, Peer
 
 logger = logging.getLogger(__name__)
+
+#: The Verification SOP Class (PS3.4 Annex A.4). pynetdicom's
+#: ``sop_class.Verification`` is the same UID, but that module makes its names
+#: when imported, so mypy cannot see them.
+VERIFICATION = UID("1.2.840.10008.1.1")
 
 
 @dataclass
@@ -93,6 +101,23 @@ class _PrefixedSocket(AssociationSocket):
 
     _prefix: bytearray
 
+    @classmethod
+    def adopt(cls, sock: AssociationSocket | None, prefix: bytes) -> None:
+        """Make ``sock``, the socket pynetdicom made for an association, one of this class.
+
+        The object keeps its identity and state and changes only its class:
+        pynetdicom's request handler makes the socket itself (there is no
+        setting for its class), and making a second one would queue a second
+        "transport connection open" event (Evt5) on the association's state
+        machine. Only this class's methods are added; its attributes are
+        pynetdicom's own plus ``_prefix``.
+        """
+        if not isinstance(sock, AssociationSocket):
+            raise TypeError(f"expected pynetdicom's AssociationSocket, found {sock!r}")
+        sock.__class__ = cls
+        assert isinstance(sock, cls)
+        sock._prefix = bytearray(prefix)
+
     @property
     def ready(self) -> bool:
         return bool(self._prefix) or bool(super().ready)
@@ -124,11 +149,7 @@ class _GuardedHandler(RequestHandler):
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        sock = assoc.dul.socket
-        # Same object, one more behaviour: re-creating it would queue a second
-        # "connection open" event in the state machine.
-        sock.__class__ = _PrefixedSocket
-        sock._prefix = bytearray(self._prefix)
+        _PrefixedSocket.adopt(assoc.dul.socket, self._prefix)
         return assoc
 
 
@@ -305,6 +326,17 @@ class GuardedServer(ThreadedAssociationServer):
             self._opening.pop(opening.raw, None)
         return connection, header + body
 
+    def shutdown(self) -> None:
+        """Stop serving and close the listening socket.
+
+        pynetdicom's ``ThreadedAssociationServer.shutdown`` also removes the
+        server from its AE's list of servers, which only ``AE.start_server``
+        fills (it takes no server class); this server, made by
+        ``AE.make_server``, is never in it.
+        """
+        BaseServer.shutdown(self)
+        self.server_close()
+
     def server_close(self) -> None:
         # Unblock connections still in their handshake or request, so that
         # shutting down does not wait for their time limits.
@@ -423,14 +455,19 @@ def tls_context(security: SecuritySettings) -> ssl.SSLContext | None:
 
 
 class StorageSCP:
-    """Verification + Storage SCP feeding an :class:`Ingest`."""
+    """Verification + Storage SCP feeding an :class:`Ingest`.
+
+    Its handlers mark associations that transfer as busy for
+    :mod:`~theranode.service.receive.polling`; their reactors poll faster
+    once :func:`~theranode.service.receive.polling.install` has run (the
+    node's start-up does it).
+    """
 
     def __init__(
         self, ingest: Ingest, ae_title: str, security: SecuritySettings
     ) -> None:
         self.ingest = ingest
         self.security = security
-        polling.install()
         self.ae = SlotCountingAE(ae_title=ae_title)
         self.ae.maximum_associations = security.max_associations
         self.ae.require_calling_aet = list(security.allowed_calling_ae_titles)
@@ -441,7 +478,7 @@ class StorageSCP:
         # 1 MiB: lets a sender put a 0.5 MB CT slice in one P-DATA PDU rather
         # than many small ones, each of which the Python DUL handles in a loop.
         self.ae.maximum_pdu_size = 1024 * 1024
-        self.ae.add_supported_context(Verification)
+        self.ae.add_supported_context(VERIFICATION)
         for sop_class in SOP_CLASS_KINDS:
             self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self._tallies: dict[int, _AssociationTally] = {}
@@ -453,7 +490,8 @@ class StorageSCP:
 
     # -- lifecycle -------------------------------------------------------
     def start(self, bind: str, port: int) -> ThreadedAssociationServer:
-        handlers = [
+        """Listen on ``bind``:``port`` (0: a free port) on a thread of its own."""
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -484,9 +522,11 @@ class StorageSCP:
             ssl_context=tls_context(self.security),
             server_class=server_class,
         )
+        # Not AE.start_server(block=False): it takes no server class. AE.make_server
+        # leaves the server out of the AE's list of servers, so :meth:`stop` shuts
+        # it down (GuardedServer.shutdown).
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
-        self.ae._servers.append(server)
         self.server = server
         logger.info(
             "DICOM listener %s on %s:%d (TLS %s)",
@@ -501,7 +541,10 @@ class StorageSCP:
         return int(self.server.server_address[1])
 
     def stop(self) -> None:
+        """Abort the associations in progress, then close the listener."""
         self.ae.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
 
     # -- handlers ----------------------------------------------------------
     @staticmethod
@@ -610,7 +653,7 @@ class StorageSCP:
 
     def _check_size(self, event: Event, peer: Peer) -> Outcome | None:
         """0xA700 for a data set larger than ``max_instance_mb`` (dropped, not quarantined)."""
-        data = event.request.DataSet
+        _, data = _store_request(event)
         size = len(data.getbuffer())
         dropped = getattr(event.assoc, _DROPPED_ATTRIBUTE, None)
         if dropped is not None and dropped[0] is data:
@@ -648,7 +691,7 @@ def received_file(event: Event) -> bytes:
     (so digests of what is already archived still match a resend), with the
     File Meta Information encoded directly rather than through pydicom.
     """
-    request = event.request
+    request, data = _store_request(event)
     header = file_header(
         str(request.AffectedSOPClassUID),
         str(request.AffectedSOPInstanceUID),
@@ -658,7 +701,19 @@ def received_file(event: Event) -> bytes:
     )
     if header is None:
         return event.encoded_dataset(include_meta=True)
-    return header + request.DataSet.getvalue()
+    return header + data.getvalue()
+
+
+def _store_request(event: Event) -> tuple[C_STORE, BytesIO]:
+    """The C-STORE request of an ``EVT_C_STORE`` event, and its data set's bytes.
+
+    pynetdicom types ``Event.request`` as any DIMSE request and ``C_STORE.DataSet``
+    as optional; in a C-STORE request event they are a C-STORE and its data set.
+    """
+    request = event.request
+    if not isinstance(request, C_STORE) or request.DataSet is None:
+        raise TypeError(f"expected a C-STORE request with a data set, found {request!r}")
+    return request, request.DataSet
 
 
 def _error_comment(text: str) -> str:

@@ -11,6 +11,8 @@ import pynetdicom.dul
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from tests.service.nodes import make_settings
+from theranode.service.app import Node
 from theranode.service.receive import polling
 
 
@@ -86,3 +88,18 @@ def test_install_replaces_only_sleep_and_is_idempotent() -> None:
     start = time.perf_counter()
     proxy.sleep(0.001)  # the test thread is no busy association: a full poll
     assert time.perf_counter() - start >= 0.001
+
+
+def test_only_the_nodes_start_up_installs_the_polls(
+    tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    for module in (pynetdicom.association, pynetdicom.dul):
+        monkeypatch.setattr(module, "time", time)  # as in a process that never installed them
+    node = Node(make_settings(tmp_path / "data"))  # builds the listener: no patch yet
+    assert pynetdicom.association.time is time and pynetdicom.dul.time is time
+    node.start()
+    try:
+        assert isinstance(pynetdicom.association.time, polling._ReactorTime)
+        assert isinstance(pynetdicom.dul.time, polling._ReactorTime)
+    finally:
+        node.stop()

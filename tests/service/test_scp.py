@@ -228,3 +228,34 @@ def test_received_bytes_are_framed_as_pynetdicom_frames_them(tmp_path, sop_insta
         server.shutdown()
     ours, pynetdicoms = seen[0]
     assert ours == pynetdicoms
+
+
+def test_the_listener_socket_serves_the_request_it_read_first_and_stays_one_socket():
+    # pynetdicom makes the association's socket; GuardedServer, which has
+    # already read the A-ASSOCIATE-RQ, turns that same object into one that
+    # serves those bytes first: a second socket would announce a second connection.
+    import socket
+
+    from pynetdicom.association import Association
+    from pynetdicom.transport import AssociationSocket
+
+    from theranode.service.receive.scp import _PrefixedSocket
+
+    ours, peer = socket.socketpair()
+    try:
+        assoc = Association(AE(), "acceptor")
+        sock = AssociationSocket(assoc, client_socket=ours)
+        assoc.set_socket(sock)
+        _PrefixedSocket.adopt(assoc.dul.socket, b"\x01\x00read")
+        assert assoc.dul.socket is sock and isinstance(sock, _PrefixedSocket)
+        assert assoc.dul.event_queue.qsize() == 1  # one "connection open" (Evt5)
+        assert sock.ready
+        peer.sendall(b"sent")
+        assert sock.recv(4) == b"\x01\x00re"
+        assert sock.recv(4) == b"adse"
+        assert sock.recv(2) == b"nt"
+        with pytest.raises(TypeError):
+            _PrefixedSocket.adopt(None, b"")
+    finally:
+        ours.close()
+        peer.close()
