@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from theranode.dicomio.headers import SeriesKind
 from theranode.service.cli.terminal_text import terminal_lines
-from theranode.service.plan.grouping import GroupingRules
+from theranode.service.plan.grouping import GroupingRules, State
 from theranode.service.store.index import IndexStore
 
 
@@ -49,18 +50,19 @@ def cycles_of(rows: list[dict[str, Any]]) -> tuple[list[CycleStatus], list[dict[
     cycles: dict[tuple[int, int], CycleStatus] = {}
     loose = []
     for row in rows:
-        if row["state"] in ("grouped", "ignored") and row["cycle"] is not None:
+        state = State(row["state"])
+        if state in (State.GROUPED, State.IGNORED) and row["cycle"] is not None:
             key = (row["course"], row["cycle"])
             cycle = cycles.setdefault(
                 key, CycleStatus(row["course"], row["cycle"], row["injection"],
                                  row["injection_source"]))
-            if row["state"] == "ignored" or row["time_point_h"] is None:
+            if state is State.IGNORED or row["time_point_h"] is None:
                 loose.append(row)
                 continue
             tp = cycle.time_points.setdefault(row["time_point_h"],
                                               TimePointStatus(row["time_point_h"]))
-            slot = {"SPECT": tp.spect, "CT": tp.ct}.get(row["role"], tp.structures)
-            slot.append(row)
+            slots = {SeriesKind.SPECT: tp.spect, SeriesKind.CT: tp.ct}
+            slots.get(SeriesKind(row["role"]), tp.structures).append(row)
         else:
             loose.append(row)
     return [cycles[k] for k in sorted(cycles)], loose

@@ -38,6 +38,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from theranode.dicomio.headers import SeriesKind
+
 
 class Action(str, enum.Enum):
     WAIT = "wait"
@@ -66,7 +68,11 @@ NO_REFERENCE = Reference(ReferenceState.NONE)
 
 @dataclass(frozen=True)
 class Protocol:
-    """The completion part of the ``[protocol]`` settings."""
+    """The completion part of the ``[protocol]`` settings, durations as timedeltas.
+
+    Built from the settings by :func:`theranode.service.plan.planner.protocol_from_settings`
+    only.
+    """
 
     multi_time_point_cycles: frozenset[int]
     multi_time_points_h: tuple[float, ...]
@@ -81,7 +87,7 @@ class SeriesView:
     """One grouped series of a cycle."""
 
     series_uid: str
-    role: str  # "SPECT", "CT" or "RTSTRUCT"
+    role: SeriesKind  # SPECT, CT or RTSTRUCT
     time_point_h: float
     elapsed_h: float | None
     frame_of_reference_uid: str | None
@@ -136,8 +142,8 @@ def usable_time_points(cycle: CycleView) -> dict[float, ChosenTimePoint]:
     chosen: dict[float, ChosenTimePoint] = {}
     for nominal in sorted({s.time_point_h for s in cycle.series}):
         here = [s for s in cycle.series if s.time_point_h == nominal]
-        spect = _latest(s for s in here if s.role == "SPECT")
-        cts = [s for s in here if s.role == "CT"]
+        spect = _latest(s for s in here if s.role is SeriesKind.SPECT)
+        cts = [s for s in here if s.role is SeriesKind.CT]
         if spect is None or not cts:
             continue
         same_frame = [c for c in cts if c.frame_of_reference_uid == spect.frame_of_reference_uid]
@@ -151,7 +157,7 @@ def usable_time_points(cycle: CycleView) -> dict[float, ChosenTimePoint]:
 def structure_set_on(cycle: CycleView, tp: ChosenTimePoint) -> SeriesView | None:
     """The latest RTSTRUCT grouped with the CT of ``tp`` (its time point)."""
     return _latest(
-        s for s in cycle.series if s.role == "RTSTRUCT" and s.time_point_h == tp.nominal_h
+        s for s in cycle.series if s.role is SeriesKind.RTSTRUCT and s.time_point_h == tp.nominal_h
     )
 
 

@@ -33,17 +33,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 
+from theranode.config.schema import TimePointWindow
+from theranode.dicomio.headers import SeriesKind
+
 LU177 = "Lu-177"
 
 
-class Role(str, enum.Enum):
-    SPECT = "SPECT"
-    CT = "CT"
-    RTSTRUCT = "RTSTRUCT"
-    SEG = "SEG"
-
-
 class State(str, enum.Enum):
+    """Where grouping left a series (stored as its value in the index's grouping rows)."""
+
     GROUPED = "grouped"
     HELD = "held"  # waiting for a series it depends on
     UNGROUPED = "ungrouped"  # cannot be placed from its headers
@@ -55,7 +53,7 @@ class SeriesFacts:
     """The indexed header facts of one series."""
 
     series_uid: str
-    role: Role
+    role: SeriesKind
     study_uid: str
     frame_of_reference_uid: str | None = None
     referenced_frames: tuple[str, ...] = ()
@@ -67,17 +65,16 @@ class SeriesFacts:
 
 
 @dataclass(frozen=True)
-class Window:
-    nominal_h: float
-    min_h: float
-    max_h: float
-
-
-@dataclass(frozen=True)
 class GroupingRules:
-    windows: tuple[Window, ...]
-    same_injection_tolerance: timedelta = timedelta(minutes=30)
-    new_course_after: timedelta = timedelta(days=180)
+    """The ``[grouping]`` settings with their durations as :class:`~datetime.timedelta`.
+
+    Built from the settings by :func:`theranode.service.plan.regroup.rules_from_settings`
+    only; the windows are the settings' own :class:`~theranode.config.schema.TimePointWindow`.
+    """
+
+    windows: tuple[TimePointWindow, ...]
+    same_injection_tolerance: timedelta
+    new_course_after: timedelta
 
     @property
     def longest_window(self) -> timedelta:
@@ -95,7 +92,7 @@ class Placement:
     """Where one series belongs."""
 
     series_uid: str
-    role: Role
+    role: SeriesKind
     state: State
     course: int | None = None
     cycle: int | None = None
@@ -214,11 +211,11 @@ def _number(administrations: list[_Administration], rules: GroupingRules) -> Non
 def _place_spect(s: SeriesFacts, a: _Administration | None, rules: GroupingRules) -> Placement:
     if a is None:
         return Placement(
-            s.series_uid, Role.SPECT, State.UNGROUPED,
+            s.series_uid, SeriesKind.SPECT, State.UNGROUPED,
             note="no injection date or time in RadiopharmaceuticalInformationSequence",
         )
     base = Placement(
-        s.series_uid, Role.SPECT, State.GROUPED, course=a.course, cycle=a.cycle,
+        s.series_uid, SeriesKind.SPECT, State.GROUPED, course=a.course, cycle=a.cycle,
         injection=a.start, injection_source=a.source,
     )
     if s.acquired is None:
@@ -254,7 +251,9 @@ def _closest(candidates: Iterable[Placement], facts: dict[str, SeriesFacts],
     return min(options, key=distance)
 
 
-def _follow(s: SeriesFacts, host: Placement | None, role: Role, waiting: str) -> Placement:
+def _follow(
+    s: SeriesFacts, host: Placement | None, role: SeriesKind, waiting: str
+) -> Placement:
     if host is None:
         return Placement(s.series_uid, role, State.HELD, note=waiting)
     note = f"belongs to an ignored SPECT: {host.note}" if host.state is State.IGNORED else ""
@@ -263,7 +262,7 @@ def _follow(s: SeriesFacts, host: Placement | None, role: Role, waiting: str) ->
 
 def group_patient(series: Sequence[SeriesFacts], rules: GroupingRules) -> list[Placement]:
     """Place every series of one patient (see the module docstring for the rules)."""
-    spects = [s for s in series if s.role is Role.SPECT]
+    spects = [s for s in series if s.role is SeriesKind.SPECT]
     facts = {s.series_uid: s for s in series}
     starts = _full_starts(spects)
     administrations, member = _cluster(
@@ -275,7 +274,7 @@ def group_patient(series: Sequence[SeriesFacts], rules: GroupingRules) -> list[P
     usable = [p for p in placed.values() if p.time_point_h is not None]
 
     for s in series:
-        if s.role is not Role.CT:
+        if s.role is not SeriesKind.CT:
             continue
         same_frame = [p for p in usable
                       if facts[p.series_uid].frame_of_reference_uid == s.frame_of_reference_uid
@@ -285,13 +284,13 @@ def group_patient(series: Sequence[SeriesFacts], rules: GroupingRules) -> list[P
             same_study = [p for p in usable if facts[p.series_uid].study_uid == s.study_uid]
             host = _closest(same_study, facts, s.acquired)
         placed[s.series_uid] = _follow(
-            s, host, Role.CT, "waiting for a SPECT with its frame of reference or study"
+            s, host, SeriesKind.CT, "waiting for a SPECT with its frame of reference or study"
         )
-    cts = [p for p in placed.values() if p.role is Role.CT and p.state is not State.HELD]
+    cts = [p for p in placed.values() if p.role is SeriesKind.CT and p.state is not State.HELD]
     for s in series:
-        if s.role not in (Role.RTSTRUCT, Role.SEG):
+        if s.role not in (SeriesKind.RTSTRUCT, SeriesKind.SEG):
             continue
-        frames = s.referenced_frames if s.role is Role.RTSTRUCT else (
+        frames = s.referenced_frames if s.role is SeriesKind.RTSTRUCT else (
             (s.frame_of_reference_uid,) if s.frame_of_reference_uid else ())
         host = _closest(
             (p for p in cts if facts[p.series_uid].frame_of_reference_uid in frames), facts, None

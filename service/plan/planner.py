@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from theranode.config.schema import Settings
+from theranode.dicomio.headers import SeriesKind
 from theranode.service.clock import utc_now
 from theranode.service.jobs.payload import encode_payload
 from theranode.service.jobs.spec import CourseJobInput, CycleJobInput, JobKind, TimePointInput
@@ -41,6 +42,7 @@ from theranode.service.plan.completion import (
     input_fingerprint,
     settings_digest,
 )
+from theranode.service.plan.grouping import State
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 def protocol_from_settings(settings: Settings) -> Protocol:
+    """The completion rules' protocol from the ``[protocol]`` settings (built only here)."""
     p = settings.protocol
     return Protocol(
         multi_time_point_cycles=frozenset(p.multi_time_point_cycles),
@@ -96,20 +99,24 @@ def cycle_label(course: int, cycle: int) -> str:
 
 
 # -- views from the index -------------------------------------------------------------
+#: The series kinds the completion rules look at (a SEG is grouped but not used).
+PLANNED_KINDS = frozenset({SeriesKind.SPECT, SeriesKind.CT, SeriesKind.RTSTRUCT})
+
+
 def cycle_views(rows: list[dict[str, Any]], patient_key: str) -> list[CycleView]:
     """The patient's cycles from grouping rows (grouped series with a time point only)."""
     by_cycle: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if (row["state"] == "grouped" and row["cycle"] is not None
+        if (State(row["state"]) is State.GROUPED and row["cycle"] is not None
                 and row["time_point_h"] is not None
-                and row["role"] in ("SPECT", "CT", "RTSTRUCT")):
+                and SeriesKind(row["role"]) in PLANNED_KINDS):
             by_cycle[(row["course"], row["cycle"])].append(row)
     views = []
     for (course, cycle), members in sorted(by_cycle.items()):
         series = tuple(
             SeriesView(
                 series_uid=r["series_uid"],
-                role=r["role"],
+                role=SeriesKind(r["role"]),
                 time_point_h=float(r["time_point_h"]),
                 elapsed_h=r["elapsed_h"],
                 frame_of_reference_uid=r["frame_of_reference_uid"],

@@ -1,7 +1,8 @@
 """Re-runs grouping off the association threads whenever a series arrives.
 
 Grouping itself is the pure :func:`theranode.service.plan.grouping.group_patient`; this
-module converts index rows into its inputs, persists its output and runs it
+module converts the ``[grouping]`` settings (:func:`rules_from_settings`, the one
+translation) and index rows into its inputs, persists its output and runs it
 on a background thread so a C-STORE never waits for it.
 """
 
@@ -16,14 +17,8 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from theranode.config.schema import GroupingSettings
-from theranode.service.plan.grouping import (
-    GroupingRules,
-    Placement,
-    Role,
-    SeriesFacts,
-    Window,
-    group_patient,
-)
+from theranode.dicomio.headers import SeriesKind
+from theranode.service.plan.grouping import GroupingRules, Placement, SeriesFacts, group_patient
 from theranode.service.store.index import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -32,8 +27,9 @@ _STOP = object()
 
 
 def rules_from_settings(grouping: GroupingSettings) -> GroupingRules:
+    """The grouping rules of the ``[grouping]`` settings (every caller builds them here)."""
     return GroupingRules(
-        windows=tuple(Window(w.nominal_h, w.min_h, w.max_h) for w in grouping.time_points),
+        windows=tuple(grouping.time_points),
         same_injection_tolerance=timedelta(minutes=grouping.same_injection_tolerance_min),
         new_course_after=timedelta(days=grouping.new_course_after_days),
     )
@@ -46,7 +42,7 @@ def _dt(value: str | None) -> datetime | None:
 def facts_from_row(row: dict[str, Any]) -> SeriesFacts:
     return SeriesFacts(
         series_uid=row["series_uid"],
-        role=Role(row["kind"]),
+        role=SeriesKind(row["kind"]),
         study_uid=row["study_uid"],
         frame_of_reference_uid=row["frame_of_reference_uid"],
         referenced_frames=tuple(json.loads(row["referenced_frames"] or "[]")),

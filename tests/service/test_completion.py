@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from theranode.dicomio.headers import SeriesKind
 from theranode.service.plan.completion import (
     Action,
     CycleView,
@@ -29,17 +30,17 @@ PROTOCOL = Protocol(
 )
 
 
-def series(nominal: float, role: str, uid: str = "", frame: str = "", received: datetime = LAST,
-           ) -> SeriesView:
-    return SeriesView(uid or f"{role}-{nominal:g}", role, nominal, nominal + 0.3,
+def series(nominal: float, role: SeriesKind, uid: str = "", frame: str = "",
+           received: datetime = LAST) -> SeriesView:
+    return SeriesView(uid or f"{role.value}-{nominal:g}", role, nominal, nominal + 0.3,
                       frame or f"frame-{nominal:g}", received)
 
 
 def cycle(hours: tuple[float, ...], number: int = 1, rtstruct_at: float | None = 4.0,
           ) -> CycleView:
-    members = [s for h in hours for s in (series(h, "SPECT"), series(h, "CT"))]
+    members = [s for h in hours for s in (series(h, SeriesKind.SPECT), series(h, SeriesKind.CT))]
     if rtstruct_at is not None:
-        members.append(series(rtstruct_at, "RTSTRUCT"))
+        members.append(series(rtstruct_at, SeriesKind.RTSTRUCT))
     return CycleView("patient", 1, number, INJECTION, tuple(members))
 
 
@@ -97,7 +98,7 @@ def test_rtstruct_must_be_on_the_first_ct() -> None:
 
 def test_ct_in_the_spect_frame_of_reference_is_preferred() -> None:
     base = cycle((4, 24, 72, 192))
-    other_ct = series(24, "CT", uid="CT-24-other", frame="elsewhere",
+    other_ct = series(24, SeriesKind.CT, uid="CT-24-other", frame="elsewhere",
                       received=LAST + timedelta(seconds=5))
     view = CycleView("patient", 1, 1, INJECTION, (*base.series, other_ct))
     decision = decide(view, PROTOCOL, QUIET)
@@ -132,7 +133,7 @@ def test_single_time_point_cycle_stops_waiting_for_a_reference_at_the_timeout() 
 
 def test_single_time_point_cycle_without_its_scan_is_incomplete_at_the_timeout() -> None:
     view = CycleView("patient", 1, 3, INJECTION, ())
-    view = CycleView("patient", 1, 3, INJECTION, (series(4, "RTSTRUCT"),))
+    view = CycleView("patient", 1, 3, INJECTION, (series(4, SeriesKind.RTSTRUCT),))
     assert decide(view, PROTOCOL, QUIET).action is Action.WAIT
     assert decide(view, PROTOCOL, FORCED).action is Action.INCOMPLETE
 

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from theranode.config.schema import GroupingSettings
-from theranode.service.plan.grouping import Role, SeriesFacts, State, group_patient
+from theranode.dicomio.headers import SeriesKind
+from theranode.service.plan.grouping import SeriesFacts, State, group_patient
 from theranode.service.plan.regroup import rules_from_settings
 
 RULES = rules_from_settings(GroupingSettings())
@@ -20,7 +21,7 @@ def spect(uid: str, injection: datetime | None, hours: float, *, frame: str = ""
           nuclide: str | None = "Lu-177", study: str = "") -> SeriesFacts:
     base = injection or CYCLE1
     return SeriesFacts(
-        series_uid=uid, role=Role.SPECT, study_uid=study or f"study-{uid}",
+        series_uid=uid, role=SeriesKind.SPECT, study_uid=study or f"study-{uid}",
         frame_of_reference_uid=frame or f"for-{uid}",
         acquired=base + timedelta(hours=hours),
         injection_start=None if time_only or injection is None else injection,
@@ -75,7 +76,7 @@ def test_time_only_injection_later_in_the_day_than_first_scan_is_the_day_before(
 
 def test_event_uid_links_a_series_without_date_to_its_administration():
     series = [spect("a", CYCLE1, 4, event="1.2.3"),
-              SeriesFacts("b", Role.SPECT, "s", "f", acquired=CYCLE1 + timedelta(hours=25),
+              SeriesFacts("b", SeriesKind.SPECT, "s", "f", acquired=CYCLE1 + timedelta(hours=25),
                           injection_event_uid="1.2.3", radionuclide="Lu-177")]
     placed = by_uid(group_patient(series, RULES))
     assert placed["b"].cycle == 1 and placed["b"].time_point_h == 24
@@ -91,8 +92,8 @@ def test_long_gap_starts_a_new_course():
 def test_ct_follows_the_spect_of_its_frame_of_reference_and_rtstruct_its_ct():
     series = [
         spect("nm4", CYCLE1, 4, frame="F4"), spect("nm24", CYCLE1, 24, frame="F24"),
-        SeriesFacts("ct4", Role.CT, "s4", "F4", acquired=CYCLE1 + timedelta(hours=4)),
-        SeriesFacts("rs", Role.RTSTRUCT, "s9", None, referenced_frames=("F4",)),
+        SeriesFacts("ct4", SeriesKind.CT, "s4", "F4", acquired=CYCLE1 + timedelta(hours=4)),
+        SeriesFacts("rs", SeriesKind.RTSTRUCT, "s9", None, referenced_frames=("F4",)),
     ]
     placed = by_uid(group_patient(series, RULES))
     assert placed["ct4"].time_point_h == 4 and placed["ct4"].state is State.GROUPED
@@ -100,10 +101,10 @@ def test_ct_follows_the_spect_of_its_frame_of_reference_and_rtstruct_its_ct():
 
 
 def test_rtstruct_is_held_until_its_frame_of_reference_arrives():
-    rs = SeriesFacts("rs", Role.RTSTRUCT, "s9", None, referenced_frames=("F4",))
+    rs = SeriesFacts("rs", SeriesKind.RTSTRUCT, "s9", None, referenced_frames=("F4",))
     held = by_uid(group_patient([spect("nm4", CYCLE1, 4, frame="F4"), rs], RULES))["rs"]
     assert held.state is State.HELD and "F4" in held.note
-    ct = SeriesFacts("ct4", Role.CT, "s4", "F4", acquired=CYCLE1 + timedelta(hours=4))
+    ct = SeriesFacts("ct4", SeriesKind.CT, "s4", "F4", acquired=CYCLE1 + timedelta(hours=4))
     placed = by_uid(group_patient([spect("nm4", CYCLE1, 4, frame="F4"), rs, ct], RULES))
     assert placed["rs"].state is State.GROUPED
 
@@ -120,7 +121,7 @@ def test_scan_outside_every_window_is_ungrouped():
 
 
 def test_other_radionuclide_is_placed_but_ignored_with_its_ct():
-    ct = SeriesFacts("ct", Role.CT, "s", "for-x", acquired=CYCLE1 + timedelta(hours=24))
+    ct = SeriesFacts("ct", SeriesKind.CT, "s", "for-x", acquired=CYCLE1 + timedelta(hours=24))
     placed = by_uid(group_patient([spect("x", CYCLE1, 24, nuclide="Ga-68"), ct], RULES))
     assert placed["x"].state is State.IGNORED and "Ga-68" in placed["x"].note
     assert placed["ct"].state is State.IGNORED and "Ga-68" in placed["ct"].note
