@@ -141,7 +141,12 @@ class _PrefixedSocket(AssociationSocket):
 
 
 class _GuardedHandler(RequestHandler):
-    """pynetdicom's request handler, given the A-ASSOCIATE-RQ read by :class:`GuardedServer`."""
+    """pynetdicom's request handler, given the A-ASSOCIATE-RQ read by :class:`GuardedServer`.
+
+    It extends pynetdicom's private ``_create_association``, where the
+    association's socket is made: pynetdicom has no public way to choose that
+    socket's class.
+    """
 
     def __init__(self, request: Any, client_address: Any, server: Any, prefix: bytes) -> None:
         self._prefix = prefix
