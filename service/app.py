@@ -85,7 +85,7 @@ class Node:
 
     def _job_finished(self, job: JobRecord) -> None:
         self.outbox.wake()
-        self.planner.request()
+        self.planner.request(job.patient_key)  # a course job may follow, or a scaled cycle
 
     def _new_series(self, header: InstanceHeader) -> None:
         self.regrouper.request(header.patient_key)
@@ -107,8 +107,7 @@ class Node:
             self.regrouper.request(key)
         self.runner.start()
         self.outbox.start()
-        self.planner.start()
-        self.planner.request()
+        self.planner.start()  # plans every patient now, then every jobs.poll_interval_s
         self.scheduler = start_scheduler(self.settings, self.settings.data_dir / DATABASE_NAME)
         try:
             self.scp.start(self.settings.node.bind, self.settings.node.port)

@@ -7,7 +7,10 @@ For every patient the planner reads the persisted grouping, builds a
 (the SOP Instance UIDs and sha256 of the chosen series, the settings results
 depend on, the reference cycle's result and the reprocess generation). The job
 store ignores a second job with the same fingerprint, so the planner can be
-run as often as wanted: on every regroup and every ``poll_interval_s``.
+run as often as wanted. :class:`Planner` plans one patient when asked
+(:meth:`Planner.request`: after the patient's regroup, after one of its jobs
+ends) and every patient at start-up and every ``poll_interval_s``, since quiet
+periods and forced timeouts end with the clock, not with an event.
 
 After its cycles, a course gets a course job over the latest result of each
 computed cycle, once no cycle job of the patient is queued or running.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +144,11 @@ class CyclePlan:
 
 
 class Planner:
-    """Applies the completion rules to every patient and submits jobs."""
+    """Applies the completion rules to patients and submits jobs.
+
+    Started, it plans every patient at once and then every ``jobs.poll_interval_s``;
+    in between, each patient named to :meth:`request`.
+    """
 
     def __init__(
         self,
@@ -157,6 +165,8 @@ class Planner:
         self.digest = result_settings_digest(settings)
         self.on_submitted = on_submitted
         self.clock = clock
+        self._requested: set[str] = set()
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
@@ -284,15 +294,26 @@ class Planner:
 
     # -- background loop -------------------------------------------------------------
     def plan_all(self) -> None:
+        """Plan every patient of the index (a failure is logged, the others still planned)."""
         for key in self.index.patient_keys():
-            try:
-                self.plan_patient(key)
-            except Exception:
-                logger.exception("Planning failed for patient %s", key)
+            self._plan_logged(key)
 
-    def request(self, *_: object) -> None:
-        """Ask for a planning pass soon (e.g. after a regroup)."""
+    def request(self, patient_key: str) -> None:
+        """Ask for ``patient_key`` to be planned soon (after its regroup, when its job ends)."""
+        with self._lock:
+            self._requested.add(patient_key)
         self._wake.set()
+
+    def _plan_logged(self, patient_key: str) -> None:
+        try:
+            self.plan_patient(patient_key)
+        except Exception:
+            logger.exception("Planning failed for patient %s", patient_key)
+
+    def _take_requested(self) -> list[str]:
+        with self._lock:
+            keys, self._requested = sorted(self._requested), set()
+        return keys
 
     def start(self) -> None:
         self._thread.start()
@@ -303,9 +324,19 @@ class Planner:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        """Every patient now and every poll interval (requests do not postpone it); in
+        between, the requested patients."""
+        interval_s = self.settings.jobs.poll_interval_s
+        next_full = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(self.settings.jobs.poll_interval_s)
+            self._wake.wait(max(0.0, next_full - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 return
-            self.plan_all()
+            requested = self._take_requested()
+            if time.monotonic() >= next_full:
+                self.plan_all()
+                next_full = time.monotonic() + interval_s
+                continue
+            for key in requested:
+                self._plan_logged(key)

@@ -79,13 +79,16 @@ def regroup_patient(index: IndexStore, rules: GroupingRules, patient_key: str) -
 
 
 class Regrouper:
-    """A background thread that regroups patients as their series arrive."""
+    """A background thread that regroups patients as their series arrive.
+
+    ``on_grouped`` is called with the patient key after each patient's grouping is stored.
+    """
 
     def __init__(
         self,
         index: IndexStore,
         rules: GroupingRules,
-        on_grouped: Callable[[str, list[Placement]], None] = lambda key, placements: None,
+        on_grouped: Callable[[str], None] = lambda patient_key: None,
     ) -> None:
         self.index = index
         self.rules = rules
@@ -126,8 +129,8 @@ class Regrouper:
             with self._lock:
                 self._pending.discard(key)
             try:
-                placements = regroup_patient(self.index, self.rules, key)
-                self.on_grouped(key, placements)
+                regroup_patient(self.index, self.rules, key)
+                self.on_grouped(key)
             except Exception:
                 logger.exception("Grouping failed for patient %s", key)
             with self._lock:
