@@ -1,4 +1,36 @@
-"""Builds the running node from one :class:`~theranode.config.schema.Settings` object."""
+"""The running node, wired from one :class:`~theranode.config.schema.Settings` object.
+
+Data flow (each arrow is a callback or a queue; each box runs on its own thread)::
+
+    peer ──C-STORE──▶ receive.scp.StorageSCP          one thread per association
+                        │ receive.ingest.Ingest       decode, check, archive (fsync,
+                        │                             rename), index row, DICOM status
+                        ▼ on_new_series(patient)
+                      plan.regroup.Regrouper          patient → course → cycle → time
+                        │                             point (plan.grouping), persisted
+                        ▼ on_grouped(patient)
+                      plan.planner.Planner            completion rules (plan.completion);
+                        │                             queues cycle and course jobs
+                        ▼ on_submitted()              (store.jobs, payload: jobs.payload)
+                      jobs.runner.JobRunner           one worker process per job:
+                        │                             jobs.pipeline read → compute → write
+                        ▼ on_finished(job)            objects queued in the same transaction
+                      deliver.outbox.Outbox ──C-STORE──▶ destinations (deliver.sender)
+                        and Planner.request(patient)  (a course job may follow a cycle)
+
+    cohort.scheduler   the cohort statistics job on its cron schedule (apscheduler's
+                       background thread, its own database connection)
+
+Start-up order matters and is in :meth:`Node.start`: crash recovery (incoming
+files, re-keying, reconciliation of unindexed archive files, result-format
+upgrade) completes before any thread that reads the archive or the database
+starts, and the listener opens last. :meth:`Node.stop` reverses it.
+
+The index and the job/outbox stores use separate SQLite connections (WAL mode
+serialises writers; every write transaction begins ``IMMEDIATE``); the job
+store and the outbox share one, since a job's objects are queued in the
+transaction that marks it done.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +39,8 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from theranode.config.schema import Settings
 from theranode.dicomio.headers import InstanceHeader
@@ -18,13 +52,8 @@ from theranode.service.plan.planner import Planner
 from theranode.service.plan.regroup import Regrouper, rules_from_settings
 from theranode.service.receive import polling
 from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
-from theranode.service.receive.ingest import (
-    IDENTICAL_DUPLICATE,
-    OUT_OF_RESOURCES,
-    SUCCESS,
-    Ingest,
-    Outcome,
-)
+from theranode.service.receive.ingest import Ingest
+from theranode.service.receive.reconcile import reconcile_archive
 from theranode.service.receive.rekey import rekey_stale_patients
 from theranode.service.receive.scp import StorageSCP
 from theranode.service.receive.site_secret import patient_keyer
@@ -46,11 +75,7 @@ PRIVATE_UMASK = 0o077
 class Node:
     """The theranode DICOM node: archive, index, grouping, listener, jobs and outbox.
 
-    Data flow: the listener archives and indexes → the regrouper groups the
-    patient → the planner applies the completion rules and queues jobs → the
-    job runner computes in worker processes → the outbox sends the results.
-    Jobs and deliveries use their own database connection (SQLite in WAL
-    mode serialises the writers).
+    See the module docstring for how the parts feed each other.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -79,7 +104,7 @@ class Node:
             calibration=settings.calibration, security=settings.security,
         )
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
-        self.scheduler: object | None = None
+        self.scheduler: BackgroundScheduler | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
 
@@ -117,32 +142,8 @@ class Node:
             ) from exc
 
     def reconcile(self) -> Counter[str]:
-        """File archive files a crash left unindexed (written, renamed, not committed).
-
-        Each goes through :meth:`Ingest.reindex`, the checks of a C-STORE:
-        indexed where it is, or moved to ``conflicts/`` (its SOP Instance UID
-        is indexed with other bytes), to ``quarantine/`` (it cannot be filed,
-        e.g. its series UID now belongs to another patient), removed as an
-        identical duplicate, or left for the next start after an error. Never
-        raises: one bad file must not keep the node from starting. Returns
-        and logs how many files went each way.
-        """
-        indexed = self.index.archived_paths()
-        tally: Counter[str] = Counter()
-        for path in sorted(self.archive.archive.rglob("*.dcm")):
-            if self.archive.relative(path) in indexed:
-                continue
-            try:
-                outcome = self.ingest.reindex(path)
-            except Exception:  # reindex does not raise; belt and braces for the start-up
-                logger.exception("Archive file %s could not be reconciled", path.name)
-                tally["left for the next start"] += 1
-                continue
-            tally[_reconciled_as(outcome)] += 1
-        for what, count in sorted(tally.items()):
-            logger.warning("Start-up reconciliation: %d unindexed archive file(s) %s",
-                           count, what)
-        return tally
+        """File archive files a crash left unindexed (:func:`reconcile_archive`)."""
+        return reconcile_archive(self.archive, self.index, self.ingest)
 
     @property
     def port(self) -> int:
@@ -167,7 +168,7 @@ class Node:
         self.scp.stop()
         self.ingest.close()
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)  # type: ignore[attr-defined]
+            self.scheduler.shutdown(wait=False)
         self.planner.stop()
         self.regrouper.stop()
         self.runner.stop()
@@ -189,16 +190,3 @@ def _make_database_private(data_dir: Path) -> None:
         path = data_dir / name
         if name == DATABASE_NAME or path.exists():
             make_private_file(path)
-
-
-def _reconciled_as(outcome: Outcome) -> str:
-    """What :meth:`Node.reconcile` did with one file, from its filing outcome."""
-    if outcome.status == OUT_OF_RESOURCES:
-        return "left for the next start"
-    if outcome.status != SUCCESS:
-        return "quarantined"
-    if not outcome.duplicate:
-        return "re-indexed"
-    if outcome.comment == IDENTICAL_DUPLICATE:
-        return "removed (identical to an archived instance)"
-    return "moved to conflicts/"

@@ -16,6 +16,7 @@ import sqlite_utils
 from theranode.config.schema import Settings
 from theranode.service.cli.terminal_text import terminal_lines
 from theranode.service.jobs.runner import read_job_log
+from theranode.service.jobs.spec import JobKind
 from theranode.service.plan.completion import Action
 from theranode.service.plan.planner import Planner, course_target
 from theranode.service.store.index import IndexStore
@@ -31,7 +32,9 @@ def _patient_ids(db: sqlite_utils.Database) -> dict[str, str]:
 def job_name(job: JobRecord, patient_ids: dict[str, str]) -> str:
     """``PATIENTID/1.2`` for a cycle (course 1, cycle 2), ``PATIENTID/course 1`` for a course."""
     patient = patient_ids.get(job.patient_key, job.patient_key)
-    return f"{patient}/{job.label}" if job.kind == "cycle" else f"{patient}/course {job.label}"
+    if job.kind == JobKind.CYCLE.value:
+        return f"{patient}/{job.label}"
+    return f"{patient}/course {job.label}"
 
 
 def _deliveries(outbox: OutboxStore, job: JobRecord) -> str:

@@ -20,6 +20,8 @@ from theranode.service.errors import ServiceError
 from theranode.service.logs import configure_logging
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from theranode.service.cohort.imports import ImportReport
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database(settings: Settings) -> object | None:
+def _database(settings: Settings) -> sqlite_utils.Database | None:
     from theranode.service.store import open_database
 
     db_path = settings.data_dir / "theranode.db"
@@ -100,17 +102,17 @@ def _database(settings: Settings) -> object | None:
 def cmd_status(args: argparse.Namespace) -> int:
     from theranode.service.cli.jobs_view import render_dosimetry_status
     from theranode.service.cli.status_view import render_status
-    from theranode.service.plan.regroup import rules_from_settings
+    from theranode.service.plan.planner import protocol_from_settings
     from theranode.service.store.index import IndexStore
 
     settings = _settings(args)
     db = _database(settings)
     if db is None:
         return 0
-    index = IndexStore(db)  # type: ignore[arg-type]
-    for line in render_status(index, rules_from_settings(settings.grouping)):
+    index = IndexStore(db)
+    for line in render_status(index, protocol_from_settings(settings)):
         print(terminal_text(line))
-    for line in render_dosimetry_status(db, settings):  # type: ignore[arg-type]
+    for line in render_dosimetry_status(db, settings):
         print(terminal_text(line))
     return 0
 
@@ -122,8 +124,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     db = _database(settings)
     if db is None:
         return 0
-    lines = (render_job(db, args.id) if args.id is not None  # type: ignore[arg-type]
-             else render_jobs(db, args.limit))  # type: ignore[arg-type]
+    lines = (render_job(db, args.id) if args.id is not None
+             else render_jobs(db, args.limit))
     for line in terminal_lines(lines):
         print(line)
     return 0
@@ -136,7 +138,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     db = _database(settings)
     if db is None:
         return 1
-    targets = request_reprocess(db, args.selector)  # type: ignore[arg-type]
+    targets = request_reprocess(db, args.selector)
     if not targets:
         emit(f"Nothing matches {args.selector!r}: give a PatientID, or a cycle id such as "
              "PATIENTID/1.2 (course 1, cycle 2) as listed by `theranode jobs`.")

@@ -8,7 +8,8 @@ from typing import Any
 
 from theranode.dicomio.headers import SeriesKind
 from theranode.service.cli.terminal_text import terminal_lines
-from theranode.service.plan.grouping import GroupingRules, State
+from theranode.service.plan.completion import Protocol
+from theranode.service.plan.grouping import State
 from theranode.service.store.index import IndexStore
 
 
@@ -28,13 +29,10 @@ class CycleStatus:
     injection_source: str
     time_points: dict[float, TimePointStatus] = field(default_factory=dict)
 
-    def missing(self, rules: GroupingRules) -> list[str]:
-        """What the cycle lacks for dosimetry, in words."""
-        present = sorted(self.time_points)
-        single = present == [24.0] or (len(present) == 1 and self.cycle > 2)
-        expected = present if single else [w.nominal_h for w in rules.windows]
+    def missing(self, protocol: Protocol) -> list[str]:
+        """What the cycle lacks for dosimetry under ``protocol``, in words."""
         gaps = []
-        for nominal in expected:
+        for nominal in protocol.expected_time_points(self.cycle):
             tp = self.time_points.get(nominal)
             if tp is None or not tp.spect:
                 gaps.append(f"{nominal:g} h SPECT")
@@ -68,16 +66,16 @@ def cycles_of(rows: list[dict[str, Any]]) -> tuple[list[CycleStatus], list[dict[
     return [cycles[k] for k in sorted(cycles)], loose
 
 
-def render_status(index: IndexStore, rules: GroupingRules) -> Iterator[str]:
+def render_status(index: IndexStore, protocol: Protocol) -> Iterator[str]:
     """Lines of the status report, patient by patient.
 
     PatientIDs, notes and reasons come from what peers sent: every line is
     escaped for the terminal (:mod:`theranode.service.cli.terminal_text`).
     """
-    return terminal_lines(_status_lines(index, rules))
+    return terminal_lines(_status_lines(index, protocol))
 
 
-def _status_lines(index: IndexStore, rules: GroupingRules) -> Iterator[str]:
+def _status_lines(index: IndexStore, protocol: Protocol) -> Iterator[str]:
     counts = index.counts()
     yield (f"{counts['patients']} patient(s), {counts['series']} series, "
            f"{counts['instances']} instance(s); {counts['quarantine']} quarantined, "
@@ -93,7 +91,7 @@ def _status_lines(index: IndexStore, rules: GroupingRules) -> Iterator[str]:
                 elapsed = ", ".join(f"{r['elapsed_h']:.1f} h" for r in tp.spect) or "-"
                 yield (f"    {nominal:>5g} h: SPECT {len(tp.spect)} (at {elapsed}), CT {len(tp.ct)}"
                        f", structures {len(tp.structures)}")
-            missing = cycle.missing(rules)
+            missing = cycle.missing(protocol)
             yield "    missing: " + (", ".join(missing) if missing else "nothing")
         for row in loose:
             yield f"  {row['role']} {row['series_uid']}: {row['state']} - {row['note']}"

@@ -81,6 +81,12 @@ class Protocol:
     quiet_period: timedelta
     forced_timeout: timedelta
 
+    def expected_time_points(self, cycle: int) -> tuple[float, ...]:
+        """The nominal time points (h) the protocol images cycle number ``cycle`` at."""
+        if cycle in self.multi_time_point_cycles:
+            return self.multi_time_points_h
+        return (self.single_time_point_h,)
+
 
 @dataclass(frozen=True)
 class SeriesView:
