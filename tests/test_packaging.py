@@ -10,6 +10,7 @@ silently overwrite the other.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -52,10 +53,17 @@ def test_no_module_imports_the_old_top_level_names():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of the sources (pip builds in the source tree)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in (*FOLDERS, "theranode"):
+        shutil.copytree(ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--wheel-dir", str(out), str(ROOT)],
+         "--no-deps", "--wheel-dir", str(out), str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert built.returncode == 0, built.stdout + built.stderr
