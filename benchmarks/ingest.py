@@ -40,9 +40,10 @@ Run::
     .venv/bin/python benchmarks/ingest.py --repeat 3       # the full comparison
     .venv/bin/python benchmarks/ingest.py --profile DIR    # theranode under py-spy
 
-``--profile`` runs theranode ``serve`` under ``py-spy record`` (py-spy must be
-on PATH) and writes one flame graph per case into DIR; theranode's CPU then
-includes the sampling overhead.
+``--profile`` attaches ``py-spy record`` (on PATH or in the venv; not a
+dependency) to theranode ``serve`` over each transfer and writes one flame
+graph per case and run into DIR. py-spy takes CPU from the same two cores, so
+the rates of a profiled run are not comparable with an unprofiled one.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class Case:
     def label(self) -> str:
         sender = "" if self.tuned else ", untuned"
         return f"{self.size}, {self.associations} assoc{sender}"
+
+    @property
+    def slug(self) -> str:
+        """The label as a file name: ``33KB-1assoc-untuned``."""
+        return "-".join(part.replace(" ", "").replace(".", "_")
+                        for part in self.label.split(", "))
 
 
 @dataclass(frozen=True)
@@ -279,31 +286,31 @@ def theranode(work: Path) -> Iterator[Endpoint]:
         _stop(node)
 
 
-def profiled_theranode(profile_dir: Path) -> Receiver:
-    """theranode ``serve`` under ``py-spy record``; each run writes one flame graph."""
+def profiled_theranode(spy_binary: str, profile_dir: Path) -> Receiver:
+    """theranode ``serve`` with ``py-spy record`` attached over the transfer only.
+
+    py-spy attaches once serve is idle (start-up is left out) and writes one
+    flame graph per case when it is interrupted after the transfer; it is not
+    serve's child, so its own CPU is not counted as serve's.
+    """
 
     @contextlib.contextmanager
     def receiver(work: Path) -> Iterator[Endpoint]:
-        config, port = _theranode_config(work)
-        svg = profile_dir / f"{work.name}.svg"
-        with open(work / "serve.log", "wb") as log:
-            spy = subprocess.Popen(
-                ["py-spy", "record", "--subprocesses", "--nonblocking", "-o", str(svg), "--",
-                 sys.executable, "-m", "theranode", "serve", "--config", str(config)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )
-        node = None
-        try:
-            wait_for_port(port, 60)
-            node = _children()[spy.pid][0]  # serve; py-spy's own CPU is left out
-            yield Endpoint(port, "THERANODE", node)
-        finally:
-            if node is not None:  # py-spy writes the graph when serve has ended
-                os.kill(node, signal.SIGTERM)
+        with theranode(work) as endpoint:
+            wait_until_idle(endpoint.pid)
+            with open(work / "py-spy.log", "wb") as log:
+                spy = subprocess.Popen(
+                    [spy_binary, "record", "--pid", str(endpoint.pid), "--subprocesses",
+                     "--nonblocking", "-o", str(profile_dir / f"{work.name}.svg")],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )
             try:
-                spy.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                _stop(spy, signal.SIGINT)
+                time.sleep(1.0)  # py-spy attaches and starts sampling
+                if spy.poll() is not None:
+                    raise RuntimeError(f"py-spy could not attach to serve ({spy.returncode})")
+                yield endpoint
+            finally:
+                _stop(spy, signal.SIGINT)  # py-spy writes the graph on SIGINT
 
     return receiver
 
@@ -475,6 +482,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def py_spy() -> str | None:
+    """The py-spy executable on PATH or beside this interpreter (a venv's bin/)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def chosen_receivers(args: argparse.Namespace) -> dict[str, Receiver]:
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -483,10 +496,12 @@ def chosen_receivers(args: argparse.Namespace) -> dict[str, Receiver]:
     if "orthanc" in chosen:
         require_tool("orthanc")
     if args.profile is not None:
-        if shutil.which("py-spy") is None:
-            sys.exit("--profile needs py-spy on PATH: .venv/bin/pip install py-spy")
+        spy = py_spy()
+        if spy is None:
+            sys.exit("--profile needs py-spy (a sampling profiler, not a dependency of "
+                     "theranode): .venv/bin/pip install py-spy, or put it on PATH")
         args.profile.mkdir(parents=True, exist_ok=True)
-        chosen["theranode"] = profiled_theranode(args.profile.resolve())
+        chosen["theranode"] = profiled_theranode(spy, args.profile.resolve())
     return chosen
 
 
@@ -514,9 +529,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
           f"{args.repeat} run(s) each; receivers: {', '.join(receivers)}")
     results: Results = {}
     for repeat in range(args.repeat):
-        for case_no, case in enumerate(cases):
+        for case in cases:
             for name, receiver in receivers.items():
-                run_dir = work / f"{name}-case{case_no}-run{repeat}"
+                run_dir = work / f"{name}-{case.slug}-run{repeat + 1}"
                 measured = measure(receiver, files[case.size], case, run_dir)
                 results.setdefault((case, name), []).append(measured)
             print(f"run {repeat + 1}: {case.label} done", flush=True)
@@ -525,6 +540,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print_table("receiver CPU ms/instance", results, names, cpu_cell)
     if "theranode" in receivers and "orthanc" in receivers:
         print_ratios(results)
+    if args.profile is not None:
+        print(f"\ntheranode flame graphs (py-spy, transfer only): {args.profile.resolve()}")
 
 
 def main() -> None:
