@@ -8,6 +8,8 @@ What is measured, for every receiver and every case:
 - **receiver CPU ms per instance**: utime + stime of the receiver process and
   all its descendants (``/proc/<pid>/stat``, reaped children included through
   ``cutime``/``cstime``) over the same window, divided by the instance count.
+  Each receiver is first left to go idle after its start-up, so its start-up
+  work is not counted.
 
 Cases: CT instances of 0.5 MB (512×512 int16) and of ~33 KB (128×128 int16),
 the same count each, over 1, 4 and 8 parallel associations from a tuned sender
@@ -68,7 +70,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.peers import free_port, require_tool, run_orthanc, wait_for_port
+from tests.peers import ORTHANC_BINARIES, free_port, run_orthanc, wait_for_port
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 #: Instance sizes: label → rows (= columns) of an int16 CT slice.
@@ -107,6 +109,8 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Measurement:
+    """One case sent once to one receiver."""
+
     rate_per_s: float
     cpu_ms_per_instance: float
 
@@ -208,7 +212,11 @@ def tree_cpu_s(root: int) -> float:
 
 
 def wait_until_idle(root: int, timeout_s: float = 20.0) -> None:
-    """Return once ``root``'s tree has used no CPU for 0.5 s, so start-up is not counted."""
+    """Return once ``root``'s tree has been idle for 0.5 s (≤ 1 clock tick of CPU).
+
+    Called before each transfer so that a receiver's start-up work is not
+    counted as per-instance CPU; gives up after ``timeout_s``.
+    """
     deadline = time.monotonic() + timeout_s
     before = tree_cpu_s(root)
     while time.monotonic() < deadline:
@@ -493,8 +501,8 @@ def chosen_receivers(args: argparse.Namespace) -> dict[str, Receiver]:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: install Debian's dcmtk")
     chosen = {name: RECEIVERS[name] for name in (args.receivers or RECEIVERS)}
-    if "orthanc" in chosen:
-        require_tool("orthanc")
+    if "orthanc" in chosen and not any(map(shutil.which, ORTHANC_BINARIES)):
+        sys.exit("Orthanc not found: install Debian's orthanc, or leave it out (--receivers)")
     if args.profile is not None:
         spy = py_spy()
         if spy is None:
