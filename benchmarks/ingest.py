@@ -22,7 +22,8 @@ Receivers (each on loopback, listening with TCP_NODELAY=1):
 
 - theranode ``serve`` (fsync + atomic rename + SQLite commit per instance);
 - Orthanc with ``SyncStorageArea`` (fsync), started by ``tests.peers.run_orthanc``;
-- dcmtk ``storescp`` (writes files, no fsync): the ceiling of this machine;
+- dcmtk ``storescp --fork`` (a process per association, writes files, no fsync):
+  the ceiling of this machine;
 - ``pynetdicom``: a bare pynetdicom 3 Storage SCP in its own process whose
   handler only writes, fsyncs and renames each instance (pynetdicom's own
   reactors, TCP_NODELAY on accepted sockets, standard event logging off, the
@@ -334,7 +335,10 @@ def storescp(work: Path) -> Iterator[Endpoint]:
     port = free_port()
     out = work / "storescp"
     out.mkdir()
-    scp = subprocess.Popen(["storescp", "-od", str(out), "-aet", "STORESCP", str(port)],
+    # --fork: a child per association, so parallel associations are served in
+    # parallel (storescp alone takes them one after another); their CPU counts.
+    scp = subprocess.Popen(["storescp", "--fork", "-od", str(out), "-aet", "STORESCP",
+                            str(port)],
                            env=dict(os.environ, TCP_NODELAY="1"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
