@@ -477,7 +477,7 @@ def parse_args() -> argparse.Namespace:
                         help="CT instances per case, of each size (default 300)")
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4, 8],
                         help="parallel association counts (default 1 4 8)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per case and receiver")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per case and receiver (default 2)")
     parser.add_argument("--receivers", nargs="+", choices=list(RECEIVERS), default=None,
                         help="measure only these (default: all)")
     parser.add_argument("--untuned-all", action="store_true",
@@ -485,7 +485,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 40 instances, 1 and 4 associations, one run")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="run theranode under py-spy record; flame graphs into DIR")
+                        help="attach py-spy to theranode over each transfer; graphs into DIR")
     parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "DIR"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -508,6 +508,8 @@ def chosen_receivers(args: argparse.Namespace) -> dict[str, Receiver]:
     if "orthanc" in chosen and not any(map(shutil.which, ORTHANC_BINARIES)):
         sys.exit("Orthanc not found: install Debian's orthanc, or leave it out (--receivers)")
     if args.profile is not None:
+        if "theranode" not in chosen:
+            sys.exit("--profile profiles theranode: keep it among --receivers")
         spy = py_spy()
         if spy is None:
             sys.exit("--profile needs py-spy (a sampling profiler, not a dependency of "
@@ -538,7 +540,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     files = {size: write_instances(work / f"ct{rows}", args.instances, rows)
              for size, rows in SIZES.items()}
     print(f"{args.instances} CT instances per case, {len(cases)} cases, "
-          f"{args.repeat} run(s) each; receivers: {', '.join(receivers)}")
+          f"{args.repeat} run(s) each, {os.cpu_count()} CPUs; "
+          f"receivers: {', '.join(receivers)}")
     results: Results = {}
     for repeat in range(args.repeat):
         for case in cases:
