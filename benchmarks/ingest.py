@@ -477,7 +477,8 @@ def parse_args() -> argparse.Namespace:
                         help="CT instances per case, of each size (default 300)")
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4, 8],
                         help="parallel association counts (default 1 4 8)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per case and receiver (default 2)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs per case and receiver (default 2)")
     parser.add_argument("--receivers", nargs="+", choices=list(RECEIVERS), default=None,
                         help="measure only these (default: all)")
     parser.add_argument("--untuned-all", action="store_true",
