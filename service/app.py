@@ -50,7 +50,6 @@ from theranode.service.errors import StartupError
 from theranode.service.jobs.runner import JobRunner
 from theranode.service.plan.planner import Planner
 from theranode.service.plan.regroup import Regrouper, rules_from_settings
-from theranode.service.receive import polling
 from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
 from theranode.service.receive.ingest import Ingest
 from theranode.service.receive.reconcile import reconcile_archive
@@ -106,7 +105,6 @@ class Node:
         self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
         self.scheduler: BackgroundScheduler | None = None
         self._stopping = threading.Event()
-        self._stopped = threading.Event()
 
     def _job_finished(self, job: JobRecord) -> None:
         self.outbox.wake()
@@ -116,13 +114,7 @@ class Node:
         self.regrouper.request(header.patient_key)
 
     def start(self) -> None:
-        """Recover from any crash, then open the listener.
-
-        Also the one place the node changes pynetdicom for the whole process:
-        :func:`~theranode.service.receive.polling.install` (shorter reactor
-        polls for associations that are transferring).
-        """
-        polling.install()
+        """Recover from any crash, then open the listener."""
         self.archive.clean_incoming()
         rekey_stale_patients(self.index, self.archive, self.keyer)
         self.reconcile()
@@ -174,14 +166,6 @@ class Node:
         self.runner.stop()
         self.outbox.stop()
         logger.info("Stopped")
-        self._stopped.set()
-
-    def wait(self) -> None:
-        """Block until :meth:`stop`; wakes every second so the main thread can
-        run signal handlers (a signal delivered to another thread would not
-        interrupt an untimed wait)."""
-        while not self._stopped.wait(1.0):
-            pass
 
 
 def _make_database_private(data_dir: Path) -> None:
