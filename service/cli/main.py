@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -72,20 +73,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _engine_ready_settings(args)
     configure_logging(settings.logging)
     node = Node(settings)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("Signal %d received, shutting down", signum)
+        stop_requested.set()
+
+    # Before the start: a SIGTERM that arrives while the node is starting (the
+    # listener may already answer) must stop it gracefully, not kill it.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     node.start()
     logger.info(
         "theranode %s serving as %s on port %d, data in %s (config: %s)",
         __version__, settings.node.ae_title, node.port, settings.data_dir.resolve(),
         settings.source,
     )
-
-    def shutdown(signum: int, frame: FrameType | None) -> None:
-        logger.info("Signal %d received, shutting down", signum)
-        node.stop()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    node.wait()
+    # Timed waits: the main thread runs signal handlers only between them.
+    while not stop_requested.wait(1.0):
+        pass
+    node.stop()
     return 0
 
 
