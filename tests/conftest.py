@@ -10,6 +10,19 @@ import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
 
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Tests that start nodes, kill them and wait for their jobs. The suite runs on two
+#: pytest-xdist workers (pyproject.toml); these run one after another on one of them,
+#: so two never share the machine's two cores, while the other worker takes the rest.
+HEAVY = ("tests/reliability/", "tests/service/test_crash.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(ROOT).as_posix().startswith(HEAVY):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+
 
 @pytest.fixture(autouse=True)
 def strict_dicom_writing() -> Iterator[None]:
