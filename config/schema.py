@@ -134,6 +134,13 @@ class NodeSettings:
         "Folder for the archive, the database, quarantine and reports "
         "(relative paths are relative to the working directory).",
     )
+    listener_processes: int = setting(
+        1,
+        "Processes that accept DICOM associations on the port (SO_REUSEPORT, Linux); more "
+        "than 1 lets parallel associations use several cores. The security limits on "
+        "associations, connections and quarantine size are shared out between them.",
+        positive,
+    )
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from theranode.service.plan.planner import Planner
 from theranode.service.plan.regroup import Regrouper, rules_from_settings
 from theranode.service.receive.archive import Archive, make_private_file, make_private_folder
 from theranode.service.receive.ingest import Ingest
+from theranode.service.receive.listeners import ListenerProcesses, security_share
 from theranode.service.receive.reconcile import reconcile_archive
 from theranode.service.receive.rekey import rekey_stale_patients
 from theranode.service.receive.scp import StorageSCP
@@ -98,11 +99,15 @@ class Node:
                                 on_finished=self._job_finished)
         self.planner = Planner(self.index, self.jobs, settings, on_submitted=self.runner.wake)
         self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
+        #: This process's share of the [security] limits (all of them with one listener).
+        self.listener_security = security_share(settings.security,
+                                                settings.node.listener_processes)
         self.ingest = Ingest(
             self.archive, self.index, self.keyer, on_new_series=self._new_series,
-            calibration=settings.calibration, security=settings.security,
+            calibration=settings.calibration, security=self.listener_security,
         )
-        self.scp = StorageSCP(self.ingest, settings.node.ae_title, settings.security)
+        self.scp = StorageSCP(self.ingest, settings.node.ae_title, self.listener_security)
+        self.listeners = ListenerProcesses(settings, on_new_series=self.regrouper.request)
         self.scheduler: BackgroundScheduler | None = None
         self._stopping = threading.Event()
 
@@ -126,12 +131,12 @@ class Node:
         self.outbox.start()
         self.planner.start()  # plans every patient now, then every jobs.poll_interval_s
         self.scheduler = start_scheduler(self.settings, self.settings.data_dir / DATABASE_NAME)
+        node = self.settings.node
         try:
-            self.scp.start(self.settings.node.bind, self.settings.node.port)
-        except OSError as exc:
-            raise StartupError(
-                f"Cannot listen on {self.settings.node.bind}:{self.settings.node.port}: {exc}"
-            ) from exc
+            self.scp.start(node.bind, node.port, reuse_port=node.listener_processes > 1)
+            self.listeners.start(self.scp.port)
+        except (OSError, RuntimeError) as exc:
+            raise StartupError(f"Cannot listen on {node.bind}:{node.port}: {exc}") from exc
 
     def reconcile(self) -> Counter[str]:
         """File archive files a crash left unindexed (:func:`reconcile_archive`)."""
@@ -158,6 +163,7 @@ class Node:
         self.runner.begin_stop()
         self.outbox.begin_stop()
         self.scp.stop()
+        self.listeners.stop()
         self.ingest.close()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)

@@ -101,7 +101,8 @@ def _context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -164,7 +165,7 @@ def _ignore_stop_signals() -> None:
 def worker_main(spec: JobSpec, log_path: str, conn: Connection) -> None:
     """Entry point of a job's child process: run, send back the outcome or the error."""
     _ignore_stop_signals()  # the node decides when a job is interrupted
-    _die_with_parent()
+    die_with_parent()
     die_with_node(conn)
     _job_logging(log_path)
     log = logging.getLogger("theranode.service.jobs.runner.worker")

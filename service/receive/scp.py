@@ -38,13 +38,17 @@ from pynetdicom import (
 )
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from theranode.config.schema import SecuritySettings
 from theranode.dicomio.headers import SOP_CLASS_KINDS
 from theranode.dicomio.part10 import file_header
-from theranode.service.receive.reactors import make_event_driven
 from theranode.service.receive.ingest import Ingest, Outcome, Peer
+from theranode.service.receive.reactors import make_event_driven
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +249,18 @@ class GuardedServer(ThreadedAssociationServer):
     max_request_bytes: int = 128 * 1024
     #: After the A-ASSOCIATE-RQ, a read or write that stalls this long closes the connection.
     stall_timeout_s: float = 300.0
+    #: Bind with SO_REUSEPORT: other listener processes share the port
+    #: (:mod:`theranode.service.receive.listeners`).
+    reuse_port: bool = False
     #: At the connection limit, a connection this long without an
     #: A-ASSOCIATE-RQ is closed for a new one (see _evict_oldest_opening).
     EVICT_AFTER_S = 1.0
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -534,8 +547,12 @@ class StorageSCP:
         self.server: ThreadedAssociationServer | None = None
 
     # -- lifecycle -------------------------------------------------------
-    def start(self, bind: str, port: int) -> ThreadedAssociationServer:
-        """Listen on ``bind``:``port`` (0: a free port) on a thread of its own."""
+    def start(self, bind: str, port: int, reuse_port: bool = False) -> ThreadedAssociationServer:
+        """Listen on ``bind``:``port`` (0: a free port) on a thread of its own.
+
+        With ``reuse_port`` the port may be shared with other listener
+        processes (SO_REUSEPORT).
+        """
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -559,6 +576,7 @@ class StorageSCP:
                 "request_timeout_s": security.acse_timeout_s,
                 "max_request_bytes": security.max_association_request_kb * 1024,
                 "stall_timeout_s": float(self.ae.network_timeout or 300),
+                "reuse_port": reuse_port,
             },
         )
         server = self.ae.make_server(
