@@ -21,6 +21,8 @@ each receiver afresh on an empty archive, so no instance is ever a duplicate.
 Receivers (each on loopback, listening with TCP_NODELAY=1):
 
 - theranode ``serve`` (fsync + atomic rename + SQLite commit per instance);
+- ``theranode-2p``: the same with ``[node] listener_processes = 2`` (two processes
+  accept on the port; CPU counts both);
 - Orthanc with ``SyncStorageArea`` (fsync), started by ``tests.peers.run_orthanc``;
 - dcmtk ``storescp --fork`` (a process per association, writes files, no fsync):
   the ceiling of this machine;
@@ -272,19 +274,20 @@ def _stop(process: subprocess.Popen[bytes], how: int = signal.SIGTERM) -> None:
         process.wait()
 
 
-def _theranode_config(work: Path) -> tuple[Path, int]:
+def _theranode_config(work: Path, listener_processes: int = 1) -> tuple[Path, int]:
     port = free_port()
     config = work / "theranode.toml"
     config.write_text(
         f'[node]\nbind = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "theranode"}"\n'
+        f'listener_processes = {listener_processes}\n'
         '[security]\nmin_free_disk_mb = 0\n[logging]\nlevel = "WARNING"\n'
     )
     return config, port
 
 
 @contextlib.contextmanager
-def theranode(work: Path) -> Iterator[Endpoint]:
-    config, port = _theranode_config(work)
+def theranode(work: Path, listener_processes: int = 1) -> Iterator[Endpoint]:
+    config, port = _theranode_config(work, listener_processes)
     with open(work / "serve.log", "wb") as log:  # read it when a run fails
         node = subprocess.Popen([sys.executable, "-m", "theranode", "serve", "--config",
                                  str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -398,8 +401,14 @@ def serve_bare(port: int, out: Path) -> None:
                     evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, on_open)])
 
 
+def theranode_two_listeners(work: Path) -> contextlib.AbstractContextManager[Endpoint]:
+    """theranode ``serve`` with ``[node] listener_processes = 2`` (CPU: both processes)."""
+    return theranode(work, listener_processes=2)
+
+
 RECEIVERS: dict[str, Receiver] = {
     "theranode": theranode,
+    "theranode-2p": theranode_two_listeners,
     "orthanc": orthanc,
     "storescp": storescp,
     "pynetdicom": bare_pynetdicom,
@@ -445,11 +454,11 @@ def rate_target(case: Case) -> float | None:
     return 1.2 if case.associations in (1, 4) else None
 
 
-def print_ratios(results: Results) -> None:
-    """theranode/Orthanc (best vs best) for every case, beside the #14 targets."""
-    print("\ntheranode / Orthanc, best runs    rate  target        CPU  target")
+def print_ratios(results: Results, ours_name: str = "theranode") -> None:
+    """``ours_name``/Orthanc (best vs best) for every case, beside the #14 targets."""
+    print(f"\n{ours_name} / Orthanc, best runs".ljust(34) + "rate  target        CPU  target")
     for case in dict.fromkeys(case for case, _ in results):
-        ours, theirs = results[case, "theranode"], results[case, "orthanc"]
+        ours, theirs = results[case, ours_name], results[case, "orthanc"]
         rate = max(m.rate_per_s for m in ours) / max(m.rate_per_s for m in theirs)
         their_cpu = min(m.cpu_ms_per_instance for m in theirs)
         cpu = min(m.cpu_ms_per_instance for m in ours) / their_cpu if their_cpu else float("inf")
@@ -554,8 +563,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     names = list(receivers)
     print_table("instances/s", results, names, rate_cell)
     print_table("receiver CPU ms/instance", results, names, cpu_cell)
-    if "theranode" in receivers and "orthanc" in receivers:
-        print_ratios(results)
+    for ours in ("theranode", "theranode-2p"):
+        if ours in receivers and "orthanc" in receivers:
+            print_ratios(results, ours)
     if args.profile is not None:
         print(f"\ntheranode flame graphs (py-spy, transfer only): {args.profile.resolve()}")
 
