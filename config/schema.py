@@ -102,7 +102,10 @@ def one_of(*choices: str) -> Check:
 def cron(value: str) -> str | None:
     if value == "" or len(value.split()) == 5:
         return None
-    return f"must be a 5-field cron expression such as '0 3 * * *' (or empty to disable), got {value!r}"
+    return (
+        "must be a 5-field cron expression such as '0 3 * * *' (or empty to disable), "
+        f"got {value!r}"
+    )
 
 
 def positive_numbers(values: list[float]) -> str | None:

@@ -141,7 +141,8 @@ class CountsCalibration:
     def __post_init__(self) -> None:
         if not self.cps_per_mbq > 0:
             raise ValueError(
-                f"A counts calibration needs a positive sensitivity, got {self.cps_per_mbq} cps/MBq."
+                "A counts calibration needs a positive sensitivity, "
+                f"got {self.cps_per_mbq} cps/MBq."
             )
 
 
@@ -382,7 +383,9 @@ def _refer_to_start(
     if decay is DecayReference.ADMIN:
         notes.append("ADMIN decay correction undone: values refer to acquisition start")
     else:
-        notes.append(f"values decay corrected to {reference.isoformat()} referred to acquisition start")
+        notes.append(
+            f"values decay corrected to {reference.isoformat()} referred to acquisition start"
+        )
     elapsed_h = (start - reference) / timedelta(hours=1)
     lam = nuclear_data(nuclide).decay_constant_per_h
     return np.asarray(values * math.exp(-lam * elapsed_h), dtype=np.float64)
@@ -446,7 +449,9 @@ def _pt_reference_time(ordered: Sequence[Dataset], decay: DecayReference) -> dat
     series = datetime.combine(day, tod) if day is not None and tod is not None else None
     times = [t for t in (_acquired(ds) for ds in ordered) if t is not None]
     acquired = min(times) if times else None
-    if acquired is not None and (series is None or series > acquired or decay is DecayReference.NONE):
+    if acquired is not None and (
+        series is None or series > acquired or decay is DecayReference.NONE
+    ):
         return acquired
     if series is not None:
         return series

@@ -252,7 +252,8 @@ def _identification(source: SourceContext, identity: ResultIdentity) -> list[str
         f"    born {_dicom_date_text(source.patient_birth_date)}    sex {source.patient_sex or '–'}"
     )
     study = (
-        f"Study: {_dicom_date_text(source.study_date)}    accession {source.accession_number or '–'}"
+        f"Study: {_dicom_date_text(source.study_date)}"
+        f"    accession {source.accession_number or '–'}"
         f"    study UID {source.study_instance_uid}"
     )
     result = (

@@ -17,8 +17,8 @@ References
 ----------
 DICOM PS3.3 A.18 (RT Dose IOD), C.8.8.3 (RT Dose module: Dose Grid Scaling,
 Grid Frame Offset Vector C.8.8.3.2, Dose Comment LO), C.8.8.4 (RT DVH module),
-C.7.6.1 (General Image module: Image Comments LT), C.7.6.2 (Image Plane module), C.7.6.6 (Multi-frame module), C.12.2 (Common Instance
-Reference module).
+C.7.6.1 (General Image module: Image Comments LT), C.7.6.2 (Image Plane module),
+C.7.6.6 (Multi-frame module), C.12.2 (Common Instance Reference module).
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def _slice_gap_mm(
         )
         if thickness in (None, ""):
             raise MissingAttributeError(
-                "A single-slice volume needs SliceThickness or SpacingBetweenSlices to know its depth."
+                "A single-slice volume needs SliceThickness or SpacingBetweenSlices "
+                "to know its depth."
             )
         return float(thickness)
     steps = np.diff(positions, axis=0)

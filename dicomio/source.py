@@ -303,7 +303,8 @@ _SOURCE_CODEC = RecordCodec((InstanceReference, SourceContext))
 
 
 def source_to_json(source: SourceContext) -> Any:
-    """``source`` as a plain JSON value (stored with every result, :mod:`theranode.service.jobs.results`)."""
+    """``source`` as a plain JSON value (stored with every result,
+    :mod:`theranode.service.jobs.results`)."""
     return _SOURCE_CODEC.encode(source, SourceContext, "source", _no_arrays)
 
 

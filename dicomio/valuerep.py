@@ -2,8 +2,8 @@
 
 pydicom writes a Python float into a Decimal String (DS) as ``repr`` would,
 e.g. ``14.399999999999999``: 18 characters where DS allows 16, which
-dciodvfy rejects (PS3.5 Table 6.2-1; docs/interoperability.md). Every DS theranode writes goes through
-:func:`format_ds` instead.
+dciodvfy rejects (PS3.5 Table 6.2-1; docs/interoperability.md). Every DS
+theranode writes goes through :func:`format_ds` instead.
 
 References
 ----------

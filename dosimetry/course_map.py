@@ -134,8 +134,9 @@ def compute_course(
     cycles:
         The cycles' results (any order; sorted by cycle number).
     reference_cts:
-        Each cycle's reference CT, in the same order as ``cycles``; when given and every cycle has a dose map, the maps are summed
-        onto the first cycle's dose grid (:func:`sum_dose_maps`).
+        Each cycle's reference CT, in the same order as ``cycles``; when given
+        and every cycle has a dose map, the maps are summed onto the first
+        cycle's dose grid (:func:`sum_dose_maps`).
     planned_cycles, limits:
         Passed to :func:`theranode.dosimetry.course.summarize_course`.
     """

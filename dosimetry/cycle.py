@@ -462,7 +462,10 @@ def _map_note(voi: VoiDose, factor: float, what: str) -> str:
     level = "reported (RC-corrected) mean" if voi.recovery_coefficient != 1.0 else "reported mean"
     if math.isnan(factor):
         return f"dose map ({what}) set to this VOI's {level} (map zero or covered here)"
-    return f"dose map ({what}) scaled ×{factor:.4g} in this VOI to its {level}; min/max/D98/D2 from it"
+    return (
+        f"dose map ({what}) scaled ×{factor:.4g} in this VOI to its {level}; "
+        "min/max/D98/D2 from it"
+    )
 
 
 def normalised_map(

@@ -472,7 +472,8 @@ def _prepare(
     if t.size < min_points:
         raise FitError(
             f"A {what} fit needs at least {min_points} time points, got {t.size}. For a "
-            "single scan use theranode.dosimetry.single_time_point (scaled cycle, Hänscheid, Madsen)."
+            "single scan use theranode.dosimetry.single_time_point "
+            "(scaled cycle, Hänscheid, Madsen)."
         )
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(y))) or np.any(t < 0):
         raise FitError(f"Times must be finite and ≥ 0 and values finite; got t={t}, values={y}.")

@@ -116,7 +116,9 @@ class RecordCodec:
     def _encode_record(self, value: object, cls: type, key: str, store: ArrayStore) -> Any:
         self._registered(cls, key)
         if not isinstance(value, cls):
-            raise RecordFormatError(f"{key}: expected a {cls.__name__}, got {type(value).__name__}.")
+            raise RecordFormatError(
+                f"{key}: expected a {cls.__name__}, got {type(value).__name__}."
+            )
         return {f.name: self.encode(getattr(value, f.name), self._hints[cls][f.name],
                                     f"{key}.{f.name}", store)
                 for f in dataclasses.fields(cls)}
@@ -326,7 +328,8 @@ def _decode_array(doc: Any, key: str, load: ArrayLoad) -> npt.NDArray[Any]:
     return load(name, dtype, tuple(shape))
 
 
-#: Every record type of a cycle or course result (:mod:`theranode.dosimetry.results`, :class:`Volume`).
+#: Every record type of a cycle or course result (:mod:`theranode.dosimetry.results`,
+#: :class:`Volume`).
 RESULT_TYPES: tuple[type, ...] = (
     CycleResult, CourseResult, VoiDose, KineticFit, CurvePoint, RegistrationQuality,
     CumulativeDose, LesionIndices, MapVoi, Volume,

@@ -220,7 +220,9 @@ class RigidRegistration:
         )
 
     @classmethod
-    def known(cls, affine: npt.ArrayLike, stop_condition: str = "known transform") -> RigidRegistration:
+    def known(
+        cls, affine: npt.ArrayLike, stop_condition: str = "known transform"
+    ) -> RigidRegistration:
         """A registration given rather than estimated (a phantom's true pose, a reviewed one).
 
         ``affine`` is the 4×4 homogeneous matrix mapping reference points to

@@ -49,7 +49,9 @@ class DoseMethod(str, Enum):
     """How a cycle's absorbed doses were obtained."""
 
     MULTI_TIME_POINT = "multi-time-point"
-    SINGLE_TIME_POINT_SCALED = "single-time-point scaled from a multi-time-point cycle (Hebert 2024)"
+    SINGLE_TIME_POINT_SCALED = (
+        "single-time-point scaled from a multi-time-point cycle (Hebert 2024)"
+    )
     HANSCHEID = "single-time-point Hänscheid 2018"
     MADSEN = "single-time-point Madsen 2018"
 

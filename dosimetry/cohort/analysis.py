@@ -69,7 +69,8 @@ class AnalysisOptions:
                 f"last injection + {w.month3_target_days} d ± {w.month3_halfwidth_days} d, nearest"
             ),
             month12_window=(
-                f"last injection + {w.month12_target_days} d ± {w.month12_halfwidth_days} d, nearest"
+                f"last injection + {w.month12_target_days} d "
+                f"± {w.month12_halfwidth_days} d, nearest"
             ),
             toxicity_window=f"after the first injection up to the last injection + "
             f"{w.therapy_tail_days} d",
@@ -114,8 +115,8 @@ def data_warnings(data: CohortData) -> tuple[str, ...]:
     small = data.lesions.loc[data.lesions["vol_bl_cm3"] < 2.0]
     if len(small):
         remarks.append(
-            f"{len(small)} lesion(s) below 2 cm³ at baseline are included (the paper excluded them: "
-            "recovery coefficient ≈ 0.5)."
+            f"{len(small)} lesion(s) below 2 cm³ at baseline are included "
+            "(the paper excluded them: recovery coefficient ≈ 0.5)."
         )
     lesion_ids = set(zip(data.lesions["patient_id"], data.lesions["lesion_id"], strict=True))
     dosed = data.doses.loc[data.doses["kind"] == "lesion"]

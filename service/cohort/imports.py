@@ -289,7 +289,8 @@ def recognise_kind(header: Sequence[str], ctx: _Context) -> OutcomeKind:
             ctx.error(
                 1,
                 name,
-                f"unknown column for a {kind.value} file; allowed: {', '.join(sorted(layout.allowed))}",
+                f"unknown column for a {kind.value} file; "
+                f"allowed: {', '.join(sorted(layout.allowed))}",
             )
     for name in layout.required:
         if name not in present:
@@ -416,7 +417,8 @@ def _patient_known(row: _Row, known: _Known, ctx: _Context) -> str | None:
         ctx.error(
             row.line,
             "patient_id",
-            f"orphan: patient '{patient_id}' is not in the patients data; import its patients file first",
+            f"orphan: patient '{patient_id}' is not in the patients data; "
+            "import its patients file first",
         )
         return None
     return patient_id
@@ -514,7 +516,8 @@ def _age(
         ctx.warn(
             row.line,
             "age_at_start",
-            f"age_at_start {age:g} disagrees with birth_date ({from_birth:.1f} y); using birth_date",
+            f"age_at_start {age:g} disagrees with birth_date ({from_birth:.1f} y); "
+            "using birth_date",
         )
     return round(from_birth, 2)
 
@@ -597,7 +600,8 @@ def validate_cycles(rows: list[_Row], known: _Known, ctx: _Context) -> list[dict
             ctx.error(
                 row.line,
                 "admin_date",
-                f"death before injection: the patient died on {death}, before this injection on {admin}",
+                f"death before injection: the patient died on {death}, "
+                f"before this injection on {admin}",
             )
         if cycle == 1 and admin is not None and first is not None and admin != first:
             ctx.warn(
@@ -638,7 +642,8 @@ def _check_cycle_order(records: list[dict[str, Any]], rows: list[_Row], ctx: _Co
                 ctx.error(
                     line,
                     "admin_date",
-                    f"dates out of order: cycle {later['cycle']} on {later['admin_date']} is not after cycle {earlier['cycle']} on {earlier['admin_date']}",
+                    f"dates out of order: cycle {later['cycle']} on {later['admin_date']} "
+                    f"is not after cycle {earlier['cycle']} on {earlier['admin_date']}",
                 )
 
 
@@ -674,7 +679,8 @@ def _lesion_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | 
         ctx.warn(
             row.line,
             "vol_bl_cm3",
-            f"lesion < {SMALL_LESION_CM3:g} cm³ ({volume:g}): recovery coefficient below 0.5, the paper excluded such lesions",
+            f"lesion < {SMALL_LESION_CM3:g} cm³ ({volume:g}): recovery coefficient below 0.5, "
+            "the paper excluded such lesions",
         )
     baseline = _date(row, "ct_bl_date", ctx)
     volume_m3 = _positive(row, "vol_m3_cm3", ctx, required=False)
@@ -754,7 +760,8 @@ def _unit_factor(row: _Row, analyte: Analyte, ctx: _Context) -> float | None:
         ctx.error(
             row.line,
             "unit",
-            f"{analyte.value} given in % instead of an absolute count; give the count in 10^9/L (e.g. lymphocytes % × leukocytes / 100)",
+            f"{analyte.value} given in % instead of an absolute count; give the count in 10^9/L "
+            "(e.g. lymphocytes % × leukocytes / 100)",
         )
         return None
     factor = UNIT_FACTORS[analyte].get(key)
@@ -762,7 +769,8 @@ def _unit_factor(row: _Row, analyte: Analyte, ctx: _Context) -> float | None:
         ctx.error(
             row.line,
             "unit",
-            f"unknown unit '{unit}' for {analyte.value}; expected one of {', '.join(sorted(UNIT_FACTORS[analyte]))}",
+            f"unknown unit '{unit}' for {analyte.value}; "
+            f"expected one of {', '.join(sorted(UNIT_FACTORS[analyte]))}",
         )
     return factor
 
@@ -783,7 +791,9 @@ def _lab_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | Non
         ctx.error(
             row.line,
             "value",
-            f"{analyte.value} {value:g} {row.values['unit']} = {canonical:g} {CANONICAL_UNITS[analyte]} is outside the plausible {low:g}–{high:g}; check the unit",
+            f"{analyte.value} {value:g} {row.values['unit']} = "
+            f"{canonical:g} {CANONICAL_UNITS[analyte]} is outside the plausible "
+            f"{low:g}–{high:g}; check the unit",
         )
         return None
     if lln is not None and uln is not None and lln > uln:
@@ -849,13 +859,15 @@ def _dose_record(row: _Row, known: _Known, ctx: _Context) -> dict[str, Any] | No
         ctx.error(
             row.line,
             "voi",
-            f"orphan: lesion '{voi}' of patient {patient_id} is not in the lesions data; import the lesions file first",
+            f"orphan: lesion '{voi}' of patient {patient_id} is not in the lesions data; "
+            "import the lesions file first",
         )
     if patient_id is not None and cycle is not None and (patient_id, cycle) not in known.cycles:
         ctx.error(
             row.line,
             "cycle",
-            f"orphan: cycle {cycle} of patient {patient_id} is not in the cycles data; import the cycles file first",
+            f"orphan: cycle {cycle} of patient {patient_id} is not in the cycles data; "
+            "import the cycles file first",
         )
     if None in (patient_id, cycle, voi, kind, dose):
         return None

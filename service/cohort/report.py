@@ -611,7 +611,8 @@ def _trend_html(report: CohortReport) -> str:
     return (
         f"<p>{html.escape(trend.model)}: lesion AD × {trend.ratio_per_cycle:.3f} per cycle "
         f"(95 % CI {trend.ratio_ci.low:.3f}–{trend.ratio_ci.high:.3f}), p = {trend.p_value:.3g}; "
-        f"{trend.n_lesions} lesions of {trend.n_patients} patients. Sensitivity: {'; '.join(tests)}.</p>"
+        f"{trend.n_lesions} lesions of {trend.n_patients} patients. "
+        f"Sensitivity: {'; '.join(tests)}.</p>"
     )
 
 
@@ -630,7 +631,8 @@ def render_html(
     sections = [
         f"<h1>theranode cohort report</h1><p>Created {html.escape(prov['created_at'])}; "
         f"{c.patients} patients, {c.cycles} cycles, {c.lesions} lesions, {c.lab_values} laboratory "
-        f"values, {c.dose_rows} dose rows. Input data SHA-256 <code>{prov['input_sha256']}</code>.</p>",
+        f"values, {c.dose_rows} dose rows. "
+        f"Input data SHA-256 <code>{prov['input_sha256']}</code>.</p>",
         f"<h2>Data warnings</h2><ul>{warnings}</ul>",
         "<h2>Table 3 — CTCAE v4.03 laboratory toxicity during therapy</h2>"
         + html_table(tables["table3_ctcae"]),
@@ -656,5 +658,6 @@ def render_html(
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>theranode cohort report</title><style>{_STYLE}</style></head><body>{body}</body></html>\n"
+        f"<title>theranode cohort report</title><style>{_STYLE}</style></head>"
+        f"<body>{body}</body></html>\n"
     )

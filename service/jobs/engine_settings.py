@@ -8,9 +8,10 @@ checks ran only in jobs, a configuration that ``check-config`` calls valid
 would make every job fail. :func:`build_engine_settings` therefore builds
 exactly what a job builds, plus the few checks the engine makes later
 (gas threshold in the LED dose rate, recovery at the smallest lesion, the
-course projection, Madsen's population decay constants), and raises one :class:`~theranode.config.schema.ConfigError`
-listing every refusal, one per line, named by its setting. ``check-config``
-and ``serve`` call it at start-up; the pipeline calls it per job.
+course projection, Madsen's population decay constants), and raises one
+:class:`~theranode.config.schema.ConfigError` listing every refusal, one per
+line, named by its setting. ``check-config`` and ``serve`` call it at
+start-up; the pipeline calls it per job.
 
 References
 ----------

@@ -1,7 +1,8 @@
 """A job's inputs as stored in the ``jobs.payload`` column: versioned JSON.
 
-The planner stores what a job computes from (:class:`~theranode.service.jobs.spec.CycleJobInput`:
-file paths of each time point and the RTSTRUCT; :class:`~theranode.service.jobs.spec.CourseJobInput`:
+The planner stores what a job computes from
+(:class:`~theranode.service.jobs.spec.CycleJobInput`: file paths of each time
+point and the RTSTRUCT; :class:`~theranode.service.jobs.spec.CourseJobInput`:
 the result folders of the course's cycles) as UTF-8 JSON::
 
     {"format": "theranode-job", "version": 2, "kind": "cycle" | "course", "input": {…}}

@@ -362,7 +362,8 @@ class JobRunner:
         logger.error("Job %d failed: %s", job.id, reason)
         if job.log_path:
             with open(job.log_path, "a", encoding="utf-8") as log:
-                log.write(f"{utc_now().isoformat()} ERROR theranode.service.jobs.runner: Job {job.id} killed: "
+                log.write(f"{utc_now().isoformat()} ERROR theranode.service.jobs.runner: "
+                          f"Job {job.id} killed: "
                           f"it computed longer than [jobs] max_job_minutes = {minutes:g}\n")
 
     def _interrupted(self, job: JobRecord) -> None:

@@ -280,7 +280,9 @@ class Planner:
             return
         target = course_target(patient_key, course)
         parts = [f"{j.fingerprint}:{j.version}" for j in done]
-        fingerprint = input_fingerprint((), self.digest, [*parts, str(self.jobs.generation(target))])
+        fingerprint = input_fingerprint(
+            (), self.digest, [*parts, str(self.jobs.generation(target))]
+        )
         payload = encode_payload(CourseJobInput(tuple(j.result_dir or "" for j in done)))
         job = self.jobs.submit(
             kind=JobKind.COURSE.value, target=target, patient_key=patient_key,

@@ -204,7 +204,8 @@ class Archive:
         )
 
     def move_patient_folder(self, old_key: str, new_key: str) -> None:
-        """Move ``archive/<old_key>/`` to ``archive/<new_key>/`` (re-keying, :mod:`theranode.service.receive.rekey`).
+        """Move ``archive/<old_key>/`` to ``archive/<new_key>/`` (re-keying,
+        :mod:`theranode.service.receive.rekey`).
 
         Idempotent, so a start-up interrupted half-way repeats it: nothing to
         move when the old folder is gone; merged file by file when both exist

@@ -31,7 +31,9 @@ def counts_calibration(ds: Dataset, calibration: CalibrationSettings) -> CountsC
     for camera in calibration.cameras:
         wanted = {k: getattr(camera, k) for k in facts}
         if all(not value or value == facts[k] for k, value in wanted.items()):
-            return CountsCalibration(camera.cps_per_mbq, calibration.correct_decay_during_acquisition)
+            return CountsCalibration(
+                camera.cps_per_mbq, calibration.correct_decay_during_acquisition
+            )
     if calibration.default_cps_per_mbq > 0:
         return CountsCalibration(
             calibration.default_cps_per_mbq, calibration.correct_decay_during_acquisition

@@ -59,7 +59,8 @@ def load_or_create(data_dir: Path) -> bytes:
 
 
 def patient_keyer(data_dir: Path) -> PatientKeyer:
-    """The :class:`~theranode.dicomio.headers.PatientKeyer` of the node whose data folder is ``data_dir``."""
+    """The :class:`~theranode.dicomio.headers.PatientKeyer` of the node whose data
+    folder is ``data_dir``."""
     return PatientKeyer(load_or_create(data_dir))
 
 
