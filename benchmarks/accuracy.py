@@ -186,7 +186,9 @@ def _uncorrected_gy(result: CycleResult, name: str) -> float:
     return found.mean_gy * found.recovery_coefficient
 
 
-def render_clean(course: ph.CourseSpec, results: dict[int, CycleResult], seconds: float) -> list[str]:
+def render_clean(
+    course: ph.CourseSpec, results: dict[int, CycleResult], seconds: float
+) -> list[str]:
     """The restated-criterion section of the report."""
     model = course.model
     numbers = [c.number for c in course.cycles]
@@ -233,16 +235,16 @@ def render_clean(course: ph.CourseSpec, results: dict[int, CycleResult], seconds
         ("The same criterion end to end, through a real PACS, is "
          "`tests/service/test_accuracy_orthanc.py`: the clean-margin course (CT 4 mm, SPECT "
          "8 mm, SPECT voxels aligned on 2 × 2 × 2 CT voxels, contours 11.4 mm inside, shifts "
-         "≤ 1.2 mm, rotations ≤ 0.18°) written as DICOM, uploaded to Orthanc, routed to theranode by "
-         "`config/orthanc-route-to-theranode.lua`, computed, stored back into Orthanc, and "
-         "every cycle SR and the course SR read back from Orthanc's REST API: each VOI of "
-         "each cycle and each course total within 1 % (organs, marrow) or 3 % (lesions of "
-         "4.8–7.2 mL), the SR stating RC 1 (unblurred images: the node is given a recovery "
-         "curve of 1). When this section was written it measured at most 0.04 % (L2–L4 "
-         "marrow) and 0.003 % for lesions. That remainder, absent from the table above, is "
-         "the 16-bit storage of the SPECT pixels (Real World Value slope = image maximum / "
-         "60000): a uniform VOI's voxels share one rounding, up to 0.4 % of the marrow's "
-         "concentration at 192 h, which the fit over four time points brings to ≤ 0.04 %. On one shared grid with no motion the engine "
+         "≤ 1.2 mm, rotations ≤ 0.18°) written as DICOM, uploaded to Orthanc, routed to theranode "
+         "by `config/orthanc-route-to-theranode.lua`, computed, stored back into Orthanc, and "
+         "every cycle SR and the course SR read back from Orthanc's REST API: each VOI of each "
+         "cycle and each course total within 1 % (organs, marrow) or 3 % (lesions of 4.8–7.2 mL), "
+         "the SR stating RC 1 (unblurred images: the node is given a recovery curve of 1). When "
+         "this section was written it measured at most 0.04 % (L2–L4 marrow) and 0.003 % for "
+         "lesions. That remainder, absent from the table above, is the 16-bit storage of the SPECT "
+         "pixels (Real World Value slope = image maximum / 60000): a uniform VOI's voxels share "
+         "one rounding, up to 0.4 % of the marrow's concentration at 192 h, which the fit over "
+         "four time points brings to ≤ 0.04 %. On one shared grid with no motion the engine "
          "reproduces every VOI within 0.1 % (`tests/dosimetry/test_cycle.py::"
          "test_digital_phantom_without_partial_volume_gives_the_analytic_dose`)."),
         "",

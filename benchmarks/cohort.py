@@ -46,7 +46,8 @@ def main(n_patients: int = 10_000) -> float:
         done = time.perf_counter()
         analysed = done - imported
         print(
-            f"patients {n_patients}, lesions {len(cohort.data.lesions)}, lab values {len(cohort.data.labs)}"
+            f"patients {n_patients}, lesions {len(cohort.data.lesions)}, "
+            f"lab values {len(cohort.data.labs)}"
         )
         print(f"generate + write CSV  {generated - start:7.1f} s")
         print(f"import (validate)     {imported - generated:7.1f} s")

@@ -140,7 +140,8 @@ def _report(result: CycleResult, manifest: CourseManifest) -> None:
         )
     for quality in result.registration:
         print(
-            f"  registration {quality.elapsed_h:g} h: t={tuple(round(v, 2) for v in quality.translation_mm)} mm "
+            f"  registration {quality.elapsed_h:g} h: "
+            f"t={tuple(round(v, 2) for v in quality.translation_mm)} mm "
             f"r={tuple(round(v, 2) for v in quality.rotation_deg)}° converged={quality.converged}"
         )
 
@@ -159,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32s} {seconds:7.1f} s")
     peak_mb = _peak_rss_mb()
     print(
-        f"{'engine total':32s} {engine_s:7.1f} s  ({engine_s / TARGET_S:.2f} × the {TARGET_S:g} s target)"
+        f"{'engine total':32s} {engine_s:7.1f} s  "
+        f"({engine_s / TARGET_S:.2f} × the {TARGET_S:g} s target)"
     )
     print(
-        f"{'peak RSS (readers + engine)':32s} {peak_mb:7.0f} MB ({peak_mb / TARGET_MB:.2f} × the 2 GB target)"
+        f"{'peak RSS (readers + engine)':32s} {peak_mb:7.0f} MB "
+        f"({peak_mb / TARGET_MB:.2f} × the 2 GB target)"
     )
     return 0 if engine_s <= TARGET_S and peak_mb <= TARGET_MB else 1
 

@@ -564,7 +564,8 @@ def replace_section(document: str, section: list[str]) -> str:
 
 
 def section_modules(results: list[PytestResult]) -> list[str]:
-    lines = ["## Disk full, access, and hostile input processed", "", "| test module | passed | failed | skipped | time |",
+    lines = ["## Disk full, access, and hostile input processed", "",
+             "| test module | passed | failed | skipped | time |",
              "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| `{r.module}` | {r.passed} | {r.failed} | {r.skipped} | "

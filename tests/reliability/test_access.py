@@ -60,7 +60,9 @@ def tls_associate(port: int, context: ssl.SSLContext | None,
     return ae.associate("127.0.0.1", port, ae_title="THERANODE", tls_args=tls_args)
 
 
-def storescu(port: int, options: list[str | Path], target: Path) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, options: list[str | Path], target: Path
+) -> subprocess.CompletedProcess[str]:
     command = [require_tool("storescu"), "-aet", "MODALITY", "-aec", "THERANODE",
                *map(str, options), "127.0.0.1", str(port), str(target)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600,

@@ -8,7 +8,8 @@ ends failed with a reason ``theranode jobs`` shows; the Tc-99m SPECTs are ignore
 dosimetry with the reason in ``theranode status``; SPECTs in no CT's frame of reference are
 computed on their time point's CT (service/plan/completion.py) with a warning in the result; and
 the good patient's doses and RT Dose pixels are exactly those the pipeline computes for
-it alone. The corpus of malformed objects (refused or flagged when stored) is tests/reliability/test_hostile.py.
+it alone. The corpus of malformed objects (refused or flagged when stored) is
+tests/reliability/test_hostile.py.
 """
 
 from __future__ import annotations

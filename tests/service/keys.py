@@ -7,7 +7,8 @@ from pathlib import Path
 from theranode.dicomio.headers import PatientKeyer
 from theranode.service.receive.site_secret import SECRET_FILE
 
-#: The patient keyer of tests that build :class:`~theranode.service.receive.ingest.Ingest` or headers directly.
+#: The patient keyer of tests that build :class:`~theranode.service.receive.ingest.Ingest` or
+#: headers directly.
 TEST_KEYER = PatientKeyer(b"theranode tests: fixed 32-byte k")
 
 

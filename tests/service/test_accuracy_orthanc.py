@@ -62,11 +62,13 @@ SEED = 11
 ROUTE = (Path(__file__).parents[2] / "config" / "orthanc-route-to-theranode.lua").read_text()
 #: Relative tolerance per VOI kind: organs and marrow 1 %, lesions ≥ 4 mL 3 %.
 TOLERANCE = {VoiKind.ORGAN: 0.01, VoiKind.MARROW: 0.01, VoiKind.LESION: 0.03}
-#: Series Description of theranode's SRs: "… AD report cycle 2 v1", "… cumulative AD report course v3".
+#: Series Description of theranode's SRs: "… AD report cycle 2 v1",
+#: "… cumulative AD report course v3".
 SR_DESCRIPTION = re.compile(
     r"theranode Lu-177 (cumulative )?AD report (cycle (?P<n>\d+)|(?P<course>course)) v(?P<v>\d+)$"
 )
-#: Any theranode result series: "theranode Lu-177 AD cycle 3 v1", "… cumulative AD report PDF course v2".
+#: Any theranode result series: "theranode Lu-177 AD cycle 3 v1",
+#: "… cumulative AD report PDF course v2".
 RESULT_DESCRIPTION = re.compile(
     r"theranode Lu-177 (cumulative )?AD( report)?( PDF)? (?P<label>cycle \d+|course) "
     r"v(?P<version>\d+)$"
@@ -252,7 +254,8 @@ def test_clean_margin_course_through_orthanc_matches_the_analytic_truth(
     for kind in TOLERANCE:
         worst = max((abs(e), where, voi.name) for where, voi, e in errors if voi.kind is kind)
         print(f"largest {kind.value} error: {100 * worst[0]:.4f} % ({worst[1]}, {worst[2]})")
-    failures = [f"{where} {voi.name}: {100 * error:+.3f} % (tolerance {100 * TOLERANCE[voi.kind]:g} %)"
+    failures = [f"{where} {voi.name}: {100 * error:+.3f} % "
+                f"(tolerance {100 * TOLERANCE[voi.kind]:g} %)"
                 for where, voi, error in errors if abs(error) > TOLERANCE[voi.kind]]
     assert not failures, "\n".join(failures)
 

@@ -132,7 +132,8 @@ def test_html_renders_in_headless_chromium(
     screenshot = tmp_path / "report.png"
     completed = subprocess.run(
         [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            chromium, "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking",
             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
             "--v=0", "--window-size=1280,4000", f"--screenshot={screenshot}",
             (run / "report.html").as_uri(),

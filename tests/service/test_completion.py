@@ -108,7 +108,11 @@ def test_ct_in_the_spect_frame_of_reference_is_preferred() -> None:
 @pytest.mark.parametrize(
     ("reference", "action", "words"),
     [
-        (Reference(ReferenceState.READY, 2, "results/job-7", "fp"), Action.RUN, "scaled from cycle 2"),
+        (
+            Reference(ReferenceState.READY, 2, "results/job-7", "fp"),
+            Action.RUN,
+            "scaled from cycle 2",
+        ),
         (Reference(ReferenceState.PENDING, 2), Action.WAIT, "waiting for the result"),
         (Reference(ReferenceState.NONE), Action.RUN, "fallback"),
     ],

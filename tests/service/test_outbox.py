@@ -1,4 +1,6 @@
-"""Outbox: every object to every destination in order, exactly once, through outages and restarts."""
+"""Outbox: every object to every destination in order, exactly once, through outages
+and restarts.
+"""
 
 from __future__ import annotations
 

@@ -23,10 +23,12 @@ from theranode.service.cohort.loading import load_cohort_data
 from theranode.service.store import outcomes as store
 from theranode.service.store.outcomes import MIGRATIONS
 
-PATIENTS = """patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,last_followup_date,recist_m3
-P1,M,66,2020-01-10,2021-06-01,,2023-01-01,SD
-P2,F,70,2020-02-10,,2022-03-01,2022-03-01,PR
-"""
+PATIENTS = (
+    "patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,"
+    "last_followup_date,recist_m3\n"
+    "P1,M,66,2020-01-10,2021-06-01,,2023-01-01,SD\n"
+    "P2,F,70,2020-02-10,,2022-03-01,2022-03-01,PR\n"
+)
 CYCLES = """patient_id,cycle,admin_date,activity_gbq
 P1,1,2020-01-10,7.4
 P1,2,2020-03-06,7.4

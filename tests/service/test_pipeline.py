@@ -1,4 +1,6 @@
-"""The node computes complete cycles by itself: incomplete cycles, late scans, and a kill mid-job."""
+"""The node computes complete cycles by itself: incomplete cycles, late scans, and a kill
+mid-job.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ def nominal_hours(course: CourseManifest) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def reference(course: CourseManifest, tmp_path_factory: pytest.TempPathFactory) -> tuple[CycleResult, bytes]:
+def reference(
+    course: CourseManifest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[CycleResult, bytes]:
     """The cycle computed directly by the pipeline, without a node: the expected result."""
     out = course.out_dir
     rel = lambda p: str(Path(p).relative_to(out))

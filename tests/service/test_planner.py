@@ -1,4 +1,6 @@
-"""The planner's loop: a request plans that patient only; every patient at start and on the timer."""
+"""The planner's loop: a request plans that patient only; every patient at start and on the
+timer.
+"""
 
 from __future__ import annotations
 

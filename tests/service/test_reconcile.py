@@ -109,7 +109,9 @@ def test_node_starts_and_every_orphan_ends_where_documented(
         assert row is not None and data_dir / row["path"] == plain and plain.exists()
         assert index.archived_paths() == {
             archive.relative(p) for p in archive.archive.rglob("*.dcm")}
-    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "theranode.service.receive.reconcile")
+    logged = "\n".join(
+        r.getMessage() for r in caplog.records if r.name == "theranode.service.receive.reconcile"
+    )
     for line in ("1 unindexed archive file(s) re-indexed",
                  "1 unindexed archive file(s) moved to conflicts/",
                  "2 unindexed archive file(s) quarantined",

@@ -161,7 +161,9 @@ def test_a_job_with_a_newer_payload_fails_with_the_reason_and_runs_nothing(tmp_p
     doc["version"] = 3
     job = store.submit(kind="course", target="course|p|1", patient_key="p", label="1",
                        fingerprint="f", payload=json.dumps(doc).encode(), created_at=NOW)
-    failed = run_until_ended(store, JobRunner(store, OutboxStore(store.db, store.lock), settings), job.id)
+    failed = run_until_ended(
+        store, JobRunner(store, OutboxStore(store.db, store.lock), settings), job.id
+    )
     assert failed.state is JobState.FAILED
     assert ("The job payload format version 3 is newer than this theranode understands (2); "
             "upgrade theranode") in failed.message
@@ -181,7 +183,9 @@ def test_a_course_over_a_tampered_result_fails_with_the_reason_and_writes_nothin
     job = store.submit(kind="course", target="course|p|1", patient_key="p", label="1",
                        fingerprint="f", payload=encode_payload(CourseJobInput(("results/job-0",))),
                        created_at=NOW)
-    failed = run_until_ended(store, JobRunner(store, OutboxStore(store.db, store.lock), settings), job.id)
+    failed = run_until_ended(
+        store, JobRunner(store, OutboxStore(store.db, store.lock), settings), job.id
+    )
     assert failed.state is JobState.FAILED
     assert ("result.json format version 3 is newer than this theranode understands (1); "
             "upgrade theranode") in failed.message

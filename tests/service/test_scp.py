@@ -140,7 +140,8 @@ def test_rtstruct_is_held_until_its_frame_of_reference_arrives(node):
     key = node.index.patient_keys()[0]
     state = {r["role"]: r["state"] for r in node.index.grouping_of_patient(key)}
     assert state["RTSTRUCT"] == "held"
-    assert send(node.port, [factory.ct("P1", INJECTION + timedelta(hours=4), frame="1.2.3.4")]) == [0]
+    ct = factory.ct("P1", INJECTION + timedelta(hours=4), frame="1.2.3.4")
+    assert send(node.port, [ct]) == [0]
     node.regrouper.wait_idle()
     state = {r["role"]: r["state"] for r in node.index.grouping_of_patient(key)}
     assert state == {"SPECT": "grouped", "CT": "grouped", "RTSTRUCT": "grouped"}
