@@ -140,8 +140,8 @@ class NodeSettings:
     listener_processes: int = setting(
         1,
         "Processes that accept DICOM associations on the port (SO_REUSEPORT, Linux); more "
-        "than 1 lets parallel associations use several cores. The security limits on "
-        "associations, connections and quarantine size are shared out between them.",
+        "than 1 lets parallel associations use several cores. max_associations and "
+        "max_connections apply to each process; quarantine_quota_mb is shared out.",
         positive,
     )
 

@@ -18,11 +18,16 @@ What they share, and why it stays safe:
 - the site secret: read from the data folder, made by the node before any
   listener process starts.
 
-What they do not share: the ``[security]`` limits on associations,
-connections and quarantine size are per process, so each process gets its
-share (rounded up) and the node as a whole keeps the configured limits. A
-process counts the whole quarantine folder against its share, so the folder
-may hold less than ``quarantine_quota_mb``, never more.
+What they do not share: the ``[security]`` limits are counted per process.
+``max_associations`` and ``max_connections`` apply to each process as
+configured: the kernel spreads connections by a hash of their addresses, not
+evenly, so a share of the limit per process would refuse an association while
+another process has room (a benchmark of eight parallel senders hit it with
+two processes of four each); N processes take up to N times as many, which is
+what the extra cores are for. The quarantine, one folder on one disk, is
+shared out: each process may fill ``quarantine_quota_mb`` / N (rounded up),
+counting the whole folder against its share, so the folder may hold less
+than the quota, never more.
 
 The node learns of new series through a pipe per process (the patient key,
 which the regrouper needs) and receives their log records through a queue
@@ -59,16 +64,13 @@ READY = "ready"
 
 
 def security_share(security: SecuritySettings, processes: int) -> SecuritySettings:
-    """The ``[security]`` limits one of ``processes`` listener processes may use."""
-    def share(value: int) -> int:
-        return max(1, math.ceil(value / processes))
+    """The ``[security]`` limits of one of ``processes`` listener processes.
 
-    return dataclasses.replace(
-        security,
-        max_associations=share(security.max_associations),
-        max_connections=share(security.max_connections),
-        quarantine_quota_mb=share(security.quarantine_quota_mb),
-    )
+    The quarantine quota is shared out (rounded up); the association and
+    connection limits apply per process (module docstring).
+    """
+    share = max(1, math.ceil(security.quarantine_quota_mb / processes))
+    return dataclasses.replace(security, quarantine_quota_mb=share)
 
 
 def listener_main(settings: Settings, number: int, conn: Any, log_queue: Any) -> None:

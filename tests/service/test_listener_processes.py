@@ -20,21 +20,23 @@ ACQUIRED = datetime(2024, 5, 7, 10, 0)
 SENDERS = 16
 
 
-def test_the_security_limits_are_shared_out_rounded_up():
+def test_the_quarantine_is_shared_out_and_the_association_limits_apply_per_process():
     shared = security_share(SecuritySettings(max_associations=8, max_connections=31,
                                              quarantine_quota_mb=1000), 3)
     assert (shared.max_associations, shared.max_connections, shared.quarantine_quota_mb) == (
-        3, 11, 334)
-    assert security_share(SecuritySettings(max_associations=1), 4).max_associations == 1
+        8, 31, 334)
+    assert security_share(SecuritySettings(quarantine_quota_mb=1), 4).quarantine_quota_mb == 1
 
 
 def test_two_processes_share_the_port_and_file_everything_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="theranode.service.receive.scp")
+    # As many senders as one process's association limit: the kernel need not spread
+    # them evenly, and no association may be refused for that.
     settings = make_settings(tmp_path / "data", node={"listener_processes": 2},
-                             security={"max_associations": 2 * SENDERS,
-                                       "max_connections": 4 * SENDERS})
+                             security={"max_associations": SENDERS,
+                                       "max_connections": 2 * SENDERS})
     datasets = [[factory.ct(f"LISTEN{p:02d}", ACQUIRED, frame=f"1.2.826.0.1.3680043.10.7.{p}")
                  for _ in range(3)] for p in range(SENDERS)]
     statuses: dict[int, list[int]] = {}
