@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,3 +91,22 @@ def immediate_transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connect
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class Store:
+    """A group of tables on one connection, and the lock its users share.
+
+    A sqlite3 connection serves one caller at a time: stores built on the
+    same connection must be given the same ``lock`` (the job store and the
+    outbox, whose rows a job's end writes in one transaction).
+    """
+
+    def __init__(self, db: sqlite_utils.Database, lock: threading.RLock | None = None) -> None:
+        self.db = db
+        self.lock = lock or threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locking) transaction on this store's connection."""
+        with self.lock, immediate_transaction(self.db) as conn:
+            yield conn

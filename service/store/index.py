@@ -19,9 +19,7 @@ issuer stored here, and :meth:`IndexStore.rekey` rewrites them everywhere.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +28,7 @@ from sqlite_utils.migrations import Migrations
 
 from theranode.dicomio.headers import InstanceHeader, PatientKeyer
 from theranode.service.errors import ServiceError
-from theranode.service.store import immediate_transaction
+from theranode.service.store import Store
 
 MIGRATIONS = Migrations("theranode.index")
 
@@ -135,18 +133,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-class IndexStore:
+class IndexStore(Store):
     """Thread-safe access to the index tables of one database."""
-
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.db = db
-        self.lock = threading.RLock()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Serialise writers; write-lock the database first, commit at the end."""
-        with self.lock, immediate_transaction(self.db):
-            yield
 
     # -- instances -------------------------------------------------------
     def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:

@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from theranode.service.store import immediate_transaction
+from theranode.service.store import Store
 
 MIGRATIONS = Migrations("theranode.jobs")
 
@@ -153,18 +150,8 @@ class JobRecord:
         return cls(**values)
 
 
-class JobStore:
+class JobStore(Store):
     """All SQL on jobs; one connection, writers serialised by ``lock``."""
-
-    def __init__(self, db: sqlite_utils.Database, lock: threading.RLock | None = None) -> None:
-        self.db = db
-        self.lock = lock or threading.RLock()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locking) transaction on this store's connection."""
-        with self.lock, immediate_transaction(self.db) as conn:
-            yield conn
 
     def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[JobRecord]:
         with self.lock:

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from theranode.service.store import immediate_transaction
+from theranode.service.store import Store
 
 MIGRATIONS = Migrations("theranode.outbox")
 
@@ -84,7 +82,7 @@ class PendingObject:
     attempts: int
 
 
-class OutboxStore:
+class OutboxStore(Store):
     """All SQL on result objects and deliveries.
 
     The runner records a job's objects in the transaction that marks the job
@@ -92,16 +90,6 @@ class OutboxStore:
     outbox and the job store share one connection and must share its lock:
     pass the job store's ``db`` and ``lock``.
     """
-
-    def __init__(self, db: sqlite_utils.Database, lock: threading.RLock | None = None) -> None:
-        self.db = db
-        self.lock = lock or threading.RLock()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locking) transaction on this store's connection."""
-        with self.lock, immediate_transaction(self.db) as conn:
-            yield conn
 
     def add_objects(
         self,
