@@ -14,12 +14,13 @@ RUN apt-get update \
 
 WORKDIR /opt/theranode
 # Exact versions, checked by hash (requirements.lock; README "Dependencies").
-COPY pyproject.toml README.md requirements.lock ./
+COPY pyproject.toml README.md LICENSE requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY service ./service
 COPY dosimetry ./dosimetry
 COPY dicomio ./dicomio
 COPY config ./config
+COPY theranode ./theranode
 RUN pip install --no-cache-dir --no-deps .
 COPY config/theranode.toml /etc/theranode.toml
 

@@ -21,6 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("service", "dosimetry", "dicomio", "config")
+#: What the wheel is built from (the Dockerfile copies the same into the image).
+BUILD_FILES = ("pyproject.toml", "README.md", "LICENSE")
 
 
 def packages_in_tree() -> set[str]:
@@ -51,11 +53,21 @@ def test_no_module_imports_the_old_top_level_names():
     assert offenders == []
 
 
+def test_the_dockerfile_copies_everything_the_wheel_is_built_from():
+    copied = {
+        source.rstrip("/")
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    assert {*BUILD_FILES, *FOLDERS, "theranode"} <= copied
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel, built from a copy of the sources (pip builds in the source tree)."""
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in BUILD_FILES:
         shutil.copy(ROOT / name, source / name)
     for folder in (*FOLDERS, "theranode"):
         shutil.copytree(ROOT / folder, source / folder,
