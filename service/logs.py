@@ -8,7 +8,8 @@ lives in ``pynetdicom._config``, which despite its name is pynetdicom's
 documented configuration module ("Configuration Options
 (pynetdicom._config)" in its API reference, which shows this very
 assignment); pynetdicom offers no other way to set it. ``theranode serve``
-calls it once, before the node starts.
+calls it once, before the node starts; a listener process, which logs
+through the node, sets the pynetdicom part alone (:func:`quiet_pynetdicom`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,18 @@ def configure_logging(settings: LoggingSettings) -> None:
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
+    quiet_pynetdicom(root.level)
+
+
+def quiet_pynetdicom(level: int) -> None:
+    """Keep pynetdicom's per-PDU and per-association logging out of a process's log.
+
+    Every process that receives (the node, its listener processes) calls it
+    once, before it makes a server or an association.
+    """
     # pynetdicom logs every PDU at DEBUG and each association at INFO; keep
     # its INFO lines out of ours (we log one line per association ourselves).
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, level))
     # With its logger capped at WARNING, pynetdicom's standard event handlers
     # only waste time: they format a summary of every PDU and DIMSE message
     # (and copy each C-STORE data set to see that it is not empty) before the

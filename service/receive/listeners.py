@@ -76,6 +76,7 @@ def security_share(security: SecuritySettings, processes: int) -> SecuritySettin
 def listener_main(settings: Settings, number: int, conn: Any, log_queue: Any) -> None:
     """A listener process: receive, archive and index until the node says stop."""
     from theranode.service.jobs.runner import die_with_parent
+    from theranode.service.logs import quiet_pynetdicom
     from theranode.service.receive.archive import Archive
     from theranode.service.receive.ingest import Ingest
     from theranode.service.receive.scp import StorageSCP
@@ -91,10 +92,7 @@ def listener_main(settings: Settings, number: int, conn: Any, log_queue: Any) ->
     root.handlers.clear()
     root.addHandler(logging.handlers.QueueHandler(log_queue))
     root.setLevel(settings.logging.level)
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    from pynetdicom import _config as pynetdicom_config
-
-    pynetdicom_config.LOG_HANDLER_LEVEL = "none"  # as in the node (service/logs.py)
+    quiet_pynetdicom(root.level)
     threading.current_thread().name = f"listener-{number}"
 
     send_lock = threading.Lock()
