@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("theranode.toml")
+#: File name of the node's SQLite database in its data folder.
+DATABASE_NAME = "theranode.db"
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 
@@ -494,6 +496,11 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return Path(self.node.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        """The node's SQLite database (index, jobs, outbox, outcomes), in the data folder."""
+        return self.data_dir / DATABASE_NAME
 
 
 SECTIONS: dict[str, type] = {

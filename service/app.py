@@ -42,7 +42,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from theranode.config.schema import Settings
+from theranode.config.schema import DATABASE_NAME, Settings
 from theranode.dicomio.headers import InstanceHeader
 from theranode.service.cohort.scheduler import start_scheduler
 from theranode.service.deliver.outbox import Outbox
@@ -64,8 +64,6 @@ from theranode.service.store.jobs import JobRecord, JobStore
 from theranode.service.store.outbox import OutboxStore
 
 logger = logging.getLogger(__name__)
-
-DATABASE_NAME = "theranode.db"
 
 #: The node's umask: files 0600 and folders 0700 unless created with another mode.
 #: Archive, database, logs, job logs, results and reports carry patient data.
@@ -89,10 +87,10 @@ class Node:
         except OSError as exc:
             raise StartupError(f"Cannot use data folder {data_dir}: {exc}") from exc
         self.keyer = patient_keyer(data_dir)
-        self.db = open_database(data_dir / DATABASE_NAME)
+        self.db = open_database(settings.database_path)
         self.index = IndexStore(self.db)
         self.rules = rules_from_settings(settings.grouping)
-        self.jobs = JobStore(open_database(data_dir / DATABASE_NAME))
+        self.jobs = JobStore(open_database(settings.database_path))
         self.outbox_store = OutboxStore(self.jobs.db, self.jobs.lock)
         self.outbox = Outbox(self.outbox_store, settings)
         self.runner = JobRunner(self.jobs, self.outbox_store, settings,
@@ -130,7 +128,7 @@ class Node:
         self.runner.start()
         self.outbox.start()
         self.planner.start()  # plans every patient now, then every jobs.poll_interval_s
-        self.scheduler = start_scheduler(self.settings, self.settings.data_dir / DATABASE_NAME)
+        self.scheduler = start_scheduler(self.settings, self.settings.database_path)
         node = self.settings.node
         try:
             self.scp.start(node.bind, node.port, reuse_port=node.listener_processes > 1)

@@ -43,8 +43,6 @@ from theranode.config.schema import SecuritySettings, Settings
 #: Calling AE title of the health check.
 CALLING_AE = "HEALTHCHECK"
 
-DATABASE_NAME = "theranode.db"
-
 
 @dataclass(frozen=True)
 class Check:
@@ -56,7 +54,7 @@ class Check:
 
 def check_health(settings: Settings, timeout_s: float = 10.0) -> list[Check]:
     """Run both checks against the node ``settings`` describe."""
-    return [check_database(settings.data_dir / DATABASE_NAME),
+    return [check_database(settings.database_path),
             check_listener(settings, timeout_s)]
 
 

@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _database(settings: Settings) -> sqlite_utils.Database | None:
     from theranode.service.store import open_database
 
-    db_path = settings.data_dir / "theranode.db"
+    db_path = settings.database_path
     if not db_path.exists():
         emit(f"No database at {db_path}: nothing received yet.")
         return None
@@ -173,7 +173,7 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
     from theranode.service.store import open_database
 
     settings = _settings(args)
-    db = open_database(settings.data_dir / "theranode.db")
+    db = open_database(settings.database_path)
     report = import_outcome_files(db, [Path(p) for p in args.files])
     for line in terminal_lines(import_lines(report)):
         print(line)
@@ -197,7 +197,7 @@ def cmd_cohort_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     cohort_report = importlib.import_module("theranode.service.cohort.report")
-    db = open_database(settings.data_dir / "theranode.db")
+    db = open_database(settings.database_path)
     report = cohort_report.run_cohort(db, settings.data_dir.resolve() / REPORTS_DIR)
     emit(f"Cohort report written to {report}")
     return 0
