@@ -128,9 +128,9 @@ class ListenerProcesses:
         self.on_new_series = on_new_series
         self.count = settings.node.listener_processes - 1
         self._context = multiprocessing.get_context("spawn")
-        self._log_queue: Any = self._context.Queue()
-        self._log_listener = logging.handlers.QueueListener(
-            self._log_queue, _ToLoggers(), respect_handler_level=False)
+        # Made by start(), only when there are processes to start (the default is none).
+        self._log_queue: Any = None
+        self._log_listener: logging.handlers.QueueListener | None = None
         self._processes: dict[int, tuple[BaseProcess, Any]] = {}
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="listener-watch", daemon=True)
@@ -144,6 +144,9 @@ class ListenerProcesses:
             return
         self.settings = dataclasses.replace(
             self.settings, node=dataclasses.replace(self.settings.node, port=port))
+        self._log_queue = self._context.Queue()
+        self._log_listener = logging.handlers.QueueListener(
+            self._log_queue, _ToLoggers(), respect_handler_level=False)
         self._log_listener.start()
         for number in range(1, self.count + 1):
             self._start(number)
@@ -209,7 +212,8 @@ class ListenerProcesses:
             conn.close()
         if self._watcher.is_alive():
             self._watcher.join(5)
-        self._log_listener.stop()
+        if self._log_listener is not None:
+            self._log_listener.stop()
 
     @property
     def pids(self) -> list[int]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import select
 import socket
@@ -315,8 +314,3 @@ def make_event_driven(assoc: Association) -> None:
     dul.event_queue = _NotifyingQueue(dul, wakeup.wake, dul.event_queue)
     dul.to_user_queue = _NotifyingQueue(assoc, work.set, dul.to_user_queue)
     assoc.dimse.msg_queue = _NotifyingQueue(assoc, work.set, assoc.dimse.msg_queue)
-
-
-def open_file_descriptors() -> int:
-    """How many file descriptors this process has open (tests: no wake-up socket leaks)."""
-    return len(os.listdir("/proc/self/fd"))
