@@ -53,7 +53,6 @@ import logging
 import queue
 import select
 import socket
-import ssl
 import threading
 import time
 from typing import Any, cast
@@ -133,14 +132,13 @@ class EventDrivenDUL(DULServiceProvider):
             return
         wrapper = self.socket
         sock = wrapper.socket if wrapper is not None else None
-        if sock is None:  # no transport (closed): pynetdicom's own poll
+        if wrapper is None or sock is None:  # no transport (closed): pynetdicom's own poll
             time.sleep(self._run_loop_delay)
             return
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if wrapper.ready:  # bytes select cannot see: TLS's buffer, the listener's prefix
             return
-        timeout = MAX_WAIT_S
-        if self.artim_timer._start_time is not None and self.artim_timer.timeout is not None:
-            timeout = min(timeout, max(self.artim_timer.remaining, 0.0))
+        # Timer.remaining is the whole timeout before the timer starts, 1 s without one.
+        timeout = min(MAX_WAIT_S, max(self.artim_timer.remaining, 0.0))
         try:
             ready, _, _ = select.select([sock, self._wakeup.reader], [], [], timeout)
         except (OSError, ValueError):  # the socket closed under us: the loop sees it
@@ -223,11 +221,8 @@ class EventDrivenAssociation(Association):
         if (self.dimse.msg_queue.queue or self.dul.to_user_queue.queue or self._kill
                 or not self.dul.is_alive()):
             return
-        timeout = MAX_WAIT_S
-        idle = self.dul._idle_timer
-        if idle.timeout is not None:
-            timeout = min(timeout, max(idle.remaining, 0.0))
-        self._work.wait(timeout)
+        # As for the ARTIM timer: remaining is 1 s when there is no network timeout.
+        self._work.wait(min(MAX_WAIT_S, max(self.dul._idle_timer.remaining, 0.0)))
         self._work.clear()
 
     def kill(self) -> None:
