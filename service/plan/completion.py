@@ -81,9 +81,13 @@ class Protocol:
     quiet_period: timedelta
     forced_timeout: timedelta
 
+    def is_multi_time_point(self, cycle: int) -> bool:
+        """Whether cycle number ``cycle`` (within its course) is imaged at several time points."""
+        return cycle in self.multi_time_point_cycles
+
     def expected_time_points(self, cycle: int) -> tuple[float, ...]:
         """The nominal time points (h) the protocol images cycle number ``cycle`` at."""
-        if cycle in self.multi_time_point_cycles:
+        if self.is_multi_time_point(cycle):
             return self.multi_time_points_h
         return (self.single_time_point_h,)
 
@@ -176,7 +180,7 @@ def decide(
     cycle: CycleView, protocol: Protocol, now: datetime, reference: Reference = NO_REFERENCE
 ) -> Decision:
     """What to do with ``cycle`` now (module docstring for the rules)."""
-    multi = cycle.cycle in protocol.multi_time_point_cycles
+    multi = protocol.is_multi_time_point(cycle.cycle)
     quiet_for = now - cycle.last_received
     if quiet_for < protocol.quiet_period:
         return Decision(

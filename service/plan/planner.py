@@ -194,10 +194,10 @@ class Planner:
 
     def _reference(self, view: CycleView, views: list[CycleView]) -> Reference:
         """The multi-time-point cycle a single-time-point cycle is scaled from."""
-        if view.cycle in self.protocol.multi_time_point_cycles:
+        if self.protocol.is_multi_time_point(view.cycle):
             return NO_REFERENCE
         candidates = [v for v in views if v.course == view.course and v.cycle < view.cycle
-                      and v.cycle in self.protocol.multi_time_point_cycles]
+                      and self.protocol.is_multi_time_point(v.cycle)]
         if not candidates:
             return NO_REFERENCE
         latest = max(candidates, key=lambda v: v.cycle)
