@@ -58,6 +58,7 @@ from theranode.dosimetry.cohort.data import (
 )
 from theranode.dosimetry.cohort.results import (
     CohortReport,
+    CurvePoint,
     NotEstimable,
     SurvivalComparison,
     as_plain,
@@ -422,6 +423,21 @@ def _boxes(ax: Axes, groups: Sequence[pd.Series], title: str) -> None:
     ax.set_title(title, fontsize=9)
 
 
+def _curve_with_band(
+    ax: Axes, curve: Sequence[CurvePoint], color: str, label: str | None = None
+) -> None:
+    """A fitted curve and its confidence band; a bound that is missing leaves a gap."""
+    xs = [p.x for p in curve]
+    ax.plot(xs, [p.y for p in curve], color=color, label=label)
+    ax.fill_between(
+        xs,
+        [np.nan if p.low is None else p.low for p in curve],
+        [np.nan if p.high is None else p.high for p in curve],
+        color=color,
+        alpha=0.25,
+    )
+
+
 def figure_dose_response(data: CohortData, report: CohortReport) -> Figure:
     """Fig 3: ΔV% vs total AD with the spline model, its band and the 20 % line."""
     figure = Figure(figsize=(6, 4.5))
@@ -432,15 +448,7 @@ def figure_dose_response(data: CohortData, report: CohortReport) -> Figure:
         return figure
     table = lesion_totals(data).dropna(subset=["delta_v_pct"])
     ax.scatter(table["total_ad_gy"], table["delta_v_pct"], s=8, alpha=0.5, rasterized=True)
-    xs = [p.x for p in result.curve]
-    ax.plot(xs, [p.y for p in result.curve], color="C1", label="mixed model (B-spline)")
-    ax.fill_between(
-        xs,
-        [np.nan if p.low is None else p.low for p in result.curve],
-        [np.nan if p.high is None else p.high for p in result.curve],
-        color="C1",
-        alpha=0.25,
-    )
+    _curve_with_band(ax, result.curve, "C1", label="mixed model (B-spline)")
     ax.axhline(GROWTH_LINE_PCT, linestyle=":", color="k", label="+20 %")
     ax.set_xlabel("total lesion absorbed dose (Gy)")
     ax.set_ylabel("ΔV% (BL-CT → M3-CT)")
@@ -459,15 +467,7 @@ def figure_tcp(data: CohortData, report: CohortReport) -> Figure:
     if isinstance(result, NotEstimable):
         _not_estimable(ax, "Fig 4 — tumour control probability", result.reason)
         return figure
-    xs = [p.x for p in result.curve]
-    ax.plot(xs, [p.y for p in result.curve], color="C2")
-    ax.fill_between(
-        xs,
-        [np.nan if p.low is None else p.low for p in result.curve],
-        [np.nan if p.high is None else p.high for p in result.curve],
-        color="C2",
-        alpha=0.25,
-    )
+    _curve_with_band(ax, result.curve, "C2")
     ax.axhline(0.5, linestyle=":", color="k")
     d50 = "n/a" if result.d50_gy is None else f"{result.d50_gy:.1f} Gy"
     ax.set_title(f"Fig 4 — TCP (ΔV% ≤ 0), D50 = {d50}", fontsize=9)
@@ -488,15 +488,7 @@ def figure_correlations(data: CohortData, report: CohortReport) -> Figure:
         if isinstance(r, NotEstimable):
             _not_estimable(ax, title, r.reason)
             continue
-        xs = [p.x for p in r.loess]
-        ax.plot(xs, [p.y for p in r.loess], color="C3")
-        ax.fill_between(
-            xs,
-            [np.nan if p.low is None else p.low for p in r.loess],
-            [np.nan if p.high is None else p.high for p in r.loess],
-            color="C3",
-            alpha=0.25,
-        )
+        _curve_with_band(ax, r.loess, "C3")
         ax.set_title(f"{title}: ρ = {r.rho:.2f} (p = {r.p_value:.2g})", fontsize=8)
         ax.set_xlabel(f"{row.organ} cumulative AD (Gy)", fontsize=8)
         ax.set_ylabel("% change from baseline", fontsize=8)
