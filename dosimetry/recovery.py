@@ -31,16 +31,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
+from scipy.optimize import curve_fit
 
 from theranode.dosimetry.errors import DosimetryError
 from theranode.dosimetry.results import VoiDose, VoiKind
 
 logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
 
 #: Smallest lesion the paper analyses, mL (= cm³).
 MIN_LESION_VOLUME_ML = 2.0
@@ -135,6 +140,173 @@ class SigmoidRecovery:
         """RC at ``volume_ml``."""
         _check_volume(volume_ml)
         return float(self.plateau / (1.0 + (self.half_volume_ml / volume_ml) ** self.slope))
+
+
+@dataclass(frozen=True)
+class SigmoidRecoveryFit:
+    """A sigmoid fitted to measured (volume, RC) points, with its covariance.
+
+    Attributes
+    ----------
+    curve:
+        The fitted :class:`SigmoidRecovery`.
+    covariance:
+        3×3 covariance of ``(a, b, c)`` (plateau, half volume in mL, slope),
+        row-major. Without stated point uncertainties it is scaled by the
+        residual variance (N − 3 degrees of freedom).
+    residual_sd:
+        Root-mean-square residual of RC, sqrt(Σ r² / (N − 3)).
+    n_points:
+        Number of measured points.
+    """
+
+    curve: SigmoidRecovery
+    covariance: tuple[tuple[float, float, float], ...]
+    residual_sd: float
+    n_points: int
+
+    def coefficient(self, volume_ml: float) -> float:
+        """RC of the fitted curve at ``volume_ml``."""
+        return self.curve.coefficient(volume_ml)
+
+    def standard_uncertainty(self, volume_ml: float) -> float:
+        """u(RC(V)) from the parameter covariance (first-order propagation).
+
+        ``u² = gᵀ Σ g`` with g the gradient of ``a / (1 + q)``, ``q = (b/V)^c``:
+        ``∂/∂a = 1/(1+q)``, ``∂/∂b = −a c q / (b (1+q)²)``,
+        ``∂/∂c = −a q ln(b/V) / (1+q)²``.
+
+        References
+        ----------
+        JCGM 100:2008 (GUM), 5.1.2 (law of propagation of uncertainty).
+        """
+        _check_volume(volume_ml)
+        a, b, c = self.curve.plateau, self.curve.half_volume_ml, self.curve.slope
+        q = (b / volume_ml) ** c
+        gradient = np.array(
+            [
+                1.0 / (1.0 + q),
+                -a * c * q / (b * (1.0 + q) ** 2),
+                -a * q * math.log(b / volume_ml) / (1.0 + q) ** 2,
+            ]
+        )
+        variance = float(gradient @ np.asarray(self.covariance) @ gradient)
+        return math.sqrt(max(variance, 0.0))
+
+
+#: Fewest (volume, RC) points a sigmoid fit accepts: three parameters and one
+#: degree of freedom left for the residual (and so the covariance).
+MIN_SIGMOID_POINTS = 4
+
+
+def _fit_points(
+    volumes_ml: Sequence[float], rcs: Sequence[float], rc_sd: Sequence[float] | None
+) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+    volumes = np.asarray(volumes_ml, dtype=np.float64)
+    values = np.asarray(rcs, dtype=np.float64)
+    sd = None if rc_sd is None else np.asarray(rc_sd, dtype=np.float64)
+    if volumes.shape != values.shape or (sd is not None and sd.shape != values.shape):
+        raise DosimetryError(
+            f"A recovery fit needs one RC (and one uncertainty, if given) per volume; got "
+            f"{volumes.size} volumes, {values.size} RCs"
+            + ("" if sd is None else f" and {sd.size} uncertainties")
+            + "."
+        )
+    if volumes.size < MIN_SIGMOID_POINTS:
+        raise DosimetryError(
+            f"A sigmoid recovery curve a/(1+(b/V)^c) has three parameters and needs at least "
+            f"{MIN_SIGMOID_POINTS} measured (volume, RC) points; got {volumes.size}. Measure "
+            "more spheres (the NEMA IEC body phantom has six) or use a RecoveryTable."
+        )
+    for volume in volumes:
+        _check_volume(float(volume))
+    if not bool(np.all(np.isfinite(values) & (values > 0))):
+        raise DosimetryError(f"Measured RCs must be positive and finite, got {values.tolist()}.")
+    if sd is not None and not bool(np.all(np.isfinite(sd) & (sd > 0))):
+        raise DosimetryError(f"RC uncertainties must be positive, got {sd.tolist()}.")
+    return volumes, values, sd
+
+
+def _sigmoid(volume_ml: FloatArray, a: float, b: float, c: float) -> FloatArray:
+    return np.asarray(a / (1.0 + (b / volume_ml) ** c), dtype=np.float64)
+
+
+def sigmoid_recovery_fit(
+    volumes_ml: Sequence[float],
+    rcs: Sequence[float],
+    rc_sd: Sequence[float] | None = None,
+) -> SigmoidRecoveryFit:
+    """Least-squares fit of ``RC(V) = a / (1 + (b/V)^c)`` with its covariance.
+
+    Bounded to a ∈ (0, 1], b > 0, c > 0 (trust-region reflective). Start:
+    a = largest RC, b = the volume whose RC is nearest half of it, c = 1.
+
+    Parameters
+    ----------
+    volumes_ml:
+        Sphere volumes (mL), positive.
+    rcs:
+        Measured recovery coefficients at those volumes.
+    rc_sd:
+        Optional standard uncertainty of each RC: the fit is then weighted
+        and the covariance absolute; otherwise scaled by the residuals.
+
+    Raises
+    ------
+    DosimetryError
+        Fewer than :data:`MIN_SIGMOID_POINTS` points, mismatched lengths, bad
+        values, or a fit that does not converge.
+
+    References
+    ----------
+    Dewaraja YK et al., MIRD Pamphlet No. 23, J Nucl Med 2012;53:1310-1325
+    (recovery coefficients from sphere measurements).
+    """
+    volumes, values, sd = _fit_points(volumes_ml, rcs, rc_sd)
+    plateau0 = float(min(1.0, values.max()))
+    half0 = float(volumes[np.argmin(np.abs(values - plateau0 / 2.0))])
+    try:
+        params, covariance = curve_fit(
+            _sigmoid,
+            volumes,
+            values,
+            p0=(plateau0, half0, 1.0),
+            sigma=sd,
+            absolute_sigma=sd is not None,
+            bounds=((1e-9, 1e-9, 1e-6), (1.0, np.inf, np.inf)),
+            method="trf",
+            xtol=1e-12,
+            ftol=1e-12,
+            gtol=1e-12,
+        )
+    except (RuntimeError, ValueError) as error:
+        raise DosimetryError(
+            f"The sigmoid recovery fit did not converge on volumes {volumes.tolist()} mL and "
+            f"RCs {values.tolist()} ({error}); check the measurements or use a RecoveryTable."
+        ) from None
+    residuals = values - _sigmoid(volumes, *params)
+    curve = SigmoidRecovery(float(params[0]), float(params[1]), float(params[2]))
+    cov = np.nan_to_num(np.asarray(covariance, dtype=np.float64), nan=0.0, posinf=0.0)
+    logger.debug("sigmoid recovery fit: %s from %d points", curve, volumes.size)
+    return SigmoidRecoveryFit(
+        curve=curve,
+        covariance=tuple(tuple(float(v) for v in row) for row in cov),  # type: ignore[misc]
+        residual_sd=float(np.sqrt(np.sum(residuals**2) / (volumes.size - 3))),
+        n_points=int(volumes.size),
+    )
+
+
+def fit_sigmoid_recovery(
+    volumes_ml: Sequence[float],
+    rcs: Sequence[float],
+    rc_sd: Sequence[float] | None = None,
+) -> SigmoidRecovery:
+    """The sigmoid ``a / (1 + (b/V)^c)`` fitted to measured points.
+
+    See :func:`sigmoid_recovery_fit` for the method, the errors and the
+    covariance (``u(RC)`` for an uncertainty budget).
+    """
+    return sigmoid_recovery_fit(volumes_ml, rcs, rc_sd).curve
 
 
 #: Default curve anchored on the paper's RC(2 cm³) ≈ 0.5; replace per site.
