@@ -68,6 +68,29 @@ class _AssociationTally:
     duplicates: int = 0
 
 
+def rejection_reason(assoc: Any, max_associations: int) -> str:
+    """Why pynetdicom rejected ``assoc``, by its own rules in its own order (the last wins).
+
+    pynetdicom's EVT_REJECTED carries no reason; these are the checks of its
+    ``ACSE._negotiate_as_acceptor`` (pynetdicom 3.0), re-evaluated on the
+    request: calling AE title, called AE title, user identity, then the
+    association limit.
+    """
+    ae, request = assoc.ae, assoc.requestor.primitive
+    calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
+    acceptor = str(assoc.acceptor.ae_title).strip()
+    active = [a for a in ae.active_associations if a.is_acceptor]
+    if len(active) > ae.maximum_associations:
+        return f"all {max_associations} association slots are in use"
+    if ae.require_called_aet and called != acceptor:
+        return f"it called AE title {called!r}, and this node is {acceptor!r}"
+    allowed = [t.strip() for t in ae.require_calling_aet]
+    if allowed and calling not in allowed:
+        return (f"calling AE title {calling!r} is not in security.allowed_calling_ae_titles "
+                f"({', '.join(allowed)})")
+    return "the peer's user identity was not accepted"
+
+
 class SlotCountingAE(AE):
     """An AE whose association limit counts only associations that exist.
 
@@ -647,10 +670,8 @@ class StorageSCP:
 
     def _on_rejected(self, event: Event) -> None:
         peer = self._peer(event)
-        logger.warning(
-            "Association rejected from %s (%s): AE title not allowed or association limit (%d) "
-            "reached", peer.calling_ae, peer.address, self.security.max_associations,
-        )
+        logger.warning("Association rejected from %s (%s): %s", peer.calling_ae, peer.address,
+                       rejection_reason(event.assoc, self.security.max_associations))
 
     def _on_closed(self, event: Event) -> None:
         peer = self._peer(event)

@@ -10,7 +10,7 @@ import pytest
 from pynetdicom import AE
 
 from tests.service import factory
-from tests.service.nodes import make_settings, running_node, send
+from tests.service.nodes import make_settings, running_node, scu, send
 from theranode.service.receive.ingest import (
     MISSING_ATTRIBUTE,
     OUT_OF_RESOURCES,
@@ -156,13 +156,15 @@ def test_disk_below_limit_answers_out_of_resources(tmp_path):
         assert list(node.archive.archive.rglob("*.dcm")) == []
 
 
-def test_unknown_calling_ae_title_is_rejected(tmp_path):
+def test_unknown_calling_ae_title_is_rejected_and_logged_as_such(tmp_path, caplog):
     settings = make_settings(tmp_path / "data",
                              security={"allowed_calling_ae_titles": ["GOODSCU"]})
-    with running_node(settings) as node:
+    with running_node(settings) as node, caplog.at_level(logging.WARNING):
         with pytest.raises(ConnectionError):
             send(node.port, [], ae_title="BADSCU")
         assert send(node.port, [], ae_title="GOODSCU") == []
+    assert ("Association rejected from BADSCU (127.0.0.1): calling AE title 'BADSCU' is not "
+            "in security.allowed_calling_ae_titles (GOODSCU)") in caplog.text
 
 
 def test_host_not_allowed_is_refused(tmp_path):
@@ -199,9 +201,27 @@ def test_node_keeps_serving_after_every_kind_of_bad_input(node, tmp_path):
     assert node.index.counts()["instances"] == 4
 
 
-def test_association_calling_another_ae_title_is_rejected(node):
-    with pytest.raises(ConnectionError):
+def test_association_calling_another_ae_title_is_rejected_and_logged_as_such(node, caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(ConnectionError):
         send(node.port, [], called="NOTTHENODE")
+    assert ("Association rejected from TESTSCU (127.0.0.1): it called AE title 'NOTTHENODE', "
+            "and this node is 'THERANODE'") in caplog.text
+    assert "slots are in use" not in caplog.text
+
+
+def test_association_over_the_limit_is_rejected_and_logged_as_such(tmp_path, caplog):
+    settings = make_settings(tmp_path / "data", security={"max_associations": 1,
+                                                          "reclaim_idle_after_s": 3600.0})
+    with running_node(settings) as node, caplog.at_level(logging.WARNING):
+        holder = scu("HOLDER").associate("127.0.0.1", node.port, ae_title="THERANODE")
+        assert holder.is_established
+        try:
+            with pytest.raises(ConnectionError):
+                send(node.port, [])
+        finally:
+            holder.release()
+    assert ("Association rejected from TESTSCU (127.0.0.1): all 1 association slots are in "
+            "use") in caplog.text
 
 
 @pytest.mark.parametrize("sop_instance_uid", ["1.2.826.0.1.3680043.8.498.1", "1.2.3.45"])
