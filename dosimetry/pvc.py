@@ -70,6 +70,9 @@ TRUNCATE_SIGMAS = 4.0
 #: Name of the region :func:`disjoint_regions` appends for the rest of the body.
 BACKGROUND = "body background"
 
+#: Occupancy resamples at most this many supersampled voxels at once (memory bound).
+MAX_FINE_VOXELS = 4_000_000
+
 #: A transfer matrix with a larger condition number is treated as singular.
 MAX_CONDITION_NUMBER = 1e8
 
@@ -227,6 +230,16 @@ def _fine_reference(grid: Volume, window: tuple[slice, ...], supersample: int) -
     )
 
 
+def _slabs(window: tuple[slice, slice, slice], supersample: int) -> list[tuple[slice, ...]]:
+    """``window`` cut along z so that no slab holds more than :data:`MAX_FINE_VOXELS`."""
+    zs, ys, xs = window
+    per_slice = (ys.stop - ys.start) * (xs.stop - xs.start) * supersample**3
+    depth = max(1, MAX_FINE_VOXELS // per_slice)
+    return [
+        (slice(z, min(z + depth, zs.stop)), ys, xs) for z in range(zs.start, zs.stop, depth)
+    ]
+
+
 def _block_mean(array: npt.NDArray[Any], factor: int) -> npt.NDArray[np.float32]:
     nz, ny, nx = (n // factor for n in array.shape)
     blocks = array.reshape(nz, factor, ny, factor, nx, factor)
@@ -245,8 +258,9 @@ def occupancy(
     linearly at the centres of a grid ``supersample``× finer per axis that
     tiles ``grid`` exactly, then averaged in blocks of ``supersample³``: a
     midpoint-rule integral of the interpolated mask over each voxel. The
-    interpolated mask crosses 0.5 on the faces of the CT voxels, so the
-    summed occupancy keeps the mask's volume. Only the part of ``grid`` that
+    interpolated mask crosses 0.5 about on the faces of the CT voxels, so the
+    summed occupancy keeps the mask's volume (within 1 % for a 4 mL sphere
+    drawn on 1.5 mm CT voxels, onto 4 mm voxels). Only the part of ``grid`` that
     the mask's bounding box can reach is resampled.
 
     Parameters
@@ -287,8 +301,9 @@ def occupancy(
         logger.warning("A mask of %d voxels lies outside the target grid.", cropped.array.sum())
         return result
     fraction = cropped.with_array(cropped.array.astype(np.float32), unit="fraction")
-    fine = resample(fraction, _fine_reference(grid, window, supersample), sitk_transform)
-    result[window] = np.clip(_block_mean(fine.array, supersample), 0.0, 1.0)
+    for slab in _slabs(window, supersample):
+        fine = resample(fraction, _fine_reference(grid, slab, supersample), sitk_transform)
+        result[slab] = np.clip(_block_mean(fine.array, supersample), 0.0, 1.0)
     return result
 
 
@@ -344,6 +359,10 @@ class PvcRegion:
         return float(np.sum(self.occupancy, dtype=np.float64)) * sx * sy * sz / 1000.0
 
 
+def _as_mask(measure: npt.ArrayLike | None) -> BoolArray | None:
+    return None if measure is None else np.asarray(measure, dtype=bool)
+
+
 def disjoint_regions(
     vois: Sequence[tuple[str, npt.ArrayLike, npt.ArrayLike | None]],
     body_occupancy: npt.ArrayLike,
@@ -381,7 +400,10 @@ def disjoint_regions(
     covering the activity).
     """
     body = np.clip(np.asarray(body_occupancy, dtype=np.float64), 0.0, 1.0)
-    given = [PvcRegion(name, np.asarray(occ, dtype=np.float64), m) for name, occ, m in vois]
+    given = [
+        PvcRegion(name, np.asarray(occ, dtype=np.float64), _as_mask(measure))
+        for name, occ, measure in vois
+    ]
     for region in given:
         if region.occupancy.shape != body.shape:
             raise GeometryError(

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.special import erf
 
+from theranode.dosimetry import pvc
 from theranode.dosimetry.errors import DosimetryError, GeometryError
 from theranode.dosimetry.pvc import (
     BACKGROUND,
@@ -235,6 +236,13 @@ def test_occupancy_of_a_mask_on_the_target_grid_keeps_its_voxel_count() -> None:
     fraction = occupancy(grid.with_array(mask), grid)
     assert fraction.sum() == pytest.approx(mask.sum(), rel=1e-5)
     assert np.all(fraction[11:16, 21:30, 6:8] == pytest.approx(1.0))
+
+
+def test_occupancy_in_slabs_equals_occupancy_in_one_go(monkeypatch) -> None:
+    mask = _ball_mask(LIVER)
+    whole = occupancy(mask, _spect_grid())
+    monkeypatch.setattr(pvc, "MAX_FINE_VOXELS", 5000)  # a few z slices per slab
+    np.testing.assert_array_equal(occupancy(mask, _spect_grid()), whole)
 
 
 def test_occupancy_needs_a_mask_with_voxels_and_is_zero_outside_the_grid() -> None:
