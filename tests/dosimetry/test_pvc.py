@@ -25,6 +25,7 @@ from theranode.dosimetry.errors import DosimetryError, GeometryError
 from theranode.dosimetry.pvc import (
     BACKGROUND,
     GtmResult,
+    OutsideFieldOfView,
     PointSpread,
     PvcRegion,
     background_shell,
@@ -181,14 +182,26 @@ def test_blurred_point_has_the_psf_variance_in_mm(spacing_mm) -> None:
         assert np.sum(profile * offsets_mm**2) == pytest.approx(SIGMA_MM**2, rel=1e-3)
 
 
-def test_blurring_the_box_of_a_region_equals_blurring_the_whole_array() -> None:
+@pytest.mark.parametrize(("outside", "mode"), [("zero", "constant"), ("extend", "nearest")])
+def test_blurring_the_box_of_a_region_equals_blurring_the_whole_array(outside, mode) -> None:
     rng = np.random.default_rng(7)
     values = np.zeros((60, 50, 40))
     values[20:26, 3:9, 30:37] = rng.uniform(0.2, 1.0, (6, 6, 7))  # near one face
     values[0:2, 40:44, 1:3] = 2.0  # touching the array's edge
-    whole = ndimage.gaussian_filter(values, PSF.sigma_voxels((2.5, 3.0, 4.0)),
-                                    mode="constant", truncate=4.0)
-    np.testing.assert_allclose(PSF.blur(values, (2.5, 3.0, 4.0)), whole, atol=1e-14)
+    psf = PointSpread(FWHM_MM, outside)
+    whole = ndimage.gaussian_filter(values, psf.sigma_voxels((2.5, 3.0, 4.0)),
+                                    mode=mode, truncate=4.0)
+    np.testing.assert_allclose(psf.blur(values, (2.5, 3.0, 4.0)), whole, atol=1e-14)
+
+
+def test_activity_extended_past_the_field_of_view_keeps_a_uniform_image_uniform() -> None:
+    uniform = np.full((12, 10, 8), 3.0)
+    extended = PointSpread(FWHM_MM, OutsideFieldOfView.EXTEND).blur(uniform, (4.0, 4.0, 4.0))
+    np.testing.assert_allclose(extended, 3.0, rtol=1e-12)
+    zero = PSF.blur(uniform, (4.0, 4.0, 4.0))
+    assert zero[0, 5, 4] < 0.75 * 3.0  # half the kernel falls outside: edge reads low
+    with pytest.raises(DosimetryError, match="beyond the field of view"):
+        PointSpread(FWHM_MM, "mirror")  # type: ignore[arg-type]
 
 
 def test_blurring_nothing_gives_nothing() -> None:
