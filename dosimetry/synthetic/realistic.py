@@ -194,11 +194,16 @@ class RealisticCycle:
             return self.expected_spect
         return tuple(poisson_activity(s, counting, rng) for s in self.expected_spect)
 
-    def inputs(self, seed: int | None = None) -> CycleInputs:
-        """Engine inputs with the noise realisation of ``seed`` (None: noise-free)."""
+    def inputs(self, seed: int | None = None, stated_fwhm_mm: float | None = None) -> CycleInputs:
+        """Engine inputs with the noise realisation of ``seed`` (None: noise-free).
+
+        Each time point states the PSF FWHM of the protocol, as a camera's
+        configuration does, or ``stated_fwhm_mm`` to study a misstated PSF.
+        """
         rng = None if seed is None else np.random.default_rng(seed)
+        fwhm = self.protocol.fwhm_mm if stated_fwhm_mm is None else stated_fwhm_mm
         images = tuple(
-            _time_point(tp.elapsed_h, ct, spect, self.protocol.fwhm_mm)
+            _time_point(tp.elapsed_h, ct, spect, fwhm)
             for tp, ct, spect in zip(self.time_points, self.cts, self.spect(rng), strict=True)
         )
         return CycleInputs(
@@ -206,14 +211,26 @@ class RealisticCycle:
         )
 
 
-def _spect(
-    course: CourseSpec, tp: TimePoint, grid: ImageGrid, protocol: ImagingProtocol
-) -> Volume:
-    activity = render_activity(
-        course.model, grid, tp.elapsed_h, tp.transform,
-        cycle=course.cycle(tp.cycle_number), supersampling=protocol.supersampling,
-    )
-    return psf_blur(activity, protocol.fwhm_mm)
+def render_spect(
+    course: CourseSpec,
+    time_points: Sequence[TimePoint],
+    grid: ImageGrid,
+    protocol: ImagingProtocol,
+) -> tuple[Volume, ...]:
+    """Noise-free SPECT (Bq/mL) of each time point: voxel-averaged, then PSF-blurred.
+
+    Another resolution of the same scans: ``dataclasses.replace(cycle,
+    protocol=p, expected_spect=render_spect(course, cycle.time_points, grid, p))``
+    keeps the CTs and VOIs of a :class:`RealisticCycle`.
+    """
+    out = []
+    for tp in time_points:
+        activity = render_activity(
+            course.model, grid, tp.elapsed_h, tp.transform,
+            cycle=course.cycle(tp.cycle_number), supersampling=protocol.supersampling,
+        )
+        out.append(psf_blur(activity, protocol.fwhm_mm))
+    return tuple(out)
 
 
 def true_edge_vois(course: CourseSpec, grid: ImageGrid, first: TimePoint) -> tuple[VoiMask, ...]:
@@ -262,7 +279,7 @@ def render_realistic_cycle(
                                         protocol.supersampling))
         for tp in mine
     )
-    spects = tuple(_spect(course, tp, spect_grid, protocol) for tp in mine)
+    spects = render_spect(course, mine, spect_grid, protocol)
     cycle = course.cycle(number)
     logger.debug("rendered cycle %d: %d time points, FWHM %g mm", number, len(mine),
                  protocol.fwhm_mm)
@@ -304,5 +321,6 @@ __all__ = [
     "psf_blur",
     "realistic_cycle_inputs",
     "render_realistic_cycle",
+    "render_spect",
     "true_edge_vois",
 ]

@@ -168,3 +168,13 @@ def test_poisson_activity_refuses_counts_and_blur_needs_a_sane_fwhm() -> None:
 def test_a_cycle_without_scans_is_refused(course: ph.CourseSpec) -> None:
     with pytest.raises(DosimetryError, match="no scan"):
         render_realistic_cycle(course, 9, CT_GRID, SPECT_GRID)
+
+
+def test_time_points_state_the_psf_or_a_misstated_one(blurred: RealisticCycle) -> None:
+    if not hasattr(blurred.inputs().time_points[0], "spect_fwhm_mm"):
+        pytest.skip("this engine's TimePointImages takes no PSF")
+    assert {tp.spect_fwhm_mm for tp in blurred.inputs().time_points} == {FWHM_MM}
+    misstated = blurred.inputs(seed=2, stated_fwhm_mm=9.0)
+    assert {tp.spect_fwhm_mm for tp in misstated.time_points} == {9.0}
+    assert np.array_equal(misstated.time_points[1].spect.array,
+                          blurred.inputs(seed=2).time_points[1].spect.array)
