@@ -423,7 +423,8 @@ def disjoint_regions(
     Returns
     -------
     list of PvcRegion
-        The VOIs in the given order, then the background.
+        The VOIs in the given order, then the background; occupancies are
+        float32 (13 regions on a 128×128×100 grid hold 85 MB).
 
     References
     ----------
@@ -432,7 +433,7 @@ def disjoint_regions(
     """
     body = np.clip(np.asarray(body_occupancy, dtype=np.float64), 0.0, 1.0)
     given = [
-        PvcRegion(name, np.asarray(occ, dtype=np.float64), _as_mask(measure))
+        PvcRegion(name, np.asarray(occ, dtype=np.float32), _as_mask(measure))
         for name, occ, measure in vois
     ]
     for region in given:
@@ -447,12 +448,12 @@ def disjoint_regions(
     carved: dict[int, PvcRegion] = {}
     for index in order:
         region = given[index]
-        occ = np.minimum(region.occupancy, 1.0 - used)
+        occ = np.minimum(region.occupancy, 1.0 - used).astype(np.float32)
         measure = region.measure_mask & ~taken if carve_measure else region.measure_mask
         carved[index] = PvcRegion(region.name, occ, measure)
         used += occ
         taken |= region.measure_mask
-    background = np.clip(body - used, 0.0, 1.0)
+    background = np.clip(body - used, 0.0, 1.0).astype(np.float32)
     return [carved[i] for i in range(len(given))] + [PvcRegion(BACKGROUND, background)]
 
 
