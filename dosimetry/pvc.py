@@ -5,7 +5,8 @@ system's point-spread function (PSF), 10-15 mm FWHM with a medium-energy
 collimator and resolution recovery. A VOI drawn on an organ's CT edge
 therefore reads its mean concentration too low (spill-out) and picks up
 activity of its neighbours (spill-in). This room corrects for both with the
-PSF modelled as an isotropic Gaussian (:class:`PointSpread`):
+PSF modelled as an isotropic Gaussian (:class:`PointSpread`, with activity
+beyond the field of view zero or continuing, :class:`OutsideFieldOfView`):
 
 * :func:`occupancy` turns a CT-grid mask into the fraction of every SPECT
   voxel it covers (optionally through a rigid registration);
@@ -486,7 +487,7 @@ def geometric_transfer_matrix(
 
     References
     ----------
-    Rousset et al., J Nucl Med 1998;39:904-911, eq. 4.
+    Rousset et al., J Nucl Med 1998;39:904-911.
     """
     _check_regions(regions, regions[0].occupancy.shape if regions else ())
     measures = [np.flatnonzero(region.measure_mask) for region in regions]
@@ -543,8 +544,9 @@ class GtmResult:
     def factor(self, name: str) -> float:
         """Correction factor ``true / observed`` of region ``name``.
 
-        Multiplying the VOI's uncorrected mean (concentration, TIA or dose,
-        all proportional over the same voxels) by it gives the corrected one.
+        Multiplying the uncorrected mean concentration over the same measure
+        voxels by it gives the region's corrected concentration. It holds for
+        the image it was solved on; another time point has its own.
 
         Raises
         ------
