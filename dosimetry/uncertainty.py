@@ -79,7 +79,7 @@ JCGM 101:2008, Propagation of distributions using a Monte Carlo method
 Birge RT. The calculation of errors by the method of least squares. Phys Rev
 1932;40:207-227 (scaling by the reduced χ²).
 Finocchiaro D, Gear JI, Fioroni F, et al. Uncertainty analysis of tumour
-absorbed dose calculations in molecular radiotherapy. EJNMMI Phys 2020;7:63.
+absorbed dose calculations in molecular radiotherapy. EJNMMI Phys 2020.
 Hebert et al., J Nucl Med 2024;65:923-930 (scaling of cycles 3-4).
 """
 
@@ -90,6 +90,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -140,6 +141,14 @@ CORRELATED_BETWEEN_CYCLES = frozenset(
 #: One error shared by the VOIs of one patient (summed linearly).
 CORRELATED_BETWEEN_VOIS = frozenset(
     {UncertaintyComponent.CALIBRATION, UncertaintyComponent.PARTIAL_VOLUME}
+)
+
+
+#: Components random between time points (and the fit's residual scatter).
+_RANDOM = (
+    UncertaintyComponent.COUNTS,
+    UncertaintyComponent.REGISTRATION,
+    UncertaintyComponent.KINETIC_FIT,
 )
 
 
@@ -365,6 +374,12 @@ class DoseUncertainty:
         return max(self.components, key=lambda c: self.components[c])
 
     @property
+    def random_relative(self) -> float:
+        """Counts, registration and kinetic fit combined: what a scaled cycle
+        takes over from its reference (:attr:`ReferenceCycle.dose_random_relative`)."""
+        return math.sqrt(math.fsum(self.components.get(c, 0.0) ** 2 for c in _RANDOM))
+
+    @property
     def shares(self) -> dict[UncertaintyComponent, float]:
         """Each component's share of the combined variance (sums to 1)."""
         total = math.fsum(v**2 for v in self.components.values())
@@ -392,12 +407,15 @@ class DoseUncertainty:
         """Inverse of :meth:`to_dict` (``standard_gy`` is recomputed)."""
         components = doc.get("components")
         dose = doc.get("dose_gy")
-        if not isinstance(components, Mapping) or not isinstance(dose, int | float):
+        if not isinstance(components, Mapping) or not _is_number(dose):
             raise DosimetryError(
                 "A dose uncertainty needs 'dose_gy' (a number) and 'components' (an object of "
                 f"component name → relative uncertainty); got keys {sorted(doc)}."
             )
-        return cls(float(dose), {_component(k): _number(k, v) for k, v in components.items()})
+        return cls(
+            float(dose),
+            {_component(k): _number(k, v) for k, v in components.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -495,6 +513,22 @@ def recovery_log_slope(curve: RecoveryCurve, volume_ml: float, step: float = 0.0
     up = curve.coefficient(volume_ml * math.exp(step))
     down = curve.coefficient(volume_ml * math.exp(-step))
     return (math.log(up) - math.log(down)) / (2.0 * step)
+
+
+def recovery_relative(
+    curve: RecoveryCurve, volume_ml: float, inputs: UncertaintyInputs
+) -> float:
+    """Relative uncertainty of RC(V) itself, the partial-volume term on the RC path.
+
+    u(RC)/RC from the curve's fit covariance when the curve has one
+    (:class:`theranode.dosimetry.recovery.SigmoidRecoveryFit`), else
+    ``inputs.recovery_curve_relative``. The curve's slope × u(V) belongs to
+    the volume term (:func:`segmentation_relative`), not here.
+    """
+    standard_uncertainty = getattr(curve, "standard_uncertainty", None)
+    if not callable(standard_uncertainty):
+        return inputs.recovery_curve_relative
+    return float(standard_uncertainty(volume_ml)) / curve.coefficient(volume_ml)
 
 
 def segmentation_relative(
@@ -769,8 +803,12 @@ def _component(key: object) -> UncertaintyComponent:
         ) from None
 
 
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _number(key: object, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not _is_number(value):
         raise DosimetryError(f"Uncertainty component {key!r} must be a number, got {value!r}.")
     return float(value)
 

@@ -11,7 +11,7 @@ import pytest
 from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
 from theranode.dosimetry.kinetics import fit_monoexponential
 from theranode.dosimetry.radionuclides import nuclear_data
-from theranode.dosimetry.recovery import SigmoidRecovery
+from theranode.dosimetry.recovery import SigmoidRecovery, SigmoidRecoveryFit
 from theranode.dosimetry.results import DoseMethod, VoiKind
 from theranode.dosimetry.uncertainty import (
     CORRELATED_BETWEEN_VOIS,
@@ -27,6 +27,7 @@ from theranode.dosimetry.uncertainty import (
     perturbation_relative,
     poisson_relative,
     recovery_log_slope,
+    recovery_relative,
     relative_dose_variance,
     segmentation_relative,
     single_time_point_budget,
@@ -346,6 +347,13 @@ def test_dose_uncertainty_refuses_unknown_components_and_bad_values():
         DoseUncertainty(1.0, {C.COUNTS: -0.1})
 
 
+def test_reference_cycle_takes_the_random_part_of_the_reference_dose():
+    budget = DoseUncertainty(
+        10.0, {C.CALIBRATION: 0.05, C.COUNTS: 0.03, C.REGISTRATION: 0.04, C.KINETIC_FIT: 0.12}
+    )
+    assert budget.random_relative == pytest.approx(0.13)
+
+
 def test_interval_low_end_stays_at_zero_and_no_component_has_no_dominant():
     assert DoseUncertainty(1.0, {C.COUNTS: 0.8}).interval(k=2) == pytest.approx((0.0, 2.6))
     assert DoseUncertainty(1.0).dominant is None
@@ -406,3 +414,17 @@ def test_engine_helpers():
     )
     with pytest.raises(DosimetryError, match="positive number of counts"):
         poisson_relative(0)
+
+
+def test_recovery_term_uses_the_fitted_curve_when_it_has_a_covariance():
+    inputs = UncertaintyInputs(recovery_curve_relative=0.07)
+    sigmoid = SigmoidRecovery(1.0, 2.0, 1.0)
+    assert recovery_relative(sigmoid, 4.0, inputs) == 0.07
+    # Only the plateau uncertain (u(a) = 0.02): u(RC)/RC = u(a)/a at any volume.
+    fitted = SigmoidRecoveryFit(
+        curve=sigmoid,
+        covariance=((0.02**2, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+        residual_sd=0.01,
+        n_points=6,
+    )
+    assert recovery_relative(fitted, 4.0, inputs) == pytest.approx(0.02)
