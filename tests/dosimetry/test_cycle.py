@@ -23,7 +23,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from theranode.dosimetry.course_map import compute_course
 from theranode.dosimetry.cycle import (
@@ -40,6 +39,12 @@ from theranode.dosimetry.recovery import RecoveryTable
 from theranode.dosimetry.registration import RigidRegistration
 from theranode.dosimetry.results import CycleResult, DoseMethod, VoiKind
 from theranode.dosimetry.synthetic import phantom as ph
+from theranode.dosimetry.synthetic.realistic import poisson_activity, psf_blur
+from theranode.dosimetry.synthetic.spheres import (
+    SphereSetup,
+    measure_sphere_recovery,
+    recovery_table,
+)
 from theranode.dosimetry.volume import Volume
 
 CT_GRID = ph.ImageGrid.centred((144, 104, 64), (2.5, 2.5, 2.5), (0.0, 0.0, -5.0))
@@ -399,50 +404,27 @@ def sphere_recovery_curve(
 ) -> RecoveryTable:
     """RC(V) measured on simulated hot spheres in a cold background.
 
-    The calibration a physicist makes with a sphere phantom: each sphere is
-    rendered with partial-volume sub-sampling on ``grid``, blurred with the
-    SPECT resolution (Gaussian FWHM), and its mean is taken in the
-    0.5-occupancy mask of its true outline, as the engine does with VOIs.
-
-    References
-    ----------
-    Dewaraja YK et al., MIRD Pamphlet No. 23, J Nucl Med 2012;53:1310-1325.
+    The calibration a physicist makes with a sphere phantom
+    (:mod:`theranode.dosimetry.synthetic.spheres`): each sphere rendered with
+    partial-volume sub-sampling on the SPECT voxel size, blurred with the
+    SPECT resolution (Gaussian FWHM), its mean taken in the 0.5-occupancy
+    mask of its true outline, as the engine does with VOIs.
     """
-    rcs = []
-    spacing = np.asarray(grid.spacing_mm)
-    n = int(np.ceil(2 * (3 * fwhm_mm + 30.0) / spacing.min()))
-    shape = (n, n, n)
-    offsets = (np.arange(supersampling) + 0.5) / supersampling - 0.5
-    axes = [(np.arange(n) - (n - 1) / 2.0 + 0.1) * s for s in spacing[::-1]]
-    for volume_ml in volumes_ml:
-        radius = (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
-        fraction = np.zeros(shape)
-        for dz in offsets:
-            for dy in offsets:
-                for dx in offsets:
-                    z, y, x = np.meshgrid(
-                        axes[0] + dz * spacing[2],
-                        axes[1] + dy * spacing[1],
-                        axes[2] + dx * spacing[0],
-                        indexing="ij",
-                    )
-                    fraction += (x**2 + y**2 + z**2) <= radius**2
-        fraction /= supersampling**3
-        sigma = fwhm_mm / (2 * math.sqrt(2 * math.log(2))) / spacing[::-1]
-        blurred = ndimage.gaussian_filter(fraction, sigma, mode="constant")
-        rcs.append(float(blurred[fraction >= 0.5].mean()))
-    return RecoveryTable(volumes_ml, tuple(rcs))
+    diameters = tuple((6.0 * v * 1000.0 / math.pi) ** (1.0 / 3.0) for v in volumes_ml)
+    setup = SphereSetup(
+        fwhm_mm=fwhm_mm,
+        spacing_mm=max(grid.spacing_mm),
+        diameters_mm=diameters,
+        supersampling=supersampling,
+    )
+    return recovery_table(measure_sphere_recovery(setup, seed=SEED))
 
 
 def _noisy(rng: np.random.Generator) -> callable:  # type: ignore[valid-type]
     statistics = ph.CountingStatistics(cps_per_mbq=20.0, duration_s=2700.0)
 
     def degrade(activity: Volume) -> Volume:
-        blurred = ph.spect_blur(activity, FWHM_MM)
-        expected = ph.expected_counts(blurred, statistics)
-        counts = ph.poisson_counts(expected, rng)
-        per = float(np.asarray(expected.array).sum() / np.asarray(blurred.array).sum())
-        return blurred.with_array((counts.array / per).astype(np.float32), "Bq/mL")
+        return poisson_activity(psf_blur(activity, FWHM_MM), statistics, rng)
 
     return degrade
 
