@@ -455,6 +455,27 @@ def render_realistic(course: ph.CourseSpec, runs: list[RealisticRuns], realisati
     ]
     for run in runs:
         lines += _realistic_table(course, run)
+    lines += [
+        "### Reading",
+        "",
+        ("- The paper's method corrects lesions only, by design: organ and marrow VOIs drawn "
+         "on the true edges keep the PSF's spill-out (about S·σ/(√(2π)·V) of the mean for a "
+         "large convex organ of surface S and volume V, σ the PSF's standard deviation "
+         "combined with the voxel's), and the liver keeps the spill-in from its hot lesions."),
+        ("- The recovery curve is measured on spheres in a cold background; the phantom's "
+         "lesions are several hundred times hotter than the body, so a cold-background RC "
+         "fits them. A lesion in warm tissue of lower contrast would be over-corrected by it "
+         "(`paper-contrast` accounts for the lesion's local background)."),
+        ("- GTM is given what it assumes: regions of uniform activity that the VOIs and the "
+         "rest of the body describe, a Gaussian PSF of exactly the configured FWHM. Real "
+         "patients have non-uniform uptake and a reconstruction whose resolution varies in "
+         "space; the column with the PSF stated 1 mm too small shows how its errors grow "
+         "when the PSF is not known exactly."),
+        ("- The noise spread is a lower bound: independent Poisson voxels with a calibration "
+         "known exactly, no reconstruction (OSEM noise is larger and correlated between "
+         "voxels) and no calibration error."),
+        "",
+    ]
     return lines
 
 
