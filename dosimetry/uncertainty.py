@@ -314,6 +314,22 @@ class ReferenceCycle:
         _check_relative("dose_random_relative", self.dose_random_relative)
         _check_relative("scan_counts_relative", self.scan_counts_relative)
 
+    @classmethod
+    def from_reference(
+        cls,
+        fit: KineticCovariance,
+        budget: DoseUncertainty,
+        delta_h: float,
+        scan_counts_relative: float = 0.0,
+    ) -> ReferenceCycle:
+        """From the reference VOI's :func:`kinetic_covariance` and its budget."""
+        return cls(
+            lambda_eff_sd_per_h=fit.lambda_sd_per_h,
+            delta_h=delta_h,
+            dose_random_relative=budget.random_relative,
+            scan_counts_relative=scan_counts_relative,
+        )
+
     @property
     def relative(self) -> float:
         """√((Δt·u(λ_eff))² + u_dose,random² + u_scan counts²)."""
@@ -539,8 +555,12 @@ def segmentation_relative(
     The corrected mean is C(V)/RC(V): ``(∂ln C/∂ln V − ∂ln RC/∂ln V)·u(V)/V``.
     ``mean_log_slope`` is the measured mean's dependence on the VOI (the
     engine dilates and erodes the VOI); ``recovery_log_slope`` is
-    :func:`recovery_log_slope` on the RC path, else 0 (Gear 2018: the RC
-    uncertainty from the curve's slope × u(V)).
+    :func:`recovery_log_slope` on the RC path, else 0.
+
+    References
+    ----------
+    Gear et al. 2018 (the recovery coefficient's uncertainty from the
+    curve's slope × u(V)).
     """
     _check_relative("volume_relative", volume_relative)
     return (mean_log_slope - recovery_log_slope) * volume_relative
@@ -551,7 +571,13 @@ def relative_dose_variance(
     lambda_per_h: float,
     covariance: tuple[tuple[float, float], tuple[float, float]],
 ) -> float:
-    """u²(D)/D² = u²(Ḋ₀)/Ḋ₀² + u²(λ)/λ² − 2 cov(Ḋ₀, λ)/(Ḋ₀ λ) for D = Ḋ₀/λ."""
+    """u²(D)/D² = u²(Ḋ₀)/Ḋ₀² + u²(λ)/λ² − 2 cov(Ḋ₀, λ)/(Ḋ₀ λ) for D = Ḋ₀/λ.
+
+    References
+    ----------
+    Gear et al. 2018 (time-integrated activity of a mono-exponential);
+    JCGM 100:2008, 5.2.2 (correlated input quantities).
+    """
     (var_d0, cov_d0_lam), (_, var_lam) = covariance
     d0, lam = initial_value, lambda_per_h
     return var_d0 / d0**2 + var_lam / lam**2 - 2.0 * cov_d0_lam / (d0 * lam)
@@ -612,6 +638,11 @@ def multi_time_point_budget(
         ``dose_gy`` is the fit's integral; components calibration, partial
         volume, volume (systematic), counts, registration (random, through
         the fit) and kinetic fit (the residual scatter beyond the stated σ).
+
+    References
+    ----------
+    Gear et al. 2018 (propagation through the fit's covariance); Birge
+    1932 (scaling by the reduced χ²).
     """
     ordered = _ordered(spreads)
     fit = kinetic_covariance(ordered, lambda_phys_per_h)
@@ -652,6 +683,11 @@ def monte_carlo_budget(
     exceeds the stated σ, as the analytic budget does), a refit with the
     stated σ, the dose × the calibration factor. Trials whose refit fails
     (e.g. no positive value left) are counted in ``n_failed`` and dropped.
+
+    References
+    ----------
+    JCGM 101:2008 (GUM Supplement 1), 7 (the Monte Carlo method) and 7.7
+    (coverage interval from the 2.5th and 97.5th percentiles).
     """
     if n_trials < 2:
         raise DosimetryError(f"A Monte-Carlo budget needs at least 2 trials, got {n_trials}.")
@@ -704,6 +740,11 @@ def single_time_point_budget(
     ------
     DosimetryError
         A multi-time-point method, or the scaling without ``reference``.
+
+    References
+    ----------
+    Hebert et al. 2024 (the scaling); Hänscheid et al. 2018; Madsen et al.
+    2018; spreads of the methods in ``docs/uncertainty.md``.
     """
     method = DoseMethod(method)
     spread_of_method = inputs.method_relative(method)
@@ -741,6 +782,11 @@ def sum_of_doses(
     ------
     InsufficientDataError
         No item.
+
+    References
+    ----------
+    JCGM 100:2008, 5.2.2 (correlation coefficient 1: standard uncertainties
+    add linearly; 0: in quadrature).
     """
     if not items:
         raise InsufficientDataError("A sum of doses needs at least one dose.")

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
 from theranode.dosimetry.kinetics import fit_monoexponential
@@ -276,6 +278,18 @@ def test_reference_lambda_uncertainty_grows_with_the_scan_time_difference():
     assert far == pytest.approx(10 * near)
 
 
+def test_reference_cycle_from_the_reference_fit_and_budget():
+    spreads = _curve(counts=0.05)
+    fit = kinetic_covariance(spreads, LAMBDA_PHYS)
+    budget = multi_time_point_budget(spreads, UncertaintyInputs(), LAMBDA_PHYS)
+    reference = ReferenceCycle.from_reference(fit, budget, delta_h=3.0, scan_counts_relative=0.02)
+    # σ(λ) of a noise-free curve is that of the stated σ only: no Birge scaling.
+    assert fit.scale == 1.0
+    assert reference.lambda_eff_sd_per_h == pytest.approx(math.sqrt(fit.covariance[1][1]))
+    assert reference.dose_random_relative == pytest.approx(budget.components[C.COUNTS])
+    assert reference.scan_counts_relative == 0.02
+
+
 def test_method_spread_is_the_one_of_the_method():
     inputs = UncertaintyInputs(hanscheid_relative=0.2, madsen_relative=0.15)
     spread = TimePointSpread(24.0, 1.0)
@@ -318,6 +332,33 @@ def test_mean_lesion_index_shares_calibration_but_not_reference_kinetics():
     assert mean.components[C.CALIBRATION] == pytest.approx(0.05)
     assert mean.components[C.REFERENCE_CYCLE] == pytest.approx(math.hypot(4.0, 6.0) / 100)
     assert C.REFERENCE_CYCLE not in CORRELATED_BETWEEN_VOIS
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.1, 100.0),
+            st.floats(0.0, 0.3),
+            st.floats(0.0, 0.3),
+            st.floats(0.0, 0.3),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_sum_lies_between_full_independence_and_full_correlation(rows):
+    items = [
+        (dose, DoseUncertainty(dose, {C.CALIBRATION: cal, C.COUNTS: counts, C.VOLUME: vol}))
+        for dose, cal, counts, vol in rows
+    ]
+    total = sum_of_doses(items)
+    standards = [u.standard_gy for _, u in items]
+    assert total.dose_gy == pytest.approx(sum(dose for dose, _ in items))
+    assert math.hypot(*standards) * (1 - 1e-9) <= total.standard_gy
+    assert total.standard_gy <= sum(standards) * (1 + 1e-9)
+    mean = mean_of_doses(items)
+    assert mean.dose_gy == pytest.approx(total.dose_gy / len(items))
 
 
 def test_sum_needs_a_dose():
