@@ -370,6 +370,13 @@ class DosimetrySettings:
         2.0, "Recovery curve: volume b (mL) where RC = a/2.", positive
     )
     recovery_slope: float = setting(1.0, "Recovery curve: slope c.", positive)
+    partial_volume: str = setting(
+        "paper",
+        "Partial-volume correction: 'paper' (RC(volume) for lesions, Hebert 2024), "
+        "'paper-contrast' (RC with the lesion's local background) or 'gtm' (geometric "
+        "transfer matrix for every VOI, RBV dose map); the last two need the camera's FWHM.",
+        one_of("paper", "paper-contrast", "gtm"),
+    )
     gas_policy: str = setting(
         "zero-dose",
         "LED in gas voxels (density below gas_threshold_g_per_ml).",
@@ -407,6 +414,12 @@ class CameraCalibration:
     model_name: str = setting("", "Manufacturer's Model Name (0008,1090); empty = any.")
     station_name: str = setting("", "Station Name (0008,1010); empty = any.")
     cps_per_mbq: float = setting(10.0, "Sensitivity of that camera (cps/MBq).", positive)
+    spect_fwhm_mm: float = setting(
+        0.0,
+        "Resolution of that camera's reconstructed SPECT: FWHM (mm) of a Gaussian point "
+        "spread function (partial-volume correction); 0 = default_spect_fwhm_mm.",
+        non_negative,
+    )
 
 
 @dataclass(frozen=True)
@@ -419,6 +432,13 @@ class CalibrationSettings:
     )
     correct_decay_during_acquisition: bool = setting(
         True, "Refer counts to the acquisition start (λT / (1 − e^(−λT)))."
+    )
+    default_spect_fwhm_mm: float = setting(
+        0.0,
+        "Resolution (FWHM, mm, Gaussian point spread function) of reconstructed SPECT from a "
+        "camera whose [[calibration.cameras]] entry states none, or that no entry matches; "
+        "0 = unknown (the partial-volume methods 'paper-contrast' and 'gtm' then refuse it).",
+        non_negative,
     )
     cameras: list[CameraCalibration] = setting(
         [], "Per-camera sensitivities, matched on manufacturer, model and station name."

@@ -93,6 +93,14 @@ from theranode.dosimetry.density import SCHNEIDER_2000, DensityCalibration
 from theranode.dosimetry.dose_map import NormalisedMap, VoiTarget, normalise_to_voi_means
 from theranode.dosimetry.errors import DosimetryError, GeometryError, InsufficientDataError
 from theranode.dosimetry.kinetics import fit_best, fit_curve, fit_voxels_monoexponential
+from theranode.dosimetry.partial_volume import (
+    PartialVolumeMethod,
+    TimePointCorrection,
+    VoiOnGrid,
+    contrast_correction,
+    gtm_correction,
+)
+from theranode.dosimetry.pvc import PointSpread
 from theranode.dosimetry.radionuclides import Radionuclide, nuclear_data
 from theranode.dosimetry.recovery import (
     DEFAULT_RECOVERY,
@@ -172,12 +180,16 @@ class TimePointImages:
     vois:
         Optional VOIs adjusted on this time point's CT; they replace the
         propagated reference VOIs of the same name at this time point.
+    spect_fwhm_mm:
+        Resolution of this SPECT (FWHM of a Gaussian point spread function,
+        mm) for partial-volume correction; ``None``: the settings' default.
     """
 
     elapsed_h: float
     ct: Volume
     spect: Volume
     vois: tuple[VoiMask, ...] = ()
+    spect_fwhm_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +240,13 @@ class EngineSettings:
         for the bi-exponential to be ranked; otherwise falls back).
     recovery_curve:
         RC(volume) of the camera/reconstruction.
+    partial_volume:
+        How VOI means are corrected for partial volume
+        (:mod:`theranode.dosimetry.partial_volume`); the paper's RC(volume) for
+        lesions by default.
+    spect_fwhm_mm:
+        SPECT resolution (FWHM, mm) for time points that state none; the
+        methods other than ``paper`` need one.
     min_lesion_volume_ml:
         Lesions below are flagged excluded (2 mL, RC ≈ 0.5, paper).
     apply_recovery_to_marrow:
@@ -252,6 +271,8 @@ class EngineSettings:
     kinetic_model: KineticModel = KineticModel.MONOEXPONENTIAL
     select_model_by_aicc: bool = False
     recovery_curve: RecoveryCurve = DEFAULT_RECOVERY
+    partial_volume: PartialVolumeMethod = PartialVolumeMethod.PAPER
+    spect_fwhm_mm: float | None = None
     min_lesion_volume_ml: float = MIN_LESION_VOLUME_ML
     apply_recovery_to_marrow: bool = False
     stp_fallback: StpFallback = StpFallback.HANSCHEID
@@ -265,6 +286,9 @@ class EngineSettings:
         object.__setattr__(self, "gas_policy", GasPolicy(self.gas_policy))
         object.__setattr__(self, "kinetic_model", KineticModel(self.kinetic_model))
         object.__setattr__(self, "stp_fallback", StpFallback(self.stp_fallback))
+        object.__setattr__(self, "partial_volume", PartialVolumeMethod(self.partial_volume))
+        if self.spect_fwhm_mm is not None:
+            PointSpread(self.spect_fwhm_mm)  # refuses a non-positive or infinite FWHM
         if not 0.0 < self.mask_threshold < 1.0:
             raise DosimetryError(
                 f"mask_threshold must be in (0, 1), got {self.mask_threshold}."
@@ -350,7 +374,14 @@ def density_on_grid(
 
 @dataclass(frozen=True, eq=False)
 class _PreparedTimePoint:
-    """One time point on its own SPECT grid, with the VOIs propagated onto it."""
+    """One time point on its own SPECT grid, with the VOIs propagated onto it.
+
+    ``dose_rate`` is the LED dose rate of the SPECT as measured: VOI curve
+    points are its VOI means times the partial-volume factors of
+    ``correction``. ``map_dose_rate`` is what the voxel-wise map is made of:
+    the LED dose rate of the voxel-wise corrected SPECT when the method gives
+    one (GTM → RBV), else ``dose_rate``.
+    """
 
     elapsed_h: float
     activity: Volume
@@ -359,6 +390,12 @@ class _PreparedTimePoint:
     masks: dict[str, Volume]
     volumes_ml: dict[str, float]
     registration: RigidRegistration | None
+    correction: TimePointCorrection = field(default_factory=TimePointCorrection)
+    map_dose_rate: Volume | None = None
+
+    def factor(self, name: str) -> float:
+        """The partial-volume factor of VOI ``name`` at this time point (1: none)."""
+        return self.correction.factors.get(name, 1.0)
 
 
 def _voi_masks_on_spect(
@@ -367,20 +404,46 @@ def _voi_masks_on_spect(
     spect: Volume,
     registration: RigidRegistration | None,
     threshold: float,
-) -> tuple[dict[str, Volume], dict[str, float]]:
+) -> list[VoiOnGrid]:
     """Reference VOIs carried to this time point (own VOIs take precedence)."""
     to_moving = registration.inverse() if registration is not None else None
     own = {v.name: v for v in own_vois}
-    masks: dict[str, Volume] = {}
-    volumes: dict[str, float] = {}
+    out = []
     for voi in reference_vois:
         if voi.name in own:
             source, reg = own[voi.name], None
         else:
             source, reg = voi, to_moving
-        masks[voi.name] = resample_mask(source.mask, spect, reg, threshold)
-        volumes[voi.name] = source.volume_ml
-    return masks, volumes
+        mask = resample_mask(source.mask, spect, reg, threshold)
+        out.append(VoiOnGrid(voi.name, voi.kind, source.mask, reg,
+                             np.asarray(mask.array, dtype=bool), source.volume_ml))
+    return out
+
+
+def _psf(tp: TimePointImages, settings: EngineSettings) -> PointSpread:
+    fwhm_mm = tp.spect_fwhm_mm if tp.spect_fwhm_mm is not None else settings.spect_fwhm_mm
+    if fwhm_mm is None:
+        raise InsufficientDataError(
+            f"The {settings.partial_volume.value!r} partial-volume correction needs the "
+            f"resolution of the {tp.elapsed_h:g} h SPECT, and neither its camera nor the "
+            "settings state one; configure the camera's spect_fwhm_mm (or "
+            "default_spect_fwhm_mm), or use the 'paper' method."
+        )
+    return PointSpread(fwhm_mm)
+
+
+def _correction(
+    tp: TimePointImages,
+    activity: Volume,
+    vois: Sequence[VoiOnGrid],
+    settings: EngineSettings,
+) -> TimePointCorrection:
+    method = settings.partial_volume
+    if method is PartialVolumeMethod.GTM:
+        return gtm_correction(activity, tp.ct, vois, _psf(tp, settings))
+    if method is PartialVolumeMethod.PAPER_CONTRAST:
+        return contrast_correction(activity, vois, _psf(tp, settings), settings.recovery_curve)
+    return TimePointCorrection()
 
 
 def _prepare_time_point(
@@ -403,18 +466,35 @@ def _prepare_time_point(
         settings.gas_policy,
         settings.gas_threshold_g_per_ml,
     ).dose_rate
-    masks, volumes = _voi_masks_on_spect(
+    on_grid = _voi_masks_on_spect(
         vois, tp.vois, tp.spect, registration, settings.mask_threshold
     )
+    correction = _correction(tp, activity, on_grid, settings)
+    map_rate = None
+    if correction.activity is not None:
+        map_rate = led_dose_rate(
+            correction.activity,
+            density,
+            settings.radionuclide,
+            settings.gas_policy,
+            settings.gas_threshold_g_per_ml,
+        ).dose_rate
     return _PreparedTimePoint(
-        tp.elapsed_h, activity, density, rate, masks, volumes, registration
+        tp.elapsed_h, activity, density, rate,
+        {v.name: tp.spect.with_array(v.measure, unit="mask") for v in on_grid},
+        {v.name: v.volume_ml for v in on_grid},
+        registration, correction, map_rate,
     )
 
 
-def _curve_point(prepared: _PreparedTimePoint, name: str) -> CurvePoint:
+def _curve_point(
+    prepared: _PreparedTimePoint, name: str, corrected: bool = True
+) -> CurvePoint:
+    """The VOI's point: mean dose rate and activity, partial-volume corrected if asked."""
     mask = prepared.masks[name].array
-    mean_rate = float(prepared.dose_rate.array[mask].mean())
-    mean_bq_per_ml = float(prepared.activity.array[mask].mean())
+    factor = prepared.factor(name) if corrected else 1.0
+    mean_rate = float(prepared.dose_rate.array[mask].mean()) * factor
+    mean_bq_per_ml = float(prepared.activity.array[mask].mean()) * factor
     volume_ml = prepared.volumes_ml[name]
     return CurvePoint(
         elapsed_h=prepared.elapsed_h,
@@ -435,9 +515,18 @@ def _fit(
 
 
 def _corrected(voi: VoiDose, settings: EngineSettings) -> VoiDose:
-    """RC for lesions (and marrow if configured), then lesion eligibility."""
-    wants_rc = voi.kind is VoiKind.LESION or (
-        voi.kind is VoiKind.MARROW and settings.apply_recovery_to_marrow
+    """RC after the fit where the method says so, then lesion eligibility.
+
+    The paper's method divides lesions (and marrow if configured) by
+    RC(volume); with ``paper-contrast`` lesions were corrected per time point
+    and only marrow (if configured) is divided; with ``gtm`` every VOI was
+    corrected per time point.
+    """
+    method = settings.partial_volume
+    wants_rc = (voi.kind is VoiKind.LESION and method is PartialVolumeMethod.PAPER) or (
+        voi.kind is VoiKind.MARROW
+        and settings.apply_recovery_to_marrow
+        and method is not PartialVolumeMethod.GTM
     )
     if wants_rc:
         voi = apply_recovery(voi, settings.recovery_curve)
@@ -496,6 +585,32 @@ def normalised_map(
     return scaled, tuple(out), map_vois, result.warnings
 
 
+def _partial_volume_note(
+    name: str, prepared: Sequence[_PreparedTimePoint], factor: float
+) -> tuple[str, ...]:
+    """What the per-time-point correction did to VOI ``name`` (nothing: no note)."""
+    factors = [p.factor(name) for p in prepared]
+    if all(f == 1.0 for f in factors):
+        return ()
+    first = prepared[0].correction.notes.get(name, "partial volume corrected")
+    span = f"{min(factors):.3f}" if len(set(factors)) == 1 else \
+        f"{min(factors):.3f}-{max(factors):.3f}"
+    return (f"{first}: VOI mean × {span} per time point, absorbed dose × {factor:.3f}",)
+
+
+def _pv_factor(
+    voi: VoiMask, prepared: Sequence[_PreparedTimePoint], corrected: KineticFit,
+    settings: EngineSettings,
+) -> float:
+    """Corrected / uncorrected absorbed dose (1 without a per-time-point correction)."""
+    if all(p.factor(voi.name) == 1.0 for p in prepared):
+        return 1.0
+    raw = [_curve_point(p, voi.name, corrected=False) for p in prepared]
+    raw_fit = _fit([c.elapsed_h for c in raw], [c.mean_dose_rate_gy_per_h for c in raw],
+                   settings)
+    return corrected.integral / raw_fit.integral if raw_fit.integral > 0 else math.nan
+
+
 def _multi_time_point_voi(
     voi: VoiMask,
     prepared: Sequence[_PreparedTimePoint],
@@ -505,6 +620,7 @@ def _multi_time_point_voi(
     times = [c.elapsed_h for c in curve]
     fit = _fit(times, [c.mean_dose_rate_gy_per_h for c in curve], settings)
     activity_fit = _fit(times, [c.activity_mbq for c in curve], settings)
+    pv_factor = _pv_factor(voi, prepared, fit, settings)
     dose = VoiDose(
         name=voi.name,
         kind=voi.kind,
@@ -517,7 +633,8 @@ def _multi_time_point_voi(
         effective_half_life_h=fit.effective_half_life_h,
         fit=fit,
         curve=curve,
-        notes=tuple(fit.notes),
+        partial_volume_factor=pv_factor,
+        notes=(*fit.notes, *_partial_volume_note(voi.name, prepared, pv_factor)),
     )
     return _corrected(dose, settings)
 
@@ -535,7 +652,11 @@ def _voxelwise_dose_map(
     grid = prepared[0].dose_rate
     stack = np.stack(
         [
-            resample_to_reference(p.dose_rate, grid, p.registration).array
+            resample_to_reference(
+                p.map_dose_rate if p.map_dose_rate is not None else p.dose_rate,
+                grid,
+                p.registration,
+            ).array
             for p in prepared
         ]
     )
@@ -656,8 +777,10 @@ def compute_multi_time_point_cycle(
         settings={
             **settings.as_dict(),
             "dose_grid": "reference time point SPECT grid",
-            "dose_map": MULTI_TIME_POINT_MAP if dose_map is not None else "none",
-            "dose_map_comment": MULTI_TIME_POINT_MAP_COMMENT if dose_map is not None else "",
+            "dose_map": multi_time_point_map_method(settings)[0] if dose_map is not None
+            else "none",
+            "dose_map_comment": multi_time_point_map_method(settings)[1] if dose_map is not None
+            else "",
         },
         map_vois=map_vois,
     )
@@ -715,7 +838,11 @@ def _single_voi(
 ) -> VoiDose:
     point = _curve_point(prepared, voi.name)
     dose = _single_voi_uncorrected(voi, point, reference, settings)
-    return _corrected(replace(dose, curve=(point,)), settings)
+    factor = prepared.factor(voi.name)
+    notes = _partial_volume_note(voi.name, (prepared,), factor)
+    dose = replace(dose, curve=(point,), partial_volume_factor=factor,
+                   notes=(*dose.notes, *notes))
+    return _corrected(dose, settings)
 
 
 def compute_single_time_point_cycle(
@@ -754,8 +881,9 @@ def compute_single_time_point_cycle(
         )
     tp = inputs.time_points[0]
     prepared = _prepare_time_point(tp, None, inputs.vois, settings)
-    hanscheid_map = prepared.dose_rate.with_array(
-        (prepared.dose_rate.array * hanscheid_dose_gy(1.0, tp.elapsed_h)).astype(
+    rate = prepared.map_dose_rate if prepared.map_dose_rate is not None else prepared.dose_rate
+    hanscheid_map = rate.with_array(
+        (rate.array * hanscheid_dose_gy(1.0, tp.elapsed_h)).astype(
             np.float32
         ),
         unit=DOSE_UNIT,
@@ -766,7 +894,9 @@ def compute_single_time_point_cycle(
     )
     method = _cycle_method(vois)
     warnings = [*_stp_warnings(vois, reference), *map_warnings]
-    statement, comment = single_time_point_map_method(vois, reference, tp.elapsed_h)
+    statement, comment = single_time_point_map_method(
+        vois, reference, tp.elapsed_h, settings.partial_volume
+    )
     return CycleResult(
         cycle_number=inputs.cycle_number,
         method=method,
@@ -794,10 +924,27 @@ MULTI_TIME_POINT_MAP = (
 )
 #: The same in at most 64 characters (Dose Comment, LO).
 MULTI_TIME_POINT_MAP_COMMENT = "Voxel fit scaled to the reported VOI means; outside: voxel fit"
+#: How it is made with the GTM partial-volume correction.
+MULTI_TIME_POINT_MAP_GTM = (
+    "voxel-wise mono-exponential fit of the registered dose-rate maps of the SPECT corrected "
+    "for partial volume voxel by voxel (region-based voxel-wise correction, Thomas 2011, with "
+    "the GTM means), scaled within each VOI so that its mean is the VOI's reported (GTM-"
+    "corrected) mean (smallest VOI first where VOIs overlap); outside every VOI the voxel-wise "
+    "fit"
+)
+MULTI_TIME_POINT_MAP_GTM_COMMENT = "RBV-corrected voxel fit scaled to the reported VOI means"
+
+
+def multi_time_point_map_method(settings: EngineSettings) -> tuple[str, str]:
+    """How a multi-time-point cycle's map is made: a statement and a ≤ 64-character comment."""
+    if settings.partial_volume is PartialVolumeMethod.GTM:
+        return MULTI_TIME_POINT_MAP_GTM, MULTI_TIME_POINT_MAP_GTM_COMMENT
+    return MULTI_TIME_POINT_MAP, MULTI_TIME_POINT_MAP_COMMENT
 
 
 def single_time_point_map_method(
-    vois: Sequence[VoiDose], reference: CycleResult | None, elapsed_h: float
+    vois: Sequence[VoiDose], reference: CycleResult | None, elapsed_h: float,
+    partial_volume: PartialVolumeMethod = PartialVolumeMethod.PAPER,
 ) -> tuple[str, str]:
     """How a single-time-point cycle's map is made: a statement and a ≤ 64-character comment."""
     methods = {v.method for v in vois}
@@ -810,9 +957,16 @@ def single_time_point_map_method(
     for fallback in (DoseMethod.HANSCHEID, DoseMethod.MADSEN):
         if fallback in methods:
             parts.append(f"{fallback.value} in the VOIs the report says used it")
+    rate = (
+        "dose rate of the SPECT corrected for partial volume voxel by voxel (region-based "
+        "voxel-wise correction, Thomas 2011)"
+        if partial_volume is PartialVolumeMethod.GTM else "dose rate"
+    )
+    corrected = "GTM-corrected" if partial_volume is PartialVolumeMethod.GTM else \
+        "RC-corrected for lesions"
     statement = (
-        f"dose rate at {elapsed_h:.4g} h × each VOI's time-integration factor (reported mean "
-        f"÷ mean dose rate in the VOI; RC-corrected for lesions): {'; '.join(parts)}; smallest "
+        f"{rate} at {elapsed_h:.4g} h × each VOI's time-integration factor (reported mean "
+        f"÷ mean dose rate in the VOI; {corrected}): {'; '.join(parts)}; smallest "
         "VOI first where VOIs overlap; outside every VOI Hänscheid 2018, D = Ḋ(t)·2t/ln 2"
     )
     if DoseMethod.SINGLE_TIME_POINT_SCALED in methods:

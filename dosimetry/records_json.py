@@ -169,6 +169,36 @@ class RecordCodec:
             )
 
 
+    # -- older versions -----------------------------------------------------------
+    def with_added_fields(
+        self, doc: Any, hint: Any, added: Mapping[type, Mapping[str, Any]]
+    ) -> Any:
+        """``doc`` (encoded as ``hint``) with the fields ``added`` names filled in where absent.
+
+        A record type that gained fields after documents were stored reads
+        those documents through this: ``added`` maps each record type to its
+        new fields and the encoded value every earlier document meant (the
+        field's default). Present keys are kept; the strict reading that
+        follows still refuses anything else missing or unknown.
+        """
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(doc, dict):
+            doc = {**{k: v for k, v in added.get(hint, {}).items() if k not in doc}, **doc}
+            hints = self._hints.get(hint, {})
+            return {k: self.with_added_fields(v, hints[k], added) if k in hints else v
+                    for k, v in doc.items()}
+        origin = typing.get_origin(hint)
+        if origin in (typing.Union, types.UnionType):
+            return None if doc is None else self.with_added_fields(doc, _optional(hint), added)
+        if origin is tuple and isinstance(doc, list):
+            items = _tuple_hints(hint, doc)
+            return [self.with_added_fields(v, h, added) for v, h in zip(doc, items, strict=True)]
+        if origin is dict and isinstance(doc, list):
+            value_hint = typing.get_args(hint)[1]
+            return [[p[0], self.with_added_fields(p[1], value_hint, added)]
+                    if isinstance(p, list) and len(p) == 2 else p for p in doc]
+        return doc
+
+
 # -- helpers ------------------------------------------------------------------------
 def _optional(hint: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -98,7 +98,14 @@ class RegistrationQuality:
 
 @dataclass(frozen=True)
 class VoiDose:
-    """Absorbed dose to one VOI in one cycle."""
+    """Absorbed dose to one VOI in one cycle.
+
+    Partial volume: ``recovery_coefficient`` is the RC(volume) the mean was
+    divided by after the fit (the paper's method, 1 when not applied);
+    ``partial_volume_factor`` is corrected / uncorrected absorbed dose from a
+    correction applied per time point before the fit (GTM, or RC with the
+    lesion's background; 1 when none).
+    """
 
     name: str
     kind: VoiKind
@@ -116,6 +123,7 @@ class VoiDose:
     fit: KineticFit | None = None
     curve: tuple[CurvePoint, ...] = ()
     recovery_coefficient: float = 1.0
+    partial_volume_factor: float = 1.0
     excluded: bool = False
     exclusion_reason: str | None = None
     notes: tuple[str, ...] = ()

@@ -162,6 +162,46 @@ def test_jobs_build_the_engine_settings_check_config_built():
             {"dosimetry": {"density_points_g_per_ml": [0.0012, 0.93, 1.03, 1.12, 3.5]}}))
 
 
+# -- the camera's resolution for partial-volume correction (issue #15) ---------------
+@pytest.mark.parametrize(("text", "problem"), [
+    ('[dosimetry]\npartial_volume = "gtm"\n', "set calibration.default_spect_fwhm_mm"),
+    (('[dosimetry]\npartial_volume = "paper-contrast"\n[[calibration.cameras]]\n'
+      'model_name = "A"\nspect_fwhm_mm = 11.0\n[[calibration.cameras]]\nmodel_name = "B"\n'),
+     "(missing: calibration.cameras[1].spect_fwhm_mm)"),
+    ("[calibration]\ndefault_spect_fwhm_mm = inf\n", "finite"),
+])
+def test_check_config_refuses_partial_volume_without_a_camera_resolution(
+    tmp_path: Path, capsys, text, problem,
+):
+    config = tmp_path / "pvc.toml"
+    config.write_text(text)
+    errors = check_config_errors(config, capsys)
+    assert any(problem in line for line in errors), errors
+
+
+def test_the_camera_resolution_reaches_the_engine_and_the_time_points(tmp_path: Path):
+    from pydicom.dataset import Dataset
+
+    from theranode.dosimetry.partial_volume import PartialVolumeMethod
+    from theranode.service.jobs.engine_settings import build_engine_settings
+    from theranode.service.receive.calibration import spect_fwhm_mm
+
+    settings = settings_from_dict({
+        "dosimetry": {"partial_volume": "gtm"},
+        "calibration": {"default_spect_fwhm_mm": 12.0, "cameras": [
+            {"model_name": "Gamma 3000", "spect_fwhm_mm": 10.5},
+            {"model_name": "Old", "cps_per_mbq": 8.0}]},
+    })
+    engine = build_engine_settings(settings)
+    assert (engine.partial_volume, engine.spect_fwhm_mm) == (PartialVolumeMethod.GTM, 12.0)
+    gamma, old, other = Dataset(), Dataset(), Dataset()
+    gamma.ManufacturerModelName, old.ManufacturerModelName = "Gamma 3000", "Old"
+    other.ManufacturerModelName = "Unknown"
+    assert [spect_fwhm_mm(ds, settings.calibration) for ds in (gamma, old, other)] == [
+        10.5, 12.0, 12.0]
+    assert spect_fwhm_mm(other, settings_from_dict({}).calibration) is None
+
+
 # -- TLS settings: refused when they would not do what they say (issue #12 item 11) --
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory):

@@ -36,6 +36,8 @@ from theranode.dosimetry.course import projected_totals
 from theranode.dosimetry.cycle import EngineSettings, StpFallback
 from theranode.dosimetry.density import DensityCalibration
 from theranode.dosimetry.errors import DosimetryError
+from theranode.dosimetry.partial_volume import PartialVolumeMethod
+from theranode.dosimetry.pvc import PointSpread
 from theranode.dosimetry.recovery import SigmoidRecovery
 from theranode.dosimetry.results import KineticModel, VoiKind
 from theranode.dosimetry.single_time_point import madsen_dose_gy
@@ -87,6 +89,8 @@ def _engine(
         recovery_curve=recovery or defaults.recovery_curve,
         min_lesion_volume_ml=d.min_lesion_volume_ml,
         apply_recovery_to_marrow=d.apply_recovery_to_marrow,
+        partial_volume=PartialVolumeMethod(d.partial_volume),
+        spect_fwhm_mm=settings.calibration.default_spect_fwhm_mm or None,
         stp_fallback=StpFallback(p.single_time_point_fallback),
         population_half_life_h={
             VoiKind.ORGAN.value: p.population_half_life_organ_h,
@@ -146,6 +150,32 @@ def counts_calibrations(calibration: CalibrationSettings, problems: list[str]) -
         )
 
 
+def camera_resolutions(settings: Settings, problems: list[str]) -> None:
+    """Every configured SPECT resolution as the engine builds it, and one where it is needed.
+
+    The methods other than ``paper`` need a resolution for every SPECT: the
+    default, or one on every camera entry (SPECT from a camera no entry
+    matches then fails its job with the reason).
+    """
+    calibration = settings.calibration
+    stated = [("calibration.default_spect_fwhm_mm", calibration.default_spect_fwhm_mm)]
+    stated += [(f"calibration.cameras[{i}].spect_fwhm_mm", c.spect_fwhm_mm)
+               for i, c in enumerate(calibration.cameras)]
+    for key, fwhm_mm in stated:
+        if fwhm_mm > 0:
+            _attempt(key, partial(PointSpread, fwhm_mm), problems)
+    method = settings.dosimetry.partial_volume
+    if method == PartialVolumeMethod.PAPER.value or calibration.default_spect_fwhm_mm > 0:
+        return
+    missing = [key for key, fwhm_mm in stated[1:] if fwhm_mm <= 0]
+    if missing or not calibration.cameras:
+        problems.append(
+            f"dosimetry.partial_volume = {method!r} needs the SPECT resolution: set "
+            "calibration.default_spect_fwhm_mm, or spect_fwhm_mm on every "
+            f"[[calibration.cameras]] entry{' (missing: ' + ', '.join(missing) + ')' if missing else ''}."
+        )
+
+
 def build_engine_settings(settings: Settings) -> EngineSettings:
     """The engine's settings from ``[dosimetry]``, ``[protocol]`` and ``[calibration]``.
 
@@ -167,6 +197,7 @@ def build_engine_settings(settings: Settings) -> EngineSettings:
     if engine is not None:
         _runtime_checks(settings, engine, problems)
     counts_calibrations(settings.calibration, problems)
+    camera_resolutions(settings, problems)
     if problems or engine is None:
         raise ConfigError(problems, settings.source)
     return engine

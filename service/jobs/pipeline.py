@@ -80,7 +80,7 @@ from theranode.service.jobs.spec import (
     TimePointInput,
 )
 from theranode.service.receive.archive import write_durably
-from theranode.service.receive.calibration import counts_calibration
+from theranode.service.receive.calibration import counts_calibration, spect_fwhm_mm
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def _time_point(
         elapsed_h = (spect.acquisition_start - injection).total_seconds() / 3600.0
     ct = read_ct_series(ct_ds)
     check_plausible_ct(ct, tp.nominal_h)
-    images = TimePointImages(elapsed_h, ct, spect.volume)
+    fwhm_mm = spect_fwhm_mm(spect_ds[0], settings.calibration)
+    images = TimePointImages(elapsed_h, ct, spect.volume, spect_fwhm_mm=fwhm_mm)
     return images, ct_ds, spect_ds
 
 

@@ -8,7 +8,7 @@ sums read them back with :func:`load_stored_result`.
 
 ``result.json`` is a versioned document::
 
-    {"format": "theranode-result", "version": 1, "kind": "cycle" | "course",
+    {"format": "theranode-result", "version": 2, "kind": "cycle" | "course",
      "result": …, "source": …, "reference_ct": …}
 
 whose records are encoded by :mod:`theranode.dosimetry.records_json` (result records,
@@ -18,7 +18,10 @@ it, written with ``numpy.save(..., allow_pickle=False)`` and read with
 ``numpy.load(..., allow_pickle=False)``, its dtype and shape checked against
 the JSON. Arrays are written first and ``result.json`` last, each durably
 (:func:`theranode.service.receive.archive.write_durably`): a folder with a ``result.json``
-is complete. Nothing here runs code named by a file: an unknown format
+is complete. A version that added fields to the records lists them with
+the value earlier results meant (:data:`FIELDS_ADDED`), so results stored by
+an earlier theranode still read; they are filled in before the strict
+reading, never guessed. Nothing here runs code named by a file: an unknown format
 version, a missing or unknown field, an unknown enum value or an array of
 another shape is refused with a :class:`StoredResultError` saying so.
 
@@ -42,12 +45,13 @@ import numpy.typing as npt
 from theranode.dicomio.source import SourceContext, source_from_json, source_to_json
 from theranode.dosimetry.records_json import (
     ARRAY_KEY,
+    RESULT_CODEC,
     RecordFormatError,
     check_format,
     record_from_json,
     record_to_json,
 )
-from theranode.dosimetry.results import CourseResult, CycleResult
+from theranode.dosimetry.results import CourseResult, CycleResult, VoiDose
 from theranode.dosimetry.volume import Volume
 from theranode.service.errors import ServiceError
 from theranode.service.receive.archive import write_durably
@@ -56,8 +60,13 @@ logger = logging.getLogger(__name__)
 
 RESULT_JSON = "result.json"
 FORMAT = "theranode-result"
-#: The ``result.json`` version this theranode writes and reads.
-FORMAT_VERSION = 1
+#: The ``result.json`` version this theranode writes; every earlier one is read too.
+FORMAT_VERSION = 2
+#: Per version, the fields it added to the result records and the value they had
+#: before (their default): version 2 added the per-time-point partial-volume factor.
+FIELDS_ADDED: dict[int, dict[type, dict[str, Any]]] = {
+    2: {VoiDose: {"partial_volume_factor": 1.0}},
+}
 _KINDS: dict[str, type] = {"cycle": CycleResult, "course": CourseResult}
 
 
@@ -124,8 +133,21 @@ def load_stored_result(folder: Path) -> StoredResult:
         raise StoredResultError(f"{path}: {exc}") from None
 
 
+def _upgraded(doc: Any) -> Any:
+    """An earlier version's ``result.json`` as the current version (fields added filled in)."""
+    found = doc.get("version") if isinstance(doc, dict) else None
+    if not (isinstance(found, int) and not isinstance(found, bool) and
+            1 <= found < FORMAT_VERSION and doc.get("kind") in _KINDS):
+        return doc
+    result = doc.get("result")
+    for version in range(found + 1, FORMAT_VERSION + 1):
+        result = RESULT_CODEC.with_added_fields(result, _KINDS[doc["kind"]],
+                                                FIELDS_ADDED[version])
+    return {**doc, "version": FORMAT_VERSION, "result": result}
+
+
 def _decode(doc: Any, folder: Path) -> StoredResult:
-    body = check_format(doc, RESULT_JSON, FORMAT, FORMAT_VERSION)
+    body = check_format(_upgraded(doc), RESULT_JSON, FORMAT, FORMAT_VERSION)
     if set(body) != {"format", "version", "kind", "result", "source", "reference_ct"} or \
             body["kind"] not in _KINDS:
         raise RecordFormatError(

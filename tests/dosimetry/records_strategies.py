@@ -78,7 +78,8 @@ voi_doses = st.builds(
     organ=st.none() | st.sampled_from(Organ),
     time_integrated_activity_mbq_h=st.none() | floats,
     effective_half_life_h=st.none() | floats, fit=st.none() | fits,
-    curve=small_tuple(curve_points), recovery_coefficient=floats, excluded=st.booleans(),
+    curve=small_tuple(curve_points), recovery_coefficient=floats,
+    partial_volume_factor=floats, excluded=st.booleans(),
     exclusion_reason=st.none() | text, notes=small_tuple(text),
 )
 cycle_results = st.builds(

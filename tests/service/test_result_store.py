@@ -27,8 +27,10 @@ from theranode.dicomio.source import (
     source_to_json,
 )
 from theranode.dosimetry.records_json import RecordFormatError
+from theranode.dosimetry.results import CycleResult
 from theranode.service.jobs.payload import JobPayloadError, decode_payload, encode_payload
 from theranode.service.jobs.results import (
+    FORMAT_VERSION,
     RESULT_JSON,
     StoredResultError,
     load_stored_result,
@@ -88,9 +90,40 @@ def rewrite(folder: Path, change) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_a_newer_result_json_is_refused_with_advice(stored: Path) -> None:
-    rewrite(stored, lambda doc: doc.update(version=3))
-    with pytest.raises(StoredResultError, match=r"result.json format version 3 is newer than "
-                       r"this theranode understands \(1\); upgrade theranode"):
+    rewrite(stored, lambda doc: doc.update(version=FORMAT_VERSION + 1))
+    with pytest.raises(StoredResultError, match=rf"result.json format version {FORMAT_VERSION + 1} "
+                       rf"is newer than this theranode understands \({FORMAT_VERSION}\); "
+                       "upgrade theranode"):
+        load_stored_result(stored)
+
+
+def _as_version_1(doc: dict) -> None:  # type: ignore[type-arg]
+    """``doc`` as theranode wrote it before version 2: VOIs without partial_volume_factor."""
+    doc["version"] = 1
+    vois = doc["result"]["vois"]
+    for voi in vois:
+        del voi["partial_volume_factor"]
+
+
+def test_a_result_stored_by_version_1_reads_with_the_fields_version_2_added(
+    stored: Path,
+) -> None:
+    before = load_stored_result(stored).result
+    rewrite(stored, _as_version_1)
+    assert '"partial_volume_factor"' not in (stored / RESULT_JSON).read_text()
+    after = load_stored_result(stored).result
+    assert isinstance(after, CycleResult) and isinstance(before, CycleResult)
+    assert [v.partial_volume_factor for v in after.vois] == [1.0] * len(before.vois)
+    assert_identical(after, before)
+
+
+def test_a_version_1_result_missing_another_field_is_still_refused(stored: Path) -> None:
+    def damage(doc: dict) -> None:  # type: ignore[type-arg]
+        _as_version_1(doc)
+        del doc["result"]["vois"][0]["mean_gy"]
+
+    rewrite(stored, damage)
+    with pytest.raises(StoredResultError, match=r"missing \['mean_gy'\]"):
         load_stored_result(stored)
 
 
@@ -178,7 +211,7 @@ def test_a_course_over_a_tampered_result_fails_with_the_reason_and_writes_nothin
     folder = settings.data_dir / "results" / "job-0"
     source, _ = source_for_cycle()
     write_result(folder, cycle_result(), source, dose_map())
-    rewrite(folder, lambda doc: doc.update(version=3))
+    rewrite(folder, lambda doc: doc.update(version=FORMAT_VERSION + 1))
     store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
     job = store.submit(kind="course", target="course|p|1", patient_key="p", label="1",
                        fingerprint="f", payload=encode_payload(CourseJobInput(("results/job-0",))),
@@ -187,8 +220,8 @@ def test_a_course_over_a_tampered_result_fails_with_the_reason_and_writes_nothin
         store, JobRunner(store, OutboxStore(store.db, store.lock), settings), job.id
     )
     assert failed.state is JobState.FAILED
-    assert ("result.json format version 3 is newer than this theranode understands (1); "
-            "upgrade theranode") in failed.message
+    assert (f"result.json format version {FORMAT_VERSION + 1} is newer than this theranode "
+            f"understands ({FORMAT_VERSION}); upgrade theranode") in failed.message
     assert not list((settings.data_dir / "results").glob(f"job-{job.id}/*"))
 
 
