@@ -6,6 +6,12 @@
   unknown (NaN) sd in any cycle makes the total's sd unknown.
 * Lesion indices: mean, minimum and maximum of the lesions' total AD over
   the lesions not excluded (Hebert 2024, Table 6).
+* Uncertainty budgets (:mod:`theranode.dosimetry.uncertainty`, when every
+  cycle's VOI has one): a total adds calibration, partial volume and the
+  reference cycle linearly over the cycles (one camera, one reference) and
+  the rest in quadrature; the mean lesion index adds calibration and partial
+  volume linearly over the lesions; the minimum and maximum indices carry
+  the budget of the lesion that is the minimum or maximum.
 * Projection: with ``n`` of ``planned`` cycles done, each VOI's total after
   the course is projected as its mean per-cycle AD × ``planned`` — future
   cycles are assumed to deliver the average of the past ones. Lesion AD
@@ -42,10 +48,17 @@ from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CycleResult,
+    DoseUncertainty,
     LesionIndices,
     Organ,
     VoiDose,
     VoiKind,
+)
+from theranode.dosimetry.uncertainty import (
+    CORRELATED_BETWEEN_CYCLES,
+    CORRELATED_BETWEEN_VOIS,
+    mean_of_doses,
+    sum_of_doses,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,14 +120,22 @@ def cumulative_doses(cycles: Sequence[CycleResult]) -> tuple[CumulativeDose, ...
 
 def lesion_indices(cumulative: Sequence[CumulativeDose]) -> LesionIndices | None:
     """Mean, min and max total AD over the lesions not excluded (None if none)."""
-    totals = [c.total_gy for c in cumulative if c.kind is VoiKind.LESION and not c.excluded]
-    if not totals:
+    lesions = [c for c in cumulative if c.kind is VoiKind.LESION and not c.excluded]
+    if not lesions:
         return None
+    totals = [c.total_gy for c in lesions]
+    lowest = min(lesions, key=lambda c: c.total_gy)
+    highest = max(lesions, key=lambda c: c.total_gy)
+    budgets = [(c.total_gy, c.uncertainty) for c in lesions if c.uncertainty is not None]
     return LesionIndices(
         n_lesions=len(totals),
         mean_total_gy=math.fsum(totals) / len(totals),
-        min_total_gy=min(totals),
-        max_total_gy=max(totals),
+        min_total_gy=lowest.total_gy,
+        max_total_gy=highest.total_gy,
+        mean_uncertainty=mean_of_doses(budgets, CORRELATED_BETWEEN_VOIS)
+        if len(budgets) == len(lesions) else None,
+        min_uncertainty=lowest.uncertainty,
+        max_uncertainty=highest.uncertainty,
     )
 
 
@@ -198,7 +219,16 @@ def _cumulate(name: str, entries: list[tuple[int, VoiDose]]) -> CumulativeDose:
         per_cycle_gy={number: voi.mean_gy for number, voi in entries},
         organ=organs[0] if organs else None,
         excluded=any(voi.excluded for _, voi in entries),
+        uncertainty=_total_uncertainty([voi for _, voi in entries]),
     )
+
+
+def _total_uncertainty(vois: Sequence[VoiDose]) -> DoseUncertainty | None:
+    """The budget of a VOI's course total (None when a cycle has none)."""
+    budgets = [(v.mean_gy, v.uncertainty) for v in vois if v.uncertainty is not None]
+    if len(budgets) != len(vois):
+        return None
+    return sum_of_doses(budgets, CORRELATED_BETWEEN_CYCLES)
 
 
 def _missing_flags(

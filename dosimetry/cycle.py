@@ -120,6 +120,7 @@ from theranode.dosimetry.results import (
     CurvePoint,
     CycleResult,
     DoseMethod,
+    DoseUncertainty,
     KineticFit,
     KineticModel,
     MapVoi,
@@ -134,6 +135,21 @@ from theranode.dosimetry.single_time_point import (
     hanscheid_dose_gy,
     madsen,
     scale_from_reference_cycle,
+)
+from theranode.dosimetry.uncertainty import (
+    ReferenceCycle,
+    TimePointSpread,
+    UncertaintyInputs,
+    multi_time_point_budget,
+    recovery_log_slope,
+    recovery_relative,
+    segmentation_relative,
+    single_time_point_budget,
+)
+from theranode.dosimetry.voi_sensitivity import (
+    noise_relative,
+    registration_relative,
+    volume_log_slope,
 )
 from theranode.dosimetry.volume import Volume, resample
 
@@ -247,6 +263,9 @@ class EngineSettings:
     spect_fwhm_mm:
         SPECT resolution (FWHM, mm) for time points that state none; the
         methods other than ``paper`` need one.
+    uncertainty:
+        Input uncertainties of the budget every VOI dose carries
+        (:mod:`theranode.dosimetry.uncertainty`).
     min_lesion_volume_ml:
         Lesions below are flagged excluded (2 mL, RC ≈ 0.5, paper).
     apply_recovery_to_marrow:
@@ -273,6 +292,7 @@ class EngineSettings:
     recovery_curve: RecoveryCurve = DEFAULT_RECOVERY
     partial_volume: PartialVolumeMethod = PartialVolumeMethod.PAPER
     spect_fwhm_mm: float | None = None
+    uncertainty: UncertaintyInputs = field(default_factory=UncertaintyInputs)
     min_lesion_volume_ml: float = MIN_LESION_VOLUME_ML
     apply_recovery_to_marrow: bool = False
     stp_fallback: StpFallback = StpFallback.HANSCHEID
@@ -440,7 +460,8 @@ def _correction(
 ) -> TimePointCorrection:
     method = settings.partial_volume
     if method is PartialVolumeMethod.GTM:
-        return gtm_correction(activity, tp.ct, vois, _psf(tp, settings))
+        return gtm_correction(activity, tp.ct, vois, _psf(tp, settings),
+                              settings.uncertainty.psf_fwhm_sd_mm)
     if method is PartialVolumeMethod.PAPER_CONTRAST:
         return contrast_correction(activity, vois, _psf(tp, settings), settings.recovery_curve)
     return TimePointCorrection()
@@ -514,6 +535,71 @@ def _fit(
     return fit_curve(settings.kinetic_model, times_h, values, lam_phys)
 
 
+def _divided_by_rc(kind: VoiKind, settings: EngineSettings) -> bool:
+    """Whether a VOI of ``kind`` is divided by RC(volume) after its fit (:func:`_corrected`)."""
+    method = settings.partial_volume
+    return (kind is VoiKind.LESION and method is PartialVolumeMethod.PAPER) or (
+        kind is VoiKind.MARROW
+        and settings.apply_recovery_to_marrow
+        and method is not PartialVolumeMethod.GTM
+    )
+
+
+def _uses_rc(kind: VoiKind, settings: EngineSettings) -> bool:
+    """Whether RC(volume) enters the VOI's dose (after the fit, or per time point)."""
+    contrast = kind is VoiKind.LESION and \
+        settings.partial_volume is PartialVolumeMethod.PAPER_CONTRAST
+    return contrast or _divided_by_rc(kind, settings)
+
+
+#: Smallest random relative uncertainty a curve point is given: a noise-free image
+#: would otherwise state none, and the weighted fit needs every point's σ > 0.
+MIN_POINT_RELATIVE = 1e-3
+
+
+def _spread(
+    prepared: _PreparedTimePoint, voi: VoiMask, value: float, settings: EngineSettings
+) -> TimePointSpread:
+    """The budget's inputs for ``voi`` at one time point (:mod:`.voi_sensitivity`)."""
+    inputs = settings.uncertainty
+    image, mask = prepared.activity.array, prepared.masks[voi.name].array
+    counts = max(noise_relative(image, mask), MIN_POINT_RELATIVE)
+    registration = 0.0 if prepared.registration is None else registration_relative(
+        image, mask, prepared.activity.spacing_mm, inputs.registration_sd_mm)
+    rc_slope = 0.0
+    partial_volume = prepared.correction.psf_sensitivity.get(voi.name, 0.0)
+    if _uses_rc(voi.kind, settings):
+        partial_volume = recovery_relative(settings.recovery_curve, voi.volume_ml, inputs)
+        rc_slope = recovery_log_slope(settings.recovery_curve, voi.volume_ml)
+    volume = segmentation_relative(
+        inputs.volume_relative(voi.kind), volume_log_slope(image, mask), rc_slope)
+    return TimePointSpread(prepared.elapsed_h, value, counts, registration, partial_volume,
+                           volume)
+
+
+def _with_budget(dose: VoiDose, budget: DoseUncertainty | None) -> VoiDose:
+    """``dose`` carrying ``budget``'s components, relative to its (corrected) mean."""
+    if budget is None:
+        return dose
+    return replace(dose, uncertainty=DoseUncertainty(
+        dose.mean_gy, budget.components, budget.effective_decay_sd_per_h))
+
+
+def _multi_time_point_budget(
+    voi: VoiMask, prepared: Sequence[_PreparedTimePoint], curve: Sequence[CurvePoint],
+    settings: EngineSettings,
+) -> tuple[DoseUncertainty | None, tuple[str, ...]]:
+    """The VOI's uncertainty budget, or none with the reason in a note."""
+    try:
+        spreads = [_spread(p, voi, c.mean_dose_rate_gy_per_h, settings)
+                   for p, c in zip(prepared, curve, strict=True)]
+        lam_phys = nuclear_data(settings.radionuclide).decay_constant_per_h
+        return multi_time_point_budget(spreads, settings.uncertainty, lam_phys), ()
+    except DosimetryError as exc:
+        logger.warning("VOI %s: no uncertainty budget: %s", voi.name, exc)
+        return None, (f"uncertainty not computed: {exc}",)
+
+
 def _corrected(voi: VoiDose, settings: EngineSettings) -> VoiDose:
     """RC after the fit where the method says so, then lesion eligibility.
 
@@ -522,13 +608,7 @@ def _corrected(voi: VoiDose, settings: EngineSettings) -> VoiDose:
     and only marrow (if configured) is divided; with ``gtm`` every VOI was
     corrected per time point.
     """
-    method = settings.partial_volume
-    wants_rc = (voi.kind is VoiKind.LESION and method is PartialVolumeMethod.PAPER) or (
-        voi.kind is VoiKind.MARROW
-        and settings.apply_recovery_to_marrow
-        and method is not PartialVolumeMethod.GTM
-    )
-    if wants_rc:
+    if _divided_by_rc(voi.kind, settings):
         voi = apply_recovery(voi, settings.recovery_curve)
     return apply_lesion_eligibility(voi, settings.min_lesion_volume_ml)
 
@@ -621,6 +701,7 @@ def _multi_time_point_voi(
     fit = _fit(times, [c.mean_dose_rate_gy_per_h for c in curve], settings)
     activity_fit = _fit(times, [c.activity_mbq for c in curve], settings)
     pv_factor = _pv_factor(voi, prepared, fit, settings)
+    budget, budget_notes = _multi_time_point_budget(voi, prepared, curve, settings)
     dose = VoiDose(
         name=voi.name,
         kind=voi.kind,
@@ -634,9 +715,10 @@ def _multi_time_point_voi(
         fit=fit,
         curve=curve,
         partial_volume_factor=pv_factor,
-        notes=(*fit.notes, *_partial_volume_note(voi.name, prepared, pv_factor)),
+        notes=(*fit.notes, *_partial_volume_note(voi.name, prepared, pv_factor),
+               *budget_notes),
     )
-    return _corrected(dose, settings)
+    return _with_budget(_corrected(dose, settings), budget)
 
 
 def _voxelwise_dose_map(
@@ -842,7 +924,44 @@ def _single_voi(
     notes = _partial_volume_note(voi.name, (prepared,), factor)
     dose = replace(dose, curve=(point,), partial_volume_factor=factor,
                    notes=(*dose.notes, *notes))
-    return _corrected(dose, settings)
+    corrected = _corrected(dose, settings)
+    budget, budget_notes = _single_time_point_budget(
+        voi, prepared, point, corrected, _find_voi(reference, voi.name), settings)
+    return _with_budget(replace(corrected, notes=(*corrected.notes, *budget_notes)), budget)
+
+
+def _single_time_point_budget(
+    voi: VoiMask, prepared: _PreparedTimePoint, point: CurvePoint, dose: VoiDose,
+    reference: VoiDose | None, settings: EngineSettings,
+) -> tuple[DoseUncertainty | None, tuple[str, ...]]:
+    """The budget of a single-time-point VOI, or none with the reason in a note.
+
+    For the paper's scaling the reference cycle's λ_eff uncertainty and random
+    part come from the reference VOI's budget; its ~24 h scan's count noise is
+    taken as this scan's (the same VOI at about the same time).
+    """
+    try:
+        spread = _spread(prepared, voi, point.mean_dose_rate_gy_per_h, settings)
+        scaled = None
+        if dose.method is DoseMethod.SINGLE_TIME_POINT_SCALED:
+            if reference is None or reference.uncertainty is None or \
+                    reference.uncertainty.effective_decay_sd_per_h is None:
+                return None, (
+                    "uncertainty not computed: the reference cycle's VOI has no budget "
+                    "(computed by an earlier theranode); reprocess it",
+                )
+            scan = _reference_scan(reference, point.elapsed_h)
+            scaled = ReferenceCycle(
+                lambda_eff_sd_per_h=reference.uncertainty.effective_decay_sd_per_h,
+                delta_h=point.elapsed_h - (scan.elapsed_h if scan else point.elapsed_h),
+                dose_random_relative=reference.uncertainty.random_relative,
+                scan_counts_relative=spread.counts_relative)
+        budget = single_time_point_budget(dose.mean_gy, spread, settings.uncertainty,
+                                          dose.method, scaled)
+        return budget, ()
+    except DosimetryError as exc:
+        logger.warning("VOI %s: no uncertainty budget: %s", voi.name, exc)
+        return None, (f"uncertainty not computed: {exc}",)
 
 
 def compute_single_time_point_cycle(

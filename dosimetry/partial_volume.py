@@ -134,9 +134,9 @@ class TimePointCorrection:
         The voxel-wise corrected activity image for the dose map (``gtm``
         only), else ``None``.
     psf_sensitivity:
-        Per VOI, the relative change of its corrected mean when the PSF FWHM
-        grows by ``fwhm_step_mm`` (the uncertainty budget's partial-volume
-        component), when asked for.
+        Per VOI, the signed relative change of its corrected mean when the PSF
+        FWHM grows by ``fwhm_step_mm`` (the uncertainty budget's partial-volume
+        input), when asked for.
     notes:
         Per VOI, what was done (for the VOI's notes).
     """
@@ -211,7 +211,7 @@ def gtm_correction(
     if fwhm_step_mm > 0:
         wider = gtm(activity, regions, PointSpread(psf.fwhm_mm + fwhm_step_mm))
         sensitivity = {
-            v.name: abs(wider.true_mean(v.name) / solved.true_mean(v.name) - 1.0) for v in vois
+            v.name: wider.true_mean(v.name) / solved.true_mean(v.name) - 1.0 for v in vois
         }
     notes = {
         v.name: (

@@ -53,6 +53,7 @@ from theranode.dosimetry.results import (
     CumulativeDose,
     CurvePoint,
     CycleResult,
+    DoseUncertainty,
     KineticFit,
     LesionIndices,
     MapVoi,
@@ -362,7 +363,7 @@ def _decode_array(doc: Any, key: str, load: ArrayLoad) -> npt.NDArray[Any]:
 #: :class:`Volume`).
 RESULT_TYPES: tuple[type, ...] = (
     CycleResult, CourseResult, VoiDose, KineticFit, CurvePoint, RegistrationQuality,
-    CumulativeDose, LesionIndices, MapVoi, Volume,
+    CumulativeDose, LesionIndices, MapVoi, Volume, DoseUncertainty,
 )
 RESULT_CODEC = RecordCodec(RESULT_TYPES)
 

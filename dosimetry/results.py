@@ -9,12 +9,14 @@ method produced it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
 
+from theranode.dosimetry.errors import DosimetryError
 from theranode.dosimetry.volume import Volume
 
 
@@ -96,6 +98,112 @@ class RegistrationQuality:
     converged: bool
 
 
+# -- uncertainty (theranode.dosimetry.uncertainty computes it) ---------------------
+class UncertaintyComponent(str, Enum):
+    """Sources of uncertainty of a VOI dose (Gear 2018)."""
+
+    CALIBRATION = "calibration"
+    PARTIAL_VOLUME = "partial volume"
+    VOLUME = "volume"
+    COUNTS = "counts"
+    REGISTRATION = "registration"
+    KINETIC_FIT = "kinetic fit"
+    SINGLE_TIME_POINT_METHOD = "single-time-point method"
+    REFERENCE_CYCLE = "reference cycle"
+
+
+#: Components random between time points (and the fit's residual scatter).
+RANDOM_COMPONENTS = (
+    UncertaintyComponent.COUNTS,
+    UncertaintyComponent.REGISTRATION,
+    UncertaintyComponent.KINETIC_FIT,
+)
+
+
+@dataclass(frozen=True)
+class DoseUncertainty:
+    """Combined standard uncertainty of a dose and its components.
+
+    Attributes
+    ----------
+    dose_gy:
+        The dose the components are relative to.
+    components:
+        Relative standard uncertainty of the dose per source, independent of
+        each other, so that the relative combined uncertainty is their
+        root sum of squares.
+    effective_decay_sd_per_h:
+        Standard uncertainty of the VOI's fitted λ_eff (multi-time-point
+        cycles): what a later cycle scaled from this one carries.
+    """
+
+    dose_gy: float
+    components: dict[UncertaintyComponent, float] = field(default_factory=dict)
+    effective_decay_sd_per_h: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.dose_gy) and self.dose_gy >= 0):
+            raise DosimetryError(f"A dose must be finite and ≥ 0 Gy, got {self.dose_gy}.")
+        components: dict[UncertaintyComponent, float] = {}
+        for key, value in self.components.items():
+            component = _component(key)
+            if not (math.isfinite(value) and value >= 0):
+                raise DosimetryError(
+                    f"The {component.value} component must be a finite relative uncertainty "
+                    f"≥ 0, got {value}."
+                )
+            components[component] = float(value)
+        object.__setattr__(self, "components", components)
+
+    @property
+    def relative(self) -> float:
+        """Combined relative standard uncertainty (k = 1)."""
+        return math.sqrt(math.fsum(v**2 for v in self.components.values()))
+
+    @property
+    def standard_gy(self) -> float:
+        """Combined standard uncertainty in Gy (k = 1)."""
+        return self.dose_gy * self.relative
+
+    @property
+    def dominant(self) -> UncertaintyComponent | None:
+        """The largest component (None when there is none above 0)."""
+        if not self.components or max(self.components.values()) == 0:
+            return None
+        return max(self.components, key=lambda c: self.components[c])
+
+    @property
+    def random_relative(self) -> float:
+        """Counts, registration and kinetic fit combined: what a scaled cycle
+        takes over from its reference (:attr:`theranode.dosimetry.uncertainty.ReferenceCycle.dose_random_relative`)."""
+        return math.sqrt(math.fsum(self.components.get(c, 0.0) ** 2 for c in RANDOM_COMPONENTS))
+
+    @property
+    def shares(self) -> dict[UncertaintyComponent, float]:
+        """Each component's share of the combined variance (sums to 1)."""
+        total = math.fsum(v**2 for v in self.components.values())
+        if total == 0:
+            return {c: 0.0 for c in self.components}
+        return {c: v**2 / total for c, v in self.components.items()}
+
+    def interval(self, k: float = 2.0) -> tuple[float, float]:
+        """``(D − k·u, D + k·u)`` in Gy, the low end floored at 0 (GUM 6.2)."""
+        if not (math.isfinite(k) and k > 0):
+            raise DosimetryError(f"A coverage factor must be positive, got k = {k}.")
+        half = k * self.standard_gy
+        return max(self.dose_gy - half, 0.0), self.dose_gy + half
+
+
+def _component(key: object) -> UncertaintyComponent:
+    try:
+        return UncertaintyComponent(key)
+    except ValueError:
+        names = ", ".join(repr(c.value) for c in UncertaintyComponent)
+        raise DosimetryError(
+            f"Unknown uncertainty component {key!r}; expected one of {names}."
+        ) from None
+
+
 @dataclass(frozen=True)
 class VoiDose:
     """Absorbed dose to one VOI in one cycle.
@@ -105,6 +213,11 @@ class VoiDose:
     ``partial_volume_factor`` is corrected / uncorrected absorbed dose from a
     correction applied per time point before the fit (GTM, or RC with the
     lesion's background; 1 when none).
+
+    Uncertainty: ``mean_gy_sd`` is the kinetic fit's own standard deviation
+    (from its residuals); ``uncertainty`` is the whole budget of ``mean_gy``
+    (calibration, partial volume, volume, counts, registration, fit,
+    single-time-point method; :mod:`theranode.dosimetry.uncertainty`).
     """
 
     name: str
@@ -127,6 +240,7 @@ class VoiDose:
     excluded: bool = False
     exclusion_reason: str | None = None
     notes: tuple[str, ...] = ()
+    uncertainty: DoseUncertainty | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,6 +304,7 @@ class CumulativeDose:
     per_cycle_gy: dict[int, float]
     organ: Organ | None = None
     excluded: bool = False
+    uncertainty: DoseUncertainty | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +315,9 @@ class LesionIndices:
     mean_total_gy: float
     min_total_gy: float
     max_total_gy: float
+    mean_uncertainty: DoseUncertainty | None = None
+    min_uncertainty: DoseUncertainty | None = None
+    max_uncertainty: DoseUncertainty | None = None
 
 
 @dataclass(frozen=True)

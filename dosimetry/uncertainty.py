@@ -87,10 +87,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TypeGuard
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -104,7 +102,12 @@ from theranode.dosimetry.kinetics import (
     fit_monoexponential,
 )
 from theranode.dosimetry.recovery import RecoveryCurve
-from theranode.dosimetry.results import DoseMethod, VoiKind
+from theranode.dosimetry.results import (
+    DoseMethod,
+    DoseUncertainty,
+    UncertaintyComponent,
+    VoiKind,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +118,6 @@ FloatArray = npt.NDArray[np.float64]
 _MAX_RELATIVE = 1.0
 #: Largest PSF FWHM sd or registration sd accepted, mm.
 _MAX_MM = 50.0
-
-
-class UncertaintyComponent(str, Enum):
-    """Sources of uncertainty of a VOI dose (Gear 2018)."""
-
-    CALIBRATION = "calibration"
-    PARTIAL_VOLUME = "partial volume"
-    VOLUME = "volume"
-    COUNTS = "counts"
-    REGISTRATION = "registration"
-    KINETIC_FIT = "kinetic fit"
-    SINGLE_TIME_POINT_METHOD = "single-time-point method"
-    REFERENCE_CYCLE = "reference cycle"
 
 
 #: One error shared by every cycle of a VOI's course (summed linearly).
@@ -141,14 +131,6 @@ CORRELATED_BETWEEN_CYCLES = frozenset(
 #: One error shared by the VOIs of one patient (summed linearly).
 CORRELATED_BETWEEN_VOIS = frozenset(
     {UncertaintyComponent.CALIBRATION, UncertaintyComponent.PARTIAL_VOLUME}
-)
-
-
-#: Components random between time points (and the fit's residual scatter).
-_RANDOM = (
-    UncertaintyComponent.COUNTS,
-    UncertaintyComponent.REGISTRATION,
-    UncertaintyComponent.KINETIC_FIT,
 )
 
 
@@ -341,99 +323,6 @@ class ReferenceCycle:
 
 
 # -- result ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class DoseUncertainty:
-    """Combined standard uncertainty of a dose and its components.
-
-    Attributes
-    ----------
-    dose_gy:
-        The dose the components are relative to.
-    components:
-        Relative standard uncertainty of the dose per source, independent of
-        each other, so that the relative combined uncertainty is their
-        root sum of squares.
-    """
-
-    dose_gy: float
-    components: dict[UncertaintyComponent, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.dose_gy) and self.dose_gy >= 0):
-            raise DosimetryError(f"A dose must be finite and ≥ 0 Gy, got {self.dose_gy}.")
-        components: dict[UncertaintyComponent, float] = {}
-        for key, value in self.components.items():
-            component = _component(key)
-            if not (math.isfinite(value) and value >= 0):
-                raise DosimetryError(
-                    f"The {component.value} component must be a finite relative uncertainty "
-                    f"≥ 0, got {value}."
-                )
-            components[component] = float(value)
-        object.__setattr__(self, "components", components)
-
-    @property
-    def relative(self) -> float:
-        """Combined relative standard uncertainty (k = 1)."""
-        return math.sqrt(math.fsum(v**2 for v in self.components.values()))
-
-    @property
-    def standard_gy(self) -> float:
-        """Combined standard uncertainty in Gy (k = 1)."""
-        return self.dose_gy * self.relative
-
-    @property
-    def dominant(self) -> UncertaintyComponent | None:
-        """The largest component (None when there is none above 0)."""
-        if not self.components or max(self.components.values()) == 0:
-            return None
-        return max(self.components, key=lambda c: self.components[c])
-
-    @property
-    def random_relative(self) -> float:
-        """Counts, registration and kinetic fit combined: what a scaled cycle
-        takes over from its reference (:attr:`ReferenceCycle.dose_random_relative`)."""
-        return math.sqrt(math.fsum(self.components.get(c, 0.0) ** 2 for c in _RANDOM))
-
-    @property
-    def shares(self) -> dict[UncertaintyComponent, float]:
-        """Each component's share of the combined variance (sums to 1)."""
-        total = math.fsum(v**2 for v in self.components.values())
-        if total == 0:
-            return {c: 0.0 for c in self.components}
-        return {c: v**2 / total for c, v in self.components.items()}
-
-    def interval(self, k: float = 2.0) -> tuple[float, float]:
-        """``(D − k·u, D + k·u)`` in Gy, the low end floored at 0 (GUM 6.2)."""
-        if not (math.isfinite(k) and k > 0):
-            raise DosimetryError(f"A coverage factor must be positive, got k = {k}.")
-        half = k * self.standard_gy
-        return max(self.dose_gy - half, 0.0), self.dose_gy + half
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain floats and strings for JSON; ``standard_gy`` is informative."""
-        return {
-            "dose_gy": self.dose_gy,
-            "standard_gy": self.standard_gy,
-            "components": {c.value: v for c, v in self.components.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, object]) -> DoseUncertainty:
-        """Inverse of :meth:`to_dict` (``standard_gy`` is recomputed)."""
-        components = doc.get("components")
-        dose = doc.get("dose_gy")
-        if not isinstance(components, Mapping) or not _is_number(dose):
-            raise DosimetryError(
-                "A dose uncertainty needs 'dose_gy' (a number) and 'components' (an object of "
-                f"component name → relative uncertainty); got keys {sorted(doc)}."
-            )
-        return cls(
-            float(dose),
-            {_component(k): _number(k, v) for k, v in components.items()},
-        )
-
-
 @dataclass(frozen=True)
 class KineticCovariance:
     """The weighted mono-exponential fit of a VOI curve, linearised.
@@ -655,6 +544,7 @@ def multi_time_point_budget(
         logger.debug("uncertainty: λ clipped at λ_phys; λ taken as exact")
     return DoseUncertainty(
         dose_gy=dose,
+        effective_decay_sd_per_h=fit.lambda_sd_per_h,
         components={
             UncertaintyComponent.CALIBRATION: inputs.calibration_relative,
             UncertaintyComponent.PARTIAL_VOLUME: _correlated(
@@ -837,26 +727,6 @@ def _check_mm(name: str, value: float) -> None:
         raise DosimetryError(
             f"{name} must be a standard uncertainty in mm within [0, {_MAX_MM:g}], got {value}."
         )
-
-
-def _component(key: object) -> UncertaintyComponent:
-    try:
-        return UncertaintyComponent(key)
-    except ValueError:
-        names = ", ".join(repr(c.value) for c in UncertaintyComponent)
-        raise DosimetryError(
-            f"Unknown uncertainty component {key!r}; expected one of {names}."
-        ) from None
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _number(key: object, value: object) -> float:
-    if not _is_number(value):
-        raise DosimetryError(f"Uncertainty component {key!r} must be a number, got {value!r}.")
-    return float(value)
 
 
 def _ordered(spreads: Sequence[TimePointSpread]) -> list[TimePointSpread]:

@@ -8,7 +8,7 @@ sums read them back with :func:`load_stored_result`.
 
 ``result.json`` is a versioned document::
 
-    {"format": "theranode-result", "version": 2, "kind": "cycle" | "course",
+    {"format": "theranode-result", "version": 3, "kind": "cycle" | "course",
      "result": …, "source": …, "reference_ct": …}
 
 whose records are encoded by :mod:`theranode.dosimetry.records_json` (result records,
@@ -51,7 +51,13 @@ from theranode.dosimetry.records_json import (
     record_from_json,
     record_to_json,
 )
-from theranode.dosimetry.results import CourseResult, CycleResult, VoiDose
+from theranode.dosimetry.results import (
+    CourseResult,
+    CumulativeDose,
+    CycleResult,
+    LesionIndices,
+    VoiDose,
+)
 from theranode.dosimetry.volume import Volume
 from theranode.service.errors import ServiceError
 from theranode.service.receive.archive import write_durably
@@ -61,11 +67,15 @@ logger = logging.getLogger(__name__)
 RESULT_JSON = "result.json"
 FORMAT = "theranode-result"
 #: The ``result.json`` version this theranode writes; every earlier one is read too.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Per version, the fields it added to the result records and the value they had
-#: before (their default): version 2 added the per-time-point partial-volume factor.
+#: before (their default): version 2 added the per-time-point partial-volume factor,
+#: version 3 the uncertainty budgets.
 FIELDS_ADDED: dict[int, dict[type, dict[str, Any]]] = {
     2: {VoiDose: {"partial_volume_factor": 1.0}},
+    3: {VoiDose: {"uncertainty": None}, CumulativeDose: {"uncertainty": None},
+        LesionIndices: {"mean_uncertainty": None, "min_uncertainty": None,
+                        "max_uncertainty": None}},
 }
 _KINDS: dict[str, type] = {"cycle": CycleResult, "course": CourseResult}
 

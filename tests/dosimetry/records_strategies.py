@@ -22,12 +22,14 @@ from theranode.dosimetry.results import (
     CurvePoint,
     CycleResult,
     DoseMethod,
+    DoseUncertainty,
     KineticFit,
     KineticModel,
     LesionIndices,
     MapVoi,
     Organ,
     RegistrationQuality,
+    UncertaintyComponent,
     VoiDose,
     VoiKind,
 )
@@ -71,6 +73,11 @@ registrations = st.builds(
     RegistrationQuality, floats, text, floats, floats, st.tuples(floats, floats, floats),
     st.tuples(floats, floats, floats), st.booleans(),
 )
+relative = st.floats(0.0, 10.0)
+uncertainties = st.builds(
+    DoseUncertainty, dose_gy=st.floats(0.0, 1e6),
+    components=st.dictionaries(st.sampled_from(UncertaintyComponent), relative, max_size=4),
+)
 voi_doses = st.builds(
     VoiDose, name=text, kind=st.sampled_from(VoiKind), method=st.sampled_from(DoseMethod),
     volume_ml=floats, mean_gy=floats, mean_gy_sd=floats, min_gy=st.none() | floats,
@@ -81,6 +88,7 @@ voi_doses = st.builds(
     curve=small_tuple(curve_points), recovery_coefficient=floats,
     partial_volume_factor=floats, excluded=st.booleans(),
     exclusion_reason=st.none() | text, notes=small_tuple(text),
+    uncertainty=st.none() | uncertainties,
 )
 cycle_results = st.builds(
     CycleResult, cycle_number=st.integers(1, 8), method=st.sampled_from(DoseMethod),
@@ -93,8 +101,13 @@ cumulative_doses = st.builds(
     CumulativeDose, name=text, kind=st.sampled_from(VoiKind), total_gy=floats,
     total_gy_sd=floats, per_cycle_gy=st.dictionaries(st.integers(1, 8), floats),
     organ=st.none() | st.sampled_from(Organ), excluded=st.booleans(),
+    uncertainty=st.none() | uncertainties,
 )
-lesion_indices = st.builds(LesionIndices, st.integers(0, 50), floats, floats, floats)
+lesion_indices = st.builds(
+    LesionIndices, st.integers(0, 50), floats, floats, floats,
+    mean_uncertainty=st.none() | uncertainties, min_uncertainty=st.none() | uncertainties,
+    max_uncertainty=st.none() | uncertainties,
+)
 course_results = st.builds(
     CourseResult, cycles=st.lists(cycle_results, max_size=2).map(tuple),
     cumulative=small_tuple(cumulative_doses), lesion_indices=st.none() | lesion_indices,
@@ -108,7 +121,7 @@ RECORDS: dict[type, st.SearchStrategy[Any]] = {
     Volume: volumes, MapVoi: map_vois, KineticFit: fits, CurvePoint: curve_points,
     RegistrationQuality: registrations, VoiDose: voi_doses, CycleResult: cycle_results,
     CumulativeDose: cumulative_doses, LesionIndices: lesion_indices,
-    CourseResult: course_results,
+    CourseResult: course_results, DoseUncertainty: uncertainties,
 }
 
 

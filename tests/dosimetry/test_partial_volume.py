@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from theranode.dosimetry.course import summarize_course
 from theranode.dosimetry.cycle import (
     CycleInputs,
     EngineSettings,
@@ -26,6 +27,7 @@ from theranode.dosimetry.cycle import (
 from theranode.dosimetry.errors import InsufficientDataError
 from theranode.dosimetry.partial_volume import PartialVolumeMethod
 from theranode.dosimetry.results import CycleResult, VoiKind
+from theranode.dosimetry.results import UncertaintyComponent as C
 from theranode.dosimetry.synthetic import phantom as ph
 from theranode.dosimetry.synthetic.realistic import (
     ImagingProtocol,
@@ -175,3 +177,41 @@ def test_single_time_point_cycles_are_corrected_at_their_one_scan(
     assert kidney_gtm.mean_gy == pytest.approx(
         kidney_paper.mean_gy * kidney_gtm.partial_volume_factor, rel=1e-9)
     assert kidney_gtm.partial_volume_factor > 1.1
+
+
+# -- the uncertainty budget every dose carries (EANM, Gear 2018) ----------------------
+def test_every_voi_carries_its_uncertainty_budget(gtm_result: CycleResult) -> None:
+    for voi in gtm_result.vois:
+        budget = voi.uncertainty
+        assert budget is not None, voi.name
+        assert budget.dose_gy == voi.mean_gy
+        assert budget.components[C.CALIBRATION] == 0.05, "the default calibration input"
+        assert budget.components[C.PARTIAL_VOLUME] > 0, "GTM re-solved at FWHM + 1 mm"
+        assert budget.components[C.COUNTS] > 0 and budget.components[C.REGISTRATION] > 0
+        assert budget.standard_gy == pytest.approx(voi.mean_gy * budget.relative)
+        assert budget.effective_decay_sd_per_h is not None and budget.effective_decay_sd_per_h > 0
+    kidney, lesion = gtm_result.voi("Kidney_L"), gtm_result.voi("Lesion_03")
+    assert kidney.uncertainty and lesion.uncertainty
+    assert lesion.uncertainty.relative > kidney.uncertainty.relative, "small lesions are worse"
+
+
+def test_scaled_cycles_carry_the_reference_cycle_and_course_totals_add_up(
+    gtm_result: CycleResult, noisy: CycleInputs,
+) -> None:
+    one = dataclasses.replace(noisy, cycle_number=3, time_points=noisy.ordered()[1:2])
+    scaled = compute_single_time_point_cycle(one, GTM, reference=gtm_result)
+    kidney = scaled.voi("Kidney_L").uncertainty
+    assert kidney is not None
+    assert kidney.components[C.SINGLE_TIME_POINT_METHOD] == 0.05
+    assert kidney.components[C.REFERENCE_CYCLE] > 0
+    course = summarize_course([gtm_result, scaled])
+    total = next(c for c in course.cumulative if c.name == "Kidney_L")
+    assert total.uncertainty is not None
+    doses = [gtm_result.voi("Kidney_L").mean_gy, scaled.voi("Kidney_L").mean_gy]
+    # calibration is one error shared by the cycles: its Gy add linearly
+    assert total.uncertainty.components[C.CALIBRATION] * total.total_gy == pytest.approx(
+        0.05 * sum(doses))
+    indices = course.lesion_indices
+    assert indices is not None and indices.mean_uncertainty is not None
+    assert indices.max_uncertainty is next(
+        c.uncertainty for c in course.cumulative if c.total_gy == indices.max_total_gy)

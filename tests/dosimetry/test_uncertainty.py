@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
 from theranode.dosimetry.kinetics import fit_monoexponential
 from theranode.dosimetry.radionuclides import nuclear_data
+from theranode.dosimetry.records_json import record_from_json, record_to_json
 from theranode.dosimetry.recovery import SigmoidRecovery, SigmoidRecoveryFit
 from theranode.dosimetry.results import DoseMethod, VoiKind
 from theranode.dosimetry.uncertainty import (
@@ -367,25 +369,30 @@ def test_sum_needs_a_dose():
 
 
 # -- the record -------------------------------------------------------------------------
-def test_dose_uncertainty_round_trips_through_json():
-    budget = DoseUncertainty(23.5, {C.CALIBRATION: 0.05, C.VOLUME: 0.12, C.COUNTS: 0.02})
-    doc = json.loads(json.dumps(budget.to_dict()))
-    assert doc["components"]["volume"] == 0.12
-    again = DoseUncertainty.from_dict(doc)
+def test_dose_uncertainty_round_trips_through_the_result_codec():
+    budget = DoseUncertainty(23.5, {C.CALIBRATION: 0.05, C.VOLUME: 0.12, C.COUNTS: 0.02},
+                             effective_decay_sd_per_h=0.0012)
+    doc = json.loads(json.dumps(record_to_json(budget, DoseUncertainty, "u", _no_arrays)))
+    assert dict(doc["components"])["volume"] == 0.12
+    again = record_from_json(doc, DoseUncertainty, "u", _no_arrays)
     assert again == budget
     assert again.dominant is C.VOLUME
     assert sum(again.shares.values()) == pytest.approx(1.0)
 
 
 def test_dose_uncertainty_refuses_unknown_components_and_bad_values():
-    with pytest.raises(DosimetryError, match="Unknown uncertainty component 'luck'"):
-        DoseUncertainty.from_dict({"dose_gy": 1.0, "components": {"luck": 0.1}})
-    with pytest.raises(DosimetryError, match="must be a number"):
-        DoseUncertainty.from_dict({"dose_gy": 1.0, "components": {"counts": "0.1"}})
-    with pytest.raises(DosimetryError, match="needs 'dose_gy'"):
-        DoseUncertainty.from_dict({"components": {}})
+    doc = record_to_json(DoseUncertainty(1.0, {C.COUNTS: 0.1}), DoseUncertainty, "u", _no_arrays)
+    doc["components"][0][0] = "luck"
+    with pytest.raises(DosimetryError, match="luck"):
+        record_from_json(doc, DoseUncertainty, "u", _no_arrays)
     with pytest.raises(DosimetryError, match="≥ 0"):
         DoseUncertainty(1.0, {C.COUNTS: -0.1})
+    with pytest.raises(DosimetryError, match="Unknown uncertainty component 'luck'"):
+        DoseUncertainty(1.0, {"luck": 0.1})  # type: ignore[dict-item]
+
+
+def _no_arrays(*args: object) -> Any:
+    raise AssertionError("a dose uncertainty holds no arrays")
 
 
 def test_reference_cycle_takes_the_random_part_of_the_reference_dose():

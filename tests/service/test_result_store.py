@@ -11,7 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
+from tests.dicomio.result_records import (
+    course_result,
+    cycle_result,
+    dose_map,
+    source_for_cycle,
+)
 from tests.dosimetry.records_strategies import (
     assert_identical,
     course_results,
@@ -97,24 +102,42 @@ def test_a_newer_result_json_is_refused_with_advice(stored: Path) -> None:
         load_stored_result(stored)
 
 
+#: The fields each record lacked in version 1 (written before #15).
+VERSION_1_LACKS = {"vois": ("partial_volume_factor", "uncertainty"),
+                   "cumulative": ("uncertainty",),
+                   "lesion_indices": ("mean_uncertainty", "min_uncertainty", "max_uncertainty")}
+
+
 def _as_version_1(doc: dict) -> None:  # type: ignore[type-arg]
-    """``doc`` as theranode wrote it before version 2: VOIs without partial_volume_factor."""
+    """``doc`` as theranode wrote it in version 1: without the fields versions 2 and 3 added."""
     doc["version"] = 1
-    vois = doc["result"]["vois"]
-    for voi in vois:
-        del voi["partial_volume_factor"]
+    result = doc["result"]
+    for cycle in [result, *result.get("cycles", [])]:
+        for voi in cycle.get("vois", []):
+            for key in VERSION_1_LACKS["vois"]:
+                del voi[key]
+    for total in result.get("cumulative", []):
+        del total["uncertainty"]
+    if result.get("lesion_indices"):
+        for key in VERSION_1_LACKS["lesion_indices"]:
+            del result["lesion_indices"][key]
 
 
-def test_a_result_stored_by_version_1_reads_with_the_fields_version_2_added(
-    stored: Path,
+@pytest.mark.parametrize("kind", ["cycle", "course"])
+def test_a_result_stored_by_version_1_reads_with_the_fields_added_since(
+    tmp_path: Path, kind: str,
 ) -> None:
-    before = load_stored_result(stored).result
-    rewrite(stored, _as_version_1)
-    assert '"partial_volume_factor"' not in (stored / RESULT_JSON).read_text()
-    after = load_stored_result(stored).result
-    assert isinstance(after, CycleResult) and isinstance(before, CycleResult)
-    assert [v.partial_volume_factor for v in after.vois] == [1.0] * len(before.vois)
-    assert_identical(after, before)
+    source, _ = source_for_cycle()
+    written = cycle_result() if kind == "cycle" else course_result()
+    write_result(tmp_path, written, source, dose_map())
+    rewrite(tmp_path, _as_version_1)
+    text = (tmp_path / RESULT_JSON).read_text()
+    assert not any(f'"{key}"' in text for keys in VERSION_1_LACKS.values() for key in keys)
+    read = load_stored_result(tmp_path).result
+    vois = read.vois if isinstance(read, CycleResult) else [
+        v for cycle in read.cycles for v in cycle.vois]
+    assert vois and all(v.partial_volume_factor == 1.0 and v.uncertainty is None for v in vois)
+    assert_identical(read, written)
 
 
 def test_a_version_1_result_missing_another_field_is_still_refused(stored: Path) -> None:
