@@ -452,6 +452,13 @@ def _psf(tp: TimePointImages, settings: EngineSettings) -> PointSpread:
     return PointSpread(fwhm_mm)
 
 
+def _fwhm_used(tp: TimePointImages, settings: EngineSettings) -> float | None:
+    """The resolution a time point's partial-volume correction used (None: none needed)."""
+    if settings.partial_volume is PartialVolumeMethod.PAPER:
+        return None
+    return _psf(tp, settings).fwhm_mm
+
+
 def _correction(
     tp: TimePointImages,
     activity: Volume,
@@ -859,6 +866,7 @@ def compute_multi_time_point_cycle(
         settings={
             **settings.as_dict(),
             "dose_grid": "reference time point SPECT grid",
+            "time_point_spect_fwhm_mm": [_fwhm_used(tp, settings) for tp in ordered],
             "dose_map": multi_time_point_map_method(settings)[0] if dose_map is not None
             else "none",
             "dose_map_comment": multi_time_point_map_method(settings)[1] if dose_map is not None
@@ -1027,6 +1035,7 @@ def compute_single_time_point_cycle(
         settings={
             **settings.as_dict(),
             "dose_grid": "the time point's SPECT grid",
+            "time_point_spect_fwhm_mm": [_fwhm_used(tp, settings)],
             "dose_map": statement,
             "dose_map_comment": comment,
             "reference_cycle": None if reference is None else reference.cycle_number,

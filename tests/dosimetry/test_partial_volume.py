@@ -95,6 +95,7 @@ def test_gtm_result_says_what_it_did_and_the_map_keeps_the_reported_means(
     assert any(n.startswith("partial volume: GTM over 11 regions (PSF 10 mm FWHM")
                for n in kidney.notes), kidney.notes
     assert gtm_result.settings["partial_volume"] == "gtm"
+    assert gtm_result.settings["time_point_spect_fwhm_mm"] == [FWHM_MM] * 4
     assert "region-based voxel-wise" in str(gtm_result.settings["dose_map"])
     assert gtm_result.dose_map is not None
     for voi, map_voi in zip(gtm_result.vois, gtm_result.map_vois, strict=True):
