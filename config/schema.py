@@ -408,6 +408,46 @@ class DosimetrySettings:
     )
 
 
+def percent(value: float) -> str | None:
+    return None if 0 <= value < 100 else f"must be a percentage in [0, 100), got {value}"
+
+
+def millimetres(value: float) -> str | None:
+    return None if 0 <= value <= 50 else f"must be in [0, 50] mm, got {value}"
+
+
+@dataclass(frozen=True)
+class UncertaintySettings:
+    calibration_percent: float = setting(
+        5.0, "Standard uncertainty of the SPECT calibration factor (%).", percent
+    )
+    psf_fwhm_sd_mm: float = setting(
+        1.0, "Standard uncertainty of the configured SPECT resolution (FWHM, mm).", millimetres
+    )
+    recovery_curve_percent: float = setting(
+        5.0, "Standard uncertainty of the recovery curve RC(V) itself (%).", percent
+    )
+    organ_volume_percent: float = setting(
+        5.0, "Standard uncertainty of an organ's or the marrow's delineated volume (%).", percent
+    )
+    lesion_volume_percent: float = setting(
+        15.0, "Standard uncertainty of a lesion's delineated volume (%).", percent
+    )
+    registration_sd_mm: float = setting(
+        2.0, "Residual error of the CT-to-CT registration, per axis (mm).", millimetres
+    )
+    scaled_method_percent: float = setting(
+        5.0, "Spread of the paper's single-time-point scaling from a reference cycle (%).", percent
+    )
+    hanscheid_percent: float = setting(
+        30.0, "Spread of Hänscheid's single-time-point method at ~24 h (%).", percent
+    )
+    madsen_percent: float = setting(
+        30.0, "Spread of Madsen's single-time-point method with a population half-life (%).",
+        percent,
+    )
+
+
 @dataclass(frozen=True)
 class CameraCalibration:
     manufacturer: str = setting("", "Manufacturer (0008,0070) to match; empty = any.")
@@ -508,6 +548,7 @@ class Settings:
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     dosimetry: DosimetrySettings = field(default_factory=DosimetrySettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     destinations: list[Destination] = field(default_factory=list)
@@ -532,6 +573,7 @@ SECTIONS: dict[str, type] = {
     "protocol": ProtocolSettings,
     "dosimetry": DosimetrySettings,
     "calibration": CalibrationSettings,
+    "uncertainty": UncertaintySettings,
     "jobs": JobSettings,
     "outbox": OutboxSettings,
 }

@@ -291,3 +291,22 @@ def test_serve_refuses_to_start_with_a_tls_file_that_does_not_exist(tmp_path: Pa
                                    "tls_ca": tmp_path / "no-ca.pem"})
     assert main(["serve", "--config", str(config)]) == 2
     assert "security.tls_ca: cannot read" in capsys.readouterr().err
+
+
+def test_the_uncertainty_defaults_are_the_engines_and_reach_it_as_fractions():
+    from theranode.dosimetry.uncertainty import UncertaintyInputs
+    from theranode.service.jobs.engine_settings import build_engine_settings
+
+    assert build_engine_settings(load_settings()).uncertainty == UncertaintyInputs()
+    engine = build_engine_settings(settings_from_dict(
+        {"uncertainty": {"calibration_percent": 3.0, "registration_sd_mm": 1.5}}))
+    assert (engine.uncertainty.calibration_relative, engine.uncertainty.registration_sd_mm) == (
+        0.03, 1.5)
+
+
+def test_an_uncertainty_given_as_a_fraction_of_a_hundred_is_refused(tmp_path: Path, capsys):
+    config = tmp_path / "u.toml"
+    config.write_text("[uncertainty]\ncalibration_percent = 100.0\nregistration_sd_mm = -1.0\n")
+    errors = check_config_errors(config, capsys)
+    assert any("uncertainty.calibration_percent" in e and "[0, 100)" in e for e in errors)
+    assert any("uncertainty.registration_sd_mm" in e for e in errors), errors

@@ -41,6 +41,7 @@ from theranode.dosimetry.pvc import PointSpread
 from theranode.dosimetry.recovery import SigmoidRecovery
 from theranode.dosimetry.results import KineticModel, VoiKind
 from theranode.dosimetry.single_time_point import madsen_dose_gy
+from theranode.dosimetry.uncertainty import UncertaintyInputs
 from theranode.dosimetry.volume import Volume
 
 T = TypeVar("T")
@@ -75,6 +76,22 @@ def recovery_curve(settings: Settings) -> SigmoidRecovery:
     return SigmoidRecovery(d.recovery_plateau, d.recovery_half_volume_ml, d.recovery_slope)
 
 
+def uncertainty_inputs(settings: Settings) -> UncertaintyInputs:
+    """The budget's input uncertainties from ``[uncertainty]`` (percent → fraction)."""
+    u = settings.uncertainty
+    return UncertaintyInputs(
+        calibration_relative=u.calibration_percent / 100.0,
+        psf_fwhm_sd_mm=u.psf_fwhm_sd_mm,
+        recovery_curve_relative=u.recovery_curve_percent / 100.0,
+        organ_volume_relative=u.organ_volume_percent / 100.0,
+        lesion_volume_relative=u.lesion_volume_percent / 100.0,
+        registration_sd_mm=u.registration_sd_mm,
+        scaled_method_relative=u.scaled_method_percent / 100.0,
+        hanscheid_relative=u.hanscheid_percent / 100.0,
+        madsen_relative=u.madsen_percent / 100.0,
+    )
+
+
 def _engine(
     settings: Settings, density: DensityCalibration | None, recovery: SigmoidRecovery | None
 ) -> EngineSettings:
@@ -91,6 +108,7 @@ def _engine(
         apply_recovery_to_marrow=d.apply_recovery_to_marrow,
         partial_volume=PartialVolumeMethod(d.partial_volume),
         spect_fwhm_mm=settings.calibration.default_spect_fwhm_mm or None,
+        uncertainty=uncertainty_inputs(settings),
         stp_fallback=StpFallback(p.single_time_point_fallback),
         population_half_life_h={
             VoiKind.ORGAN.value: p.population_half_life_organ_h,
