@@ -203,3 +203,39 @@ def test_reference_result_matches_the_phantom_within_partial_volume(
         found = reference[0].voi(name).mean_gy
         assert found == pytest.approx(truth[name]["mean_dose_gy"], rel=0.12), name
     assert np.frombuffer(reference[1], dtype=np.uint16).max() == 65535
+
+
+def test_a_node_set_to_gtm_corrects_with_its_cameras_resolution_and_states_the_budget(
+    course: CourseManifest, reference: tuple[CycleResult, bytes], tmp_path: Path,
+) -> None:
+    """Wiring from the configuration to the stored result (the images here are unblurred,
+    so the correction's size is not the point: tests/dosimetry/test_partial_volume.py is)."""
+    from theranode.config.schema import settings_from_dict
+    from theranode.dosimetry.results import UncertaintyComponent
+
+    settings = settings_from_dict({
+        "dosimetry": {"partial_volume": "gtm"},
+        "calibration": {"default_spect_fwhm_mm": 15.0, "cameras": [
+            {"manufacturer": "theranode phantom", "spect_fwhm_mm": 11.0}]},
+        "uncertainty": {"calibration_percent": 3.0},
+    })
+    out = course.out_dir
+    rel = lambda p: str(Path(p).relative_to(out))
+    tps = course.time_points
+    spec = JobSpec(
+        job_id=1, kind=JobKind.CYCLE, version=1, created_at="2024-01-01T00:00:00",
+        data_dir=str(out), settings=settings,
+        cycle=CycleJobInput(
+            1, tps[0].time_point.injection_datetime.isoformat(), True,
+            tuple(TimePointInput(0, tp.time_point.elapsed_h, tuple(map(rel, tp.spect_files)),
+                                 tuple(map(rel, tp.ct_files))) for tp in tps),
+            rel(tps[0].rtstruct_file)))
+    result = load_stored_result(out / run_job(spec).result_dir).result
+    assert isinstance(result, CycleResult)
+    assert result.settings["partial_volume"] == "gtm"
+    assert result.settings["time_point_spect_fwhm_mm"] == [11.0] * len(tps), "the camera's"
+    kidney, before = result.voi("Kidney_L"), reference[0].voi("Kidney_L")
+    assert kidney.partial_volume_factor != 1.0 and before.partial_volume_factor == 1.0
+    assert kidney.uncertainty is not None and before.uncertainty is not None
+    assert kidney.uncertainty.components[UncertaintyComponent.CALIBRATION] == 0.03
+    assert before.uncertainty.components[UncertaintyComponent.CALIBRATION] == 0.05
