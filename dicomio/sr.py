@@ -18,6 +18,14 @@ Qualitative Evaluation Group), TID 300 (Measurement), TID 310 (Measurement
 Properties: upper/lower measurement uncertainty), TID 4108 (Tracking
 Identifier), CID 7464 (ROI measurement modifiers: Mean, Minimum, Maximum);
 PS3.3 A.35.13 (Comprehensive 3D SR IOD).
+Uncertainty: JCGM 100:2008 (GUM) 2.3.1 (standard uncertainty), 6.3 (coverage
+factor); Gear JI et al., EANM practical guidance on uncertainty analysis for
+molecular radiotherapy absorbed dose calculations, Eur J Nucl Med Mol Imaging
+2018;45:2456-2474.
+Partial volume: Hebert K et al., J Nucl Med 2024;65:923-930 (RC(volume) for
+lesions); Rousset OG et al., J Nucl Med 1998;39:904-911 (geometric transfer
+matrix); Dewaraja YK et al., MIRD Pamphlet No. 23, J Nucl Med
+2012;53:1310-1325 (lesion recovery with background).
 """
 
 from __future__ import annotations
@@ -48,14 +56,17 @@ from theranode.dicomio.uids import (
     output_uids,
     tracking_uid,
 )
+from theranode.dosimetry.partial_volume import PartialVolumeMethod
 from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
     CycleResult,
     DoseMethod,
+    DoseUncertainty,
     KineticModel,
     LesionIndices,
     Organ,
+    UncertaintyComponent,
     VoiDose,
     VoiKind,
 )
@@ -99,6 +110,17 @@ LESION_COUNT_UNIT = Code("{lesions}", "UCUM", "lesions")
 DERIVED_IMAGING_MEASUREMENTS = codes.DCM.DerivedImagingMeasurements  # DCM 126011
 ADMINISTERED_ACTIVITY = codes.DCM.AdministeredActivity  # DCM 113507
 MEGABECQUEREL = Code("MBq", "UCUM", "MBq")
+#: TID 310 rows: the standard uncertainty (k = 1) as upper and lower range, in the
+#: unit of the measurement.
+UPPER_UNCERTAINTY = codes.SCT.RangeOfUpperMeasurementUncertainty  # SCT 371886008
+LOWER_UNCERTAINTY = codes.SCT.RangeOfLowerMeasurementUncertainty  # SCT 371885007
+#: What the uncertainty is (standard uncertainty k = 1, EANM budget), as TEXT.
+UNCERTAINTY_METHOD = codes.DCM.ReferenceToUncertaintyDeterminationMethod  # DCM 128511
+CALIBRATION_UNCERTAINTY = codes.DCM.CalibrationUncertainty  # DCM 113763, in %
+TIME_AFTER_INJECTION = codes.DCM.TimeAfterTheStartOfInjection  # DCM 130194
+TIME_POINT_ORDER = codes.DCM.TimePointOrder  # DCM 126073 (the cycle, as in TID 1502)
+PERCENT = Code("%", "UCUM", "%")
+MILLIMETER = Code("mm", "UCUM", "mm")
 
 # -- private codes: concepts DICOM has no code for yet -----------------------
 PROCEDURE = _private("LU177DOSIMETRY", "Lu-177 post-therapy absorbed dose assessment")
@@ -120,6 +142,14 @@ NOTE = _private("NOTE", "Dosimetry note")
 FLAG = _private("FLAG", "Dosimetry flag")
 WARNING = _private("WARNING", "Processing warning")
 DOSE_MAP_METHOD = _private("DOSEMAP", "Method of the RT Dose map")
+DOMINANT_UNCERTAINTY = _private("UDOMINANT", "Dominant component of the standard uncertainty")
+PARTIAL_VOLUME_METHOD = _private("PVCMETHOD", "Partial-volume correction method")
+PARTIAL_VOLUME_FACTOR = _private(
+    "PVFACTOR", "Partial-volume factor (corrected / uncorrected dose)"
+)
+SPECT_FWHM = _private(
+    "SPECTFWHM", "SPECT resolution (FWHM) used by the partial-volume correction"
+)
 LESION_INDICES_ID = "lesion indices"
 
 METHOD_CODES: dict[DoseMethod, Code] = {
@@ -139,6 +169,46 @@ MODEL_CODES: dict[KineticModel, Code] = {
         "TRAPEZTAIL", "Trapezoid with physical-decay tail"
     ),
 }
+#: Each source of uncertainty as the concept name of its relative standard
+#: uncertainty (NUM, %) and as the value of the dominant component (CODE).
+COMPONENT_CODES: dict[UncertaintyComponent, Code] = {
+    UncertaintyComponent.CALIBRATION: CALIBRATION_UNCERTAINTY,
+    UncertaintyComponent.PARTIAL_VOLUME: _private(
+        "UPVC", "Partial-volume correction uncertainty"
+    ),
+    UncertaintyComponent.VOLUME: _private("UVOLUME", "VOI volume (segmentation) uncertainty"),
+    UncertaintyComponent.COUNTS: _private("UCOUNTS", "Count noise uncertainty"),
+    UncertaintyComponent.REGISTRATION: _private("UREG", "Registration uncertainty"),
+    UncertaintyComponent.KINETIC_FIT: _private("UFIT", "Kinetic fit residual uncertainty"),
+    UncertaintyComponent.SINGLE_TIME_POINT_METHOD: _private(
+        "USTP", "Single-time-point method uncertainty"
+    ),
+    UncertaintyComponent.REFERENCE_CYCLE: _private(
+        "UREFCYCLE", "Reference cycle uncertainty"
+    ),
+}
+PARTIAL_VOLUME_CODES: dict[PartialVolumeMethod, Code] = {
+    PartialVolumeMethod.PAPER: _private(
+        "PVCPAPER", "RC(volume) for lesions after the fit (Hebert 2024)"
+    ),
+    PartialVolumeMethod.PAPER_CONTRAST: _private(
+        "PVCCONTRAST", "RC(volume) for lesions with local background per time point"
+    ),
+    PartialVolumeMethod.GTM: _private(
+        "PVCGTM", "Geometric transfer matrix for every VOI per time point"
+    ),
+}
+#: The TEXT of DCM 128511 beside a standard uncertainty from the budget, and beside
+#: the kinetic fit's standard deviation of a result computed without one.
+BUDGET_STATEMENT = (
+    "Standard uncertainty, coverage factor k = 1, of the EANM uncertainty budget "
+    "(Gear et al., EJNMMI 2018;45:2456; JCGM 100:2008); the interval at k = 2 "
+    "covers about 95 %"
+)
+FIT_SD_STATEMENT = (
+    "Standard deviation (k = 1) from the kinetic fit only; no uncertainty budget "
+    "(result computed before theranode stated one)"
+)
 ORGAN_SITES: dict[Organ, tuple[Code, Code | None]] = {
     Organ.LIVER: (LIVER, None),
     Organ.KIDNEY_LEFT: (KIDNEY, LEFT),
@@ -163,6 +233,7 @@ VOI_MEASUREMENTS: dict[str, tuple[Code, Code | None, Code]] = {
     ),
     "effective_half_life_h": (EFFECTIVE_HALF_LIFE, None, HOUR),
     "recovery_coefficient": (RECOVERY_COEFFICIENT, None, NO_UNITS),
+    "partial_volume_factor": (PARTIAL_VOLUME_FACTOR, None, NO_UNITS),
 }
 #: Course-level measurements: key -> (concept name, derivation, unit).
 COURSE_MEASUREMENTS: dict[str, tuple[Code, Code | None, Code]] = {
@@ -175,8 +246,6 @@ LESION_INDEX_MEASUREMENTS: dict[str, tuple[Code, Code | None, Code]] = {
     "min_total_gy": (CUMULATIVE_DOSE, MINIMUM, GRAY),
     "max_total_gy": (CUMULATIVE_DOSE, MAXIMUM, GRAY),
 }
-#: The field whose standard deviation is written as the measurement uncertainty.
-UNCERTAINTY_OF = {"mean_gy": "mean_gy_sd", "total_gy": "total_gy_sd"}
 
 PRIVATE_CODES: tuple[Code, ...] = (
     PROCEDURE,
@@ -195,33 +264,128 @@ PRIVATE_CODES: tuple[Code, ...] = (
     NOTE,
     FLAG,
     WARNING,
+    DOSE_MAP_METHOD,
+    DOMINANT_UNCERTAINTY,
+    PARTIAL_VOLUME_METHOD,
+    PARTIAL_VOLUME_FACTOR,
+    SPECT_FWHM,
     *METHOD_CODES.values(),
     *MODEL_CODES.values(),
+    *(c for c in COMPONENT_CODES.values() if c.scheme_designator == PRIVATE_SCHEME),
+    *PARTIAL_VOLUME_CODES.values(),
 )
 
 
+# -- reading the result's settings --------------------------------------------
+def partial_volume_method(settings: dict[str, object]) -> PartialVolumeMethod:
+    """The partial-volume method a cycle used (``"paper"`` for results that predate the
+    setting)."""
+    value = settings.get("partial_volume", PartialVolumeMethod.PAPER.value)
+    try:
+        return PartialVolumeMethod(value)
+    except ValueError:
+        known = ", ".join(repr(m.value) for m in PartialVolumeMethod)
+        raise ValueError(
+            f"The result's settings name the partial-volume method {value!r}; this theranode "
+            f"knows {known}. Report it with the version that computed the result."
+        ) from None
+
+
+@dataclass(frozen=True)
+class SpectResolution:
+    """The SPECT FWHM one time point's partial-volume correction used."""
+
+    cycle_number: int
+    elapsed_h: float
+    fwhm_mm: float
+
+
+def spect_resolutions(result: CycleResult) -> list[SpectResolution]:
+    """The FWHM used per time point (none with the ``paper`` method or an older result)."""
+    fwhms = result.settings.get("time_point_spect_fwhm_mm") or []
+    if not isinstance(fwhms, list | tuple):
+        return []
+    return [
+        SpectResolution(result.cycle_number, float(t), float(f))
+        for t, f in zip(result.time_points_h, fwhms, strict=False)
+        if isinstance(f, int | float) and math.isfinite(f)
+    ]
+
+
 # -- building ---------------------------------------------------------------
-def _measurement(key: str, value: float, sd: float | None = None) -> hd.sr.Measurement:
+@dataclass(frozen=True)
+class Spread:
+    """The uncertainty written beside a value: the budget, or a bare standard deviation."""
+
+    standard: float
+    budget: DoseUncertainty | None = None
+
+    @classmethod
+    def of(cls, budget: DoseUncertainty | None, sd: float | None) -> Spread | None:
+        """The budget's standard uncertainty when there is one, else ``sd`` (if finite)."""
+        if budget is not None:
+            return cls(budget.standard_gy, budget)
+        # A model without an uncertainty estimate (trapezoid + tail) gives NaN: no
+        # uncertainty is stated rather than a value DS cannot hold (PS3.5 6.2).
+        if sd is None or not math.isfinite(sd):
+            return None
+        return cls(float(sd))
+
+
+def _property(item: Any) -> Any:
+    item.RelationshipType = "HAS PROPERTIES"
+    return item
+
+
+def _uncertainty_items(spread: Spread, unit: Code) -> list[Any]:
+    """TID 310 upper/lower uncertainty (k = 1, unit of the value), what it is (DCM 128511),
+    and with a budget its dominant component and every component (relative, %)."""
+    items: list[Any] = [
+        hd.sr.NumContentItem(
+            name=name, value=spread.standard, unit=unit, relationship_type="HAS PROPERTIES"
+        )
+        for name in (UPPER_UNCERTAINTY, LOWER_UNCERTAINTY)
+    ]
+    statement = BUDGET_STATEMENT if spread.budget is not None else FIT_SD_STATEMENT
+    items.append(_property(_text(UNCERTAINTY_METHOD, statement)))
+    if spread.budget is None:
+        return items
+    dominant = spread.budget.dominant
+    if dominant is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=DOMINANT_UNCERTAINTY,
+                value=COMPONENT_CODES[dominant],
+                relationship_type="HAS PROPERTIES",
+            )
+        )
+    items.extend(
+        hd.sr.NumContentItem(
+            name=COMPONENT_CODES[component],
+            value=100.0 * relative,
+            unit=PERCENT,
+            relationship_type="HAS PROPERTIES",
+        )
+        for component, relative in spread.budget.components.items()
+    )
+    return items
+
+
+def _measurement(key: str, value: float, spread: Spread | None = None) -> hd.sr.Measurement:
     name, derivation, unit = {
         **VOI_MEASUREMENTS,
         **COURSE_MEASUREMENTS,
         **LESION_INDEX_MEASUREMENTS,
     }[key]
-    properties = None
-    # A model without an uncertainty estimate (trapezoid + tail) gives NaN: no
-    # uncertainty is stated rather than a value DS cannot hold (PS3.5 6.2).
-    if sd is not None and math.isfinite(sd):
-        properties = hd.sr.MeasurementProperties(
-            upper_measurement_uncertainty=float(sd),
-            lower_measurement_uncertainty=float(sd),
-        )
-    return hd.sr.Measurement(
-        name=name,
-        value=float(value),
-        unit=unit,
-        derivation=derivation,
-        properties=properties,
+    measurement = hd.sr.Measurement(
+        name=name, value=float(value), unit=unit, derivation=derivation
     )
+    if spread is not None:
+        item = measurement[0]
+        if "ContentSequence" not in item:
+            item.ContentSequence = hd.sr.ContentSequence()
+        item.ContentSequence.extend(_uncertainty_items(spread, unit))
+    return measurement
 
 
 def _finding(
@@ -248,14 +412,17 @@ def _voi_measurements(voi: VoiDose) -> list[hd.sr.Measurement]:
         value = getattr(voi, key)
         if value is None:
             continue
-        sd = getattr(voi, UNCERTAINTY_OF[key]) if key in UNCERTAINTY_OF else None
-        measurements.append(_measurement(key, value, sd))
+        spread = Spread.of(voi.uncertainty, voi.mean_gy_sd) if key == "mean_gy" else None
+        measurements.append(_measurement(key, value, spread))
     return measurements
 
 
-def _voi_evaluations(voi: VoiDose) -> list[hd.sr.QualitativeEvaluation]:
+def _voi_evaluations(
+    voi: VoiDose, method: PartialVolumeMethod
+) -> list[hd.sr.QualitativeEvaluation]:
     evaluations = [
-        hd.sr.QualitativeEvaluation(DOSIMETRY_METHOD, METHOD_CODES[voi.method])
+        hd.sr.QualitativeEvaluation(DOSIMETRY_METHOD, METHOD_CODES[voi.method]),
+        hd.sr.QualitativeEvaluation(PARTIAL_VOLUME_METHOD, PARTIAL_VOLUME_CODES[method]),
     ]
     if voi.fit is not None:
         evaluations.append(
@@ -348,7 +515,7 @@ def cycle_groups(
             _cycle_time_point(result.cycle_number),
             algorithm,
             _voi_measurements(voi),
-            _voi_evaluations(voi),
+            _voi_evaluations(voi, partial_volume_method(result.settings)),
             _voi_texts(voi),
         )
         for voi in result.vois
@@ -358,7 +525,9 @@ def cycle_groups(
 def _cumulative_group(
     dose: CumulativeDose, course: CourseResult, source: SourceContext, algorithm: Any
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    measurements = [_measurement("total_gy", dose.total_gy, dose.total_gy_sd)]
+    measurements = [
+        _measurement("total_gy", dose.total_gy, Spread.of(dose.uncertainty, dose.total_gy_sd))
+    ]
     projected = course.projected_total_gy.get(dose.name)
     if projected is not None:
         measurements.append(_measurement("projected_total_gy", projected))
@@ -395,8 +564,14 @@ def _per_cycle_groups(
 def _lesion_indices_group(
     indices: LesionIndices, source: SourceContext, algorithm: Any
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    budgets = {
+        "mean_total_gy": indices.mean_uncertainty,
+        "min_total_gy": indices.min_uncertainty,
+        "max_total_gy": indices.max_uncertainty,
+    }
     measurements = [
-        _measurement(key, getattr(indices, key)) for key in LESION_INDEX_MEASUREMENTS
+        _measurement(key, getattr(indices, key), Spread.of(budgets.get(key), None))
+        for key in LESION_INDEX_MEASUREMENTS
     ]
     return _group(
         source,
@@ -424,18 +599,48 @@ def course_groups(
     return groups
 
 
-def _derived_container(administered_activity_mbq: float | None) -> Dataset | None:
-    """TID 1500 row 10: the cycle's administered activity (TID 300, DCM 113507, MBq)."""
-    if administered_activity_mbq is None:
-        return None
-    measurement = hd.sr.Measurement(
-        name=ADMINISTERED_ACTIVITY, value=float(administered_activity_mbq), unit=MEGABECQUEREL
+def _cycle_property(cycle_number: int) -> hd.sr.NumContentItem:
+    """DCM 126073 Time Point Order = the cycle a report-level item belongs to."""
+    return hd.sr.NumContentItem(
+        name=TIME_POINT_ORDER, value=cycle_number, unit=NO_UNITS,
+        relationship_type="HAS PROPERTIES",
     )
+
+
+def _resolution_item(resolution: SpectResolution) -> hd.sr.NumContentItem:
+    """The FWHM (mm) of one time point, with its time after injection and its cycle."""
+    item = hd.sr.NumContentItem(
+        name=SPECT_FWHM, value=resolution.fwhm_mm, unit=MILLIMETER,
+        relationship_type="CONTAINS",
+    )
+    elapsed = hd.sr.NumContentItem(
+        name=TIME_AFTER_INJECTION, value=resolution.elapsed_h, unit=HOUR,
+        relationship_type="HAS PROPERTIES",
+    )
+    item.ContentSequence = hd.sr.ContentSequence(
+        [elapsed, _cycle_property(resolution.cycle_number)]
+    )
+    return item
+
+
+def _derived_container(
+    administered_activity_mbq: float | None, resolutions: Sequence[SpectResolution] = ()
+) -> Dataset | None:
+    """TID 1500 row 10: the cycle's administered activity (TID 300, DCM 113507, MBq) and
+    the SPECT FWHM each time point's partial-volume correction used (TID 300, mm)."""
+    items: list[Any] = [_resolution_item(r) for r in resolutions]
+    if administered_activity_mbq is not None:
+        items[:0] = hd.sr.Measurement(
+            name=ADMINISTERED_ACTIVITY,
+            value=float(administered_activity_mbq),
+            unit=MEGABECQUEREL,
+        )
+    if not items:
+        return None
     container = hd.sr.ContainerContentItem(
         name=DERIVED_IMAGING_MEASUREMENTS, relationship_type="CONTAINS"
     )
-    container.ContentSequence = hd.sr.ContentSequence()
-    container.ContentSequence.extend(measurement)
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
 
@@ -453,14 +658,28 @@ def _observation_context() -> hd.sr.ObservationContext:
     )
 
 
+def _method_item(cycle_number: int, method: PartialVolumeMethod) -> hd.sr.CodeContentItem:
+    """The partial-volume method of one cycle (CODE), with the cycle as a property."""
+    item = hd.sr.CodeContentItem(
+        name=PARTIAL_VOLUME_METHOD, value=PARTIAL_VOLUME_CODES[method],
+        relationship_type="CONTAINS",
+    )
+    item.ContentSequence = hd.sr.ContentSequence([_cycle_property(cycle_number)])
+    return item
+
+
 def _evaluations_container(
-    flags: Sequence[str], warnings: Sequence[str], map_method: str = ""
+    flags: Sequence[str],
+    warnings: Sequence[str],
+    map_method: str = "",
+    partial_volume: Sequence[tuple[int, PartialVolumeMethod]] = (),
 ) -> Dataset | None:
     """TID 1500 row 12: report-level qualitative evaluations (flags, warnings and the
-    method of the RT Dose map as TEXT)."""
-    items = [_text(FLAG, f) for f in flags] + [_text(WARNING, w) for w in warnings]
+    method of the RT Dose map as TEXT; each cycle's partial-volume method as CODE)."""
+    items: list[Any] = [_text(FLAG, f) for f in flags] + [_text(WARNING, w) for w in warnings]
     if map_method:
         items.append(_text(DOSE_MAP_METHOD, map_method))
+    items.extend(_method_item(number, method) for number, method in partial_volume)
     if not items:
         return None
     container = hd.sr.ContainerContentItem(
@@ -507,20 +726,24 @@ def build_report(
     warnings: Sequence[str] = (),
     administered_activity_mbq: float | None = None,
     map_method: str = "",
+    partial_volume: Sequence[tuple[int, PartialVolumeMethod]] = (),
+    resolutions: Sequence[SpectResolution] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR holding ``groups`` in the reference CT's study.
 
-    ``map_method`` states how the RT Dose map sent with the report was made.
+    ``map_method`` states how the RT Dose map sent with the report was made;
+    ``partial_volume`` the partial-volume method per cycle number and
+    ``resolutions`` the SPECT FWHM each time point's correction used.
     """
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(),
         procedure_reported=[PROCEDURE, IMAGING_PROCEDURE],
         imaging_measurements=list(groups),
     )
-    derived = _derived_container(administered_activity_mbq)
+    derived = _derived_container(administered_activity_mbq, resolutions)
     if derived is not None:
         report[0].ContentSequence.append(derived)
-    container = _evaluations_container(flags, warnings, map_method)
+    container = _evaluations_container(flags, warnings, map_method, partial_volume)
     if container is not None:
         report[0].ContentSequence.append(container)
     uids = output_uids(source, identity, OutputObject.SR)
@@ -570,6 +793,8 @@ def write_cycle_sr(
         warnings=result.warnings,
         administered_activity_mbq=result.administered_activity_mbq,
         map_method=str(result.settings.get("dose_map", "")) if result.dose_map is not None else "",
+        partial_volume=[(result.cycle_number, partial_volume_method(result.settings))],
+        resolutions=spect_resolutions(result),
     )
 
 
@@ -589,6 +814,8 @@ def write_course_sr(
         flags=course.flags,
         warnings=warnings,
         map_method=getattr(course, "course_map_method", ""),
+        partial_volume=[(c.cycle_number, partial_volume_method(c.settings)) for c in course.cycles],
+        resolutions=[r for c in course.cycles for r in spect_resolutions(c)],
     )
 
 
@@ -614,6 +841,14 @@ class GroupValues:
     texts: dict[str, list[str]] = field(default_factory=dict)
     finding_type: str = ""
     finding_sites: list[tuple[str, str | None]] = field(default_factory=list)
+    #: Per value with an uncertainty: what it is (the DCM 128511 text).
+    uncertainty_statements: dict[str, str] = field(default_factory=dict)
+    #: Per value with a budget: its dominant component (``UncertaintyComponent`` value).
+    dominant_uncertainty: dict[str, str] = field(default_factory=dict)
+    #: Per value with a budget: relative standard uncertainty (fraction) per component.
+    uncertainty_components: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The partial-volume method of the VOI's cycle (``PartialVolumeMethod`` value).
+    partial_volume_method: str = ""
 
 
 @dataclass
@@ -624,6 +859,9 @@ class ReportValues:
     flags: list[str]
     warnings: list[str]
     administered_activity_mbq: float | None = None
+    #: Cycle number -> ``PartialVolumeMethod`` value.
+    partial_volume: dict[int, str] = field(default_factory=dict)
+    spect_resolutions: list[SpectResolution] = field(default_factory=list)
 
     def group(self, name: str, time_point: str) -> GroupValues:
         """The group of VOI ``name`` at ``time_point`` (``"cycle 2"``, ``"course"``)."""
@@ -666,19 +904,66 @@ def read_sr_report(ds: Dataset) -> ReportValues:
         flags=flags,
         warnings=warnings,
         administered_activity_mbq=_read_administered_activity(ds),
+        partial_volume=_read_partial_volume(ds),
+        spect_resolutions=_read_resolutions(ds),
     )
+
+
+def _children(ds: Dataset, container: Code) -> list[Dataset]:
+    """The items of the report's top-level container called ``container``."""
+    for item in ds.ContentSequence:
+        code = item.ConceptNameCodeSequence[0]
+        if item.ValueType == "CONTAINER" and code.CodeValue == container.value:
+            return list(item.get("ContentSequence", []))
+    return []
+
+
+def _is(item: Dataset, concept: Code) -> bool:
+    code = item.ConceptNameCodeSequence[0]
+    return bool(
+        code.CodeValue == concept.value and code.CodingSchemeDesignator == concept.scheme_designator
+    )
+
+
+def _property_number(item: Dataset, concept: Code) -> float | None:
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "NUM" and _is(child, concept):
+            return float(child.MeasuredValueSequence[0].NumericValue)
+    return None
+
+
+def _read_partial_volume(ds: Dataset) -> dict[int, str]:
+    methods = {code.value: method.value for method, code in PARTIAL_VOLUME_CODES.items()}
+    found: dict[int, str] = {}
+    for item in _children(ds, QUALITATIVE_EVALUATIONS):
+        if item.ValueType != "CODE" or not _is(item, PARTIAL_VOLUME_METHOD):
+            continue
+        cycle = _property_number(item, TIME_POINT_ORDER)
+        value = item.ConceptCodeSequence[0].CodeValue
+        if cycle is not None and value in methods:
+            found[int(cycle)] = methods[value]
+    return found
+
+
+def _read_resolutions(ds: Dataset) -> list[SpectResolution]:
+    found = []
+    for item in _children(ds, DERIVED_IMAGING_MEASUREMENTS):
+        if item.ValueType != "NUM" or not _is(item, SPECT_FWHM):
+            continue
+        elapsed = _property_number(item, TIME_AFTER_INJECTION)
+        cycle = _property_number(item, TIME_POINT_ORDER)
+        if elapsed is None or cycle is None:
+            continue
+        fwhm = float(item.MeasuredValueSequence[0].NumericValue)
+        found.append(SpectResolution(int(cycle), elapsed, fwhm))
+    return found
 
 
 def _read_administered_activity(ds: Dataset) -> float | None:
     """The DCM 113507 value of the Derived Imaging Measurements container, if any."""
-    for item in ds.ContentSequence:
-        code = item.ConceptNameCodeSequence[0]
-        if item.ValueType != "CONTAINER" or code.CodeValue != DERIVED_IMAGING_MEASUREMENTS.value:
-            continue
-        for child in item.get("ContentSequence", []):
-            name = child.ConceptNameCodeSequence[0]
-            if child.ValueType == "NUM" and name.CodeValue == ADMINISTERED_ACTIVITY.value:
-                return float(child.MeasuredValueSequence[0].NumericValue)
+    for child in _children(ds, DERIVED_IMAGING_MEASUREMENTS):
+        if child.ValueType == "NUM" and _is(child, ADMINISTERED_ACTIVITY):
+            return float(child.MeasuredValueSequence[0].NumericValue)
     return None
 
 
@@ -707,11 +992,12 @@ def _read_group(group: Any) -> GroupValues:
         if key is None:
             continue
         values.values[key] = float(measurement.value)
-        uncertainty = _uncertainty(measurement)
-        if uncertainty is not None:
-            values.uncertainties[key] = uncertainty
+        _read_uncertainty(measurement[0], key, values)
+    methods = {code.value: method.value for method, code in PARTIAL_VOLUME_CODES.items()}
     for evaluation in group.get_qualitative_evaluations():
         values.evaluations[str(evaluation.name.meaning)] = str(evaluation.value.meaning)
+        if evaluation.name == PARTIAL_VOLUME_METHOD:
+            values.partial_volume_method = methods.get(str(evaluation.value.value), "")
     for item in group[0].ContentSequence:
         if item.ValueType == "TEXT" and item.name.scheme_designator == PRIVATE_SCHEME:
             values.texts.setdefault(str(item.name.value), []).append(str(item.value))
@@ -727,12 +1013,24 @@ def _time_point(group: Any) -> str:
     return ""
 
 
-def _uncertainty(measurement: Any) -> float | None:
-    item = measurement[0]
-    for child in getattr(item, "ContentSequence", []):
-        if child.ValueType == "NUM" and child.name.value == "371886008":
-            return float(child.value)
-    return None
+def _read_uncertainty(item: Dataset, key: str, values: GroupValues) -> None:
+    """The upper uncertainty (TID 310), its statement, dominant component and components."""
+    components = {code.value: c.value for c, code in COMPONENT_CODES.items()}
+    relative: dict[str, float] = {}
+    for child in item.get("ContentSequence", []):
+        code = child.ConceptNameCodeSequence[0].CodeValue
+        if child.ValueType == "NUM" and _is(child, UPPER_UNCERTAINTY):
+            values.uncertainties[key] = float(child.MeasuredValueSequence[0].NumericValue)
+        elif child.ValueType == "TEXT" and _is(child, UNCERTAINTY_METHOD):
+            values.uncertainty_statements[key] = str(child.TextValue)
+        elif child.ValueType == "CODE" and _is(child, DOMINANT_UNCERTAINTY):
+            value = child.ConceptCodeSequence[0].CodeValue
+            values.dominant_uncertainty[key] = components.get(value, str(value))
+        elif child.ValueType == "NUM" and code in components:
+            number = float(child.MeasuredValueSequence[0].NumericValue)
+            relative[components[code]] = number / 100.0
+    if relative:
+        values.uncertainty_components[key] = relative
 
 
 def _read_report_texts(ds: Dataset) -> tuple[list[str], list[str]]:

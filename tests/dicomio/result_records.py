@@ -3,6 +3,13 @@
 Small, seeded, with known values: a reference CT series (real CT image
 datasets, tiny), an RTSTRUCT with box contours on the dose planes, a SPECT
 instance from another study, dose maps and cycle/course results.
+
+``cycle_result()`` and ``course_result()`` are results as a version before the
+uncertainty budget and the partial-volume methods computed them (no budget, no
+``partial_volume`` setting); ``partial_volume="paper" | "paper-contrast" |
+"gtm"`` gives results of the current engine: every VOI dose, course total and
+lesion index with its EANM budget, the method and its SPECT FWHM per time point
+in the settings.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from theranode.dosimetry.results import (
     CurvePoint,
     CycleResult,
     DoseMethod,
+    DoseUncertainty,
     KineticFit,
     KineticModel,
     LesionIndices,
     Organ,
     RegistrationQuality,
+    UncertaintyComponent,
     VoiDose,
     VoiKind,
 )
@@ -243,8 +252,83 @@ def _mono_fit(d0: float, lam: float, sd: float) -> KineticFit:
     )
 
 
-def cycle_result(cycle: int = 1, dose: Volume | None = None) -> CycleResult:
-    """A multi-time-point cycle with an organ of each laterality, marrow and two lesions."""
+#: Relative standard uncertainties (k = 1) per VOI of the current engine's results.
+BUDGETS: dict[str, dict[UncertaintyComponent, float]] = {
+    "liver": {
+        UncertaintyComponent.CALIBRATION: 0.05,
+        UncertaintyComponent.PARTIAL_VOLUME: 0.012,
+        UncertaintyComponent.VOLUME: 0.01,
+        UncertaintyComponent.COUNTS: 0.004,
+        UncertaintyComponent.REGISTRATION: 0.003,
+        UncertaintyComponent.KINETIC_FIT: 0.0,
+    },
+    "kidney_left": {
+        UncertaintyComponent.CALIBRATION: 0.05,
+        UncertaintyComponent.PARTIAL_VOLUME: 0.06,
+        UncertaintyComponent.VOLUME: 0.04,
+        UncertaintyComponent.COUNTS: 0.01,
+        UncertaintyComponent.REGISTRATION: 0.02,
+    },
+    "marrow L2-L4": {
+        UncertaintyComponent.CALIBRATION: 0.05,
+        UncertaintyComponent.PARTIAL_VOLUME: 0.09,
+        UncertaintyComponent.VOLUME: 0.05,
+        UncertaintyComponent.COUNTS: 0.03,
+    },
+    "lesion 1": {
+        UncertaintyComponent.CALIBRATION: 0.05,
+        UncertaintyComponent.PARTIAL_VOLUME: 0.08,
+        UncertaintyComponent.VOLUME: 0.11,
+        UncertaintyComponent.COUNTS: 0.02,
+        UncertaintyComponent.KINETIC_FIT: 0.03,
+    },
+    "lesion 2": {
+        UncertaintyComponent.CALIBRATION: 0.05,
+        UncertaintyComponent.PARTIAL_VOLUME: 0.35,
+        UncertaintyComponent.VOLUME: 0.2,
+    },
+}
+BUDGETS["kidney_right"] = BUDGETS["kidney_left"]
+#: corrected / uncorrected dose per VOI under GTM (every VOI) and the contrast-aware
+#: lesion RC (lesions only).
+GTM_FACTORS = {"liver": 1.06, "kidney_left": 1.17, "kidney_right": 1.17,
+               "marrow L2-L4": 1.22, "lesion 1": 1.38, "lesion 2": 2.05}
+#: The SPECT FWHM (mm) of the four time points (the last from another camera).
+FWHM_MM = (10.0, 10.0, 10.0, 12.5)
+
+
+def budget(dose_gy: float, name: str) -> DoseUncertainty:
+    """The EANM budget of VOI ``name`` at ``dose_gy``."""
+    return DoseUncertainty(dose_gy, dict(BUDGETS[name]))
+
+
+def with_partial_volume(result: CycleResult, partial_volume: str) -> CycleResult:
+    """``result`` as the current engine states it with method ``partial_volume``."""
+    vois = []
+    for voi in result.vois:
+        factor, rc = 1.0, voi.recovery_coefficient
+        if partial_volume != "paper":
+            rc = 1.0
+            if partial_volume == "gtm" or voi.kind is VoiKind.LESION:
+                factor = GTM_FACTORS[voi.name]
+        vois.append(dataclasses.replace(
+            voi, recovery_coefficient=rc, partial_volume_factor=factor,
+            uncertainty=budget(voi.mean_gy, voi.name),
+        ))
+    fwhm = [None] * len(FWHM_MM) if partial_volume == "paper" else list(FWHM_MM)
+    settings = {**result.settings, "partial_volume": partial_volume,
+                "time_point_spect_fwhm_mm": fwhm}
+    return dataclasses.replace(result, vois=tuple(vois), settings=settings)
+
+
+def cycle_result(
+    cycle: int = 1, dose: Volume | None = None, partial_volume: str | None = None
+) -> CycleResult:
+    """A multi-time-point cycle with an organ of each laterality, marrow and two lesions.
+
+    Without ``partial_volume``, as an older version computed it (no budgets, no
+    partial-volume settings); with it, as the current engine does.
+    """
     lam_liver, lam_lesion = math.log(2) / 70.0, math.log(2) / 95.0
     liver = VoiDose(
         name="liver",
@@ -312,7 +396,7 @@ def cycle_result(cycle: int = 1, dose: Volume | None = None) -> CycleResult:
         excluded=True,
         exclusion_reason="volume 1.4 mL below the 2 mL minimum",
     )
-    return CycleResult(
+    result = CycleResult(
         cycle_number=cycle,
         method=DoseMethod.MULTI_TIME_POINT,
         administered_activity_mbq=7400.0,
@@ -336,11 +420,17 @@ def cycle_result(cycle: int = 1, dose: Volume | None = None) -> CycleResult:
             "density": {"curve": "schneider2000"},
         },
     )
+    return result if partial_volume is None else with_partial_volume(result, partial_volume)
 
 
-def course_result(dose: Volume | None = None) -> CourseResult:
-    """A two-cycle course with cumulative doses, lesion indices and flags."""
-    c1, c2 = cycle_result(1, dose), cycle_result(2, dose)
+def course_result(dose: Volume | None = None, partial_volume: str | None = None) -> CourseResult:
+    """A two-cycle course with cumulative doses, lesion indices and flags.
+
+    With ``partial_volume`` (the current engine): both cycles with that method and
+    budgets, and the totals and lesion indices with theirs.
+    """
+    c1 = cycle_result(1, dose, partial_volume)
+    c2 = cycle_result(2, dose, partial_volume)
     cumulative = (
         CumulativeDose(
             "liver", VoiKind.ORGAN, 2.2, 0.11, {1: 1.0812, 2: 1.1188}, Organ.LIVER
@@ -355,10 +445,17 @@ def course_result(dose: Volume | None = None) -> CourseResult:
         ),
         CumulativeDose("lesion 1", VoiKind.LESION, 57.63, 3.3, {1: 31.99, 2: 25.64}),
     )
+    indices = LesionIndices(1, 57.63, 57.63, 57.63)
+    if partial_volume is not None:
+        cumulative = tuple(
+            dataclasses.replace(d, uncertainty=budget(d.total_gy, d.name)) for d in cumulative
+        )
+        lesion = budget(57.63, "lesion 1")
+        indices = LesionIndices(1, 57.63, 57.63, 57.63, lesion, lesion, lesion)
     return CourseResult(
         cycles=(c1, c2),
         cumulative=cumulative,
-        lesion_indices=LesionIndices(1, 57.63, 57.63, 57.63),
+        lesion_indices=indices,
         flags=("min lesion total AD 57.63 Gy above 52.52 Gy (Hebert 2024)",),
         projected_total_gy={"kidney_left": 10.92, "liver": 4.4},
         planned_cycles=4,

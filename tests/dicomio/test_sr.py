@@ -19,23 +19,35 @@ from tests.part10_bytes import read_back
 from tests.peers import require_tool
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.sr import (
+    BUDGET_STATEMENT,
+    FIT_SD_STATEMENT,
     LESION_INDICES_ID,
+    PRIVATE_CODES,
+    PRIVATE_SCHEME,
     VOI_MEASUREMENTS,
+    SpectResolution,
     read_sr_report,
     write_course_sr,
     write_cycle_sr,
 )
 from theranode.dicomio.uids import ResultKind
+from theranode.dosimetry.results import DoseUncertainty
+
+METHODS = ["paper", "paper-contrast", "gtm"]
 
 
-def _cycle_report(cycle: int = 1, key: str = "c1") -> bytes:
+def _cycle_report(
+    cycle: int = 1, key: str = "c1", partial_volume: str | None = None
+) -> bytes:
     source, _ = source_for_cycle(key=key)
-    return encode(write_cycle_sr(cycle_result(cycle), source, identity(cycle=cycle)))
+    result = cycle_result(cycle, partial_volume=partial_volume)
+    return encode(write_cycle_sr(result, source, identity(cycle=cycle)))
 
 
-def _course_report() -> bytes:
+def _course_report(partial_volume: str | None = None) -> bytes:
     source, _ = source_for_cycle()
-    return encode(write_course_sr(course_result(), source, identity(ResultKind.COURSE)))
+    course = course_result(partial_volume=partial_volume)
+    return encode(write_course_sr(course, source, identity(ResultKind.COURSE)))
 
 
 def test_every_voi_value_round_trips() -> None:
@@ -123,6 +135,102 @@ def test_course_report_round_trips_cumulative_doses_indices_and_flags() -> None:
     ]
 
 
+def _assert_budget(group: object, key: str, budget: DoseUncertainty) -> None:
+    """``group`` states ``budget`` for its value ``key``: u (k = 1), what it is, dominant,
+    components."""
+    assert group.uncertainties[key] == pytest.approx(budget.standard_gy, rel=1e-12)  # type: ignore[attr-defined]
+    assert group.uncertainty_statements[key] == BUDGET_STATEMENT  # type: ignore[attr-defined]
+    assert budget.dominant is not None
+    assert group.dominant_uncertainty[key] == budget.dominant.value  # type: ignore[attr-defined]
+    expected = {c.value: v for c, v in budget.components.items()}
+    assert group.uncertainty_components[key] == pytest.approx(expected, rel=1e-12)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_budget_partial_volume_method_factor_and_fwhm_round_trip(method: str) -> None:
+    result = cycle_result(1, partial_volume=method)
+    report = read_sr_report(read_back(_cycle_report(partial_volume=method)))
+    for voi in result.vois:
+        group = report.group(voi.name, "cycle 1")
+        assert voi.uncertainty is not None
+        _assert_budget(group, "mean_gy", voi.uncertainty)
+        assert group.partial_volume_method == method
+        assert group.values["partial_volume_factor"] == pytest.approx(voi.partial_volume_factor)
+        assert group.values["recovery_coefficient"] == pytest.approx(voi.recovery_coefficient)
+    assert report.partial_volume == {1: method}
+    expected = [] if method == "paper" else [
+        SpectResolution(1, t, f) for t, f in zip(result.time_points_h, (10.0, 10.0, 10.0, 12.5),
+                                                 strict=True)
+    ]
+    assert report.spect_resolutions == expected
+    assert report.administered_activity_mbq == pytest.approx(7400.0)
+
+
+def test_the_dominant_component_is_the_largest_one() -> None:
+    report = read_sr_report(read_back(_cycle_report(partial_volume="gtm")))
+    dominant = {g.tracking_identifier: g.dominant_uncertainty["mean_gy"] for g in report.groups}
+    assert dominant["liver"] == "calibration"  # 5 % against 1.2 % partial volume
+    assert dominant["kidney_left"] == "partial volume"
+    assert dominant["lesion 1"] == "volume"
+
+
+def test_an_older_result_without_budget_states_the_fit_sd_and_the_paper_method() -> None:
+    result = cycle_result(1)
+    report = read_sr_report(read_back(_cycle_report()))
+    for voi in result.vois:
+        group = report.group(voi.name, "cycle 1")
+        assert group.uncertainties == pytest.approx({"mean_gy": voi.mean_gy_sd})
+        assert group.uncertainty_statements == {"mean_gy": FIT_SD_STATEMENT}
+        assert group.dominant_uncertainty == {} and group.uncertainty_components == {}
+        assert group.partial_volume_method == "paper"
+        assert group.values["partial_volume_factor"] == 1.0
+    assert report.partial_volume == {1: "paper"}
+    assert report.spect_resolutions == []
+
+
+@pytest.mark.parametrize("method", ["paper", "gtm"])
+def test_course_totals_and_lesion_indices_carry_their_budgets(method: str) -> None:
+    course = course_result(partial_volume=method)
+    report = read_sr_report(read_back(_course_report(method)))
+    for dose in course.cumulative:
+        assert dose.uncertainty is not None
+        _assert_budget(report.group(dose.name, "course"), "total_gy", dose.uncertainty)
+    indices = report.group(LESION_INDICES_ID, "course")
+    assert course.lesion_indices is not None
+    for key, budget in (
+        ("mean_total_gy", course.lesion_indices.mean_uncertainty),
+        ("min_total_gy", course.lesion_indices.min_uncertainty),
+        ("max_total_gy", course.lesion_indices.max_uncertainty),
+    ):
+        assert budget is not None
+        _assert_budget(indices, key, budget)
+    assert "n_lesions" not in indices.uncertainties
+    assert report.partial_volume == {1: method, 2: method}
+    fwhm = {(r.cycle_number, r.elapsed_h): r.fwhm_mm for r in report.spect_resolutions}
+    assert fwhm == ({} if method == "paper" else {
+        (c, t): f for c in (1, 2) for t, f in zip((4.0, 24.0, 72.0, 192.0),
+                                                  (10.0, 10.0, 10.0, 12.5), strict=True)
+    })
+
+
+def test_an_older_course_has_no_budget_and_no_lesion_index_uncertainty() -> None:
+    course = course_result()
+    report = read_sr_report(read_back(_course_report()))
+    for dose in course.cumulative:
+        group = report.group(dose.name, "course")
+        assert group.uncertainties == pytest.approx({"total_gy": dose.total_gy_sd})
+        assert group.uncertainty_statements == {"total_gy": FIT_SD_STATEMENT}
+    assert report.group(LESION_INDICES_ID, "course").uncertainties == {}
+    assert report.partial_volume == {1: "paper", 2: "paper"}
+
+
+def test_private_codes_are_distinct_and_fit_a_code_meaning() -> None:
+    values = [c.value for c in PRIVATE_CODES]
+    assert len(values) == len(set(values))
+    assert all(c.scheme_designator == PRIVATE_SCHEME for c in PRIVATE_CODES)
+    assert all(len(c.meaning) <= 64 and len(c.value) <= 16 for c in PRIVATE_CODES)
+
+
 def test_identity_evidence_and_determinism() -> None:
     source, rtss = source_for_cycle()
     data = _cycle_report()
@@ -153,10 +261,14 @@ def _run(tool: str, path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.peer
+@pytest.mark.parametrize("method", [None, *METHODS])
 @pytest.mark.parametrize("kind", ["cycle", "course"])
-def test_dciodvfy_and_dsr2xml_accept_the_report(tmp_path: Path, kind: str) -> None:
+def test_dciodvfy_and_dsr2xml_accept_the_report(
+    tmp_path: Path, kind: str, method: str | None
+) -> None:
     path = tmp_path / "sr.dcm"
-    path.write_bytes(_cycle_report() if kind == "cycle" else _course_report())
+    path.write_bytes(_cycle_report(partial_volume=method) if kind == "cycle"
+                     else _course_report(method))
     check = _run("dciodvfy", path)
     report = check.stdout + check.stderr
     assert "Error" not in report, report
