@@ -19,8 +19,10 @@ import theranode.service.cohort.report as cohort_report
 from tests.peers import require_tool
 from tests.service.cohort_files import export_outcome_csv
 from tests.synthetic_cohort import synthetic_cohort
+from theranode.dosimetry.cohort.analysis import analyse_cohort
 from theranode.dosimetry.cohort.data import CohortData
 from theranode.service.cohort.imports import import_outcome_files
+from theranode.service.cohort.loading import load_cohort_data
 from theranode.service.cohort.report import LATEST, run_cohort
 from theranode.service.store.outcomes import MIGRATIONS
 
@@ -194,3 +196,21 @@ def test_empty_database_still_gives_a_report_and_figure_texts_are_drawn_as_writt
     text = (run / "report.html").read_text(encoding="utf-8")
     assert "not estimable" in text.lower() or "Not estimable" in text
     assert (run / "figures" / "fig4_tcp.png").stat().st_size > 1000
+
+
+def test_organ_boxes_are_labelled_by_organ_and_every_figure_has_a_reading_guide(
+    reports: tuple[sqlite_utils.Database, Path, Path],
+) -> None:
+    """Fig 1's organ panel names its organs (not box positions 1-16) and every figure in the
+    HTML is followed by a short guide to reading it (issue 16 item 7)."""
+    db, _, run = reports
+    data = load_cohort_data(db)
+    figure = cohort_report.figure_doses_by_cycle(data, analyse_cohort(data))
+    lesion_ax, organ_ax = figure.axes
+    texts = {t.get_text() for t in organ_ax.texts}
+    assert {"liver", "spleen", "kidneys", "L2–L4 marrow"} <= texts
+    assert [t.get_text() for t in organ_ax.get_xticklabels()] == ["1", "2", "3", "4"] * 4
+    assert [t.get_text() for t in lesion_ax.get_xticklabels()] == ["1", "2", "3", "4"]
+    html_text = (run / "report.html").read_text(encoding="utf-8")
+    assert html_text.count('<p class="guide">') == len(cohort_report.READING_GUIDES)
+    assert "the line is the median" in html_text
