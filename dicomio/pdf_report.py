@@ -8,11 +8,21 @@ no creation date, so the same result renders to the same bytes. Names come
 from the inputs (ROI names, the patient's name), so every text is drawn as
 written (:func:`literal_texts`): a ``$`` never starts matplotlib mathtext.
 
+Every mean absorbed dose is printed with its standard uncertainty (k = 1) from
+the EANM budget and the budget's dominant component; a result computed before
+theranode stated a budget prints the kinetic fit's standard deviation instead,
+marked as such. Doses have 3 significant figures and uncertainties 2, written
+without an exponent. Each page states the partial-volume method and the SPECT
+resolution (FWHM) its correction used.
+
 References
 ----------
 DICOM PS3.3 A.45.1 (Encapsulated PDF IOD), C.24.2 (Encapsulated Document
 module), C.8.6.1 (SC Equipment module). Kinetic models as in
 :mod:`theranode.dosimetry.kinetics` (Sjögreen Gleisner et al., EANM 2022).
+Uncertainty: Gear JI et al., Eur J Nucl Med Mol Imaging 2018;45:2456-2474;
+JCGM 100:2008 (GUM) 6.3 (coverage factor) and 7.2.6 (at most two significant
+digits for an uncertainty).
 """
 
 from __future__ import annotations
@@ -29,8 +39,10 @@ import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.table import Table
 from matplotlib.text import Text
+from matplotlib.textpath import TextToPath
 from pydicom.dataset import Dataset
 
 from theranode.dicomio.dvh import dvhs_from_masks
@@ -43,12 +55,21 @@ from theranode.dicomio.part10 import (
     sop_reference,
 )
 from theranode.dicomio.source import SourceContext, patient_study_dataset
+from theranode.dicomio.sr import (
+    SpectResolution,
+    partial_volume_method,
+    spect_resolutions,
+)
 from theranode.dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
 from theranode.dosimetry.results import (
     CourseResult,
+    CumulativeDose,
     CycleResult,
+    DoseUncertainty,
     KineticFit,
     KineticModel,
+    LesionIndices,
+    UncertaintyComponent,
     VoiDose,
 )
 from theranode.dosimetry.roi import CumulativeDvh
@@ -61,6 +82,11 @@ A4_INCHES = (8.27, 11.69)
 CURVES_PER_PAGE = 6
 TABLE_ROWS_PER_PAGE = 28
 TEXT_LINES_PER_PAGE = 70
+#: Width of a header or footer line: A4 between the 6 % left margin and a 6 % right one.
+LINE_WIDTH_PT = 0.88 * A4_INCHES[0] * 72
+HEADER_POINTS = 8.0
+FOOTER_POINTS = 7.0
+_TEXT_PATH = TextToPath()
 PDF_METADATA: dict[str, Any] = {
     "Creator": "theranode",
     "Producer": None,
@@ -74,6 +100,126 @@ def _num(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:.{digits}g}"
+
+
+def plain_number(value: float | None, digits: int = 3) -> str:
+    """``value`` rounded to ``digits`` significant figures, written without an exponent.
+
+    ``1532.25`` → ``1530``, ``0.07342`` → ``0.0734``; ``–`` when absent or not finite.
+    """
+    if value is None or not math.isfinite(value):
+        return "–"
+    rounded = float(f"{value:.{digits}g}")
+    if rounded == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(rounded)))
+    return f"{rounded:.{max(digits - 1 - exponent, 0)}f}"
+
+
+#: Short names of the uncertainty components for the dose tables.
+COMPONENT_LABELS = {
+    UncertaintyComponent.CALIBRATION: "calibration",
+    UncertaintyComponent.PARTIAL_VOLUME: "partial vol.",
+    UncertaintyComponent.VOLUME: "volume",
+    UncertaintyComponent.COUNTS: "counts",
+    UncertaintyComponent.REGISTRATION: "registration",
+    UncertaintyComponent.KINETIC_FIT: "fit residuals",
+    UncertaintyComponent.SINGLE_TIME_POINT_METHOD: "STP method",
+    UncertaintyComponent.REFERENCE_CYCLE: "ref. cycle",
+}
+#: What a dose table's "dominant u" column says of a result without a budget.
+NO_BUDGET = "no budget"
+
+
+def dose_with_uncertainty(
+    dose_gy: float, budget: DoseUncertainty | None, sd_gy: float | None = None
+) -> str:
+    """``23.4 ± 1.2``: the dose (3 significant figures) ± its standard uncertainty (k = 1,
+    2 significant figures) from ``budget``, else ± ``sd_gy``, else the dose alone."""
+    spread = budget.standard_gy if budget is not None else sd_gy
+    if spread is None or not math.isfinite(spread):
+        return plain_number(dose_gy)
+    return f"{plain_number(dose_gy)} ± {plain_number(spread, 2)}"
+
+
+def dominant_text(budget: DoseUncertainty | None) -> str:
+    """The budget's dominant component and its relative size (``volume 11 %``)."""
+    if budget is None:
+        return NO_BUDGET
+    dominant = budget.dominant
+    if dominant is None:
+        return "–"
+    percent = plain_number(100.0 * budget.components[dominant], 2)
+    return f"{COMPONENT_LABELS[dominant]} {percent} %"
+
+
+def uncertainty_footnote(any_without_budget: bool) -> list[str]:
+    """What ± means in the dose tables (and, when a row has no budget, what it says)."""
+    lines = wrap_to_page(
+        "± u: standard uncertainty (coverage factor k = 1) of the EANM uncertainty budget "
+        "(Gear et al. 2018); the interval dose ± 2u (k = 2) covers about 95 %. "
+        "Dominant u: the largest component of the budget, as a relative standard uncertainty.",
+        FOOTER_POINTS,
+    )
+    if any_without_budget:
+        lines += wrap_to_page(
+            f"{NO_BUDGET}: computed without an uncertainty budget (older version); "
+            "± is the kinetic fit's standard deviation.",
+            FOOTER_POINTS,
+        )
+    return lines
+
+
+def _fwhm_text(resolutions: Sequence[SpectResolution]) -> str:
+    """``10 mm (4, 24, 72 h); 12.5 mm (192 h)``: each FWHM with the time points it served."""
+    by_fwhm: dict[float, list[float]] = {}
+    for r in resolutions:
+        by_fwhm.setdefault(r.fwhm_mm, []).append(r.elapsed_h)
+    return "; ".join(
+        f"{f:g} mm ({', '.join(f'{t:g}' for t in times)} h)" for f, times in by_fwhm.items()
+    )
+
+
+def partial_volume_lines(result: CycleResult) -> list[str]:
+    """The partial-volume method (its description) and the SPECT FWHM it used."""
+    method = partial_volume_method(result.settings)
+    resolutions = spect_resolutions(result)
+    fwhm = _fwhm_text(resolutions) if resolutions else "none needed by this method"
+    text = (
+        f"Partial-volume correction: {method.value}, {method.description}. "
+        f"SPECT resolution (FWHM) used: {fwhm}."
+    )
+    return wrap_to_page(text, HEADER_POINTS)
+
+
+def text_width_pt(text: str, points: float) -> float:
+    """Width of ``text`` drawn in the default font at ``points``, in points."""
+    width, _, _ = _TEXT_PATH.get_text_width_height_descent(
+        text, FontProperties(size=points), ismath=False
+    )
+    return float(width)
+
+
+def wrap_to_page(text: str, points: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than :data:`LINE_WIDTH_PT`
+    (continuation lines indented); a single word wider than that is cut."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if not line or text_width_pt(candidate, points) <= LINE_WIDTH_PT:
+            line = candidate
+            continue
+        lines.append(line)
+        line = "  " + word
+    lines.append(line)
+    return [_cut_to_page(line, points) for line in lines]
+
+
+def _cut_to_page(line: str, points: float) -> str:
+    while len(line) > 1 and text_width_pt(line, points) > LINE_WIDTH_PT:
+        line = line[:-2] + "…"
+    return line
 
 
 def _dicom_date_text(value: str) -> str:
@@ -269,6 +415,24 @@ def _header(fig: Figure, title: str, lines: Sequence[str]) -> None:
         fig.text(0.06, 0.935 - 0.018 * i, line, fontsize=8, va="top")
 
 
+TABLE_POINTS = 6.0
+#: Width of the table axes (92 % of A4) less matplotlib's cell padding margin.
+TABLE_WIDTH_PT = 0.90 * A4_INCHES[0] * 72
+
+
+def table_points(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> float:
+    """The table's font size: 6 pt, or less when its widest cells would not fit the page.
+
+    matplotlib sizes a column to its widest text × (1 + 2 × Cell.PAD).
+    """
+    widest = [
+        max(text_width_pt(str(text), TABLE_POINTS) for text in column)
+        for column in zip(columns, *rows, strict=True)
+    ]
+    needed = (1.0 + 2.0 * 0.1) * sum(widest)
+    return TABLE_POINTS * min(1.0, TABLE_WIDTH_PT / needed) if needed > 0 else TABLE_POINTS
+
+
 def _table_page(
     title: str,
     header_lines: Sequence[str],
@@ -288,20 +452,26 @@ def _table_page(
             loc="upper center",
         )
         table.auto_set_font_size(False)
-        table.set_fontsize(6.5)
+        table.set_fontsize(table_points(columns, rows))
         table.auto_set_column_width(list(range(len(columns))))
         table.scale(1.0, 1.25)
-    for i, line in enumerate(footer):
-        fig.text(0.06, 0.27 - 0.016 * i, line, fontsize=8, va="top")
+    if footer:
+        fig.text(0.06, 0.27, "\n".join(footer), fontsize=FOOTER_POINTS, va="top")
     return fig
 
 
+#: Short names of the kinetic models for the dose table.
+MODEL_LABELS = {
+    KineticModel.MONOEXPONENTIAL: "mono-exp",
+    KineticModel.BIEXPONENTIAL_UPTAKE: "bi-exp uptake",
+    KineticModel.TRAPEZOID_TAIL: "trapezoid+tail",
+}
 VOI_COLUMNS = (
     "VOI",
     "kind",
     "vol (mL)",
-    "mean AD (Gy)",
-    "± sd",
+    "mean AD ± u (Gy)",
+    "dominant u",
     "min",
     "max",
     "D98",
@@ -309,6 +479,7 @@ VOI_COLUMNS = (
     "TIA (MBq·h)",
     "T_eff (h)",
     "RC",
+    "PV factor",
     "model",
     "note",
 )
@@ -319,19 +490,28 @@ def voi_row(voi: VoiDose) -> list[str]:
     return [
         voi.name[:22],
         voi.kind.value,
-        _num(voi.volume_ml),
-        _num(voi.mean_gy),
-        _num(voi.mean_gy_sd, 2),
-        _num(voi.min_gy),
-        _num(voi.max_gy),
-        _num(voi.d98_gy),
-        _num(voi.d2_gy),
-        _num(voi.time_integrated_activity_mbq_h),
-        _num(voi.effective_half_life_h),
+        plain_number(voi.volume_ml),
+        dose_with_uncertainty(voi.mean_gy, voi.uncertainty, voi.mean_gy_sd),
+        dominant_text(voi.uncertainty),
+        plain_number(voi.min_gy),
+        plain_number(voi.max_gy),
+        plain_number(voi.d98_gy),
+        plain_number(voi.d2_gy),
+        plain_number(voi.time_integrated_activity_mbq_h),
+        plain_number(voi.effective_half_life_h),
         _num(voi.recovery_coefficient),
-        voi.fit.model.value if voi.fit is not None else "–",
-        ("excluded: " + (voi.exclusion_reason or "")) if voi.excluded else "",
+        _num(voi.partial_volume_factor),
+        MODEL_LABELS[voi.fit.model] if voi.fit is not None else "–",
+        "excluded" if voi.excluded else "",
     ]
+
+
+def exclusion_lines(vois: Sequence[VoiDose]) -> list[str]:
+    """Why each excluded VOI of a table page was excluded, wrapped below the table."""
+    reasons = [f"{v.name} ({v.exclusion_reason or 'no reason given'})" for v in vois if v.excluded]
+    if not reasons:
+        return []
+    return wrap_to_page("Excluded: " + "; ".join(reasons) + ".", FOOTER_POINTS)
 
 
 def _cycle_lines(result: CycleResult) -> list[str]:
@@ -341,20 +521,25 @@ def _cycle_lines(result: CycleResult) -> list[str]:
         f"Cycle {result.cycle_number}: administered {activity} MBq Lu-177 DOTATATE; "
         + f"time points {times} h",
         f"Method: {result.method.value}",
+        *partial_volume_lines(result),
     ]
 
 
 def _dose_table_pages(
     result: CycleResult, source: SourceContext, identity: ResultIdentity
 ) -> list[Figure]:
-    rows = [voi_row(v) for v in result.vois]
     header = [*_identification(source, identity), *_cycle_lines(result)]
     title = f"Lu-177 dosimetry report — cycle {result.cycle_number}"
+    footnote = uncertainty_footnote(any(v.uncertainty is None for v in result.vois))
     return [
         _table_page(
-            title if i == 0 else title + " (continued)", header, VOI_COLUMNS, chunk
+            title if i == 0 else title + " (continued)",
+            header,
+            VOI_COLUMNS,
+            [voi_row(v) for v in chunk],
+            [*footnote, *exclusion_lines(chunk)],
         )
-        for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
+        for i, chunk in enumerate(_chunks(result.vois, TABLE_ROWS_PER_PAGE))
     ]
 
 
@@ -500,6 +685,18 @@ def render_cycle_pdf(
         Cumulative DVHs by VOI name. When absent and ``masks`` (VOI masks on
         the dose grid) are given, they are computed from ``result.dose_map``.
     """
+    return _render(cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks))
+
+
+def cycle_report_pages(
+    result: CycleResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    dvhs: Mapping[str, CumulativeDvh] | None = None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+) -> list[Figure]:
+    """The pages of :func:`render_cycle_pdf`, not yet rendered (to check their layout)."""
     label = f"cycle {result.cycle_number}"
     pages = _dose_table_pages(result, source, identity)
     pages += _curve_pages(
@@ -515,10 +712,23 @@ def render_cycle_pdf(
         "Warnings:", *warnings, "", *_settings_lines(result.settings, identity),
     ]
     pages += _text_pages(f"Warnings, software and settings — {label}", lines)
-    return _render(pages)
+    return pages
 
 
-CUMULATIVE_COLUMNS_FIXED = ("VOI", "kind", "total AD (Gy)", "± sd", "projected (Gy)")
+CUMULATIVE_COLUMNS_FIXED = (
+    "VOI", "kind", "total AD ± u (Gy)", "dominant u", "projected (Gy)"
+)
+
+
+def _cumulative_row(dose: CumulativeDose, numbers: Sequence[int], course: CourseResult) -> list[str]:
+    return [
+        dose.name[:22] + (" (excluded)" if dose.excluded else ""),
+        dose.kind.value,
+        *(plain_number(dose.per_cycle_gy.get(n)) for n in numbers),
+        dose_with_uncertainty(dose.total_gy, dose.uncertainty, dose.total_gy_sd),
+        dominant_text(dose.uncertainty),
+        plain_number(course.projected_total_gy.get(dose.name)),
+    ]
 
 
 def _cumulative_rows(course: CourseResult) -> tuple[list[str], list[list[str]]]:
@@ -528,38 +738,51 @@ def _cumulative_rows(course: CourseResult) -> tuple[list[str], list[list[str]]]:
         *(f"C{n} (Gy)" for n in numbers),
         *CUMULATIVE_COLUMNS_FIXED[2:],
     ]
-    rows = []
-    for dose in course.cumulative:
-        per_cycle = [_num(dose.per_cycle_gy.get(n)) for n in numbers]
-        rows.append(
-            [
-                dose.name[:22] + (" (excluded)" if dose.excluded else ""),
-                dose.kind.value,
-                *per_cycle,
-                _num(dose.total_gy),
-                _num(dose.total_gy_sd, 2),
-                _num(course.projected_total_gy.get(dose.name)),
-            ]
+    return columns, [_cumulative_row(d, numbers, course) for d in course.cumulative]
+
+
+def lesion_index_line(indices: LesionIndices) -> str:
+    """The lesion indices, each total with its standard uncertainty when stated."""
+    return (
+        f"Lesion indices ({indices.n_lesions} lesions), total AD ± u: "
+        f"mean {dose_with_uncertainty(indices.mean_total_gy, indices.mean_uncertainty)} Gy, "
+        f"min {dose_with_uncertainty(indices.min_total_gy, indices.min_uncertainty)} Gy, "
+        f"max {dose_with_uncertainty(indices.max_total_gy, indices.max_uncertainty)} Gy"
+    )
+
+
+def _course_cycle_line(cycle: CycleResult) -> str:
+    resolutions = spect_resolutions(cycle)
+    fwhm = f", FWHM {_fwhm_text(resolutions)}" if resolutions else ""
+    return (
+        f"Cycle {cycle.cycle_number}: {cycle.method.value}; "
+        f"{_num(cycle.administered_activity_mbq, 5)} MBq; partial volume "
+        f"{partial_volume_method(cycle.settings).value}{fwhm}"
+    )
+
+
+def _course_partial_volume(course: CourseResult) -> list[str]:
+    """Each partial-volume method of the course's cycles, with its description."""
+    methods = dict.fromkeys(partial_volume_method(c.settings) for c in course.cycles)
+    return [
+        line
+        for method in methods
+        for line in wrap_to_page(
+            f"Partial-volume correction: {method.value}, {method.description}.", HEADER_POINTS
         )
-    return columns, rows
+    ]
 
 
 def _course_footer(course: CourseResult) -> list[str]:
     lines = []
     if course.lesion_indices is not None:
-        li = course.lesion_indices
-        lines.append(
-            f"Lesion indices ({li.n_lesions} lesions): mean total AD {_num(li.mean_total_gy)} Gy, "
-            f"min {_num(li.min_total_gy)} Gy, max {_num(li.max_total_gy)} Gy"
-        )
+        lines.append(lesion_index_line(course.lesion_indices))
     lines.append("Flags:")
     lines.extend(f"• {flag}" for flag in course.flags or ("none",))
     for cycle in course.cycles:
-        lines.append(
-            f"Cycle {cycle.cycle_number}: {cycle.method.value}; "
-            f"{_num(cycle.administered_activity_mbq, 5)} MBq"
-        )
-    return lines
+        lines.extend(wrap_to_page(_course_cycle_line(cycle), FOOTER_POINTS))
+    without_budget = any(d.uncertainty is None for d in course.cumulative)
+    return [*lines, *uncertainty_footnote(without_budget)]
 
 
 def render_course_pdf(
@@ -571,10 +794,23 @@ def render_course_pdf(
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
 ) -> bytes:
     """The PDF report of a course: cumulative doses, lesion indices, flags, per-cycle summary."""
+    return _render(course_report_pages(course, source, identity, dvhs=dvhs, masks=masks))
+
+
+def course_report_pages(
+    course: CourseResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    dvhs: Mapping[str, CumulativeDvh] | None = None,
+    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+) -> list[Figure]:
+    """The pages of :func:`render_course_pdf`, not yet rendered (to check their layout)."""
     columns, rows = _cumulative_rows(course)
     header = [
         *_identification(source, identity),
         f"Planned cycles: {course.planned_cycles}",
+        *_course_partial_volume(course),
     ]
     pages = [
         _table_page(
@@ -602,7 +838,7 @@ def render_course_pdf(
         *_settings_lines(settings, identity),
     ]
     pages += _text_pages("Warnings, software and settings — course", lines)
-    return _render(pages)
+    return pages
 
 
 # -- DICOM encapsulation -----------------------------------------------------

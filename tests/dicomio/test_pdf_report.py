@@ -8,9 +8,16 @@ import re
 import subprocess
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.table import Table
+from matplotlib.text import Text
 
 from tests.dicomio.result_records import (
     LESION_BOX,
@@ -25,17 +32,28 @@ from tests.part10_bytes import read_back
 from tests.peers import require_tool
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import (
+    course_report_pages,
+    cycle_report_pages,
     extract_pdf,
     flatten_settings,
     model_curve,
     person_name_text,
+    plain_number,
     render_course_pdf,
     render_cycle_pdf,
     write_course_pdf,
     write_cycle_pdf,
 )
 from theranode.dicomio.uids import ResultKind
-from theranode.dosimetry.results import KineticFit, KineticModel
+from theranode.dosimetry.results import (
+    DoseMethod,
+    DoseUncertainty,
+    KineticFit,
+    KineticModel,
+    UncertaintyComponent,
+)
+
+METHODS = ["paper", "paper-contrast", "gtm"]
 
 
 def _page_count(pdf: bytes) -> int:
@@ -194,3 +212,161 @@ def test_dollar_signs_in_roi_and_patient_names_are_drawn_as_written() -> None:
     )
     pdf = render_course_pdf(course, source, identity(ResultKind.COURSE))
     assert MATH_ROI in _pdf_strings(pdf)
+
+
+# -- uncertainty and partial volume ---------------------------------------------------
+def test_plain_number_has_three_significant_figures_and_no_exponent() -> None:
+    assert plain_number(1532.25) == "1530"
+    assert plain_number(123456.0) == "123000"
+    assert plain_number(0.07342) == "0.0734"
+    assert plain_number(9.996) == "10.0"
+    assert plain_number(52.52) == "52.5"
+    assert plain_number(0.0) == "0"
+    assert plain_number(4.777, 2) == "4.8"
+    assert plain_number(None) == "–" and plain_number(math.nan) == "–"
+
+
+@given(st.floats(min_value=1e-5, max_value=1e7))
+def test_plain_number_never_writes_an_exponent_and_rounds_to_three_figures(value: float) -> None:
+    text = plain_number(value)
+    assert "e" not in text.lower()
+    assert float(text) == pytest.approx(value, rel=5e-3)
+
+
+def _text(pdf: bytes) -> str:
+    """The PDF's text as one line: wrapped lines joined by a single space."""
+    return re.sub(r"\s+", " ", " ".join(_pdf_strings(pdf)))
+
+
+def test_cycle_pdf_states_each_dose_with_its_standard_uncertainty_and_dominant_component() -> None:
+    source, _ = source_for_cycle()
+    blocks = _pdf_strings(render_cycle_pdf(cycle_result(1, partial_volume="gtm"), source,
+                                           identity()))
+    # liver 1.0812 Gy, u = 1.0812 · √(5² + 1.2² + 1² + 0.4² + 0.3²) % = 0.0569 Gy
+    assert "1.08 ± 0.057" in blocks and "calibration 5.0 %" in blocks
+    # lesion 1 31.99 Gy, u = 31.99 · √(5² + 8² + 11² + 2² + 3²) % = 4.78 Gy
+    assert "32.0 ± 4.8" in blocks and "volume 11 %" in blocks
+    # kidneys 2.731 Gy, u = 2.731 · √(5² + 6² + 4² + 1² + 2²) % = 0.247 Gy
+    assert blocks.count("2.73 ± 0.25") == 2 and "partial vol. 6.0 %" in blocks
+    assert "1.17" in blocks  # the kidneys' GTM factor
+    text = re.sub(r"\s+", " ", " ".join(blocks))
+    assert "standard uncertainty (coverage factor k = 1) of the EANM uncertainty budget" in text
+    assert "(k = 2) covers about 95 %" in text
+    assert "no budget" not in text
+    assert "Partial-volume correction: gtm, geometric transfer matrix for every VOI" in text
+    assert "10 mm (4, 24, 72 h); 12.5 mm (192 h)" in text
+    assert "Excluded: lesion 2 (volume 1.4 mL below the 2 mL minimum)." in text
+
+
+def _page_text(fig: Figure) -> str:
+    """Every text of a page as drawn, wrapped lines joined by a single space."""
+    texts = [t.get_text() for t in fig.findobj(Text) if isinstance(t, Text)]
+    return re.sub(r"\s+", " ", " ".join(texts))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_is_named_with_its_description(method: str) -> None:
+    from theranode.dosimetry.partial_volume import PartialVolumeMethod
+
+    source, _ = source_for_cycle()
+    result = cycle_result(1, partial_volume=method)
+    text = _page_text(cycle_report_pages(result, source, identity())[0])
+    description = PartialVolumeMethod(method).description
+    assert f"Partial-volume correction: {method}, {description}." in text
+    if method == "paper":
+        assert "none needed by this method" in text
+    else:
+        assert "12.5 mm (192 h)" in text
+
+
+def test_an_older_cycle_result_prints_the_fit_sd_and_says_so() -> None:
+    source, _ = source_for_cycle()
+    blocks = _pdf_strings(render_cycle_pdf(cycle_result(1), source, identity()))
+    assert "1.08 ± 0.073" in blocks  # the fit's sd, 0.0734 Gy
+    assert "32.0 ± 2.4" in blocks
+    assert blocks.count("no budget") == len(cycle_result(1).vois)
+    text = re.sub(r"\s+", " ", " ".join(blocks))
+    assert "no budget: computed without an uncertainty budget" in text
+    assert "Partial-volume correction: paper, recovery coe" in text  # ffi: a ligature
+
+
+def test_a_trapezoid_fit_without_sd_prints_the_dose_alone() -> None:
+    result = cycle_result(1)
+    voi = dataclasses.replace(result.vois[3], mean_gy_sd=math.nan)
+    result = dataclasses.replace(result, vois=(*result.vois[:3], voi, *result.vois[4:]))
+    source, _ = source_for_cycle()
+    assert "0.291" in _pdf_strings(render_cycle_pdf(result, source, identity()))
+
+
+@pytest.mark.parametrize("method", [None, "gtm"])
+def test_course_pdf_states_totals_and_lesion_indices_with_their_uncertainty(
+    method: str | None,
+) -> None:
+    source, _ = source_for_cycle()
+    course = course_result(partial_volume=method)
+    text = _text(render_course_pdf(course, source, identity(ResultKind.COURSE)))
+    if method is None:
+        assert "57.6 ± 3.3" in text and "2.20 ± 0.11" in text  # the summed fits' sd
+        assert "mean 57.6 Gy, min 57.6 Gy, max 57.6 Gy" in text
+        assert "Cycle 1: multi-time-point; 7400 MBq; partial volume paper" in text
+        return
+    # lesion 1: 57.63 Gy · 14.9 % = 8.61 Gy; liver 2.2 Gy · 5.26 % = 0.116 Gy
+    assert "57.6 ± 8.6" in text and "2.20 ± 0.12" in text and "volume 11 %" in text
+    assert "mean 57.6 ± 8.6 Gy, min 57.6 ± 8.6 Gy, max 57.6 ± 8.6 Gy" in text
+    assert "partial volume gtm, FWHM 10 mm (4, 24, 72 h); 12.5 mm (192 h)" in text
+    assert "Partial-volume correction: gtm, geometric transfer matrix" in text
+    assert "(k = 2) covers about 95 %" in text
+
+
+def _outside_the_page(fig: Figure) -> list[str]:
+    """Texts and table cells of ``fig`` that reach beyond its edges once drawn."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    artists: list[tuple[str, Any]] = [
+        (t.get_text(), t)
+        for t in fig.findobj(Text)
+        if isinstance(t, Text) and t.get_visible() and t.get_text()
+    ]
+    for table in fig.findobj(Table):
+        if isinstance(table, Table):
+            artists.extend((c.get_text().get_text(), c) for c in table.get_celld().values())
+    outside = []
+    for label, artist in artists:
+        box = artist.get_window_extent(renderer)
+        if box.x0 < 0 or box.y0 < 0 or box.x1 > fig.bbox.width or box.y1 > fig.bbox.height:
+            outside.append(label)
+    return outside
+
+
+def _widest_result() -> object:
+    """A cycle whose table cells are as wide as theranode writes them."""
+    result = cycle_result(3, partial_volume="gtm")
+    wide = DoseUncertainty(1234.5, {UncertaintyComponent.SINGLE_TIME_POINT_METHOD: 0.3})
+    fit = dataclasses.replace(result.vois[0].fit, model=KineticModel.TRAPEZOID_TAIL)
+    vois = tuple(
+        dataclasses.replace(
+            v, name=f"{'W' * 20}{i:02d}", method=DoseMethod.HANSCHEID, mean_gy=1234.5,
+            uncertainty=wide, fit=fit, volume_ml=12345.6, min_gy=1234.5, max_gy=1234.5,
+            d98_gy=1234.5, d2_gy=1234.5, time_integrated_activity_mbq_h=123456.7,
+            effective_half_life_h=159.5, recovery_coefficient=0.123, partial_volume_factor=2.345,
+            excluded=True, exclusion_reason="volume 1.4 mL below the 2 mL minimum",
+        )
+        for i, v in enumerate(result.vois * 2)
+    )
+    return dataclasses.replace(result, vois=vois)
+
+
+@pytest.mark.parametrize("method", [None, "paper", "gtm"])
+def test_every_text_stays_inside_the_page(method: str | None) -> None:
+    source, _ = source_for_cycle()
+    pages = cycle_report_pages(cycle_result(1, partial_volume=method), source, identity())
+    pages += course_report_pages(course_result(partial_volume=method), source,
+                                 identity(ResultKind.COURSE))
+    assert [_outside_the_page(page) for page in pages] == [[] for _ in pages]
+
+
+def test_the_widest_table_stays_inside_the_page() -> None:
+    source, _ = source_for_cycle()
+    pages = cycle_report_pages(_widest_result(), source, identity())  # type: ignore[arg-type]
+    assert [_outside_the_page(page) for page in pages[:2]] == [[], []]
