@@ -157,7 +157,7 @@ def uncertainty_footnote(any_without_budget: bool) -> list[str]:
     """What ± means in the dose tables (and, when a row has no budget, what it says)."""
     lines = wrap_to_page(
         "± u: standard uncertainty (coverage factor k = 1) of the EANM uncertainty budget "
-        "(Gear et al. 2018); the interval dose ± 2u (k = 2) covers about 95 %. "
+        "(Gear et al. 2018); the interval dose ± 2u (k = 2) covers about 95\u00a0%. "
         "Dominant u: the largest component of the budget, as a relative standard uncertainty.",
         FOOTER_POINTS,
     )
