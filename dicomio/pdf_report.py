@@ -818,7 +818,9 @@ def course_report_pages(
             header,
             columns,
             chunk,
-            footer=_course_footer(course) if i == 0 else (),
+            footer=_course_footer(course) if i == 0 else uncertainty_footnote(
+                any(d.uncertainty is None for d in course.cumulative)
+            ),
         )
         for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
     ]
