@@ -12,6 +12,7 @@ small phantom.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -30,10 +31,15 @@ import theranode.service.jobs.spec
 from tests.service.nodes import make_settings, running_node, wait_job_ended
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
-from theranode.dosimetry.results import MapVoi
+from theranode.dosimetry.results import CycleResult, MapVoi
 from theranode.service.app import DATABASE_NAME
 from theranode.service.jobs.pipeline import run_job
-from theranode.service.jobs.results import RESULT_JSON, load_stored_result
+from theranode.service.jobs.results import (
+    FIELDS_ADDED,
+    RESULT_JSON,
+    load_stored_result,
+    write_result,
+)
 from theranode.service.jobs.runner import JobRunner
 from theranode.service.jobs.spec import (
     CourseJobInput,
@@ -91,12 +97,33 @@ def old_pickle(obj: object, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
         patch.setattr(CycleJobInput, "__getstate__",
                       lambda self: {**self.__dict__, "administered_activity_mbq": None},
                       raising=False)
+        for record, added in ADDED_SINCE_PICKLES.items():  # fields the pickle era lacked
+            patch.setattr(record, "__getstate__",
+                          lambda self, added=added: {k: v for k, v in self.__dict__.items()
+                                                     if k not in added}, raising=False)
         _old_unpacked_map_voi.__module__ = "dosimetry.results"
         _old_unpacked_map_voi.__qualname__ = "_unpacked_map_voi"
         patch.setattr(theranode.dosimetry.results, "_unpacked_map_voi", _old_unpacked_map_voi,
                       raising=False)
         patch.setattr(MapVoi, "__reduce__", _old_reduce, raising=False)
         return pickle.dumps(obj, protocol=protocol)
+
+
+#: Result fields added after the pickle era (result.json versions 2 and up), per record type.
+ADDED_SINCE_PICKLES: dict[type, set[str]] = {}
+for _version_fields in FIELDS_ADDED.values():
+    for _record, _fields in _version_fields.items():
+        ADDED_SINCE_PICKLES.setdefault(_record, set()).update(_fields)
+
+
+def as_the_pickle_era_computed(folder: Path) -> None:
+    """Rewrite a cycle's stored result without what the pickle era could not hold (budgets)."""
+    stored = load_stored_result(folder)
+    result = stored.result
+    assert isinstance(result, CycleResult)
+    vois = tuple(dataclasses.replace(v, uncertainty=None) for v in result.vois)
+    write_result(folder, dataclasses.replace(result, vois=vois), stored.source,
+                 stored.reference_ct)
 
 
 def cycle_inputs(course: CourseManifest, data_dir: Path) -> dict[int, CycleJobInput]:
@@ -154,8 +181,11 @@ def test_queued_pickled_jobs_and_pickled_results_survive_the_upgrade(
     inputs = cycle_inputs(course, data_dir)
     course_input = CourseJobInput((CYCLE1, CYCLE3))
 
-    # Today's outputs, computed with JSON all the way: the expected bytes.
-    for job_id, job_input in ((1, inputs[1]), (2, inputs[3]), (3, course_input)):
+    # Today's outputs, computed with JSON all the way from a cycle 1 as the pickle era
+    # computed it (no uncertainty budgets): the expected bytes.
+    run_job(spec(1, inputs[1], data_dir))
+    as_the_pickle_era_computed(data_dir / CYCLE1)
+    for job_id, job_input in ((2, inputs[3]), (3, course_input)):
         run_job(spec(job_id, job_input, data_dir))
     expected = {2: objects(data_dir / CYCLE3), 3: objects(data_dir / COURSE)}
     assert all(len(found) == 3 for found in expected.values())  # RT Dose, SR, PDF
