@@ -41,6 +41,7 @@ from theranode.dicomio.synthetic_course import (
     write_course,
 )
 from theranode.service.cli.terminal_text import emit, terminal_text
+from theranode.service.deliver.requestor import SenderAE
 from theranode.service.deliver.sender import RESULT_SOP_CLASSES
 from theranode.service.receive.scp import VERIFICATION
 
@@ -115,7 +116,7 @@ class Receiver:
 
 def send_course(manifest: CourseManifest, host: str, port: int, called_ae: str) -> int:
     """C-STORE every file of the course on one association; returns how many succeeded."""
-    ae = AE(ae_title="THERANODE-DEMO")
+    ae = SenderAE(ae_title="THERANODE-DEMO")
     for sop_class in SOP_CLASS_KINDS:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(host, port, ae_title=called_ae)

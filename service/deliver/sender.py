@@ -38,10 +38,11 @@ from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.events import Event
 
 from theranode.config.schema import Destination
+from theranode.service.deliver.requestor import SenderAE
 from theranode.service.receive.archive import write_durably
 from theranode.service.tls import client_context
 
@@ -111,7 +112,7 @@ class DicomSender:
     def __init__(self, destination: Destination, calling_ae_title: str, timeout_s: float = 30.0):
         self.name = destination.name
         self.destination = destination
-        self.ae = AE(ae_title=calling_ae_title)
+        self.ae = SenderAE(ae_title=calling_ae_title)
         for sop_class in RESULT_SOP_CLASSES:
             self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian,
                                                       ImplicitVRLittleEndian])

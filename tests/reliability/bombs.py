@@ -28,9 +28,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import _config
 
 from tests.service import factory
+from theranode.service.deliver.requestor import SenderAE
 
 WHEN = datetime(2024, 5, 7, 9, 0)
 _ITEM_EMPTY = b"\xfe\xff\x00\xe0" + struct.pack("<L", 0)
@@ -168,7 +169,7 @@ def send_bombs(port: int, cases: Iterable[BombCase], folder: Path) -> list[BombA
     """
     cases = list(cases)
     _config.STORE_SEND_CHUNKED_DATASET = True  # else pynetdicom decodes (inflates) and re-encodes
-    ae = AE(ae_title="BOMBER")
+    ae = SenderAE(ae_title="BOMBER")
     for case in cases:
         ae.add_requested_context(case.sop_class, case.syntax)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from tests.reliability.processes import start_node, write_config
 from tests.service import factory
+from theranode.service.deliver.requestor import SenderAE
 from theranode.service.receive.archive import sha256_hex
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
@@ -81,7 +81,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def probe_association(port: int) -> tuple[int, int, int] | None:
     """Ask for one more association: None when accepted, else the A-ASSOCIATE-RJ fields."""
-    ae = AE(ae_title="EXTRAPEER")
+    ae = SenderAE(ae_title="EXTRAPEER")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 10
     assoc = ae.associate("127.0.0.1", port, ae_title="THERANODE")

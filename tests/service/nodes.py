@@ -19,6 +19,7 @@ from tests.peers import free_port
 from theranode.config.schema import Settings, settings_from_dict
 from theranode.dicomio.headers import SOP_CLASS_KINDS
 from theranode.service.app import Node
+from theranode.service.deliver.requestor import SenderAE
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 
 # Files are sent as their raw bytes (not decoded and re-encoded), so a test
@@ -46,7 +47,7 @@ def running_node(settings: Settings) -> Iterator[Node]:
 
 
 def scu(ae_title: str = "TESTSCU") -> AE:
-    ae = AE(ae_title=ae_title)
+    ae = SenderAE(ae_title=ae_title)
     for sop_class in SOP_CLASS_KINDS:  # one context per transfer syntax: files go as they are
         for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             ae.add_requested_context(sop_class, syntax)
