@@ -12,16 +12,26 @@ from tests.peers import OrthancPeer, run_orthanc
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Tests that start nodes, kill them and wait for their jobs. The suite runs on two
-#: pytest-xdist workers (pyproject.toml); these run one after another on one of them,
-#: so two never share the machine's two cores, while the other worker takes the rest.
-HEAVY = ("tests/reliability/", "tests/service/test_crash.py")
+#: Tests that start nodes and load them for minutes, in two groups. The suite runs on
+#: two pytest-xdist workers (pyproject.toml); each group runs one test after another on
+#: one worker, so two kill tests (whose nodes are killed and restarted on a clock) never
+#: share the machine's two cores, nor two hostile-peer tests, while the rest spreads over
+#: both workers. Together the groups are about 15 minutes of a 2-core machine: one group
+#: would be the whole suite's critical path.
+HEAVY_GROUPS = {
+    "kills": ("tests/reliability/test_combined_kills.py", "tests/reliability/test_kills.py",
+              "tests/reliability/test_jobs_under_kills.py", "tests/service/test_crash.py"),
+    "hostile": ("tests/reliability/",),  # the rest of tests/reliability
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.relative_to(ROOT).as_posix().startswith(HEAVY):
-            item.add_marker(pytest.mark.xdist_group("heavy"))
+        path = item.path.relative_to(ROOT).as_posix()
+        group = next((g for g, prefixes in HEAVY_GROUPS.items() if path.startswith(prefixes)),
+                     None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
