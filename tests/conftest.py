@@ -26,12 +26,14 @@ HEAVY_GROUPS = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every other test module runs whole on one worker: its module-scoped fixtures (a
+    rendered phantom, a computed course, an Orthanc round trip) are then made once, not
+    once per worker."""
     for item in items:
         path = item.path.relative_to(ROOT).as_posix()
         group = next((g for g, prefixes in HEAVY_GROUPS.items() if path.startswith(prefixes)),
-                     None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+                     path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
