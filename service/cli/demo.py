@@ -33,7 +33,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from theranode.config.schema import Settings
 from theranode.dicomio.headers import SOP_CLASS_KINDS, is_valid_uid
-from theranode.dicomio.sr import read_sr_report
+from theranode.dicomio.pdf_report import plain_number
+from theranode.dicomio.sr import GroupValues, read_sr_report
 from theranode.dicomio.synthetic_course import (
     CourseManifest,
     CourseWriteSpec,
@@ -150,26 +151,34 @@ def comparison_lines(manifest: CourseManifest, reports: dict[int, Dataset]) -> l
     for number, ds in sorted(reports.items()):
         values = read_sr_report(ds)
         lines.append(f"\nCycle {number} ({terminal_text(ds.SeriesDescription)})")
-        lines.append(f"  {'VOI':<20} {'theranode Gy':>13} {'truth Gy':>10} {'diff':>8}  note")
+        lines.append(f"  {'VOI':<20} {'theranode Gy':>17} {'truth Gy':>10} {'diff':>8}  note")
         truth = truth_cycles[number]["vois"]
         for name, entry in sorted(truth.items()):
             try:
                 group = values.group(name, f"cycle {number}")
             except KeyError:
-                lines.append(f"  {name:<20} {'-':>13} {entry['mean_dose_gy']:>10.3f}")
+                lines.append(f"  {name:<20} {'-':>17} {entry['mean_dose_gy']:>10.3f}")
                 continue
             found, expected = group.values["mean_gy"], entry["mean_dose_gy"]
             diff = 100.0 * (found / expected - 1.0) if expected else float("nan")
-            lines.append(f"  {name:<20} {found:>13.3f} {expected:>10.3f} {diff:>+7.1f}%  "
-                         + terminal_text(_note(group.texts, group.values)))
+            lines.append(f"  {name:<20} {_with_uncertainty(group, found):>17} {expected:>10.3f} "
+                         f"{diff:>+7.1f}%  " + terminal_text(_note(group.texts, group.values)))
     lines.append(
         "\nThe differences are partial volume, not error: on the demo's small grids a SPECT voxel "
         "is 8 mm,\nso VOI borders mix with their surroundings (organs read low, the thin L2-L4 "
         "marrow most).\nLesion doses are divided by the recovery coefficient of the configured "
         "RC curve, which\nassumes a real camera's blur that this noise-free phantom does not "
-        "have. Use --size clinical\nfor 4.4 mm SPECT voxels, and measure your own RC curve."
+        "have. Use --size clinical\nfor 4.4 mm SPECT voxels, and measure your own RC curve. "
+        "± is the EANM standard uncertainty\n(k = 1) each SR states; [dosimetry] "
+        "partial_volume = \"gtm\" corrects organs too (docs/accuracy.md)."
     )
     return lines
+
+
+def _with_uncertainty(group: GroupValues, dose_gy: float) -> str:
+    """``1.23 ± 0.06`` with the report's standard uncertainty (k = 1), else the dose alone."""
+    u = group.uncertainties.get("mean_gy")
+    return f"{dose_gy:.3f}" if u is None else f"{plain_number(dose_gy)} ± {plain_number(u, 2)}"
 
 
 def _note(texts: dict[str, list[str]], values: dict[str, float]) -> str:
