@@ -82,7 +82,6 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from theranode.dosimetry.absorbed_dose import (
     DEFAULT_GAS_THRESHOLD_G_PER_ML,
@@ -151,7 +150,7 @@ from theranode.dosimetry.voi_sensitivity import (
     registration_relative,
     volume_log_slope,
 )
-from theranode.dosimetry.volume import Volume, resample
+from theranode.dosimetry.volume import Volume, average_onto
 
 logger = logging.getLogger(__name__)
 
@@ -378,17 +377,7 @@ def density_on_grid(
     Hebert et al. 2024 (LED with density correction); Schneider et al. 2000.
     """
     density = _density_float32(ct, calibration)
-    image = density.to_sitk()
-    factors = [
-        max(1, int(t / s + 1e-6))
-        for t, s in zip(grid.spacing_mm, ct.spacing_mm, strict=True)
-    ]
-    if any(f > 1 for f in factors):
-        image = sitk.BinShrink(image, factors)
-    shrunk = Volume.from_sitk(image, unit=density.unit)
-    out = resample(
-        shrunk, grid, None, "linear", default_value=calibration.points_g_per_ml[0]
-    )
+    out = average_onto(density, grid, default_value=calibration.points_g_per_ml[0])
     return out.with_array(out.array.astype(np.float64), unit=density.unit)
 
 
@@ -410,8 +399,8 @@ class _PreparedTimePoint:
     masks: dict[str, Volume]
     volumes_ml: dict[str, float]
     registration: RigidRegistration | None
-    correction: TimePointCorrection = field(default_factory=TimePointCorrection)
-    map_dose_rate: Volume | None = None
+    correction: TimePointCorrection
+    map_dose_rate: Volume
 
     def factor(self, name: str) -> float:
         """The partial-volume factor of VOI ``name`` at this time point (1: none)."""
@@ -487,26 +476,22 @@ def _prepare_time_point(
     """
     activity = tp.spect.with_array(np.asarray(tp.spect.array, dtype=np.float64))
     density = density_on_grid(tp.ct, tp.spect, settings.density_calibration)
-    rate = led_dose_rate(
-        activity,
-        density,
-        settings.radionuclide,
-        settings.gas_policy,
-        settings.gas_threshold_g_per_ml,
-    ).dose_rate
-    on_grid = _voi_masks_on_spect(
-        vois, tp.vois, tp.spect, registration, settings.mask_threshold
-    )
-    correction = _correction(tp, activity, on_grid, settings)
-    map_rate = None
-    if correction.activity is not None:
-        map_rate = led_dose_rate(
-            correction.activity,
+
+    def dose_rate(concentration: Volume) -> Volume:
+        return led_dose_rate(
+            concentration,
             density,
             settings.radionuclide,
             settings.gas_policy,
             settings.gas_threshold_g_per_ml,
         ).dose_rate
+
+    rate = dose_rate(activity)
+    on_grid = _voi_masks_on_spect(
+        vois, tp.vois, tp.spect, registration, settings.mask_threshold
+    )
+    correction = _correction(tp, activity, on_grid, settings)
+    map_rate = rate if correction.activity is None else dose_rate(correction.activity)
     return _PreparedTimePoint(
         tp.elapsed_h, activity, density, rate,
         {v.name: tp.spect.with_array(v.measure, unit="mask") for v in on_grid},
@@ -741,11 +726,7 @@ def _voxelwise_dose_map(
     grid = prepared[0].dose_rate
     stack = np.stack(
         [
-            resample_to_reference(
-                p.map_dose_rate if p.map_dose_rate is not None else p.dose_rate,
-                grid,
-                p.registration,
-            ).array
+            resample_to_reference(p.map_dose_rate, grid, p.registration).array
             for p in prepared
         ]
     )
@@ -854,6 +835,7 @@ def compute_multi_time_point_cycle(
         len(vois),
         len(ordered),
     )
+    map_method, map_comment = multi_time_point_map_method(settings)
     return CycleResult(
         cycle_number=inputs.cycle_number,
         method=DoseMethod.MULTI_TIME_POINT,
@@ -867,10 +849,8 @@ def compute_multi_time_point_cycle(
             **settings.as_dict(),
             "dose_grid": "reference time point SPECT grid",
             "time_point_spect_fwhm_mm": [_fwhm_used(tp, settings) for tp in ordered],
-            "dose_map": multi_time_point_map_method(settings)[0] if dose_map is not None
-            else "none",
-            "dose_map_comment": multi_time_point_map_method(settings)[1] if dose_map is not None
-            else "",
+            "dose_map": map_method if dose_map is not None else "none",
+            "dose_map_comment": map_comment if dose_map is not None else "",
         },
         map_vois=map_vois,
     )
@@ -1008,7 +988,7 @@ def compute_single_time_point_cycle(
         )
     tp = inputs.time_points[0]
     prepared = _prepare_time_point(tp, None, inputs.vois, settings)
-    rate = prepared.map_dose_rate if prepared.map_dose_rate is not None else prepared.dose_rate
+    rate = prepared.map_dose_rate
     hanscheid_map = rate.with_array(
         (rate.array * hanscheid_dose_gy(1.0, tp.elapsed_h)).astype(
             np.float32

@@ -45,7 +45,6 @@ from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
 
 from theranode.dosimetry.errors import DosimetryError
 from theranode.dosimetry.pvc import (
@@ -61,7 +60,7 @@ from theranode.dosimetry.pvc import (
 from theranode.dosimetry.recovery import RecoveryCurve
 from theranode.dosimetry.registration import RigidRegistration
 from theranode.dosimetry.results import VoiKind
-from theranode.dosimetry.volume import Volume, resample
+from theranode.dosimetry.volume import Volume, average_onto
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +153,7 @@ def body_occupancy(ct: Volume, grid: Volume) -> npt.NDArray[np.float32]:
     voxel, then linearly resampled (as the engine averages density).
     """
     inside = ct.with_array((ct.array > BODY_THRESHOLD_HU).astype(np.float32), unit="fraction")
-    image = inside.to_sitk()
-    factors = [max(1, int(t / s + 1e-6)) for t, s in zip(grid.spacing_mm, ct.spacing_mm,
-                                                           strict=True)]
-    if any(f > 1 for f in factors):
-        image = sitk.BinShrink(image, factors)
-    shrunk = Volume.from_sitk(image, unit="fraction")
-    out = resample(shrunk, grid, None, "linear", default_value=0.0)
+    out = average_onto(inside, grid, default_value=0.0)
     return np.clip(np.asarray(out.array, dtype=np.float32), 0.0, 1.0)
 
 

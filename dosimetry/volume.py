@@ -203,3 +203,21 @@ def resample(
     if volume.array.dtype == bool:
         result = result.with_array(result.array.astype(bool))
     return result
+
+
+def average_onto(volume: Volume, grid: Volume, default_value: float = 0.0) -> Volume:
+    """``volume`` (fine grid) averaged onto the coarser ``grid`` of the same frame.
+
+    Box-averaged by the integer bin factor ``floor(grid / volume spacing)`` per
+    axis (a box close to the target voxel), then linearly resampled onto
+    ``grid``; outside ``volume`` the value is ``default_value``. This averages
+    a quantity (mass density, a 0/1 indicator) instead of sampling it.
+    """
+    image = volume.to_sitk()
+    factors = [
+        max(1, int(t / s + 1e-6)) for t, s in zip(grid.spacing_mm, volume.spacing_mm, strict=True)
+    ]
+    if any(f > 1 for f in factors):
+        image = sitk.BinShrink(image, factors)
+    shrunk = Volume.from_sitk(image, unit=volume.unit)
+    return resample(shrunk, grid, None, "linear", default_value=default_value)
