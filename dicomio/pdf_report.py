@@ -58,17 +58,15 @@ from theranode.dicomio.source import SourceContext, patient_study_dataset
 from theranode.dicomio.sr import (
     SpectResolution,
     partial_volume_method,
+    require_kind,
     spect_resolutions,
 )
 from theranode.dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
 from theranode.dosimetry.results import (
-    CourseResult,
-    CumulativeDose,
     CycleResult,
     DoseUncertainty,
     KineticFit,
     KineticModel,
-    LesionIndices,
     UncertaintyComponent,
     VoiDose,
 )
@@ -95,7 +93,7 @@ PDF_METADATA: dict[str, Any] = {
 
 
 # -- small formatting helpers --------------------------------------------------
-def _num(value: float | None, digits: int = 3) -> str:
+def sig_figs(value: float | None, digits: int = 3) -> str:
     """``value`` with ``digits`` significant digits, ``–`` when absent or not finite."""
     if value is None or not math.isfinite(value):
         return "–"
@@ -170,7 +168,7 @@ def uncertainty_footnote(any_without_budget: bool) -> list[str]:
     return lines
 
 
-def _fwhm_text(resolutions: Sequence[SpectResolution]) -> str:
+def fwhm_text(resolutions: Sequence[SpectResolution]) -> str:
     """``10 mm (4, 24, 72 h); 12.5 mm (192 h)``: each FWHM with the time points it served."""
     by_fwhm: dict[float, list[float]] = {}
     for r in resolutions:
@@ -184,7 +182,7 @@ def partial_volume_lines(result: CycleResult) -> list[str]:
     """The partial-volume method (its description) and the SPECT FWHM it used."""
     method = partial_volume_method(result.settings)
     resolutions = spect_resolutions(result)
-    fwhm = _fwhm_text(resolutions) if resolutions else "none needed by this method"
+    fwhm = fwhm_text(resolutions) if resolutions else "none needed by this method"
     text = (
         f"Partial-volume correction: {method.value}, {method.description}. "
         f"SPECT resolution (FWHM) used: {fwhm}."
@@ -266,7 +264,7 @@ def literal_texts(fig: Figure) -> Figure:
     return fig
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, max(len(items), 1), size):
         yield items[start : start + size]
 
@@ -371,8 +369,8 @@ def _draw_curve(ax: Axes, voi: VoiDose) -> None:
         ax.text(
             0.98,
             0.95,
-            f"integral {_num(voi.fit.integral)} ± {_num(voi.fit.integral_sd, 2)}\n"
-            f"T_eff {_num(voi.fit.effective_half_life_h)} h",
+            f"integral {sig_figs(voi.fit.integral)} ± {sig_figs(voi.fit.integral_sd, 2)}\n"
+            f"T_eff {sig_figs(voi.fit.effective_half_life_h)} h",
             ha="right",
             va="top",
             fontsize=7,
@@ -392,7 +390,7 @@ def person_name_text(value: str) -> str:
     return f"{family}, {rest}" if rest else family or "–"
 
 
-def _identification(source: SourceContext, identity: ResultIdentity) -> list[str]:
+def identification_lines(source: SourceContext, identity: ResultIdentity) -> list[str]:
     patient = (
         f"Patient: {person_name_text(source.patient_name)}    ID: {source.patient_id}"
         f"    born {_dicom_date_text(source.patient_birth_date)}    sex {source.patient_sex or '–'}"
@@ -433,7 +431,7 @@ def table_points(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> float
     return TABLE_POINTS * min(1.0, TABLE_WIDTH_PT / needed) if needed > 0 else TABLE_POINTS
 
 
-def _table_page(
+def table_page(
     title: str,
     header_lines: Sequence[str],
     columns: Sequence[str],
@@ -499,8 +497,8 @@ def voi_row(voi: VoiDose) -> list[str]:
         plain_number(voi.d2_gy),
         plain_number(voi.time_integrated_activity_mbq_h),
         plain_number(voi.effective_half_life_h),
-        _num(voi.recovery_coefficient),
-        _num(voi.partial_volume_factor),
+        sig_figs(voi.recovery_coefficient),
+        sig_figs(voi.partial_volume_factor),
         MODEL_LABELS[voi.fit.model] if voi.fit is not None else "–",
         "excluded" if voi.excluded else "",
     ]
@@ -516,7 +514,7 @@ def exclusion_lines(vois: Sequence[VoiDose]) -> list[str]:
 
 def _cycle_lines(result: CycleResult) -> list[str]:
     times = ", ".join(f"{t:g}" for t in result.time_points_h) or "–"
-    activity = _num(result.administered_activity_mbq, 5)
+    activity = sig_figs(result.administered_activity_mbq, 5)
     return [
         f"Cycle {result.cycle_number}: administered {activity} MBq Lu-177 DOTATATE; "
         + f"time points {times} h",
@@ -528,25 +526,25 @@ def _cycle_lines(result: CycleResult) -> list[str]:
 def _dose_table_pages(
     result: CycleResult, source: SourceContext, identity: ResultIdentity
 ) -> list[Figure]:
-    header = [*_identification(source, identity), *_cycle_lines(result)]
+    header = [*identification_lines(source, identity), *_cycle_lines(result)]
     title = f"Lu-177 dosimetry report — cycle {result.cycle_number}"
     footnote = uncertainty_footnote(any(v.uncertainty is None for v in result.vois))
     return [
-        _table_page(
+        table_page(
             title if i == 0 else title + " (continued)",
             header,
             VOI_COLUMNS,
             [voi_row(v) for v in chunk],
             [*footnote, *exclusion_lines(chunk)],
         )
-        for i, chunk in enumerate(_chunks(result.vois, TABLE_ROWS_PER_PAGE))
+        for i, chunk in enumerate(chunked(result.vois, TABLE_ROWS_PER_PAGE))
     ]
 
 
 def _curve_pages(vois: Sequence[VoiDose], heading: str) -> list[Figure]:
     pages = []
     with_curves = [v for v in vois if v.curve]
-    for chunk in _chunks(with_curves, CURVES_PER_PAGE):
+    for chunk in chunked(with_curves, CURVES_PER_PAGE):
         if not chunk:
             break
         fig = _page()
@@ -561,7 +559,7 @@ def _curve_pages(vois: Sequence[VoiDose], heading: str) -> list[Figure]:
     return pages
 
 
-def _dvh_page(dvhs: Mapping[str, CumulativeDvh], heading: str) -> Figure:
+def dvh_page(dvhs: Mapping[str, CumulativeDvh], heading: str) -> Figure:
     fig = _page()
     fig.suptitle(heading, fontsize=12)
     ax = fig.add_axes((0.1, 0.45, 0.85, 0.45))
@@ -593,10 +591,10 @@ REGISTRATION_COLUMNS = (
 def _registration_rows(result: CycleResult) -> list[list[str]]:
     return [
         [
-            _num(r.elapsed_h),
+            sig_figs(r.elapsed_h),
             r.metric,
-            _num(r.value_before, 4),
-            _num(r.value_after, 4),
+            sig_figs(r.value_before, 4),
+            sig_figs(r.value_after, 4),
             ", ".join(f"{v:.1f}" for v in r.translation_mm),
             ", ".join(f"{v:.2f}" for v in r.rotation_deg),
             "yes" if r.converged else "NO",
@@ -605,16 +603,16 @@ def _registration_rows(result: CycleResult) -> list[list[str]]:
     ]
 
 
-def _map_lines(method: object, width: int = 110) -> list[str]:
+def map_lines(method: object, width: int = 110) -> list[str]:
     """How the RT Dose map was made, wrapped for a text page (nothing without a map)."""
     if not isinstance(method, str) or not method or method == "none":
         return []
     return [*textwrap.wrap(f"Dose map: {method}.", width, subsequent_indent="  "), ""]
 
 
-def _text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
+def text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
     pages = []
-    for i, chunk in enumerate(_chunks(list(lines), TEXT_LINES_PER_PAGE)):
+    for i, chunk in enumerate(chunked(list(lines), TEXT_LINES_PER_PAGE)):
         fig = _page()
         fig.text(
             0.06,
@@ -639,16 +637,16 @@ def _text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
 def _registration_page(result: CycleResult, heading: str) -> Figure:
     rows = _registration_rows(result)
     note = [] if rows else ["No registration: a single time point, or none recorded."]
-    return _table_page(heading, note, REGISTRATION_COLUMNS, rows)
+    return table_page(heading, note, REGISTRATION_COLUMNS, rows)
 
 
-def _settings_lines(
+def settings_lines(
     settings: Mapping[str, object], identity: ResultIdentity
 ) -> list[str]:
     return [f"theranode {identity.software_version}", "", *flatten_settings(settings)]
 
 
-def _render(pages: Sequence[Figure]) -> bytes:
+def render_pages(pages: Sequence[Figure]) -> bytes:
     buffer = BytesIO()
     with PdfPages(buffer, metadata=PDF_METADATA) as pdf:
         for number, fig in enumerate(pages, start=1):
@@ -657,7 +655,7 @@ def _render(pages: Sequence[Figure]) -> bytes:
     return buffer.getvalue()
 
 
-def _resolve_dvhs(
+def resolve_dvhs(
     dose: Volume | None,
     dvhs: Mapping[str, CumulativeDvh] | None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None,
@@ -685,7 +683,7 @@ def render_cycle_pdf(
         Cumulative DVHs by VOI name. When absent and ``masks`` (VOI masks on
         the dose grid) are given, they are computed from ``result.dose_map``.
     """
-    return _render(cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks))
+    return render_pages(cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks))
 
 
 def cycle_report_pages(
@@ -702,144 +700,16 @@ def cycle_report_pages(
     pages += _curve_pages(
         result.vois, f"Time–activity curves and fitted models — {label}"
     )
-    resolved = _resolve_dvhs(result.dose_map, dvhs, masks)
+    resolved = resolve_dvhs(result.dose_map, dvhs, masks)
     if resolved:
-        pages.append(_dvh_page(resolved, f"Cumulative DVHs — {label}"))
+        pages.append(dvh_page(resolved, f"Cumulative DVHs — {label}"))
     pages.append(_registration_page(result, f"Registration quality — {label}"))
     warnings = [f"• {w}" for w in result.warnings] or ["• none"]
     lines = [
-        *_map_lines(result.settings.get("dose_map") if result.dose_map is not None else None),
-        "Warnings:", *warnings, "", *_settings_lines(result.settings, identity),
+        *map_lines(result.settings.get("dose_map") if result.dose_map is not None else None),
+        "Warnings:", *warnings, "", *settings_lines(result.settings, identity),
     ]
-    pages += _text_pages(f"Warnings, software and settings — {label}", lines)
-    return pages
-
-
-CUMULATIVE_COLUMNS_FIXED = (
-    "VOI", "kind", "total AD ± u (Gy)", "dominant u", "projected (Gy)"
-)
-
-
-def _cumulative_row(dose: CumulativeDose, numbers: Sequence[int], course: CourseResult) -> list[str]:
-    return [
-        dose.name[:22] + (" (excluded)" if dose.excluded else ""),
-        dose.kind.value,
-        *(plain_number(dose.per_cycle_gy.get(n)) for n in numbers),
-        dose_with_uncertainty(dose.total_gy, dose.uncertainty, dose.total_gy_sd),
-        dominant_text(dose.uncertainty),
-        plain_number(course.projected_total_gy.get(dose.name)),
-    ]
-
-
-def _cumulative_rows(course: CourseResult) -> tuple[list[str], list[list[str]]]:
-    numbers = sorted({n for d in course.cumulative for n in d.per_cycle_gy})
-    columns = [
-        *CUMULATIVE_COLUMNS_FIXED[:2],
-        *(f"C{n} (Gy)" for n in numbers),
-        *CUMULATIVE_COLUMNS_FIXED[2:],
-    ]
-    return columns, [_cumulative_row(d, numbers, course) for d in course.cumulative]
-
-
-def lesion_index_line(indices: LesionIndices) -> str:
-    """The lesion indices, each total with its standard uncertainty when stated."""
-    return (
-        f"Lesion indices ({indices.n_lesions} lesions), total AD ± u: "
-        f"mean {dose_with_uncertainty(indices.mean_total_gy, indices.mean_uncertainty)} Gy, "
-        f"min {dose_with_uncertainty(indices.min_total_gy, indices.min_uncertainty)} Gy, "
-        f"max {dose_with_uncertainty(indices.max_total_gy, indices.max_uncertainty)} Gy"
-    )
-
-
-def _course_cycle_line(cycle: CycleResult) -> str:
-    resolutions = spect_resolutions(cycle)
-    fwhm = f", FWHM {_fwhm_text(resolutions)}" if resolutions else ""
-    return (
-        f"Cycle {cycle.cycle_number}: {cycle.method.value}; "
-        f"{_num(cycle.administered_activity_mbq, 5)} MBq; partial volume "
-        f"{partial_volume_method(cycle.settings).value}{fwhm}"
-    )
-
-
-def _course_partial_volume(course: CourseResult) -> list[str]:
-    """Each partial-volume method of the course's cycles, with its description."""
-    methods = dict.fromkeys(partial_volume_method(c.settings) for c in course.cycles)
-    return [
-        line
-        for method in methods
-        for line in wrap_to_page(
-            f"Partial-volume correction: {method.value}, {method.description}.", HEADER_POINTS
-        )
-    ]
-
-
-def _course_footer(course: CourseResult) -> list[str]:
-    lines = []
-    if course.lesion_indices is not None:
-        lines.append(lesion_index_line(course.lesion_indices))
-    lines.append("Flags:")
-    lines.extend(f"• {flag}" for flag in course.flags or ("none",))
-    for cycle in course.cycles:
-        lines.extend(wrap_to_page(_course_cycle_line(cycle), FOOTER_POINTS))
-    without_budget = any(d.uncertainty is None for d in course.cumulative)
-    return [*lines, *uncertainty_footnote(without_budget)]
-
-
-def render_course_pdf(
-    course: CourseResult,
-    source: SourceContext,
-    identity: ResultIdentity,
-    *,
-    dvhs: Mapping[str, CumulativeDvh] | None = None,
-    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
-) -> bytes:
-    """The PDF report of a course: cumulative doses, lesion indices, flags, per-cycle summary."""
-    return _render(course_report_pages(course, source, identity, dvhs=dvhs, masks=masks))
-
-
-def course_report_pages(
-    course: CourseResult,
-    source: SourceContext,
-    identity: ResultIdentity,
-    *,
-    dvhs: Mapping[str, CumulativeDvh] | None = None,
-    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
-) -> list[Figure]:
-    """The pages of :func:`render_course_pdf`, not yet rendered (to check their layout)."""
-    columns, rows = _cumulative_rows(course)
-    header = [
-        *_identification(source, identity),
-        f"Planned cycles: {course.planned_cycles}",
-        *_course_partial_volume(course),
-    ]
-    pages = [
-        _table_page(
-            "Lu-177 dosimetry report — course" + (" (continued)" if i else ""),
-            header,
-            columns,
-            chunk,
-            footer=_course_footer(course) if i == 0 else uncertainty_footnote(
-                any(d.uncertainty is None for d in course.cumulative)
-            ),
-        )
-        for i, chunk in enumerate(_chunks(rows, TABLE_ROWS_PER_PAGE))
-    ]
-    resolved = _resolve_dvhs(course.course_map, dvhs, masks)
-    if resolved:
-        pages.append(_dvh_page(resolved, "Cumulative DVHs — course"))
-    warnings = [
-        f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings
-    ]
-    warnings += getattr(course, "course_map_notes", ())
-    settings = course.cycles[0].settings if course.cycles else {}
-    lines = [
-        *_map_lines(getattr(course, "course_map_method", "")),
-        "Warnings:",
-        *(warnings or ["none"]),
-        "",
-        *_settings_lines(settings, identity),
-    ]
-    pages += _text_pages("Warnings, software and settings — course", lines)
+    pages += text_pages(f"Warnings, software and settings — {label}", lines)
     return pages
 
 
@@ -890,35 +760,11 @@ def write_cycle_pdf(
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
 ) -> Dataset:
     """Encapsulated PDF report of one cycle."""
-    _require_kind(identity, ResultKind.CYCLE)
+    require_kind(identity, ResultKind.CYCLE)
     pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks)
     return encapsulate_pdf(
         pdf, source, identity, title=identity.series_description(OutputObject.PDF)
     )
-
-
-def write_course_pdf(
-    course: CourseResult,
-    source: SourceContext,
-    identity: ResultIdentity,
-    *,
-    dvhs: Mapping[str, CumulativeDvh] | None = None,
-    masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
-) -> Dataset:
-    """Encapsulated PDF report of a course."""
-    _require_kind(identity, ResultKind.COURSE)
-    pdf = render_course_pdf(course, source, identity, dvhs=dvhs, masks=masks)
-    return encapsulate_pdf(
-        pdf, source, identity, title=identity.series_description(OutputObject.PDF)
-    )
-
-
-def _require_kind(identity: ResultIdentity, kind: ResultKind) -> None:
-    if identity.kind is not kind:
-        raise ValueError(
-            f"Expected a {kind.value} result identity, got {identity.kind.value}; "
-            "build the ResultIdentity with the matching kind."
-        )
 
 
 def extract_pdf(ds: Dataset) -> bytes:

@@ -785,7 +785,7 @@ def write_cycle_sr(
     result: CycleResult, source: SourceContext, identity: ResultIdentity
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 dose report of one cycle (one group per VOI, warnings as text)."""
-    _require_kind(identity, ResultKind.CYCLE)
+    require_kind(identity, ResultKind.CYCLE)
     return build_report(
         cycle_groups(result, source, identity),
         source,
@@ -802,7 +802,7 @@ def write_course_sr(
     course: CourseResult, source: SourceContext, identity: ResultIdentity
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 dose report of a course: cumulative doses, lesion indices and flags."""
-    _require_kind(identity, ResultKind.COURSE)
+    require_kind(identity, ResultKind.COURSE)
     warnings = [
         f"cycle {c.cycle_number}: {w}" for c in course.cycles for w in c.warnings
     ]
@@ -819,7 +819,7 @@ def write_course_sr(
     )
 
 
-def _require_kind(identity: ResultIdentity, kind: ResultKind) -> None:
+def require_kind(identity: ResultIdentity, kind: ResultKind) -> None:
     if identity.kind is not kind:
         raise ValueError(
             f"Expected a {kind.value} result identity, got {identity.kind.value}; "

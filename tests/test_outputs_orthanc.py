@@ -16,8 +16,9 @@ from tests.dicomio.result_records import (
     source_for_cycle,
 )
 from tests.peers import OrthancPeer, require_tool
+from theranode.dicomio.course_report import write_course_pdf
 from theranode.dicomio.part10 import encode, file_meta
-from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from theranode.dicomio.pdf_report import write_cycle_pdf
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.sr import write_course_sr, write_cycle_sr
 from theranode.dicomio.uids import ResultKind

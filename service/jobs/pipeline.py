@@ -36,11 +36,12 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from theranode.config.schema import Settings
+from theranode.dicomio.course_report import write_course_pdf
 from theranode.dicomio.ct import read_ct_series
 from theranode.dicomio.dvh import dvhs_from_masks
 from theranode.dicomio.nm import read_spect
 from theranode.dicomio.part10 import encode
-from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from theranode.dicomio.pdf_report import write_cycle_pdf
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.rtstruct import ContourLimits, RoiContours, read_rois, roi_mask
 from theranode.dicomio.source import (

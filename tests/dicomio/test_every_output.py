@@ -40,9 +40,10 @@ from benchmarks.engine import load_cycle_inputs
 from tests.dicomio import result_records
 from tests.part10_bytes import read_back
 from tests.peers import require_tool
+from theranode.dicomio.course_report import write_course_pdf
 from theranode.dicomio.dvh import dvhs_from_masks
 from theranode.dicomio.part10 import encode, value_problems
-from theranode.dicomio.pdf_report import write_course_pdf, write_cycle_pdf
+from theranode.dicomio.pdf_report import write_cycle_pdf
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.rtstruct import read_rois, roi_mask
 from theranode.dicomio.source import (

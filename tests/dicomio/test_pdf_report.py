@@ -30,18 +30,20 @@ from tests.dicomio.result_records import (
 )
 from tests.part10_bytes import read_back
 from tests.peers import require_tool
+from theranode.dicomio.course_report import (
+    course_report_pages,
+    render_course_pdf,
+    write_course_pdf,
+)
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import (
-    course_report_pages,
     cycle_report_pages,
     extract_pdf,
     flatten_settings,
     model_curve,
     person_name_text,
     plain_number,
-    render_course_pdf,
     render_cycle_pdf,
-    write_course_pdf,
     write_cycle_pdf,
 )
 from theranode.dicomio.uids import ResultKind
