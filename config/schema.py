@@ -516,6 +516,44 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    kidney_gy: float = setting(
+        23.0, "Course limit of the kidneys' mean absorbed dose (Gy).", positive
+    )
+    marrow_gy: float = setting(
+        2.0, "Course limit of the bone marrow's (L2-L4) mean absorbed dose (Gy).", positive
+    )
+    warning_fraction: float = setting(
+        0.8, "A course total from this fraction of a limit is flagged as approaching it.", fraction
+    )
+    lesion_mean_cut_gy: float = setting(
+        91.36, "Cut-point of the mean total lesion absorbed dose (Gy).", positive
+    )
+    lesion_min_cut_gy: float = setting(
+        52.52, "Cut-point of the minimum total lesion absorbed dose (Gy).", positive
+    )
+    kidney_alpha_beta_gy: float = setting(
+        2.6, "Kidney alpha/beta ratio of the linear-quadratic model (Gy), for the BED.", positive
+    )
+    kidney_repair_half_time_h: float = setting(
+        2.8, "Kidney sublethal-damage repair half-time (h), for the BED.", positive
+    )
+    kidney_bed_gy: float = setting(
+        40.0, "Course limit of the kidneys' biologically effective dose (Gy).", positive
+    )
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    paper_size: str = setting("A4", "Page size of the PDF reports.", one_of("A4", "Letter"))
+    radiopharmaceutical_dose_sr: bool = setting(
+        False,
+        "Also send a Radiopharmaceutical Radiation Dose SR per cycle (organ doses for "
+        "IHE REM-NM dose registries).",
+    )
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str = setting("pacs", "Symbolic name of the destination.")
     ae_title: str = setting("PACS", "AE title of the destination.", ae_title)
@@ -551,6 +589,8 @@ class Settings:
     uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    reports: ReportSettings = field(default_factory=ReportSettings)
     destinations: list[Destination] = field(default_factory=list)
     source: str = "built-in defaults"
 
@@ -576,6 +616,8 @@ SECTIONS: dict[str, type] = {
     "uncertainty": UncertaintySettings,
     "jobs": JobSettings,
     "outbox": OutboxSettings,
+    "limits": LimitSettings,
+    "reports": ReportSettings,
 }
 LIST_SECTIONS: dict[str, type] = {"destinations": Destination}
 NESTED_TABLES: dict[tuple[type, str], type] = {

@@ -19,7 +19,8 @@
   4), so lesion projections tend to overestimate; kidney AD was stable.
 * Flags: the paper's prognostic cut-points (mean total lesion AD > 91.36 Gy,
   minimum > 52.52 Gy associated with longer PFS/OS) and the 23 Gy kidney
-  limit of recent PRRT trials, with a warning from 80 % of it. All limits
+  limit of recent PRRT trials and the 2 Gy bone-marrow limit (Forrer 2009),
+  each with a warning from 80 % of it. All limits
   are parameters (:class:`CourseLimits`). Lesion flags use the projected
   indices while the course is incomplete, the totals once it is complete.
 
@@ -33,6 +34,9 @@ Del Prete M et al., Personalized 177Lu-octreotate PRRT of neuroendocrine
 tumours: initial results from the P-PRRT trial, Eur J Nucl Med Mol Imaging
 2019;46:728-742, and Sundlöv A et al., Eur J Nucl Med Mol Imaging
 2022;49:3830-3840 (23 Gy kidney limit, the paper's refs 19-20).
+Forrer F et al., Bone marrow dosimetry in peptide receptor radionuclide
+therapy with [177Lu-DOTA0,Tyr3]octreotate, Eur J Nucl Med Mol Imaging
+2009;36:1138-1146 (2 Gy bone-marrow limit).
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class FlagCode(str, Enum):
     KIDNEY_LIMIT_EXCEEDED = "KIDNEY_LIMIT_EXCEEDED"
     KIDNEY_LIMIT_APPROACHING = "KIDNEY_LIMIT_APPROACHING"
     KIDNEY_LIMIT_PROJECTED = "KIDNEY_LIMIT_PROJECTED"
+    MARROW_LIMIT_EXCEEDED = "MARROW_LIMIT_EXCEEDED"
+    MARROW_LIMIT_APPROACHING = "MARROW_LIMIT_APPROACHING"
+    MARROW_LIMIT_PROJECTED = "MARROW_LIMIT_PROJECTED"
     NO_ELIGIBLE_LESION = "NO_ELIGIBLE_LESION"
     VOI_MISSING_IN_CYCLE = "VOI_MISSING_IN_CYCLE"
 
@@ -86,15 +93,21 @@ class CourseLimits:
     lesion_mean_cut_gy: float = 91.36
     lesion_min_cut_gy: float = 52.52
     kidney_limit_gy: float = 23.0
-    kidney_warning_fraction: float = 0.8
+    warning_fraction: float = 0.8
+    marrow_limit_gy: float = 2.0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.kidney_warning_fraction <= 1.0:
+        if not 0.0 < self.warning_fraction <= 1.0:
             raise DosimetryError(
                 "The kidney warning fraction must be in (0, 1], "
-                f"got {self.kidney_warning_fraction}."
+                f"got {self.warning_fraction}."
             )
-        if min(self.lesion_mean_cut_gy, self.lesion_min_cut_gy, self.kidney_limit_gy) <= 0:
+        if min(
+            self.lesion_mean_cut_gy,
+            self.lesion_min_cut_gy,
+            self.kidney_limit_gy,
+            self.marrow_limit_gy,
+        ) <= 0:
             raise DosimetryError("Course cut-points and limits must be positive doses in Gy.")
 
 
@@ -160,6 +173,7 @@ def course_flags(
     projected = projected_totals(cumulative, planned_cycles)
     complete = cycles_done >= planned_cycles
     flags = list(_kidney_flags(cumulative, projected, complete, planned_cycles, limits))
+    flags += _marrow_flags(cumulative, projected, complete, planned_cycles, limits)
     flags += _lesion_flags(cumulative, projected, complete, planned_cycles, limits)
     return tuple(flags)
 
@@ -253,27 +267,68 @@ def _kidney_flags(
     planned_cycles: int,
     limits: CourseLimits,
 ) -> list[str]:
-    limit = limits.kidney_limit_gy
-    warning = limits.kidney_warning_fraction * limit
+    kidneys = [d for d in cumulative if d.organ in KIDNEY_ORGANS]
+    return _limit_flags(
+        kidneys, "kidney", limits.kidney_limit_gy, projected, complete, planned_cycles, limits
+    )
+
+
+def _marrow_flags(
+    cumulative: Sequence[CumulativeDose],
+    projected: dict[str, float],
+    complete: bool,
+    planned_cycles: int,
+    limits: CourseLimits,
+) -> list[str]:
+    marrow = [d for d in cumulative if d.kind is VoiKind.MARROW]
+    return _limit_flags(
+        marrow, "marrow", limits.marrow_limit_gy, projected, complete, planned_cycles, limits
+    )
+
+
+_LIMIT_CODES = {
+    "kidney": (
+        FlagCode.KIDNEY_LIMIT_EXCEEDED,
+        FlagCode.KIDNEY_LIMIT_APPROACHING,
+        FlagCode.KIDNEY_LIMIT_PROJECTED,
+    ),
+    "marrow": (
+        FlagCode.MARROW_LIMIT_EXCEEDED,
+        FlagCode.MARROW_LIMIT_APPROACHING,
+        FlagCode.MARROW_LIMIT_PROJECTED,
+    ),
+}
+
+
+def _limit_flags(
+    doses: Sequence[CumulativeDose],
+    what: str,
+    limit: float,
+    projected: dict[str, float],
+    complete: bool,
+    planned_cycles: int,
+    limits: CourseLimits,
+) -> list[str]:
+    """Exceeded, approaching (from the warning fraction) and projected flags of one limit."""
+    exceeded, approaching, projects = _LIMIT_CODES[what]
+    warning = limits.warning_fraction * limit
     flags = []
-    for dose in cumulative:
-        if dose.organ not in KIDNEY_ORGANS:
-            continue
-        label = f"kidney VOI {dose.name!r}"
+    for dose in doses:
+        label = f"{what} VOI {dose.name!r}"
         if dose.total_gy >= limit:
             flags.append(
-                f"{FlagCode.KIDNEY_LIMIT_EXCEEDED.value}: {label} cumulative AD "
+                f"{exceeded.value}: {label} cumulative AD "
                 f"{dose.total_gy:.2f} Gy ≥ the {limit:g} Gy limit."
             )
         elif dose.total_gy >= warning:
             flags.append(
-                f"{FlagCode.KIDNEY_LIMIT_APPROACHING.value}: {label} cumulative AD "
-                f"{dose.total_gy:.2f} Gy ≥ {limits.kidney_warning_fraction:.0%} of the "
+                f"{approaching.value}: {label} cumulative AD "
+                f"{dose.total_gy:.2f} Gy ≥ {limits.warning_fraction:.0%} of the "
                 f"{limit:g} Gy limit."
             )
         if not complete and dose.total_gy < limit and projected[dose.name] >= limit:
             flags.append(
-                f"{FlagCode.KIDNEY_LIMIT_PROJECTED.value}: {label} projected AD after "
+                f"{projects.value}: {label} projected AD after "
                 f"{planned_cycles} cycles {projected[dose.name]:.2f} Gy ≥ the {limit:g} Gy limit."
             )
     return flags

@@ -32,7 +32,7 @@ import numpy as np
 from theranode.config.schema import CalibrationSettings, ConfigError, Settings
 from theranode.dicomio.nm import CountsCalibration
 from theranode.dosimetry.absorbed_dose import GasPolicy, led_dose_rate
-from theranode.dosimetry.course import projected_totals
+from theranode.dosimetry.course import CourseLimits, projected_totals
 from theranode.dosimetry.cycle import EngineSettings, StpFallback
 from theranode.dosimetry.density import DensityCalibration
 from theranode.dosimetry.errors import DosimetryError
@@ -143,6 +143,7 @@ def _runtime_checks(settings: Settings, engine: EngineSettings, problems: list[s
         lambda: projected_totals([], settings.protocol.planned_cycles),
         problems,
     )
+    _attempt("limits", lambda: course_limits(settings), problems)
     for kind, half_life_h in engine.population_half_life_h.items():
         _attempt(
             f"protocol.population_half_life_{kind}_h",
@@ -219,3 +220,15 @@ def build_engine_settings(settings: Settings) -> EngineSettings:
     if problems or engine is None:
         raise ConfigError(problems, settings.source)
     return engine
+
+
+def course_limits(settings: Settings) -> CourseLimits:
+    """The course flags' limits and cut-points from ``[limits]`` (raises DosimetryError)."""
+    limits = settings.limits
+    return CourseLimits(
+        lesion_mean_cut_gy=limits.lesion_mean_cut_gy,
+        lesion_min_cut_gy=limits.lesion_min_cut_gy,
+        kidney_limit_gy=limits.kidney_gy,
+        warning_fraction=limits.warning_fraction,
+        marrow_limit_gy=limits.marrow_gy,
+    )

@@ -71,7 +71,7 @@ from theranode.service.jobs.checks import (
     header_activity_mbq,
     hold_if_implausible,
 )
-from theranode.service.jobs.engine_settings import build_engine_settings
+from theranode.service.jobs.engine_settings import build_engine_settings, course_limits
 from theranode.service.jobs.results import load_stored_result, write_result
 from theranode.service.jobs.spec import (
     JobKind,
@@ -302,7 +302,10 @@ def run_course(spec: JobSpec) -> JobOutcome:
     loaded = [load_result(data_dir, folder) for folder in job.cycle_results]
     cycles = [r for r, _, _ in loaded]
     course: CourseResult = compute_course(
-        cycles, [ct for _, _, ct in loaded], planned_cycles=spec.settings.protocol.planned_cycles
+        cycles,
+        [ct for _, _, ct in loaded],
+        planned_cycles=spec.settings.protocol.planned_cycles,
+        limits=course_limits(spec.settings),
     )
     source = course_source_context([s for _, s, _ in loaded])
     identity = ResultIdentity(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -150,6 +151,23 @@ def test_kidney_flags(per_cycle_gy: float, cycles_done: int, expected: list[Flag
     assert _codes(flags) == [code.value for code in expected]
 
 
+@pytest.mark.parametrize(
+    ("per_cycle_gy", "cycles_done", "expected"),
+    [
+        (0.35, 4, []),  # 1.4 Gy < 1.6 Gy
+        (0.45, 4, [FlagCode.MARROW_LIMIT_APPROACHING]),  # 1.8 Gy
+        (0.55, 4, [FlagCode.MARROW_LIMIT_EXCEEDED]),  # 2.2 Gy
+        (0.55, 2, [FlagCode.MARROW_LIMIT_PROJECTED]),  # 1.1 Gy done, 2.2 Gy projected
+    ],
+)
+def test_marrow_flags(per_cycle_gy: float, cycles_done: int, expected: list[FlagCode]) -> None:
+    marrow = _voi("L2-L4 marrow", per_cycle_gy, VoiKind.MARROW, sd=0.05, organ=Organ.BONE_MARROW)
+    cycles = [replace(c, vois=(*c.vois, marrow)) for c in _course()[:cycles_done]]
+    flags = summarize_course(cycles).flags
+    assert _codes(flags) == [code.value for code in expected]
+    assert all("marrow VOI 'L2-L4 marrow'" in flag for flag in flags)
+
+
 def test_limits_are_parameters() -> None:
     cumulative = cumulative_doses(_course())
     strict = CourseLimits(lesion_mean_cut_gy=150.0, lesion_min_cut_gy=100.0, kidney_limit_gy=10.0)
@@ -160,7 +178,7 @@ def test_limits_are_parameters() -> None:
         FlagCode.LESION_MIN_BELOW_CUT.value,
     ]
     with pytest.raises(DosimetryError):
-        CourseLimits(kidney_warning_fraction=1.5)
+        CourseLimits(warning_fraction=1.5)
 
 
 def test_missing_voi_and_excluded_lesions_are_flagged() -> None:
