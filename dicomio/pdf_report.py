@@ -1,7 +1,8 @@
 """The PDF dose report physicists print and sign, and its Encapsulated PDF object.
 
 Rendered with matplotlib's object-oriented API (no pyplot state, so it is
-safe in worker threads) into a multi-page A4 PDF: identification and VOI
+safe in worker threads) into a multi-page PDF, A4 or Letter
+(:class:`PaperSize`): identification and VOI
 dose table, time-activity curves with the fitted model, DVHs, registration
 quality, warnings, software version and the settings used. The PDF carries
 no creation date, so the same result renders to the same bytes. Names come
@@ -27,6 +28,7 @@ digits for an uncertainty).
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import textwrap
@@ -76,12 +78,38 @@ from theranode.dosimetry.volume import Volume
 logger = logging.getLogger(__name__)
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
-A4_INCHES = (8.27, 11.69)
+
+
+class PaperSize(enum.Enum):
+    """The page size of a PDF report, named as ``[reports] paper_size`` names it.
+
+    References
+    ----------
+    ISO 216:2007 (A4, 210 mm × 297 mm); ANSI/ASME Y14.1 (Letter, 8.5 in × 11 in).
+    """
+
+    A4 = "A4"
+    LETTER = "Letter"
+
+    @property
+    def inches(self) -> tuple[float, float]:
+        """Width and height of the page in inches (portrait)."""
+        return (8.27, 11.69) if self is PaperSize.A4 else (8.5, 11.0)
+
+
+A4_INCHES = PaperSize.A4.inches
 CURVES_PER_PAGE = 6
 TABLE_ROWS_PER_PAGE = 28
 TEXT_LINES_PER_PAGE = 70
-#: Width of a header or footer line: A4 between the 6 % left margin and a 6 % right one.
-LINE_WIDTH_PT = 0.88 * A4_INCHES[0] * 72
+
+
+def line_width_pt(paper: PaperSize = PaperSize.A4) -> float:
+    """Width of a header or footer line: the page between a 6 % left and a 6 % right margin."""
+    return 0.88 * paper.inches[0] * 72
+
+
+#: Width of a header or footer line on A4.
+LINE_WIDTH_PT = line_width_pt(PaperSize.A4)
 HEADER_POINTS = 8.0
 FOOTER_POINTS = 7.0
 _TEXT_PATH = TextToPath()
@@ -151,19 +179,23 @@ def dominant_text(budget: DoseUncertainty | None) -> str:
     return f"{COMPONENT_LABELS[dominant]} {percent} %"
 
 
-def uncertainty_footnote(any_without_budget: bool) -> list[str]:
+def uncertainty_footnote(
+    any_without_budget: bool, *, paper: PaperSize = PaperSize.A4
+) -> list[str]:
     """What ± means in the dose tables (and, when a row has no budget, what it says)."""
     lines = wrap_to_page(
         "± u: standard uncertainty (coverage factor k = 1) of the EANM uncertainty budget "
         "(Gear et al. 2018); the interval dose ± 2u (k = 2) covers about 95\u00a0%. "
         "Dominant u: the largest component of the budget, as a relative standard uncertainty.",
         FOOTER_POINTS,
+        paper=paper,
     )
     if any_without_budget:
         lines += wrap_to_page(
             f"{NO_BUDGET}: computed without an uncertainty budget (older version); "
             "± is the kinetic fit's standard deviation.",
             FOOTER_POINTS,
+            paper=paper,
         )
     return lines
 
@@ -178,7 +210,9 @@ def fwhm_text(resolutions: Sequence[SpectResolution]) -> str:
     )
 
 
-def partial_volume_lines(result: CycleResult) -> list[str]:
+def partial_volume_lines(
+    result: CycleResult, *, paper: PaperSize = PaperSize.A4
+) -> list[str]:
     """The partial-volume method (its description) and the SPECT FWHM it used."""
     method = partial_volume_method(result.settings)
     resolutions = spect_resolutions(result)
@@ -187,7 +221,7 @@ def partial_volume_lines(result: CycleResult) -> list[str]:
         f"Partial-volume correction: {method.value}, {method.description}. "
         f"SPECT resolution (FWHM) used: {fwhm}."
     )
-    return wrap_to_page(text, HEADER_POINTS)
+    return wrap_to_page(text, HEADER_POINTS, paper=paper)
 
 
 def text_width_pt(text: str, points: float) -> float:
@@ -198,24 +232,25 @@ def text_width_pt(text: str, points: float) -> float:
     return float(width)
 
 
-def wrap_to_page(text: str, points: float) -> list[str]:
-    """``text`` broken at spaces into lines no wider than :data:`LINE_WIDTH_PT`
-    (continuation lines indented); a single word wider than that is cut."""
+def wrap_to_page(text: str, points: float, *, paper: PaperSize = PaperSize.A4) -> list[str]:
+    """``text`` broken at spaces into lines no wider than :func:`line_width_pt` of
+    ``paper`` (continuation lines indented); a single word wider than that is cut."""
+    width_pt = line_width_pt(paper)
     lines: list[str] = []
     line = ""
     for word in text.split(" "):
         candidate = f"{line} {word}" if line else word
-        if not line or text_width_pt(candidate, points) <= LINE_WIDTH_PT:
+        if not line or text_width_pt(candidate, points) <= width_pt:
             line = candidate
             continue
         lines.append(line)
         line = "  " + word
     lines.append(line)
-    return [_cut_to_page(line, points) for line in lines]
+    return [_cut_to_page(line, points, width_pt) for line in lines]
 
 
-def _cut_to_page(line: str, points: float) -> str:
-    while len(line) > 1 and text_width_pt(line, points) > LINE_WIDTH_PT:
+def _cut_to_page(line: str, points: float, width_pt: float) -> str:
+    while len(line) > 1 and text_width_pt(line, points) > width_pt:
         line = line[:-2] + "…"
     return line
 
@@ -269,8 +304,9 @@ def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _page() -> Figure:
-    return Figure(figsize=A4_INCHES)
+def page(*, paper: PaperSize = PaperSize.A4) -> Figure:
+    """An empty portrait page of ``paper`` size."""
+    return Figure(figsize=paper.inches)
 
 
 # -- kinetic model curves --------------------------------------------------------
@@ -414,11 +450,20 @@ def _header(fig: Figure, title: str, lines: Sequence[str]) -> None:
 
 
 TABLE_POINTS = 6.0
-#: Width of the table axes (92 % of A4) less matplotlib's cell padding margin.
-TABLE_WIDTH_PT = 0.90 * A4_INCHES[0] * 72
 
 
-def table_points(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> float:
+def table_width_pt(paper: PaperSize = PaperSize.A4) -> float:
+    """Width of the table axes (92 % of the page) less matplotlib's cell padding margin."""
+    return 0.90 * paper.inches[0] * 72
+
+
+#: Width of a table on A4.
+TABLE_WIDTH_PT = table_width_pt(PaperSize.A4)
+
+
+def table_points(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, paper: PaperSize = PaperSize.A4
+) -> float:
     """The table's font size: 6 pt, or less when its widest cells would not fit the page.
 
     matplotlib sizes a column to its widest text × (1 + 2 × Cell.PAD).
@@ -428,7 +473,8 @@ def table_points(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> float
         for column in zip(columns, *rows, strict=True)
     ]
     needed = (1.0 + 2.0 * 0.1) * sum(widest)
-    return TABLE_POINTS * min(1.0, TABLE_WIDTH_PT / needed) if needed > 0 else TABLE_POINTS
+    width_pt = table_width_pt(paper)
+    return TABLE_POINTS * min(1.0, width_pt / needed) if needed > 0 else TABLE_POINTS
 
 
 def table_page(
@@ -437,8 +483,11 @@ def table_page(
     columns: Sequence[str],
     rows: Sequence[Sequence[str]],
     footer: Sequence[str] = (),
+    *,
+    paper: PaperSize = PaperSize.A4,
 ) -> Figure:
-    fig = _page()
+    """A page with a title, header lines, a table of ``rows`` and a footer below it."""
+    fig = page(paper=paper)
     _header(fig, title, header_lines)
     top = 0.90 - 0.018 * len(header_lines)
     ax = fig.add_axes((0.04, 0.30, 0.92, top - 0.30))
@@ -450,7 +499,7 @@ def table_page(
             loc="upper center",
         )
         table.auto_set_font_size(False)
-        table.set_fontsize(table_points(columns, rows))
+        table.set_fontsize(table_points(columns, rows, paper=paper))
         table.auto_set_column_width(list(range(len(columns))))
         table.scale(1.0, 1.25)
     if footer:
@@ -504,50 +553,53 @@ def voi_row(voi: VoiDose) -> list[str]:
     ]
 
 
-def exclusion_lines(vois: Sequence[VoiDose]) -> list[str]:
+def exclusion_lines(vois: Sequence[VoiDose], *, paper: PaperSize = PaperSize.A4) -> list[str]:
     """Why each excluded VOI of a table page was excluded, wrapped below the table."""
     reasons = [f"{v.name} ({v.exclusion_reason or 'no reason given'})" for v in vois if v.excluded]
     if not reasons:
         return []
-    return wrap_to_page("Excluded: " + "; ".join(reasons) + ".", FOOTER_POINTS)
+    return wrap_to_page("Excluded: " + "; ".join(reasons) + ".", FOOTER_POINTS, paper=paper)
 
 
-def _cycle_lines(result: CycleResult) -> list[str]:
+def _cycle_lines(result: CycleResult, paper: PaperSize) -> list[str]:
     times = ", ".join(f"{t:g}" for t in result.time_points_h) or "–"
     activity = sig_figs(result.administered_activity_mbq, 5)
     return [
         f"Cycle {result.cycle_number}: administered {activity} MBq Lu-177 DOTATATE; "
         + f"time points {times} h",
         f"Method: {result.method.value}",
-        *partial_volume_lines(result),
+        *partial_volume_lines(result, paper=paper),
     ]
 
 
 def _dose_table_pages(
-    result: CycleResult, source: SourceContext, identity: ResultIdentity
+    result: CycleResult, source: SourceContext, identity: ResultIdentity, paper: PaperSize
 ) -> list[Figure]:
-    header = [*identification_lines(source, identity), *_cycle_lines(result)]
+    header = [*identification_lines(source, identity), *_cycle_lines(result, paper)]
     title = f"Lu-177 dosimetry report — cycle {result.cycle_number}"
-    footnote = uncertainty_footnote(any(v.uncertainty is None for v in result.vois))
+    footnote = uncertainty_footnote(any(v.uncertainty is None for v in result.vois), paper=paper)
     return [
         table_page(
             title if i == 0 else title + " (continued)",
             header,
             VOI_COLUMNS,
             [voi_row(v) for v in chunk],
-            [*footnote, *exclusion_lines(chunk)],
+            [*footnote, *exclusion_lines(chunk, paper=paper)],
+            paper=paper,
         )
         for i, chunk in enumerate(chunked(result.vois, TABLE_ROWS_PER_PAGE))
     ]
 
 
-def _curve_pages(vois: Sequence[VoiDose], heading: str) -> list[Figure]:
+def _curve_pages(
+    vois: Sequence[VoiDose], heading: str, *, paper: PaperSize = PaperSize.A4
+) -> list[Figure]:
     pages = []
     with_curves = [v for v in vois if v.curve]
     for chunk in chunked(with_curves, CURVES_PER_PAGE):
         if not chunk:
             break
-        fig = _page()
+        fig = page(paper=paper)
         fig.suptitle(heading, fontsize=12)
         axes = fig.subplots(3, 2).ravel()
         for ax, voi in zip(axes, chunk, strict=False):
@@ -559,8 +611,11 @@ def _curve_pages(vois: Sequence[VoiDose], heading: str) -> list[Figure]:
     return pages
 
 
-def dvh_page(dvhs: Mapping[str, CumulativeDvh], heading: str) -> Figure:
-    fig = _page()
+def dvh_page(
+    dvhs: Mapping[str, CumulativeDvh], heading: str, *, paper: PaperSize = PaperSize.A4
+) -> Figure:
+    """The cumulative DVHs of every VOI on one page."""
+    fig = page(paper=paper)
     fig.suptitle(heading, fontsize=12)
     ax = fig.add_axes((0.1, 0.45, 0.85, 0.45))
     for name in sorted(dvhs):
@@ -610,10 +665,13 @@ def map_lines(method: object, width: int = 110) -> list[str]:
     return [*textwrap.wrap(f"Dose map: {method}.", width, subsequent_indent="  "), ""]
 
 
-def text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
+def text_pages(
+    title: str, lines: Sequence[str], *, paper: PaperSize = PaperSize.A4
+) -> list[Figure]:
+    """``lines`` in a monospaced font, :data:`TEXT_LINES_PER_PAGE` to a page."""
     pages = []
     for i, chunk in enumerate(chunked(list(lines), TEXT_LINES_PER_PAGE)):
-        fig = _page()
+        fig = page(paper=paper)
         fig.text(
             0.06,
             0.965,
@@ -634,10 +692,10 @@ def text_pages(title: str, lines: Sequence[str]) -> list[Figure]:
     return pages
 
 
-def _registration_page(result: CycleResult, heading: str) -> Figure:
+def _registration_page(result: CycleResult, heading: str, paper: PaperSize) -> Figure:
     rows = _registration_rows(result)
     note = [] if rows else ["No registration: a single time point, or none recorded."]
-    return table_page(heading, note, REGISTRATION_COLUMNS, rows)
+    return table_page(heading, note, REGISTRATION_COLUMNS, rows, paper=paper)
 
 
 def settings_lines(
@@ -674,6 +732,7 @@ def render_cycle_pdf(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+    paper: PaperSize = PaperSize.A4,
 ) -> bytes:
     """The PDF report of one cycle.
 
@@ -683,7 +742,9 @@ def render_cycle_pdf(
         Cumulative DVHs by VOI name. When absent and ``masks`` (VOI masks on
         the dose grid) are given, they are computed from ``result.dose_map``.
     """
-    return render_pages(cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks))
+    return render_pages(
+        cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks, paper=paper)
+    )
 
 
 def cycle_report_pages(
@@ -693,23 +754,24 @@ def cycle_report_pages(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+    paper: PaperSize = PaperSize.A4,
 ) -> list[Figure]:
     """The pages of :func:`render_cycle_pdf`, not yet rendered (to check their layout)."""
     label = f"cycle {result.cycle_number}"
-    pages = _dose_table_pages(result, source, identity)
+    pages = _dose_table_pages(result, source, identity, paper)
     pages += _curve_pages(
-        result.vois, f"Time–activity curves and fitted models — {label}"
+        result.vois, f"Time–activity curves and fitted models — {label}", paper=paper
     )
     resolved = resolve_dvhs(result.dose_map, dvhs, masks)
     if resolved:
-        pages.append(dvh_page(resolved, f"Cumulative DVHs — {label}"))
-    pages.append(_registration_page(result, f"Registration quality — {label}"))
+        pages.append(dvh_page(resolved, f"Cumulative DVHs — {label}", paper=paper))
+    pages.append(_registration_page(result, f"Registration quality — {label}", paper))
     warnings = [f"• {w}" for w in result.warnings] or ["• none"]
     lines = [
         *map_lines(result.settings.get("dose_map") if result.dose_map is not None else None),
         "Warnings:", *warnings, "", *settings_lines(result.settings, identity),
     ]
-    pages += text_pages(f"Warnings, software and settings — {label}", lines)
+    pages += text_pages(f"Warnings, software and settings — {label}", lines, paper=paper)
     return pages
 
 
@@ -758,10 +820,11 @@ def write_cycle_pdf(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+    paper: PaperSize = PaperSize.A4,
 ) -> Dataset:
     """Encapsulated PDF report of one cycle."""
     require_kind(identity, ResultKind.CYCLE)
-    pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks)
+    pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks, paper=paper)
     return encapsulate_pdf(
         pdf, source, identity, title=identity.series_description(OutputObject.PDF)
     )

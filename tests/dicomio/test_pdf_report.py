@@ -37,6 +37,7 @@ from theranode.dicomio.course_report import (
 )
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import (
+    PaperSize,
     cycle_report_pages,
     extract_pdf,
     flatten_settings,
@@ -368,7 +369,19 @@ def test_every_text_stays_inside_the_page(method: str | None) -> None:
     assert [_outside_the_page(page) for page in pages] == [[] for _ in pages]
 
 
-def test_the_widest_table_stays_inside_the_page() -> None:
+@pytest.mark.parametrize("paper", list(PaperSize))
+def test_the_widest_table_stays_inside_the_page(paper: PaperSize) -> None:
     source, _ = source_for_cycle()
-    pages = cycle_report_pages(_widest_result(), source, identity())  # type: ignore[arg-type]
+    pages = cycle_report_pages(
+        _widest_result(), source, identity(), paper=paper  # type: ignore[arg-type]
+    )
     assert [_outside_the_page(page) for page in pages[:2]] == [[], []]
+
+
+def test_paper_sizes_are_iso_a4_and_us_letter() -> None:
+    assert PaperSize("A4").inches == pytest.approx((210 / 25.4, 297 / 25.4), abs=0.005)
+    assert PaperSize("Letter").inches == (8.5, 11.0)
+    source, _ = source_for_cycle()
+    for paper in PaperSize:
+        pages = cycle_report_pages(cycle_result(1), source, identity(), paper=paper)
+        assert {tuple(p.get_size_inches()) for p in pages} == {paper.inches}
