@@ -32,6 +32,7 @@ import numpy as np
 from theranode.config.schema import CalibrationSettings, ConfigError, Settings
 from theranode.dicomio.nm import CountsCalibration
 from theranode.dosimetry.absorbed_dose import GasPolicy, led_dose_rate
+from theranode.dosimetry.bed import BedParameters
 from theranode.dosimetry.course import CourseLimits, projected_totals
 from theranode.dosimetry.cycle import EngineSettings, StpFallback
 from theranode.dosimetry.density import DensityCalibration
@@ -144,6 +145,11 @@ def _runtime_checks(settings: Settings, engine: EngineSettings, problems: list[s
         problems,
     )
     _attempt("limits", lambda: course_limits(settings), problems)
+    _attempt(
+        "limits.kidney_alpha_beta_gy / kidney_repair_half_time_h / kidney_bed_gy",
+        lambda: kidney_bed_parameters(settings),
+        problems,
+    )
     for kind, half_life_h in engine.population_half_life_h.items():
         _attempt(
             f"protocol.population_half_life_{kind}_h",
@@ -231,4 +237,14 @@ def course_limits(settings: Settings) -> CourseLimits:
         kidney_limit_gy=limits.kidney_gy,
         warning_fraction=limits.warning_fraction,
         marrow_limit_gy=limits.marrow_gy,
+    )
+
+
+def kidney_bed_parameters(settings: Settings) -> BedParameters:
+    """The kidney BED's α/β, repair half-time and limit from ``[limits]`` (raises DosimetryError)."""
+    limits = settings.limits
+    return BedParameters(
+        alpha_beta_gy=limits.kidney_alpha_beta_gy,
+        repair_half_time_h=limits.kidney_repair_half_time_h,
+        limit_gy=limits.kidney_bed_gy,
     )
