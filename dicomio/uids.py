@@ -57,21 +57,26 @@ class ResultKind(str, enum.Enum):
 
 
 class OutputObject(str, enum.Enum):
-    """The three kinds of object theranode writes, with their modality."""
+    """The kinds of object theranode writes, with their modality.
+
+    ``RRD_SR`` is the optional Radiopharmaceutical Radiation Dose SR for dose
+    registries (:mod:`theranode.dicomio.rrd_sr`); its modality is SR too.
+    """
 
     RT_DOSE = "RTDOSE"
     SR = "SR"
     PDF = "DOC"
+    RRD_SR = "RRDSR"
 
     @property
     def modality(self) -> str:
         """Value of Modality (0008,0060) for this object."""
-        return self.value
+        return "SR" if self is OutputObject.RRD_SR else self.value
 
     @property
     def series_number_base(self) -> int:
         """First Series Number of this object's series (cycle ``n`` adds ``n``)."""
-        return {"RTDOSE": 9100, "SR": 9200, "DOC": 9300}[self.value]
+        return {"RTDOSE": 9100, "SR": 9200, "DOC": 9300, "RRDSR": 9400}[self.value]
 
 
 @dataclass(frozen=True)
@@ -131,13 +136,14 @@ class ResultIdentity:
             OutputObject.RT_DOSE: "AD",
             OutputObject.SR: "AD report",
             OutputObject.PDF: "AD report PDF",
+            OutputObject.RRD_SR: "organ dose RRD SR",
         }[obj]
         if self.kind is ResultKind.COURSE:
             what = "cumulative " + what
         return f"theranode Lu-177 {what} {self.label}"
 
     def series_number(self, obj: OutputObject) -> int:
-        """Series Number: 91nn RT Dose, 92nn SR, 93nn PDF; nn = cycle, 99 = course."""
+        """Series Number: 91nn RT Dose, 92nn SR, 93nn PDF, 94nn RRD SR; nn = cycle, 99 = course."""
         offset = self.cycle_number if self.kind is ResultKind.CYCLE else 99
         return obj.series_number_base + int(offset or 0)
 
