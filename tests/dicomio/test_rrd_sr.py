@@ -359,3 +359,22 @@ def test_both_kidneys_in_one_voi_are_bilateral_and_spleen_has_no_laterality() ->
         (("64033007", "SCT"), ("51440002", "SCT")),  # CID 244 "Bilateral", TID 10023 row 3
         (("78961009", "SCT"), None),
     ]
+
+
+def test_the_demo_receiver_accepts_it(tmp_path: Path) -> None:
+    from tests.peers import free_port
+    from theranode.service.cli.demo import Receiver
+
+    ds = _report()
+    path = tmp_path / "rrd.dcm"
+    path.write_bytes(encode(ds))
+    port = free_port()
+    receiver = Receiver("THERANODE-DEMO", port, tmp_path)
+    try:
+        destination = Destination(name="demo", ae_title="THERANODE-DEMO", host="127.0.0.1",
+                                  port=port)
+        [sent] = DicomSender(destination, "THERANODE").send([path])
+    finally:
+        receiver.stop()
+    assert sent.state is SendState.SENT, sent
+    assert (tmp_path / f"SR-{ds.SOPInstanceUID}.dcm").exists()
