@@ -11,8 +11,8 @@ one cycle:
   Intent, one administration and a Comment saying what the doses are.
 * TID 10022: Lu-177 DOTATATE labelled with Lu-177 (with its physical
   half-life), the administration event UID, the injection date-time, the
-  administered activity in MBq and the intravenous route (the route of the
-  product, via a vein).
+  administered activity in MBq, the intravenous route (the route of the
+  product, via a vein) and the person who gave it (``Unknown`` unless told).
 * TID 10023, one per organ VOI that is not excluded (liver, kidneys with
   their laterality, spleen, bone marrow): finding site, laterality for the
   kidneys, and the mean absorbed dose in mGy with the method as its Reference
@@ -121,6 +121,14 @@ ROUTE = Code("410675002", "SCT", "Route of administration")
 INTRAVENOUS = codes.SCT.IntravenousRoute  # SCT 47625008
 SITE_OF = Code("272737002", "SCT", "Site of")
 VIA_VEIN = codes.SCT.ViaVein  # SCT 103386002
+#: TID 10022 row 23: TID 1020 Person Participant with $PersonProcedureRole
+#: = (113851, DCM, "Irradiation Administering").
+PERSON_NAME = codes.DCM.PersonName  # DCM 113870
+PERSON_ROLE = codes.DCM.PersonRoleInProcedure  # DCM 113875
+IRRADIATION_ADMINISTERING = codes.DCM.IrradiationAdministering  # DCM 113851
+#: Person Name when nobody told theranode who gave the injection: the word as a
+#: family name component, with the caret PS3.5 6.2.1.2 asks of a one-component name.
+UNKNOWN_PERSON = "Unknown^"
 #: TID 10023 rows 1-3, 6-8; laterality from CID 244 ("Bilateral" for both kidneys).
 ORGAN_DOSE_INFORMATION = codes.DCM.OrganDoseInformation  # DCM 113517
 FINDING_SITE = codes.SCT.FindingSite  # SCT 363698007
@@ -156,10 +164,14 @@ class Administration:
         Radiopharmaceutical Administration Event UID of the SPECT headers, when
         they carry one. Without it theranode derives one from the patient and
         the start date-time, the same for every version of the cycle's result.
+    administered_by:
+        Name of the person who gave the injection (DICOM PN, ``Family^Given``),
+        when known; the report says ``Unknown`` otherwise.
     """
 
     start: datetime
     event_uid: str | None = None
+    administered_by: str = ""
 
 
 def administration_from_headers(spect: Iterable[Dataset], start: datetime) -> Administration:
@@ -303,13 +315,27 @@ def _route_item() -> Any:
     return route
 
 
+def _person_item(administration: Administration) -> Any:
+    """TID 1020 rows 1-2: who gave the injection, in the role Irradiation Administering."""
+    person = hd.sr.PnameContentItem(
+        name=PERSON_NAME, value=administration.administered_by or UNKNOWN_PERSON,
+        relationship_type="CONTAINS",
+    )
+    person.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(
+            name=PERSON_ROLE, value=IRRADIATION_ADMINISTERING, relationship_type="HAS PROPERTIES"
+        )
+    ])
+    return person
+
+
 def administration_item(
     result: CycleResult,
     administration: Administration,
     source: SourceContext,
     organs: Sequence[Any],
 ) -> Any:
-    """The TID 10022 container, rows in template order (rows 2, 6, 9, 11, 19, 20)."""
+    """The TID 10022 container, rows in template order (rows 2, 6, 9, 11, 19, 20, 23)."""
     activity_mbq = result.administered_activity_mbq
     if activity_mbq is None:
         raise MissingAttributeError(
@@ -335,6 +361,7 @@ def administration_item(
         ),
         *organs,
         _route_item(),
+        _person_item(administration),
     ])
     return container
 

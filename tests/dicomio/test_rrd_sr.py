@@ -54,6 +54,7 @@ ORGAN_DOSE_INFORMATION, FINDING_SITE = ("113517", "DCM"), ("363698007", "SCT")
 LATERALITY, ORGAN_DOSE = ("272741003", "SCT"), ("113518", "DCM")
 REFERENCE_AUTHORITY, COMMENT = ("121406", "DCM"), ("121106", "DCM")
 UPPER, LOWER = ("371886008", "SCT"), ("371885007", "SCT")
+PERSON_NAME, PERSON_ROLE = ("113870", "DCM"), ("113875", "DCM")
 
 #: What each organ VOI of the fixture must become: (finding site, laterality).
 EXPECTED_SITES = {
@@ -202,7 +203,8 @@ def test_administration_follows_tid_10022_rows_in_order() -> None:
     ds = _report()
     administration = only(ds, ADMINISTRATION)
     order = [concept(c) for c in children(administration)]
-    assert order == [AGENT, EVENT_UID, START, ACTIVITY, *[ORGAN_DOSE_INFORMATION] * 4, ROUTE]
+    assert order == [AGENT, EVENT_UID, START, ACTIVITY, *[ORGAN_DOSE_INFORMATION] * 4, ROUTE,
+                     PERSON_NAME]
     agent = only(administration, AGENT)
     assert code_value(agent) == ("781259000", "SCT")  # Lutetium-177 DOTATATE, CID 25
     assert code_value(only(agent, RADIONUCLIDE)) == ("447553000", "SCT")  # CID 18
@@ -214,6 +216,15 @@ def test_administration_follows_tid_10022_rows_in_order() -> None:
     route = only(administration, ROUTE)
     assert code_value(route) == ("47625008", "SCT")  # Intravenous route, CID 11
     assert code_value(only(route, SITE_OF)) == ("103386002", "SCT")  # Via vein, CID 3746
+    person = only(administration, PERSON_NAME)  # TID 1020, nobody named: "Unknown"
+    assert (person.ValueType, person.PersonName.family_name) == ("PNAME", "Unknown")
+    assert code_value(only(person, PERSON_ROLE)) == ("113851", "DCM")  # Irradiation Administering
+
+
+def test_the_person_who_gave_the_injection_is_named_when_known() -> None:
+    named = Administration(INJECTED, administered_by="Curie^Marie")
+    person = only(only(_report(administration=named), ADMINISTRATION), PERSON_NAME)
+    assert str(person.PersonName) == "Curie^Marie"
 
 
 def test_event_uid_of_the_spect_is_kept_and_a_derived_one_is_stable() -> None:
@@ -254,7 +265,7 @@ def test_a_result_without_organ_vois_gives_a_report_of_the_administration_only()
     administration = only(ds, ADMINISTRATION)
     assert organ_entries(administration) == []
     assert number(only(administration, ACTIVITY))[0] == 7400.0
-    assert concept(children(administration)[-1]) == ROUTE
+    assert [concept(c) for c in children(administration)][-2:] == [ROUTE, PERSON_NAME]
 
 
 def test_excluded_and_uncoded_organ_vois_are_left_out_and_named() -> None:
