@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Recompute a patient's cycles (or one cycle) as new result versions.")
     reprocess.add_argument("selector", help="PatientID, or cycle id PATIENTID/COURSE.CYCLE")
     demo = command("demo", cmd_demo,
-                   "Send a synthetic course to a running node and compare its results to the "
-                   "analytic truth.")
+                   "Send a synthetic course to a temporary node of its own (or to a running "
+                   "node: --node) and compare its results to the analytic truth.")
     add_demo_arguments(demo)
     outcomes = commands.add_parser("outcomes", help="Outcome data for cohort statistics.")
     outcome_commands = outcomes.add_subparsers(dest="outcomes_command", required=True)
@@ -254,18 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def node_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:11112`` for IPv6) of ``theranode demo --node``."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT such as 127.0.0.1:11112, got {text!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
-    demo.add_argument("--host", default="127.0.0.1", help="host of the running node")
+    demo.add_argument("--node", type=node_address, default=None, metavar="HOST:PORT",
+                      help="send to this running node (it must list the demo as a destination: "
+                      "--print-destination) instead of starting a temporary node")
+    demo.add_argument("--host", default=None,
+                      help="host of a running node (as --node; port from --port or the config)")
     demo.add_argument("--port", type=int, default=None,
-                      help="port of the running node (default: [node] port of the config)")
+                      help="port of a running node on --host (default 127.0.0.1): as --node")
     demo.add_argument("--called-ae", default=None,
                       help="AE title of the node (default: [node] ae_title of the config)")
-    demo.add_argument("--listen-port", type=int, default=11113,
-                      help="port on which the demo receives the results")
+    demo.add_argument("--listen-port", type=int, default=None,
+                      help="port on which the demo receives the results (default: 11113 with a "
+                      "running node, a free port with the temporary node)")
     demo.add_argument("--ae-title", default="THERANODE-DEMO",
-                      help="AE title of the demo's receiver (the node's destination)")
-    demo.add_argument("--work-dir", type=Path, default=Path("theranode-demo"),
-                      help="folder for the synthetic course and the received results")
+                      help="AE title of the demo's receiver (the node's destination) and sender")
+    demo.add_argument("--work-dir", type=Path, default=None,
+                      help="folder for the synthetic course, the received results and the "
+                      "temporary node's data and log (default: a new temporary folder)")
     demo.add_argument("--cycles", type=int, nargs="+", default=[1, 2],
                       help="cycles of the synthetic course to send (1-4)")
     demo.add_argument("--size", choices=("small", "clinical"), default="small",
@@ -273,7 +288,7 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--timeout", type=float, default=900.0,
                       help="seconds to wait for the results")
     demo.add_argument("--print-destination", action="store_true",
-                      help="print the [[destinations]] entry the node needs, then exit")
+                      help="print the [[destinations]] entry a running node needs, then exit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,15 +1,35 @@
-"""`theranode demo` output: VOI doses beside the truth, with what explains the gap."""
+"""`theranode demo`: VOI doses beside the truth with what explains the gap, the temporary
+node's configuration, which node the command line names, how results are grouped."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
 from tests.part10_bytes import read_back
+from theranode.config.schema import load_settings, settings_from_dict
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import plain_number
 from theranode.dicomio.sr import write_cycle_sr
-from theranode.service.cli.demo import comparison_lines
+from theranode.service.cli.demo import (
+    DEMO_QUIET_PERIOD_S,
+    ReceivedFile,
+    comparison_lines,
+    demo_node_settings,
+    result_files,
+    running_node_address,
+    settings_toml,
+)
+from theranode.service.cli.main import build_parser
+from theranode.service.deliver.sender import (
+    COMPREHENSIVE_3D_SR_STORAGE,
+    ENCAPSULATED_PDF_STORAGE,
+    RT_DOSE_STORAGE,
+)
 
 
 def test_comparison_lines_show_dose_truth_difference_and_notes():
@@ -38,3 +58,74 @@ def test_doses_carry_the_reports_standard_uncertainty_when_it_has_a_budget():
     assert voi.uncertainty is not None
     row = next(line for line in lines if line.strip().startswith(voi.name))
     assert f"{plain_number(voi.mean_gy)} ± {plain_number(voi.uncertainty.standard_gy, 2)}" in row
+
+
+# -- the temporary node's configuration and the command line ------------------------
+def test_the_temporary_nodes_configuration_reads_back_to_the_same_settings(tmp_path: Path):
+    base = settings_from_dict({
+        "security": {"allowed_calling_ae_titles": ["MODALITY"], "allowed_hosts": ["10.0.0.0/8"]},
+        "calibration": {"cameras": [{"manufacturer": "Siemens \"Intevo\"", "cps_per_mbq": 9.5}]},
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "10.1.1.1", "port": 104}],
+    })
+    settings = demo_node_settings(base, tmp_path / "data", 40001, 40002, "THERANODE-DEMO")
+    path = tmp_path / "theranode.toml"
+    path.write_text(settings_toml(settings), encoding="utf-8")
+    read = load_settings(path)
+    assert dataclasses.replace(read, source=settings.source) == settings
+    assert read.calibration.cameras[0].manufacturer == 'Siemens "Intevo"'
+    defaults = load_settings()
+    path.write_text(settings_toml(defaults), encoding="utf-8")
+    assert dataclasses.replace(load_settings(path), source=defaults.source) == defaults
+
+
+def test_the_temporary_node_sends_only_to_the_demo_and_lets_it_call():
+    base = settings_from_dict({
+        "security": {"allowed_calling_ae_titles": ["MODALITY"], "tls_cert": "node.pem",
+                     "tls_key": "node.key"},
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "10.1.1.1", "port": 104}],
+    })
+    settings = demo_node_settings(base, Path("/tmp/d"), 40001, 40002, "THERANODE-DEMO")
+    assert (settings.node.bind, settings.node.port, settings.node.data_dir) == (
+        "127.0.0.1", 40001, "/tmp/d")
+    assert [(d.ae_title, d.host, d.port) for d in settings.destinations] == [
+        ("THERANODE-DEMO", "127.0.0.1", 40002)]
+    assert settings.security.allowed_calling_ae_titles == ["MODALITY", "THERANODE-DEMO"]
+    assert settings.security.tls_cert == settings.security.tls_key == ""
+    assert settings.protocol.quiet_period_s == DEMO_QUIET_PERIOD_S
+    assert settings.dosimetry == base.dosimetry and settings.limits == base.limits
+
+
+@pytest.mark.parametrize(("argv", "address"), [
+    ([], None),
+    (["--node", "pacs.example:4242"], ("pacs.example", 4242)),
+    (["--node", "[::1]:11112"], ("::1", 11112)),
+    (["--port", "11112"], ("127.0.0.1", 11112)),
+    (["--host", "10.0.0.5"], ("10.0.0.5", 11112)),  # port from the configuration
+])
+def test_a_running_node_is_used_only_when_named(argv: list[str], address: object):
+    args = build_parser().parse_args(["demo", *argv])
+    assert running_node_address(args, load_settings()) == address
+
+
+def test_a_malformed_node_address_is_refused(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--node", "localhost"])
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_received_results_are_grouped_by_cycle_course_and_version():
+    def received(kind: str, description: str) -> ReceivedFile:
+        return ReceivedFile(Path(f"/r/{kind}-{description[-10:]}.dcm"), kind, "1.2",
+                            f"theranode Lu-177 {description}")
+
+    files = [received(RT_DOSE_STORAGE, "AD cycle 2 v1"),
+             received(COMPREHENSIVE_3D_SR_STORAGE, "AD report cycle 2 v1"),
+             received(ENCAPSULATED_PDF_STORAGE, "AD report PDF cycle 2 v1"),
+             received(COMPREHENSIVE_3D_SR_STORAGE, "cumulative AD report course v3"),
+             received(COMPREHENSIVE_3D_SR_STORAGE, "AD report cycle 2 v2"),
+             ReceivedFile(Path("/r/x.dcm"), COMPREHENSIVE_3D_SR_STORAGE, "1.3", "other SR")]
+    results = result_files(files)
+    assert set(results) == {("cycle 2", 1), ("course", 3), ("cycle 2", 2)}
+    assert set(results["cycle 2", 1].paths) == {"RT Dose", "SR", "PDF"}
+    assert results["cycle 2", 1].has_report and not results["cycle 2", 2].has_report
+    assert not results["course", 3].has_report
