@@ -41,7 +41,7 @@ from theranode.dicomio.ct import read_ct_series
 from theranode.dicomio.dvh import dvhs_from_masks
 from theranode.dicomio.nm import read_spect
 from theranode.dicomio.part10 import encode
-from theranode.dicomio.pdf_report import write_cycle_pdf
+from theranode.dicomio.pdf_report import PaperSize, write_cycle_pdf
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.rtstruct import ContourLimits, RoiContours, read_rois, roi_mask
 from theranode.dicomio.source import (
@@ -71,7 +71,11 @@ from theranode.service.jobs.checks import (
     header_activity_mbq,
     hold_if_implausible,
 )
-from theranode.service.jobs.engine_settings import build_engine_settings, course_limits
+from theranode.service.jobs.engine_settings import (
+    build_engine_settings,
+    course_limits,
+    kidney_bed_parameters,
+)
 from theranode.service.jobs.results import load_stored_result, write_result
 from theranode.service.jobs.spec import (
     JobKind,
@@ -315,7 +319,16 @@ def run_course(spec: JobSpec) -> JobOutcome:
     if course.course_map is not None:
         datasets.append(course_rt_dose(course, source, identity))
     datasets.append(write_course_sr(course, source, identity))
-    datasets.append(write_course_pdf(course, source, identity))
+    datasets.append(
+        write_course_pdf(
+            course,
+            source,
+            identity,
+            limits=course_limits(spec.settings),
+            bed=kidney_bed_parameters(spec.settings),
+            paper=PaperSize(spec.settings.reports.paper_size),
+        )
+    )
     write_result(spec.result_dir, course, source, loaded[0][2])
     objects = _write_objects(spec, datasets)
     summary = tuple(f"{c.name}: total {c.total_gy:.3f} Gy" for c in course.cumulative)
