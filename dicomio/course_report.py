@@ -340,7 +340,8 @@ def _table_bottom(fig: Figure) -> float:
     tables = [t for t in fig.findobj(Table) if isinstance(t, Table)]
     if not tables:
         return 0.9
-    box = tables[0].get_window_extent(FigureCanvasAgg(fig).get_renderer())
+    renderer = FigureCanvasAgg(fig).get_renderer()  # type: ignore[no-untyped-call]  # untyped upstream
+    box = tables[0].get_window_extent(renderer)
     return float(box.y0 / fig.bbox.height)
 
 
