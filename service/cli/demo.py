@@ -152,8 +152,12 @@ class Receiver:
             self.ae.add_supported_context(sop_class, [ExplicitVRLittleEndian,
                                                       ImplicitVRLittleEndian])
         self.ae.add_supported_context(VERIFICATION)
-        server = self.ae.start_server((host, port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        try:
+            server = self.ae.start_server((host, port), block=False,
+                                          evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        except OSError as exc:
+            raise DemoError(f"The demo cannot receive on {host}:{port} ({exc.strerror}); "
+                            "give another --listen-port.") from exc
         assert isinstance(server, ThreadedAssociationServer)  # block=False returns it
         self.server = server
         self.port = int(server.server_address[1])
@@ -465,6 +469,27 @@ def settings_toml(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
+def answers_echo(host: str, port: int, called_ae: str, calling_ae: str) -> bool:
+    """Whether the node at ``host:port`` accepts an association and answers a C-ECHO."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    level = pynetdicom_log.level
+    pynetdicom_log.setLevel(logging.CRITICAL)  # "connection refused" until a node listens
+    try:
+        assoc = ae.associate(host, port, ae_title=called_ae)
+    finally:
+        pynetdicom_log.setLevel(level)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return "Status" in status and status.Status == 0x0000
+    finally:
+        assoc.release()
+
+
 class TemporaryNode:
     """A ``theranode serve`` child process in its own process group.
 
@@ -507,23 +532,7 @@ class TemporaryNode:
                         f"within {timeout_s:g} s.")
 
     def _echo(self, calling_ae: str) -> bool:
-        ae = AE(ae_title=calling_ae)
-        ae.add_requested_context(VERIFICATION)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-        pynetdicom_log = logging.getLogger("pynetdicom")
-        level = pynetdicom_log.level
-        pynetdicom_log.setLevel(logging.CRITICAL)  # "connection refused" until it listens
-        try:
-            assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
-        finally:
-            pynetdicom_log.setLevel(level)
-        if not assoc.is_established:
-            return False
-        try:
-            status = assoc.send_c_echo()
-            return "Status" in status and status.Status == 0x0000
-        finally:
-            assoc.release()
+        return answers_echo("127.0.0.1", self.port, self.ae_title, calling_ae)
 
     def stop(self, timeout_s: float = NODE_STOP_TIMEOUT_S) -> int:
         """SIGTERM and wait (the node stops gracefully); SIGKILL its whole process group
@@ -600,6 +609,12 @@ def _work_folder(work_dir: Path | None) -> Path:
 
 def _demo_with_running_node(work: Path, address: tuple[str, int], called: str,
                             args: argparse.Namespace) -> int:
+    if not answers_echo(*address, called, args.ae_title):
+        raise DemoError(
+            f"No node answers a C-ECHO as {called} at {address[0]}:{address[1]}. Is it running "
+            "there (`./run serve` or `theranode serve`), with this AE title (--called-ae), "
+            f"and does it let {args.ae_title} call? Without --node, `theranode demo` starts a "
+            "node of its own.")
     received_dir = _received_folder(work)
     receiver = Receiver(args.ae_title, args.listen_port or DEFAULT_LISTEN_PORT, received_dir)
     try:
@@ -677,15 +692,42 @@ def _write_course(work: Path, args: argparse.Namespace) -> CourseManifest:
                         CourseWriteSpec(grids=grids, cycles=tuple(args.cycles)), DEMO_SEED)
 
 
+def _write_course_meanwhile(work: Path, args: argparse.Namespace
+                            ) -> Callable[[], CourseManifest]:
+    """Start writing the course on a daemon thread (a node that fails to start ends the
+    demo at once); the function returned waits for it."""
+    outcome: list[CourseManifest | Exception] = []
+
+    def write() -> None:
+        try:
+            outcome.append(_write_course(work, args))
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=write, name="demo-course", daemon=True)
+    thread.start()
+
+    def manifest() -> CourseManifest:
+        thread.join()
+        if not outcome:
+            raise DemoError("Writing the synthetic course stopped without a result.")
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+    return manifest
+
+
 def _send_and_compare(work: Path, receiver: Receiver, address: tuple[str, int], called: str,
                       args: argparse.Namespace, node: TemporaryNode | None = None) -> bool:
-    """Write the course, send it (once ``node``, if given, answers), wait for the results
+    """Write the course (while ``node``, if given, starts), send it, wait for the results
     and print them; True when every result came back."""
     cycles = set(args.cycles)
-    manifest = _write_course(work, args)
+    written = _write_course_meanwhile(work, args)
     if node is not None:
         emit("Waiting for the node to answer a C-ECHO …")
         node.wait_ready(args.ae_title)
+    manifest = written()
     host, port = address
     emit(f"Sending it to {called} at {host}:{port} …")
     stored = send_course(manifest, host, port, called, args.ae_title)
@@ -698,7 +740,7 @@ def _send_and_compare(work: Path, receiver: Receiver, address: tuple[str, int], 
     emit(*result_lines(chosen, receiver.folder))
     if complete:
         return True
-    missing = sorted({f"cycle {n}" for n in cycles} | {"course"}
+    missing = sorted(({f"cycle {n}" for n in cycles} | {"course"})
                      - {r.label for r in chosen if r.has_report})
     emit(f"\nNot every result came back within {args.timeout:g} s "
          f"(missing or incomplete: {', '.join(missing) or 'the course over every cycle'}).")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.peers import free_port
 from theranode.config.schema import load_settings
 from theranode.service.deliver.sender import (
     COMPREHENSIVE_3D_SR_STORAGE,
@@ -137,3 +138,13 @@ def test_interrupting_the_demo_stops_its_node(tmp_path: Path):
     assert "Interrupted: stopping the temporary node" in stderr
     assert "Temporary node stopped" in stdout
     assert_node_gone(stdout)
+
+
+def test_with_node_it_uses_that_node_and_says_so_when_none_answers(tmp_path: Path):
+    process = demo("--cycles", "1", "--node", f"127.0.0.1:{free_port()}", "--work-dir",
+                   str(tmp_path / "d"), cwd=tmp_path)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 1, stdout + stderr
+    assert "Started a temporary node" not in stdout
+    assert "No node answers a C-ECHO as THERANODE at 127.0.0.1:" in stderr
+    assert "Writing the synthetic course" not in stdout
