@@ -53,6 +53,7 @@ from theranode.dicomio.pdf_report import (
     encapsulate_pdf,
     fwhm_text,
     identification_lines,
+    line_width_pt,
     map_lines,
     page,
     plain_number,
@@ -63,6 +64,7 @@ from theranode.dicomio.pdf_report import (
     table_page,
     text_pages,
     uncertainty_footnote,
+    text_width_pt,
     wrap_to_page,
 )
 from theranode.dicomio.source import SourceContext
@@ -307,6 +309,13 @@ def _footnotes(course: CourseResult, beds: Mapping[str, KidneyBed] | None,
     return lines
 
 
+def _wrapped(text: str, paper: PaperSize) -> list[str]:
+    """:func:`wrap_to_page` in the footer's font, measuring a line that fits only once."""
+    if text_width_pt(text, FOOTER_POINTS) <= line_width_pt(paper):
+        return [text]
+    return wrap_to_page(text, FOOTER_POINTS, paper=paper)
+
+
 def summary_lines(
     course: CourseResult,
     limits: CourseLimits,
@@ -322,7 +331,7 @@ def summary_lines(
     texts.append("Flags:")
     texts += [f"• {flag}" for flag in course.flags or ("none",)]
     texts += [_course_cycle_line(c) for c in course.cycles]
-    lines = [line for text in texts for line in wrap_to_page(text, FOOTER_POINTS, paper=paper)]
+    lines = [line for text in texts for line in _wrapped(text, paper)]
     return [*lines, *_footnotes(course, beds if bed is not None else None, paper)]
 
 

@@ -262,10 +262,10 @@ def _busy_course() -> CourseResult:
         f"KIDNEY_LIMIT_PROJECTED: kidney VOI 'kidney_{i}' projected AD after 4 cycles "
         f"{20 + i:.2f} Gy ≥ the 23 Gy limit, which is a long flag that must wrap onto the "
         "next line instead of running off the right edge of the page."
-        for i in range(6)
+        for i in range(3)
     )
     short_flags = tuple(
-        f"VOI_MISSING_IN_CYCLE: VOI 'node {i}' has no dose in cycle 2." for i in range(50)
+        f"VOI_MISSING_IN_CYCLE: VOI 'node {i}' has no dose in cycle 2." for i in range(40)
     )
     return dataclasses.replace(course, flags=long_flags + short_flags)
 
