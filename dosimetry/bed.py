@@ -101,8 +101,9 @@ class BedParameters:
             if not (math.isfinite(value) and value > 0):
                 raise DosimetryError(
                     f"The kidney {name} must be a positive, finite value in {unit}, "
-                    f"got {value}; the usual values are α/β = 2.6 Gy, 2.8 h and 40 Gy "
-                    "(Wessels 2008, Bodei 2008)."
+                    f"got {value}; the defaults are α/β 2.6 Gy and a "
+                    "repair half-time of 2.8 h (Wessels 2008) and a BED limit of 40 Gy "
+                    "(Bodei 2008)."
                 )
 
 
