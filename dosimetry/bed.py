@@ -54,20 +54,18 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from theranode.dosimetry.course import KIDNEY_ORGANS
 from theranode.dosimetry.errors import DosimetryError
 from theranode.dosimetry.results import (
     CycleResult,
     DoseMethod,
     DoseUncertainty,
-    Organ,
     VoiDose,
 )
 from theranode.dosimetry.uncertainty import CORRELATED_BETWEEN_CYCLES, sum_of_doses
 
 logger = logging.getLogger(__name__)
 
-#: Organs whose VOIs get a kidney BED (as the course's kidney limit, :mod:`course`).
-KIDNEY_ORGANS = frozenset({Organ.KIDNEYS, Organ.KIDNEY_LEFT, Organ.KIDNEY_RIGHT})
 #: What :attr:`KidneyBed.uncertainty_basis` says.
 FROM_BUDGET = "EANM uncertainty budget"
 FROM_FIT_SD = "kinetic fit sd (no budget)"
@@ -217,7 +215,8 @@ def course_bed(
 def kidney_beds(
     cycles: Sequence[CycleResult], parameters: BedParameters
 ) -> tuple[KidneyBed, ...]:
-    """The course BED of every kidney VOI (organ left, right or both) of ``cycles``.
+    """The course BED of every kidney VOI of ``cycles`` (the organs the kidney limit applies to,
+    :data:`~theranode.dosimetry.course.KIDNEY_ORGANS`).
 
     VOIs are matched across cycles by name, as the course totals are.
     """
