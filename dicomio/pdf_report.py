@@ -2,12 +2,26 @@
 
 Rendered with matplotlib's object-oriented API (no pyplot state, so it is
 safe in worker threads) into a multi-page PDF, A4 or Letter
-(:class:`PaperSize`): identification and VOI
-dose table, time-activity curves with the fitted model, DVHs, registration
-quality, warnings, software version and the settings used. The PDF carries
-no creation date, so the same result renders to the same bytes. Names come
-from the inputs (ROI names, the patient's name), so every text is drawn as
-written (:func:`literal_texts`): a ``$`` never starts matplotlib mathtext.
+(:class:`PaperSize`). The cycle report's pages:
+
+1. the summary a physicist signs: identification, cycle, administered
+   activity, method, the VOI dose table, this cycle's kidney and marrow doses
+   as a share of their course limits, warnings wrapped to the page, a dose
+   thumbnail (coronal MIP) and a "Checked by / date" line;
+2. the dose on the reference CT (:mod:`theranode.dicomio.report_figures`):
+   axial, coronal and sagittal slices through the kidneys and the hottest
+   lesion with VOI contours and a colour bar in Gy, and the coronal MIP;
+3. time-activity curves with the fitted model, DVHs, the registration table
+   with a checkerboard of the reference CT and each later CT moved by its
+   registration, warnings, software version and the settings used.
+
+The PDF carries no creation date, so the same result renders to the same
+bytes. Names come from the inputs (ROI names, the patient's name), so every
+text is drawn as written (:func:`literal_texts`): a ``$`` never starts
+matplotlib mathtext. Fonts are embedded as TrueType subsets with a ToUnicode
+map (``pdf.fonttype`` 42), so the text can be searched and copied. The file
+is not PDF/A: matplotlib writes neither the XMP metadata nor the output intent
+PDF/A requires, and theranode does not claim conformance.
 
 Every mean absorbed dose is printed with its standard uncertainty (k = 1) from
 the EANM budget and the budget's dominant component; a result computed before
@@ -36,6 +50,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from io import BytesIO
 from typing import Any
 
+import matplotlib as mpl
 import numpy as np
 import numpy.typing as npt
 from matplotlib.axes import Axes
@@ -56,6 +71,27 @@ from theranode.dicomio.part10 import (
     set_equipment,
     sop_reference,
 )
+from theranode.dicomio.report_figures import (
+    CT_WINDOW_HU,
+    DOSE_COLORMAP,
+    DOSE_FLOOR_FRACTION,
+    RegisteredCt,
+    ReportImages,
+    Scene,
+    View,
+    build_scene,
+    display_grid,
+    dose_colorbar,
+    draw_checkerboard,
+    draw_dose_mip,
+    draw_dose_row,
+    grid_centre_mm,
+    hottest_lesion,
+    kidneys_point_mm,
+    registration_point_mm,
+    registration_scene,
+    slice_indices,
+)
 from theranode.dicomio.source import SourceContext, patient_study_dataset
 from theranode.dicomio.sr import (
     SpectResolution,
@@ -64,6 +100,7 @@ from theranode.dicomio.sr import (
     spect_resolutions,
 )
 from theranode.dicomio.uids import OutputObject, ResultIdentity, ResultKind, output_uids
+from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits
 from theranode.dosimetry.results import (
     CycleResult,
     DoseUncertainty,
@@ -71,6 +108,7 @@ from theranode.dosimetry.results import (
     KineticModel,
     UncertaintyComponent,
     VoiDose,
+    VoiKind,
 )
 from theranode.dosimetry.roi import CumulativeDvh
 from theranode.dosimetry.volume import Volume
@@ -235,7 +273,12 @@ def text_width_pt(text: str, points: float) -> float:
 def wrap_to_page(text: str, points: float, *, paper: PaperSize = PaperSize.A4) -> list[str]:
     """``text`` broken at spaces into lines no wider than :func:`line_width_pt` of
     ``paper`` (continuation lines indented); a single word wider than that is cut."""
-    width_pt = line_width_pt(paper)
+    return wrap_lines(text, points, line_width_pt(paper))
+
+
+def wrap_lines(text: str, points: float, width_pt: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width_pt`` (continuation
+    lines indented); a single word wider than that is cut."""
     lines: list[str] = []
     line = ""
     for word in text.split(" "):
@@ -485,12 +528,17 @@ def table_page(
     footer: Sequence[str] = (),
     *,
     paper: PaperSize = PaperSize.A4,
+    table_bottom: float = 0.30,
 ) -> Figure:
-    """A page with a title, header lines, a table of ``rows`` and a footer below it."""
+    """A page with a title, header lines, a table of ``rows`` and a footer below it.
+
+    The table is drawn from below the header down towards ``table_bottom``
+    (figure fraction); the footer starts 0.03 below that.
+    """
     fig = page(paper=paper)
     _header(fig, title, header_lines)
-    top = 0.90 - 0.018 * len(header_lines)
-    ax = fig.add_axes((0.04, 0.30, 0.92, top - 0.30))
+    top = header_bottom(header_lines)
+    ax = fig.add_axes((0.04, table_bottom, 0.92, top - table_bottom))
     ax.axis("off")
     if rows:
         table = ax.table(
@@ -503,8 +551,37 @@ def table_page(
         table.auto_set_column_width(list(range(len(columns))))
         table.scale(1.0, 1.25)
     if footer:
-        fig.text(0.06, 0.27, "\n".join(footer), fontsize=FOOTER_POINTS, va="top")
+        fig.text(0.06, table_bottom - 0.03, "\n".join(footer), fontsize=FOOTER_POINTS, va="top")
     return fig
+
+
+def header_bottom(header_lines: Sequence[str]) -> float:
+    """Figure fraction below the title and ``header_lines`` of :func:`table_page`."""
+    return 0.90 - 0.018 * len(header_lines)
+
+
+def table_height(n_rows: int, paper: PaperSize = PaperSize.A4) -> float:
+    """Figure fraction a :func:`table_page` table of ``n_rows`` rows (and its column
+    labels) takes: matplotlib makes each row 1.2 × 10 pt high (``Table.FONTSIZE``,
+    whatever the cells' font size), scaled by 1.25."""
+    return (n_rows + 1) * 1.2 * Table.FONTSIZE * 1.25 / (paper.inches[1] * 72)
+
+
+def lines_at(
+    fig: Figure,
+    x: float,
+    top: float,
+    lines: Sequence[str],
+    points: float,
+    paper: PaperSize,
+    **style: Any,
+) -> float:
+    """Draw ``lines`` downwards from ``top`` (figure fraction) at ``points``, 1.3 line
+    spacing; return the figure fraction below the last line."""
+    step = 1.3 * points / (paper.inches[1] * 72)
+    for n, line in enumerate(lines):
+        fig.text(x, top - n * step, line, fontsize=points, va="top", **style)
+    return top - len(lines) * step
 
 
 #: Short names of the kinetic models for the dose table.
@@ -572,23 +649,178 @@ def _cycle_lines(result: CycleResult, paper: PaperSize) -> list[str]:
     ]
 
 
-def _dose_table_pages(
-    result: CycleResult, source: SourceContext, identity: ResultIdentity, paper: PaperSize
-) -> list[Figure]:
-    header = [*identification_lines(source, identity), *_cycle_lines(result, paper)]
-    title = f"Lu-177 dosimetry report — cycle {result.cycle_number}"
+#: The course limits when none are given: kidneys 23 Gy, marrow 2 Gy (EANM 2022).
+DEFAULT_LIMITS = CourseLimits()
+#: VOI rows on the summary page; the others continue on table pages after it.
+SUMMARY_ROWS = 14
+#: Bottom of the summary page's table (figure fraction): the blocks below need the rest.
+SUMMARY_TABLE_BOTTOM = 0.50
+SIGNATURE_LINE = (
+    "Checked by: ______________________________    Date: ________________    "
+    "Signature: ______________________"
+)
+
+
+def limit_lines(result: CycleResult, limits: CourseLimits) -> list[str]:
+    """This cycle's kidney and marrow mean AD as a share of their course limits.
+
+    References
+    ----------
+    Sjögreen Gleisner K et al., Eur J Nucl Med Mol Imaging 2022;49:1778-1809
+    (kidney 23 Gy and marrow 2 Gy as the limits of the course); Hebert K et al.,
+    J Nucl Med 2024;65:923-930.
+    """
+    lines = []
+    for what, limit, vois in (
+        ("kidney", limits.kidney_limit_gy,
+         [v for v in result.vois if v.organ in KIDNEY_ORGANS]),
+        ("marrow", limits.marrow_limit_gy,
+         [v for v in result.vois if v.kind is VoiKind.MARROW]),
+    ):
+        if not vois:
+            lines.append(f"{what}: no {what} VOI in this cycle")
+        for voi in vois:
+            dose = dose_with_uncertainty(voi.mean_gy, voi.uncertainty, voi.mean_gy_sd)
+            share = plain_number(100.0 * voi.mean_gy / limit)
+            note = " (excluded)" if voi.excluded else ""
+            lines.append(
+                f"{voi.name}{note}: {dose} Gy = {share} % of the {plain_number(limit)} Gy "
+                "course limit"
+            )
+    return lines
+
+
+def _summary_blocks(
+    fig: Figure, result: CycleResult, top: float, limits: CourseLimits, paper: PaperSize,
+    text_width_pt: float,
+) -> None:
+    """Footnote, the limits block, the warnings and the signature line, from ``top`` down."""
+    y = top
     footnote = uncertainty_footnote(any(v.uncertainty is None for v in result.vois), paper=paper)
-    return [
-        table_page(
-            title if i == 0 else title + " (continued)",
-            header,
-            VOI_COLUMNS,
-            [voi_row(v) for v in chunk],
-            [*footnote, *exclusion_lines(chunk, paper=paper)],
-            paper=paper,
-        )
-        for i, chunk in enumerate(chunked(result.vois, TABLE_ROWS_PER_PAGE))
+    footnote += exclusion_lines(result.vois[:SUMMARY_ROWS], paper=paper)
+    y = lines_at(fig, 0.06, y, footnote, FOOTER_POINTS, paper) - 0.01
+    y = lines_at(fig, 0.06, y, ["Kidneys and marrow against their course limits (this cycle)"],
+                 HEADER_POINTS, paper, weight="bold")
+    limit_text = [
+        part for line in limit_lines(result, limits)
+        for part in wrap_lines(line, HEADER_POINTS, text_width_pt)
     ]
+    y = lines_at(fig, 0.06, y, limit_text, HEADER_POINTS, paper) - 0.01
+    y = lines_at(fig, 0.06, y, ["Warnings and flags"], HEADER_POINTS, paper, weight="bold")
+    warnings = [
+        part for w in (result.warnings or ("none",))
+        for part in wrap_lines(f"• {w}", FOOTER_POINTS, text_width_pt)
+    ]
+    room = int((y - 0.07) / (1.3 * FOOTER_POINTS / (paper.inches[1] * 72)))
+    if len(warnings) > room:
+        more = len(warnings) - room + 1
+        warnings = [*warnings[: room - 1],
+                    f"… {more} more lines on the page 'Warnings, software and settings'"]
+    lines_at(fig, 0.06, y, warnings, FOOTER_POINTS, paper)
+    lines_at(fig, 0.06, 0.045, [SIGNATURE_LINE], HEADER_POINTS, paper)
+
+
+def summary_page(
+    result: CycleResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    *,
+    scene: Scene | None = None,
+    limits: CourseLimits = DEFAULT_LIMITS,
+    paper: PaperSize = PaperSize.A4,
+) -> Figure:
+    """Page 1, the summary a physicist signs: identification, cycle, method, the VOI table
+    (its first :data:`SUMMARY_ROWS` rows), kidneys and marrow against the course limits,
+    warnings, a thumbnail of the dose (coronal MIP) and a signature line."""
+    header = [*identification_lines(source, identity), *_cycle_lines(result, paper)]
+    fig = table_page(
+        f"Lu-177 dosimetry report — cycle {result.cycle_number}", header, VOI_COLUMNS,
+        [voi_row(v) for v in result.vois[:SUMMARY_ROWS]], paper=paper,
+        table_bottom=SUMMARY_TABLE_BOTTOM,
+    )
+    table_end = header_bottom(header) - table_height(min(len(result.vois), SUMMARY_ROWS), paper)
+    top = table_end - 0.02
+    width_pt = line_width_pt(paper) * (0.62 if scene is not None else 1.0)
+    _summary_blocks(fig, result, top, limits, paper, width_pt)
+    if scene is not None:
+        ax = fig.add_axes((0.68, 0.07, 0.28, top - 0.12))
+        ax.set_anchor("N")
+        draw_dose_mip(ax, scene, "dose, coronal MIP")
+    return fig
+
+
+def _dose_table_pages(
+    result: CycleResult,
+    source: SourceContext,
+    identity: ResultIdentity,
+    paper: PaperSize,
+    scene: Scene | None,
+    limits: CourseLimits,
+) -> list[Figure]:
+    pages = [summary_page(result, source, identity, scene=scene, limits=limits, paper=paper)]
+    rest = result.vois[SUMMARY_ROWS:]
+    if not rest:
+        return pages
+    header = [*identification_lines(source, identity), *_cycle_lines(result, paper)]
+    title = f"Lu-177 dosimetry report — cycle {result.cycle_number} (continued)"
+    footnote = uncertainty_footnote(any(v.uncertainty is None for v in result.vois), paper=paper)
+    return pages + [
+        table_page(
+            title, header, VOI_COLUMNS, [voi_row(v) for v in chunk],
+            [*footnote, *exclusion_lines(chunk, paper=paper)], paper=paper,
+        )
+        for chunk in chunked(rest, TABLE_ROWS_PER_PAGE)
+    ]
+
+
+def dose_page(
+    result: CycleResult, scene: Scene, heading: str, *, paper: PaperSize = PaperSize.A4
+) -> Figure:
+    """The dose on the reference CT: axial, coronal and sagittal slices through the
+    kidneys' centroid and through the hottest lesion, with VOI contours and a colour
+    bar in Gy per row, and the coronal maximum-intensity projection."""
+    fig = page(paper=paper)
+    fig.text(0.06, 0.975, heading, fontsize=12, weight="bold", va="top")
+    kidneys = kidneys_point_mm(result, scene)
+    if kidneys is not None:
+        draw_dose_row(fig, (0.05, 0.655, 0.90, 0.285), scene, kidneys,
+                      "(a) through the kidneys' centroid")
+    else:
+        fig.text(0.06, 0.80, "(a) no kidney VOI: no slices through the kidneys",
+                 fontsize=8, va="top")
+    name, point = hottest_lesion(result, scene)
+    what = "hottest voxel" if name == "hottest voxel" else f"hottest lesion, {name}"
+    draw_dose_row(fig, (0.05, 0.355, 0.90, 0.285), scene, point, f"(b) through the {what}")
+    ax = fig.add_axes((0.05, 0.05, 0.38, 0.27))
+    image = draw_dose_mip(ax, scene)
+    dose_colorbar(fig, fig.add_axes((0.44, 0.08, 0.015, 0.2)), image)
+    legend = dose_legend(scene)
+    lines_at(fig, 0.53, 0.31, [part for line in legend for part in wrap_lines(
+        line, FOOTER_POINTS, 0.41 * paper.inches[0] * 72)], FOOTER_POINTS, paper)
+    return fig
+
+
+def dose_legend(scene: Scene) -> list[str]:
+    """How to read the dose images."""
+    low, high = CT_WINDOW_HU
+    kinds = sorted({o.kind for o in scene.outlines}, key=lambda k: k.value)
+    contours = ", ".join(f"{k.value} {CONTOUR_COLOURS_NAMES[k]}" for k in kinds) or "none"
+    spacing = plain_number(scene.grid.spacing_mm[0], 2)
+    ct = (f"CT in grey, window {low:g} to {high:g} HU" if scene.ct is not None
+          else "no CT given: the dose alone")
+    return [
+        "How to read these images",
+        (f"{ct}; absorbed dose in colour ({DOSE_COLORMAP}), not drawn below "
+         f"{100 * DOSE_FLOOR_FRACTION:g} % of each row's maximum; one colour bar per row."),
+        f"VOI contours: {contours}.",
+        ("Radiological convention: the patient's right on the image's left; R/L, A/P, S/I "
+         "mark the patient directions."),
+        (f"Images resampled to {spacing} mm voxels for display; the doses in the tables "
+         "come from the full-resolution map."),
+    ]
+
+
+CONTOUR_COLOURS_NAMES = {VoiKind.ORGAN: "cyan", VoiKind.MARROW: "green", VoiKind.LESION: "white"}
 
 
 def _curve_pages(
@@ -668,9 +900,17 @@ def map_lines(method: object, width: int = 110) -> list[str]:
 def text_pages(
     title: str, lines: Sequence[str], *, paper: PaperSize = PaperSize.A4
 ) -> list[Figure]:
-    """``lines`` in a monospaced font, :data:`TEXT_LINES_PER_PAGE` to a page."""
+    """``lines`` in a monospaced font, each wrapped to the page (continuation lines
+    indented), :data:`TEXT_LINES_PER_PAGE` to a page."""
+    width = monospace_columns(TEXT_POINTS, paper)
+    wrapped = [
+        part
+        for line in lines
+        for part in (textwrap.wrap(line, width, subsequent_indent="    ",
+                                   break_on_hyphens=False) or [""])
+    ]
     pages = []
-    for i, chunk in enumerate(chunked(list(lines), TEXT_LINES_PER_PAGE)):
+    for i, chunk in enumerate(chunked(wrapped, TEXT_LINES_PER_PAGE)):
         fig = page(paper=paper)
         fig.text(
             0.06,
@@ -684,7 +924,7 @@ def text_pages(
             0.06,
             0.93,
             "\n".join(chunk) or "–",
-            fontsize=7,
+            fontsize=TEXT_POINTS,
             family="monospace",
             va="top",
         )
@@ -692,10 +932,57 @@ def text_pages(
     return pages
 
 
-def _registration_page(result: CycleResult, heading: str, paper: PaperSize) -> Figure:
+TEXT_POINTS = 7.0
+
+
+def monospace_columns(points: float, paper: PaperSize = PaperSize.A4) -> int:
+    """How many characters of the monospaced font at ``points`` fit a line of the page."""
+    advance, _, _ = _TEXT_PATH.get_text_width_height_descent(
+        "M" * 10, FontProperties(family="monospace", size=points), ismath=False
+    )
+    return max(20, int(line_width_pt(paper) / (float(advance) / 10)))
+
+
+#: Later time points whose checkerboards share one page.
+CHECKERBOARDS_PER_PAGE = 3
+
+
+def registration_pages(
+    result: CycleResult,
+    heading: str,
+    *,
+    reference_ct: Volume | None = None,
+    registered: Sequence[RegisteredCt] = (),
+    scene: Scene | None = None,
+    paper: PaperSize = PaperSize.A4,
+) -> list[Figure]:
+    """The registration table and, per later time point, checkerboards (axial and
+    coronal) of the reference CT against that time point's CT moved by its registration."""
     rows = _registration_rows(result)
     note = [] if rows else ["No registration: a single time point, or none recorded."]
-    return table_page(heading, note, REGISTRATION_COLUMNS, rows, paper=paper)
+    if reference_ct is None or not registered:
+        return [table_page(heading, note, REGISTRATION_COLUMNS, rows, paper=paper)]
+    note = wrap_to_page(
+        "Checkerboards: squares of the reference CT alternate with squares of the later CT "
+        "moved by the registration found; edges continuous across squares mean a good match.",
+        HEADER_POINTS, paper=paper,
+    )
+    grid = scene.grid if scene is not None else display_grid(reference_ct)
+    point = registration_point_mm(result, scene, registered) or grid_centre_mm(grid)
+    ijk = slice_indices(grid, point)
+    pages = []
+    for n, chunk in enumerate(chunked(list(registered), CHECKERBOARDS_PER_PAGE)):
+        title = heading + (" (continued)" if n else "")
+        fig = table_page(title, note, REGISTRATION_COLUMNS, rows, paper=paper,
+                         table_bottom=0.72)
+        for m, item in enumerate(chunk):
+            moved = registration_scene(reference_ct, item, grid)
+            bottom = 0.48 - m * 0.225
+            for c, view in enumerate((View.AXIAL, View.CORONAL)):
+                ax = fig.add_axes((0.08 + c * 0.45, bottom, 0.40, 0.21))
+                draw_checkerboard(ax, moved, view, ijk)
+        pages.append(fig)
+    return pages
 
 
 def settings_lines(
@@ -704,9 +991,20 @@ def settings_lines(
     return [f"theranode {identity.software_version}", "", *flatten_settings(settings)]
 
 
+#: matplotlib's ``pdf.fonttype`` of every render: TrueType (Type 42) fonts, embedded as subsets
+#: with a ToUnicode map, so the text can be searched and copied (Type 3 fonts are
+#: embedded too, but characters beyond Latin-1 are drawn as shapes).
+PDF_FONTTYPE = 42
+
+
 def render_pages(pages: Sequence[Figure]) -> bytes:
+    """The pages as one PDF, numbered ``page n/N``, fonts embedded (:data:`PDF_FONTTYPE`).
+
+    The font type is a matplotlib rc parameter, set for the render only: jobs render
+    in worker processes, one PDF at a time.
+    """
     buffer = BytesIO()
-    with PdfPages(buffer, metadata=PDF_METADATA) as pdf:
+    with mpl.rc_context({"pdf.fonttype": PDF_FONTTYPE}), PdfPages(buffer, metadata=PDF_METADATA) as pdf:
         for number, fig in enumerate(pages, start=1):
             fig.text(0.94, 0.015, f"page {number}/{len(pages)}", fontsize=7, ha="right")
             pdf.savefig(literal_texts(fig))
@@ -732,6 +1030,8 @@ def render_cycle_pdf(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+    images: ReportImages | None = None,
+    limits: CourseLimits = DEFAULT_LIMITS,
     paper: PaperSize = PaperSize.A4,
 ) -> bytes:
     """The PDF report of one cycle.
@@ -741,9 +1041,20 @@ def render_cycle_pdf(
     dvhs:
         Cumulative DVHs by VOI name. When absent and ``masks`` (VOI masks on
         the dose grid) are given, they are computed from ``result.dose_map``.
+    masks:
+        VOI masks (arrays on the dose grid, or Volumes); also the contours of
+        the dose images.
+    images:
+        The reference CT under the dose images and the later CTs with their
+        registrations for the checkerboards; without it the dose is drawn alone.
+    limits:
+        The course limits the summary page compares kidneys and marrow with.
+    paper:
+        Page size.
     """
     return render_pages(
-        cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks, paper=paper)
+        cycle_report_pages(result, source, identity, dvhs=dvhs, masks=masks, images=images,
+                           limits=limits, paper=paper)
     )
 
 
@@ -754,18 +1065,27 @@ def cycle_report_pages(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+    images: ReportImages | None = None,
+    limits: CourseLimits = DEFAULT_LIMITS,
     paper: PaperSize = PaperSize.A4,
 ) -> list[Figure]:
     """The pages of :func:`render_cycle_pdf`, not yet rendered (to check their layout)."""
     label = f"cycle {result.cycle_number}"
-    pages = _dose_table_pages(result, source, identity, paper)
+    images = images or ReportImages()
+    scene = build_scene(result, masks or {}, images.reference_ct)
+    pages = _dose_table_pages(result, source, identity, paper, scene, limits)
+    if scene is not None:
+        pages.append(dose_page(result, scene, f"Absorbed dose on the CT — {label}", paper=paper))
     pages += _curve_pages(
         result.vois, f"Time–activity curves and fitted models — {label}", paper=paper
     )
     resolved = resolve_dvhs(result.dose_map, dvhs, masks)
     if resolved:
         pages.append(dvh_page(resolved, f"Cumulative DVHs — {label}", paper=paper))
-    pages.append(_registration_page(result, f"Registration quality — {label}", paper))
+    pages += registration_pages(
+        result, f"Registration quality — {label}", reference_ct=images.reference_ct,
+        registered=images.registered, scene=scene, paper=paper,
+    )
     warnings = [f"• {w}" for w in result.warnings] or ["• none"]
     lines = [
         *map_lines(result.settings.get("dose_map") if result.dose_map is not None else None),
@@ -820,11 +1140,14 @@ def write_cycle_pdf(
     *,
     dvhs: Mapping[str, CumulativeDvh] | None = None,
     masks: Mapping[str, npt.NDArray[Any] | Volume] | None = None,
+    images: ReportImages | None = None,
+    limits: CourseLimits = DEFAULT_LIMITS,
     paper: PaperSize = PaperSize.A4,
 ) -> Dataset:
-    """Encapsulated PDF report of one cycle."""
+    """Encapsulated PDF report of one cycle (parameters of :func:`render_cycle_pdf`)."""
     require_kind(identity, ResultKind.CYCLE)
-    pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks, paper=paper)
+    pdf = render_cycle_pdf(result, source, identity, dvhs=dvhs, masks=masks, images=images,
+                           limits=limits, paper=paper)
     return encapsulate_pdf(
         pdf, source, identity, title=identity.series_description(OutputObject.PDF)
     )

@@ -42,6 +42,7 @@ from theranode.dicomio.dvh import dvhs_from_masks
 from theranode.dicomio.nm import read_spect
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import PaperSize, write_cycle_pdf
+from theranode.dicomio.report_figures import RegisteredCt, ReportImages
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.rtstruct import ContourLimits, RoiContours, read_rois, roi_mask
 from theranode.dicomio.source import (
@@ -58,7 +59,9 @@ from theranode.dosimetry.cycle import (
     VoiMask,
     compute_multi_time_point_cycle,
     compute_single_time_point_cycle,
+    register_time_points,
 )
+from theranode.dosimetry.registration import RigidRegistration
 from theranode.dosimetry.results import CourseResult, CycleResult
 from theranode.dosimetry.voi_names import classify_roi
 from theranode.dosimetry.volume import Volume
@@ -243,8 +246,11 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
     assert job is not None
     read = read_cycle(spec)
     settings = build_engine_settings(spec.settings)
+    registrations: tuple[RigidRegistration | None, ...] = ()
     if job.multi_time_point:
-        result = compute_multi_time_point_cycle(read.inputs, settings)
+        # Registered here rather than inside the engine so the report can show them.
+        registrations = register_time_points(read.inputs, settings)
+        result = compute_multi_time_point_cycle(read.inputs, settings, registrations)
     else:
         result = compute_single_time_point_cycle(read.inputs, settings, _reference_cycle(spec))
     if read.notes:
@@ -254,7 +260,7 @@ def run_cycle(spec: JobSpec) -> JobOutcome:
         ResultKind.CYCLE, spec.version, datetime.fromisoformat(spec.created_at),
         cycle_number=job.cycle_number,
     )
-    datasets = _cycle_objects(result, read, identity)
+    datasets = _cycle_objects(result, read, identity, spec.settings, registrations)
     write_result(spec.result_dir, result, read.source, read.inputs.reference.ct)
     objects = _write_objects(spec, datasets)
     logger.info("Job %d: cycle %d %s written (%d objects)", spec.job_id, job.cycle_number,
@@ -284,17 +290,40 @@ def dvh_masks(result: CycleResult, rois: Sequence[RoiContours]) -> dict[str, Any
     return {k: m for k, m in masks.items() if m.array.any()}
 
 
+def report_images(
+    inputs: CycleInputs, registrations: Sequence[RigidRegistration | None]
+) -> ReportImages:
+    """The reference CT and each later CT with its registration, for the cycle PDF."""
+    ordered = inputs.ordered()
+    registered = tuple(
+        RegisteredCt(tp.elapsed_h, tp.ct, reg)
+        for tp, reg in zip(ordered, registrations, strict=False)
+        if reg is not None
+    )
+    return ReportImages(ordered[0].ct, registered)
+
+
 def _cycle_objects(
-    result: CycleResult, read: _ReadCycle, identity: ResultIdentity
+    result: CycleResult,
+    read: _ReadCycle,
+    identity: ResultIdentity,
+    settings: Settings,
+    registrations: Sequence[RigidRegistration | None] = (),
 ) -> list[Dataset]:
     dvhs = {}
+    masks: dict[str, Any] = {}
     if result.dose_map is not None:
-        dvhs = dvhs_from_masks(result.dose_map, dvh_masks(result, read.rois))
+        masks = dvh_masks(result, read.rois)
+        dvhs = dvhs_from_masks(result.dose_map, masks)
     datasets: list[Dataset] = []
     if result.dose_map is not None:
         datasets.append(cycle_rt_dose(result, read.source, identity, dvhs=dvhs))
     datasets.append(write_cycle_sr(result, read.source, identity))
-    datasets.append(write_cycle_pdf(result, read.source, identity, dvhs=dvhs))
+    datasets.append(write_cycle_pdf(
+        result, read.source, identity, dvhs=dvhs, masks=masks,
+        images=report_images(read.inputs, registrations), limits=course_limits(settings),
+        paper=PaperSize(settings.reports.paper_size),
+    ))
     return datasets
 
 

@@ -68,8 +68,8 @@ def test_cycle_report_has_every_section_and_is_reproducible() -> None:
     masks = {"liver": box_mask(LIVER_BOX), "lesion 1": box_mask(LESION_BOX)}
     pdf = render_cycle_pdf(cycle_result(1), source, identity(), masks=masks)
     assert pdf.startswith(b"%PDF")
-    # identification + table, curves (2 VOIs with curves: one page), DVH, registration, settings
-    assert _page_count(pdf) == 5
+    # summary, dose images, curves (2 VOIs with curves: one page), DVH, registration, settings
+    assert _page_count(pdf) == 6
     assert b"CreationDate" not in pdf
     assert render_cycle_pdf(cycle_result(1), source, identity(), masks=masks) == pdf
 
@@ -159,12 +159,70 @@ def test_dciodvfy_finds_nothing(tmp_path: Path, kind: str) -> None:
     assert "Error" not in report and "Warning" not in report, report
 
 
+def _pdf_objects(pdf: bytes) -> dict[int, bytes]:
+    return {int(n): body for n, body in re.findall(rb"(\d+) 0 obj(.*?)endobj", pdf, re.S)}
+
+
+def _stream_of(body: bytes) -> bytes | None:
+    found = re.search(rb"stream\r?\n(.*?)\r?\nendstream", body, re.S)
+    if found is None:
+        return None
+    try:
+        return zlib.decompress(found.group(1))
+    except zlib.error:
+        return found.group(1)
+
+
+def _to_unicode(cmap: bytes) -> dict[int, str]:
+    """The code → text map of a ToUnicode CMap (PDF 32000-1:2008 9.10.3)."""
+    def text(hex_digits: bytes) -> str:
+        return bytes.fromhex(hex_digits.decode()).decode("utf-16-be")
+
+    codes: dict[int, str] = {}
+    for block in re.findall(rb"beginbfchar(.*?)endbfchar", cmap, re.S):
+        for src, dst in re.findall(rb"<([0-9a-fA-F]+)>\s*<([0-9a-fA-F]+)>", block):
+            codes[int(src, 16)] = text(dst)
+    for block in re.findall(rb"beginbfrange(.*?)endbfrange", cmap, re.S):
+        for lo, hi, dst in re.findall(
+            rb"<([0-9a-fA-F]+)>\s*<([0-9a-fA-F]+)>\s*(\[[^\]]*\]|<[0-9a-fA-F]+>)", block
+        ):
+            first, last = int(lo, 16), int(hi, 16)
+            if dst.startswith(b"["):
+                for code, item in zip(range(first, last + 1), re.findall(rb"<([0-9a-fA-F]+)>",
+                                                                          dst), strict=False):
+                    codes[code] = text(item)
+            else:
+                start = int(dst[1:-1], 16)
+                for offset in range(last - first + 1):
+                    codes[first + offset] = chr(start + offset)
+    return codes
+
+
+def _pdf_fonts(objects: dict[int, bytes]) -> dict[bytes, tuple[int, dict[int, str]]]:
+    """Per font resource name (``F1``): bytes per code and its ToUnicode map."""
+    fonts: dict[bytes, tuple[int, dict[int, str]]] = {}
+    for body in objects.values():
+        entries = re.findall(rb"/(F\d+) (\d+) 0 R", body)
+        if not entries or b"/Type" in body:
+            continue
+        for name, number in entries:
+            font = objects.get(int(number), b"")
+            width = 2 if b"/Type0" in font else 1
+            ref = re.search(rb"/ToUnicode (\d+) 0 R", font)
+            stream = _stream_of(objects.get(int(ref.group(1)), b"")) if ref else None
+            fonts[name] = (width, _to_unicode(stream) if stream else {})
+    return fonts
+
+
 def _pdf_strings(pdf: bytes) -> list[str]:
     """The text of each BT … ET block of the PDF's content streams, decoded.
 
-    matplotlib writes text as literal strings in ``TJ`` arrays (Type 3 fonts,
-    Latin-1 codes), kerning numbers between them; the strings of one block
-    are joined. PDF 32000-1:2008 7.3.4.2 (literal strings), 9.4 (text objects).
+    matplotlib writes text as literal strings in ``TJ`` arrays, kerning
+    numbers between them: one byte per character for Type 3 fonts, two
+    (glyph codes) for the embedded TrueType (Type 42) fonts; each font's
+    ToUnicode map gives the characters. The strings of one block are joined.
+    PDF 32000-1:2008 7.3.4.2 (literal strings), 9.4 (text objects), 9.10.3
+    (ToUnicode).
     """
     escapes = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
 
@@ -174,16 +232,27 @@ def _pdf_strings(pdf: bytes) -> list[str]:
             return bytes([int(code, 8)])
         return escapes.get(code, code)
 
+    objects = _pdf_objects(pdf)
+    fonts = _pdf_fonts(objects)
     blocks = []
-    for stream in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
-        try:
-            content = zlib.decompress(stream)
-        except zlib.error:
+    for body in objects.values():
+        content = _stream_of(body) if b"stream" in body else None
+        if not content or b"BT" not in content:
             continue
         for block in re.findall(rb"\bBT\b(.*?)\bET\b", content, re.S):
-            parts = re.findall(rb"\(((?:\\.|[^\\)])*)\)", block, re.S)
-            text = b"".join(re.sub(rb"\\([0-7]{1,3}|.)", unescape, p, flags=re.S) for p in parts)
-            blocks.append(text.decode("latin-1"))
+            width, codes = 1, {}
+            text = []
+            for font, string in re.findall(
+                rb"/(F\d+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)", block, re.S
+            ):
+                if font:
+                    width, codes = fonts.get(font, (1, {}))
+                    continue
+                raw = re.sub(rb"\\([0-7]{1,3}|.)", unescape, string, flags=re.S)
+                for i in range(0, len(raw) - width + 1, width):
+                    code = int.from_bytes(raw[i : i + width], "big")
+                    text.append(codes.get(code, chr(code) if width == 1 else ""))
+            blocks.append("".join(text))
     return blocks
 
 
@@ -385,3 +454,15 @@ def test_paper_sizes_are_iso_a4_and_us_letter() -> None:
     for paper in PaperSize:
         pages = cycle_report_pages(cycle_result(1), source, identity(), paper=paper)
         assert {tuple(p.get_size_inches()) for p in pages} == {paper.inches}
+
+
+def test_fonts_are_embedded_truetype_subsets_with_a_text_map() -> None:
+    """matplotlib's Type 42 output: each font a CID TrueType subset (FontFile2) with a
+    ToUnicode map, no Type 3 font (PDF 32000-1:2008 9.7, 9.9, 9.10.3)."""
+    source, _ = source_for_cycle()
+    pdf = render_cycle_pdf(cycle_result(1), source, identity())
+    fonts = re.findall(rb"/Subtype /(\w+)", pdf)
+    assert b"Type3" not in fonts and b"CIDFontType2" in fonts
+    assert pdf.count(b"/FontFile2") == pdf.count(b"/CIDFontType2") > 0
+    assert pdf.count(b"/ToUnicode") >= pdf.count(b"/CIDFontType2")
+
