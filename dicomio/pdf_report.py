@@ -552,7 +552,7 @@ def table_page(
         table.scale(1.0, 1.25)
     if footer:
         fig.text(0.06, table_bottom - 0.03, "\n".join(footer), fontsize=FOOTER_POINTS, va="top")
-    return fig
+    return literal_texts(fig)  # drawn as written even when measured before the render
 
 
 def header_bottom(header_lines: Sequence[str]) -> float:
