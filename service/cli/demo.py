@@ -63,12 +63,14 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from theranode.config.schema import LIST_SECTIONS, NESTED_TABLES, SECTIONS, Destination, Settings
+from theranode.dicomio.errors import DicomInputError
 from theranode.dicomio.headers import SOP_CLASS_KINDS, is_valid_uid
 from theranode.dicomio.pdf_report import plain_number
 from theranode.dicomio.sr import GroupValues, read_sr_report
@@ -235,11 +237,16 @@ class CourseCoverage:
         self._cycles: dict[Path, frozenset[int]] = {}
 
     def cycles(self, sr_path: Path) -> frozenset[int]:
+        """The cycle numbers of the SR's per-cycle groups (none if it cannot be read)."""
         if sr_path not in self._cycles:
-            values = read_sr_report(dcmread(sr_path))
+            try:
+                points = {g.time_point for g in read_sr_report(dcmread(sr_path)).groups}
+            except (DicomInputError, InvalidDicomError) as exc:
+                logger.warning("Course report %s cannot be read: %s", sr_path, exc)
+                points = set()
             self._cycles[sr_path] = frozenset(
-                int(g.time_point.split()[1]) for g in values.groups
-                if g.time_point.startswith("cycle "))
+                int(p.removeprefix("cycle ")) for p in points
+                if p.startswith("cycle ") and p.removeprefix("cycle ").isdigit())
         return self._cycles[sr_path]
 
 

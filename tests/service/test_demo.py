@@ -8,21 +8,33 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
+from tests.dicomio.result_records import (
+    course_result,
+    cycle_result,
+    identity,
+    source_for_cycle,
+)
 from tests.part10_bytes import read_back
 from theranode.config.schema import load_settings, settings_from_dict
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import plain_number
-from theranode.dicomio.sr import write_cycle_sr
+from theranode.dicomio.sr import write_course_sr, write_cycle_sr
+from theranode.dicomio.uids import ResultKind
 from theranode.service.cli.demo import (
     DEMO_QUIET_PERIOD_S,
+    CourseCoverage,
     ReceivedFile,
+    ResultFiles,
     comparison_lines,
     demo_node_settings,
     result_files,
+    results_complete,
     running_node_address,
     settings_toml,
+    wanted_results,
 )
 from theranode.service.cli.main import build_parser
 from theranode.service.deliver.sender import (
@@ -129,3 +141,35 @@ def test_received_results_are_grouped_by_cycle_course_and_version():
     assert set(results["cycle 2", 1].paths) == {"RT Dose", "SR", "PDF"}
     assert results["cycle 2", 1].has_report and not results["cycle 2", 2].has_report
     assert not results["course", 3].has_report
+
+
+def test_the_course_is_complete_only_when_its_report_sums_every_cycle_sent(tmp_path: Path):
+    source, _ = source_for_cycle()
+    sr_path, pdf_path = tmp_path / "course-sr.dcm", tmp_path / "course-pdf.dcm"
+    sr_path.write_bytes(encode(write_course_sr(course_result(), source,
+                                               identity(ResultKind.COURSE))))
+    pdf_path.write_bytes(b"not read")
+    cycle_1_sr = tmp_path / "cycle-1-sr.dcm"
+    cycle_1_sr.write_bytes(encode(write_cycle_sr(cycle_result(1), source, identity())))
+    not_tid_1500 = tmp_path / "other.dcm"
+    other = Dataset()
+    other.file_meta = FileMetaDataset()
+    other.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    other.SOPClassUID, other.SOPInstanceUID = COMPREHENSIVE_3D_SR_STORAGE, "1.2.3"
+    other.Modality = "SR"
+    other.save_as(not_tid_1500, enforce_file_format=True)
+    cycle_files = {"SR": tmp_path / "c.dcm", "PDF": tmp_path / "p.dcm"}
+    course = ResultFiles("course", 2, {"SR": sr_path, "PDF": pdf_path})
+    chosen = [ResultFiles("cycle 1", 1, cycle_files), ResultFiles("cycle 2", 1, cycle_files),
+              course]
+    coverage = CourseCoverage()
+    assert coverage.cycles(sr_path) == {1, 2}  # the two-cycle course of the records
+    assert results_complete(chosen, {1, 2}, coverage)
+    assert not results_complete(chosen[1:], {1, 2}, coverage)  # cycle 1's own report missing
+    assert not results_complete(chosen, {1, 2, 3}, coverage)  # cycle 3 sent, not summed yet
+    assert coverage.cycles(cycle_1_sr) == {1}
+    assert coverage.cycles(not_tid_1500) == frozenset()  # unreadable: sums nothing
+    older = ResultFiles("course", 1, {"SR": cycle_1_sr, "PDF": pdf_path})  # cycle 1 only
+    results = {("cycle 1", 1): chosen[0], ("cycle 2", 1): chosen[1], ("course", 2): course,
+               ("course", 1): older}
+    assert wanted_results(results, {1, 2}, coverage)[-1] is course
