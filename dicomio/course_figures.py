@@ -139,7 +139,12 @@ def projection(dose: CumulativeDose, planned_cycles: int) -> Projection:
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= NAME_CHARACTERS else name[: NAME_CHARACTERS - 1] + "…"
+    """``name`` in at most :data:`NAME_CHARACTERS`, cut in the middle: names of one
+    organ's lesions differ at their end (``liver seg…lesion 03``)."""
+    if len(name) <= NAME_CHARACTERS:
+        return name
+    head = (NAME_CHARACTERS - 1) // 2
+    return name[:head] + "…" + name[len(name) - (NAME_CHARACTERS - 1 - head):]
 
 
 def _voi_label(dose: CumulativeDose) -> str:
@@ -166,8 +171,11 @@ def _style(ax: Axes, title: str, ylabel: str = "absorbed dose (Gy)") -> None:
 
 
 def _x_names(ax: Axes, labels: Sequence[str]) -> None:
+    """VOI names under the bars: steeper and smaller as the bars get more."""
+    crowded = len(labels) > 8
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=LABEL_POINTS)
+    ax.set_xticklabels(labels, rotation=60 if crowded else 30, ha="right",
+                       rotation_mode="anchor", fontsize=6.0 if crowded else LABEL_POINTS)
     ax.set_xlim(-0.6, len(labels) - 0.4)
 
 
@@ -193,9 +201,8 @@ def _stacked_panel(
     for x, dose in enumerate(doses):
         ax.text(x, bottoms[x], plain_number(dose.total_gy), ha="center", va="bottom",
                 fontsize=LABEL_POINTS)
-    ax.set_ylim(0.0, max(max(bottoms) * 1.18, 1e-3))
+    ax.set_ylim(0.0, max(max(bottoms) * 1.12, 1e-3))
     _x_names(ax, [_voi_label(d) for d in doses])
-    ax.legend(fontsize=LABEL_POINTS, loc="upper right", title="cycle AD", title_fontsize=7)
 
 
 def stacked_dose_page(course: CourseResult, *, paper: PaperSize = PaperSize.A4) -> Figure:
@@ -205,9 +212,14 @@ def stacked_dose_page(course: CourseResult, *, paper: PaperSize = PaperSize.A4) 
     numbers = cycle_numbers(course)
     organs = [d for d in course.cumulative if d.kind is not VoiKind.LESION]
     lesions = [d for d in course.cumulative if d.kind is VoiKind.LESION]
-    top, bottom = fig.add_axes((0.1, 0.57, 0.85, 0.34)), fig.add_axes((0.1, 0.16, 0.85, 0.32))
+    top, bottom = fig.add_axes((0.1, 0.58, 0.85, 0.31)), fig.add_axes((0.1, 0.2, 0.85, 0.29))
     _stacked_panel(top, organs, numbers, "Organs and bone marrow")
     _stacked_panel(bottom, lesions, numbers, "Lesions")
+    handles, labels = (top if organs else bottom).get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.945),
+                   ncol=min(len(handles), 6), fontsize=LABEL_POINTS,
+                   title="mean absorbed dose of each cycle", title_fontsize=LABEL_POINTS)
     _guide(
         fig,
         "Each bar is a VOI's cumulative mean absorbed dose over the course; each coloured "
