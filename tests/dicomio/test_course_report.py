@@ -282,3 +282,13 @@ def test_every_text_stays_inside_the_page_and_long_flags_continue(paper: PaperSi
     text = " ".join(_page_text(p) for p in pages[:2])
     for flag in course.flags:
         assert flag[:60] in text
+
+
+def test_long_voi_names_are_cut_in_the_middle_so_lesions_stay_apart(course: CourseResult) -> None:
+    lesion = next(d for d in course.cumulative if d.name == "lesion 1")
+    lesions = tuple(
+        dataclasses.replace(lesion, name=f"liver segment VIII lesion {i:02d}") for i in range(3)
+    )
+    fig = stacked_dose_page(dataclasses.replace(course, cumulative=lesions))
+    labels = [t.get_text() for t in fig.axes[1].get_xticklabels()]
+    assert labels == ["liver se…lesion 00", "liver se…lesion 01", "liver se…lesion 02"]
