@@ -638,13 +638,28 @@ def exclusion_lines(vois: Sequence[VoiDose], *, paper: PaperSize = PaperSize.A4)
     return wrap_to_page("Excluded: " + "; ".join(reasons) + ".", FOOTER_POINTS, paper=paper)
 
 
+def method_lines(result: CycleResult, paper: PaperSize = PaperSize.A4) -> list[str]:
+    """The dose method of every VOI: one line when they share one, else each method
+    with its VOIs (a single-time-point cycle may fall back per VOI)."""
+    by_method: dict[str, list[str]] = {}
+    for voi in result.vois:
+        by_method.setdefault(voi.method.value, []).append(voi.name)
+    if len(by_method) <= 1:
+        method = next(iter(by_method), result.method.value)
+        return [f"Method: {method} (every VOI)"]
+    text = "Method per VOI: " + "; ".join(
+        f"{method}: {', '.join(names)}" for method, names in by_method.items()
+    )
+    return wrap_to_page(text, HEADER_POINTS, paper=paper)
+
+
 def _cycle_lines(result: CycleResult, paper: PaperSize) -> list[str]:
     times = ", ".join(f"{t:g}" for t in result.time_points_h) or "–"
     activity = sig_figs(result.administered_activity_mbq, 5)
     return [
         f"Cycle {result.cycle_number}: administered {activity} MBq Lu-177 DOTATATE; "
         + f"time points {times} h",
-        f"Method: {result.method.value}",
+        *method_lines(result, paper),
         *partial_volume_lines(result, paper=paper),
     ]
 

@@ -54,7 +54,10 @@ class Rendered:
 def _spec(course: CourseManifest, settings: Settings) -> JobSpec:
     out = course.out_dir
     tps = course.time_points
-    rel = lambda p: str(Path(p).relative_to(out))  # noqa: E731
+
+    def rel(path: Path) -> str:
+        return str(Path(path).relative_to(out))
+
     return JobSpec(
         job_id=0, kind=JobKind.CYCLE, version=1, created_at=CREATED, data_dir=str(out),
         settings=settings,
@@ -125,7 +128,7 @@ def _pages(pdf: Path) -> list[PageText]:
     run = subprocess.run([require_tool("pdftotext"), "-bbox", str(pdf), "-"], check=True,
                          capture_output=True, text=True, timeout=60)
     pages = []
-    for attrs, body in re.findall(r"<page ([^>]*)>(.*?)</page>", run.stdout, re.S):
+    for attrs, body in re.findall(r"<page ([^>]*)>(.*?)</page>", run.stdout, re.DOTALL):
         size = dict(re.findall(r'(\w+)="([\d.]+)"', attrs))
         words = tuple(
             Word(html.unescape(text), *(float(v) for v in box))
@@ -214,7 +217,7 @@ def test_every_font_is_embedded(rendered: Rendered, paper: PaperSize) -> None:
     rows = run.stdout.splitlines()[2:]
     assert rows, run.stdout
     for row in rows:
-        emb, sub, uni = row.split()[-5:-2]
+        emb, _sub, uni = row.split()[-5:-2]
         assert (emb, uni) == ("yes", "yes"), row
         assert "CID TrueType" in row, row
 

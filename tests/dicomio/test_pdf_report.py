@@ -63,10 +63,18 @@ def _page_count(pdf: bytes) -> int:
     return len(re.findall(rb"/Type /Page\b", pdf))
 
 
-def test_cycle_report_has_every_section_and_is_reproducible() -> None:
+@pytest.fixture(scope="module")
+def older_pdf() -> bytes:
+    """The PDF of a cycle computed before budgets, with the liver and lesion 1 masks."""
     source, _ = source_for_cycle()
     masks = {"liver": box_mask(LIVER_BOX), "lesion 1": box_mask(LESION_BOX)}
-    pdf = render_cycle_pdf(cycle_result(1), source, identity(), masks=masks)
+    return render_cycle_pdf(cycle_result(1), source, identity(), masks=masks)
+
+
+def test_cycle_report_has_every_section_and_is_reproducible(older_pdf: bytes) -> None:
+    source, _ = source_for_cycle()
+    masks = {"liver": box_mask(LIVER_BOX), "lesion 1": box_mask(LESION_BOX)}
+    pdf = older_pdf
     assert pdf.startswith(b"%PDF")
     # summary, dose images, curves (2 VOIs with curves: one page), DVH, registration, settings
     assert _page_count(pdf) == 6
@@ -160,11 +168,11 @@ def test_dciodvfy_finds_nothing(tmp_path: Path, kind: str) -> None:
 
 
 def _pdf_objects(pdf: bytes) -> dict[int, bytes]:
-    return {int(n): body for n, body in re.findall(rb"(\d+) 0 obj(.*?)endobj", pdf, re.S)}
+    return {int(n): body for n, body in re.findall(rb"(\d+) 0 obj(.*?)endobj", pdf, re.DOTALL)}
 
 
 def _stream_of(body: bytes) -> bytes | None:
-    found = re.search(rb"stream\r?\n(.*?)\r?\nendstream", body, re.S)
+    found = re.search(rb"stream\r?\n(.*?)\r?\nendstream", body, re.DOTALL)
     if found is None:
         return None
     try:
@@ -179,10 +187,10 @@ def _to_unicode(cmap: bytes) -> dict[int, str]:
         return bytes.fromhex(hex_digits.decode()).decode("utf-16-be")
 
     codes: dict[int, str] = {}
-    for block in re.findall(rb"beginbfchar(.*?)endbfchar", cmap, re.S):
+    for block in re.findall(rb"beginbfchar(.*?)endbfchar", cmap, re.DOTALL):
         for src, dst in re.findall(rb"<([0-9a-fA-F]+)>\s*<([0-9a-fA-F]+)>", block):
             codes[int(src, 16)] = text(dst)
-    for block in re.findall(rb"beginbfrange(.*?)endbfrange", cmap, re.S):
+    for block in re.findall(rb"beginbfrange(.*?)endbfrange", cmap, re.DOTALL):
         for lo, hi, dst in re.findall(
             rb"<([0-9a-fA-F]+)>\s*<([0-9a-fA-F]+)>\s*(\[[^\]]*\]|<[0-9a-fA-F]+>)", block
         ):
@@ -239,16 +247,16 @@ def _pdf_strings(pdf: bytes) -> list[str]:
         content = _stream_of(body) if b"stream" in body else None
         if not content or b"BT" not in content:
             continue
-        for block in re.findall(rb"\bBT\b(.*?)\bET\b", content, re.S):
+        for block in re.findall(rb"\bBT\b(.*?)\bET\b", content, re.DOTALL):
             width, codes = 1, {}
             text = []
             for font, string in re.findall(
-                rb"/(F\d+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)", block, re.S
+                rb"/(F\d+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)", block, re.DOTALL
             ):
                 if font:
                     width, codes = fonts.get(font, (1, {}))
                     continue
-                raw = re.sub(rb"\\([0-7]{1,3}|.)", unescape, string, flags=re.S)
+                raw = re.sub(rb"\\([0-7]{1,3}|.)", unescape, string, flags=re.DOTALL)
                 for i in range(0, len(raw) - width + 1, width):
                     code = int.from_bytes(raw[i : i + width], "big")
                     text.append(codes.get(code, chr(code) if width == 1 else ""))
@@ -351,9 +359,8 @@ def test_every_method_is_named_with_its_description(method: str) -> None:
         assert "12.5 mm (192 h)" in text
 
 
-def test_an_older_cycle_result_prints_the_fit_sd_and_says_so() -> None:
-    source, _ = source_for_cycle()
-    blocks = _pdf_strings(render_cycle_pdf(cycle_result(1), source, identity()))
+def test_an_older_cycle_result_prints_the_fit_sd_and_says_so(older_pdf: bytes) -> None:
+    blocks = _pdf_strings(older_pdf)
     assert "1.08 ± 0.073" in blocks  # the fit's sd, 0.0734 Gy
     assert "32.0 ± 2.4" in blocks
     assert blocks.count("no budget") == len(cycle_result(1).vois)
@@ -456,13 +463,52 @@ def test_paper_sizes_are_iso_a4_and_us_letter() -> None:
         assert {tuple(p.get_size_inches()) for p in pages} == {paper.inches}
 
 
-def test_fonts_are_embedded_truetype_subsets_with_a_text_map() -> None:
+def test_fonts_are_embedded_truetype_subsets_with_a_text_map(older_pdf: bytes) -> None:
     """matplotlib's Type 42 output: each font a CID TrueType subset (FontFile2) with a
     ToUnicode map, no Type 3 font (PDF 32000-1:2008 9.7, 9.9, 9.10.3)."""
-    source, _ = source_for_cycle()
-    pdf = render_cycle_pdf(cycle_result(1), source, identity())
+    pdf = older_pdf
     fonts = re.findall(rb"/Subtype /(\w+)", pdf)
     assert b"Type3" not in fonts and b"CIDFontType2" in fonts
     assert pdf.count(b"/FontFile2") == pdf.count(b"/CIDFontType2") > 0
     assert pdf.count(b"/ToUnicode") >= pdf.count(b"/CIDFontType2")
 
+
+
+def test_the_summary_names_each_vois_method_and_compares_kidneys_and_marrow_with_the_limits(
+) -> None:
+    from theranode.dosimetry.course import CourseLimits
+
+    source, _ = source_for_cycle()
+    result = cycle_result(1, partial_volume="gtm")
+    hanscheid = dataclasses.replace(result.vois[3], method=DoseMethod.HANSCHEID)
+    result = dataclasses.replace(result, vois=(*result.vois[:3], hanscheid, *result.vois[4:]))
+    limits = CourseLimits(kidney_limit_gy=20.0, marrow_limit_gy=2.5)
+    summary = cycle_report_pages(result, source, identity(), limits=limits)[0]
+    text = _page_text(summary)
+    assert (
+        "Method per VOI: multi-time-point: liver, kidney_left, kidney_right, lesion 1, "
+        "lesion 2; single-time-point Hänscheid 2018: marrow L2-L4" in text
+    )
+    # kidneys 2.731 Gy of 20 Gy = 13.7 %, marrow 0.291 Gy of 2.5 Gy = 11.6 %
+    assert "kidney_left: 2.73 ± 0.25 Gy = 13.7 % of the 20.0 Gy course limit" in text
+    assert "kidney_right: 2.73 ± 0.25 Gy = 13.7 % of the 20.0 Gy course limit" in text
+    assert "marrow L2-L4: 0.291" in text and "= 11.6 % of the 2.50 Gy course limit" in text
+    assert "• kidney_left: 2 voxels of gas clipped" in text
+    assert "Checked by:" in text
+
+
+def test_summary_blocks_start_below_the_table_and_long_warnings_wrap() -> None:
+    source, _ = source_for_cycle()
+    long = "registration of the 192 h CT did not converge " + "(stopped) " * 40
+    result = dataclasses.replace(cycle_result(1), warnings=(long,) * 3)
+    for paper in PaperSize:
+        summary = cycle_report_pages(result, source, identity(), paper=paper)[0]
+        assert _outside_the_page(summary) == []
+        canvas = FigureCanvasAgg(summary)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        table = next(t for t in summary.findobj(Table) if isinstance(t, Table))
+        table_bottom = table.get_window_extent(renderer).y0
+        limits = next(t for t in summary.texts if t.get_text().startswith("Kidneys and marrow"))
+        assert limits.get_window_extent(renderer).y1 < table_bottom
+        assert sum(t.get_text().startswith("  ") for t in summary.texts) >= 3  # wrapped
