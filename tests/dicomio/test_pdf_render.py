@@ -191,7 +191,7 @@ def test_page_one_prints_the_srs_mean_doses_and_the_kidney_and_marrow_shares(
                         ("BoneMarrow_L2-L4", limits.marrow_limit_gy)):
         share = plain_number(100 * rendered.sr.group(name, "cycle 1").values["mean_gy"] / limit)
         assert f"{share} % of the {plain_number(limit)} Gy course limit" in page_one, name
-    assert "Administered" in page_one or "administered 7400 MBq" in page_one
+    assert "administered 7400 MBq Lu-177 DOTATATE" in page_one
     assert "Checked by:" in page_one
 
 
