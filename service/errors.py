@@ -9,8 +9,9 @@
     ├── SeriesOwnerError        a series UID already belongs to another patient (store.index)
     ├── JobPayloadError         a job's stored inputs cannot be read (jobs.payload)
     ├── StoredResultError       a stored result cannot be read (jobs.results)
-    └── PipelineError           a job's inputs cannot be turned into results
-        └── ImplausibleResultError   a result outside physical plausibility: held, not sent
+    ├── PipelineError           a job's inputs cannot be turned into results
+    │   └── ImplausibleResultError   a result outside physical plausibility: held, not sent
+    └── DemoError               `theranode demo` cannot go on (service.cli.demo)
 
 Errors of the layers below keep their own roots
 (:class:`theranode.dicomio.errors.DicomInputError`,
@@ -33,3 +34,7 @@ class PipelineError(ServiceError):
 
 class ImplausibleResultError(PipelineError):
     """A computed result is outside physical plausibility: held, nothing is sent."""
+
+
+class DemoError(ServiceError):
+    """``theranode demo`` cannot go on (the message says why and what to do)."""

@@ -8,7 +8,8 @@
 2. writes ``theranode.toml``: the configuration in effect (the shipped defaults,
    or ``--config``) with the node on a free loopback port, its data in
    ``node-data/``, the receiver as its only destination, the demo's AE title
-   allowed to call, TLS off and a quiet period of :data:`DEMO_QUIET_PERIOD_S`
+   allowed to call, TLS off and a quiet period of
+   :data:`~theranode.service.cli.demo_node.DEMO_QUIET_PERIOD_S`
    (the demo sends each cycle at once: no scanner is still sending),
 3. starts a real node, ``python -m theranode serve --config theranode.toml``,
    in its own process group with its log in ``node.log``,
@@ -20,8 +21,12 @@
 6. prints each VOI's mean absorbed dose next to the analytic truth and the
    received files, and
 7. stops the node (SIGTERM; SIGKILL to its process group after
-   :data:`NODE_STOP_TIMEOUT_S`) and the receiver, also on Ctrl-C or SIGTERM.
-   The folder stays, with the received objects and the node's log.
+   :data:`~theranode.service.cli.demo_node.NODE_STOP_TIMEOUT_S`) and the
+   receiver, also on Ctrl-C or SIGTERM. The folder stays, with the received
+   objects and the node's log.
+
+The temporary node is :mod:`theranode.service.cli.demo_node`, the receiver
+:mod:`theranode.service.cli.demo_receiver`.
 
 With ``--node HOST:PORT`` (or the older ``--port``/``--host``) the course goes
 to a running node instead, which must list the demo as a ``[[destinations]]``
@@ -41,37 +46,19 @@ statuses); PS3.7 9.1.1 (C-STORE), 9.1.5 (C-ECHO).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
 import logging
-import math
-import os
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
-from theranode.config.schema import LIST_SECTIONS, NESTED_TABLES, SECTIONS, Destination, Settings
-from theranode.dicomio.errors import DicomInputError
-from theranode.dicomio.headers import SOP_CLASS_KINDS, is_valid_uid
+from theranode.config.schema import Settings
+from theranode.dicomio.headers import SOP_CLASS_KINDS
 from theranode.dicomio.pdf_report import plain_number
 from theranode.dicomio.sr import GroupValues, read_sr_report
 from theranode.dicomio.synthetic_course import (
@@ -80,237 +67,26 @@ from theranode.dicomio.synthetic_course import (
     PhantomGrids,
     write_course,
 )
+from theranode.service.cli.demo_node import (
+    TemporaryNode,
+    answers_echo,
+    demo_node_settings,
+    free_port,
+    settings_toml,
+    stop_on_termination,
+)
+from theranode.service.cli.demo_receiver import Receiver, result_lines, wait_for_results
 from theranode.service.cli.terminal_text import emit, terminal_text
 from theranode.service.deliver.requestor import SenderAE
-from theranode.service.deliver.sender import (
-    COMPREHENSIVE_3D_SR_STORAGE,
-    ENCAPSULATED_PDF_STORAGE,
-    RESULT_SOP_CLASSES,
-    RT_DOSE_STORAGE,
-)
-from theranode.service.errors import ServiceError
-from theranode.service.receive.scp import VERIFICATION
+from theranode.service.errors import DemoError
 
 logger = logging.getLogger(__name__)
 
 DEMO_SEED = 2024
-#: Received objects whose file name cannot be made from a valid UID and modality
-#: (a "Cannot understand" failure, PS3.4 B.2.3).
-CANNOT_FILE = 0xC110
 #: Port of the demo's receiver when it serves a running node (the destination entry's port).
 DEFAULT_LISTEN_PORT = 11113
-#: The temporary node's quiet period (s): the demo sends each cycle in one go.
-DEMO_QUIET_PERIOD_S = 2.0
-#: The temporary node's planner interval (s).
-DEMO_POLL_INTERVAL_S = 1.0
-#: Longest wait for the temporary node to answer a C-ECHO after its start (s).
-NODE_START_TIMEOUT_S = 90.0
-#: Longest wait for the temporary node to stop after SIGTERM, before SIGKILL (s).
-NODE_STOP_TIMEOUT_S = 30.0
-#: Lines of ``node.log`` printed when the temporary node fails.
-LOG_TAIL_LINES = 30
-#: Names of the result objects, by SOP Class UID.
-OBJECT_NAMES = {RT_DOSE_STORAGE: "RT Dose", COMPREHENSIVE_3D_SR_STORAGE: "SR",
-                ENCAPSULATED_PDF_STORAGE: "PDF"}
-#: The end of a result's Series Description: ``… cycle 2 v1``, ``… course v3``.
-RESULT_LABEL = re.compile(r"(?P<label>cycle \d+|course) v(?P<version>\d+)$")
 
 
-class DemoError(ServiceError):
-    """The demo cannot go on (the message says why and what to do)."""
-
-
-# -- the receiver -------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReceivedFile:
-    """One object the receiver stored."""
-
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    description: str
-
-    @property
-    def result(self) -> tuple[str, int] | None:
-        """``("cycle 2", 1)`` or ``("course", 3)`` from the Series Description, if theranode's."""
-        match = RESULT_LABEL.search(self.description)
-        return None if match is None else (match["label"], int(match["version"]))
-
-
-class Receiver:
-    """Storage SCP collecting the results the node sends back.
-
-    ``port`` 0 binds a free port; :attr:`port` is the one bound.
-    """
-
-    def __init__(self, ae_title: str, port: int, folder: Path, host: str = "0.0.0.0") -> None:
-        self.folder = folder
-        self.reports: list[Dataset] = []
-        self.files: list[ReceivedFile] = []
-        self.count = 0
-        self._lock = threading.Lock()
-        self.ae = AE(ae_title=ae_title)
-        for sop_class in RESULT_SOP_CLASSES:
-            self.ae.add_supported_context(sop_class, [ExplicitVRLittleEndian,
-                                                      ImplicitVRLittleEndian])
-        self.ae.add_supported_context(VERIFICATION)
-        try:
-            server = self.ae.start_server((host, port), block=False,
-                                          evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        except OSError as exc:
-            raise DemoError(f"The demo cannot receive on {host}:{port} ({exc.strerror}); "
-                            "give another --listen-port.") from exc
-        assert isinstance(server, ThreadedAssociationServer)  # block=False returns it
-        self.server = server
-        self.port = int(server.server_address[1])
-
-    def _on_store(self, event: Event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        modality, uid = str(ds.get("Modality", "")), str(ds.get("SOPInstanceUID", ""))
-        if not (modality.isascii() and modality.isalnum() and is_valid_uid(uid)):
-            return CANNOT_FILE  # the file name is built from these: no path from a peer
-        path = self.folder / f"{modality}-{uid}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        sop_class = str(ds.get("SOPClassUID", ""))
-        received = ReceivedFile(path, sop_class, uid, str(ds.get("SeriesDescription", "")))
-        with self._lock:
-            self.count += 1
-            self.files.append(received)
-            if sop_class == COMPREHENSIVE_3D_SR_STORAGE:
-                self.reports.append(dcmread(path))
-        return 0x0000
-
-    def cycle_reports(self) -> dict[int, Dataset]:
-        """Latest SR per cycle number (from its Series Description ``… cycle N vK``)."""
-        found: dict[int, tuple[int, Dataset]] = {}
-        with self._lock:
-            reports = list(self.reports)
-        for ds in reports:
-            words = str(ds.get("SeriesDescription", "")).split()
-            if "cycle" not in words:
-                continue
-            number = int(words[words.index("cycle") + 1])
-            version = int(words[-1].lstrip("v"))
-            if number not in found or found[number][0] < version:
-                found[number] = (version, ds)
-        return {n: ds for n, (_, ds) in found.items()}
-
-    def received(self) -> list[ReceivedFile]:
-        with self._lock:
-            return list(self.files)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
-# -- which results are in ------------------------------------------------------------
-@dataclass(frozen=True)
-class ResultFiles:
-    """The received objects of one result (``cycle 2`` or ``course``) at one version."""
-
-    label: str
-    version: int
-    #: ``"RT Dose"``, ``"SR"``, ``"PDF"`` → file.
-    paths: dict[str, Path]
-
-    @property
-    def has_report(self) -> bool:
-        """Its SR and PDF are in (the RT Dose is only made when there is a dose map)."""
-        return {"SR", "PDF"} <= set(self.paths)
-
-
-def result_files(received: list[ReceivedFile]) -> dict[tuple[str, int], ResultFiles]:
-    """The received theranode results, by (label, version)."""
-    grouped: dict[tuple[str, int], dict[str, Path]] = {}
-    for item in received:
-        name = OBJECT_NAMES.get(item.sop_class_uid)
-        if item.result is not None and name is not None:
-            grouped.setdefault(item.result, {})[name] = item.path
-    return {key: ResultFiles(*key, paths) for key, paths in grouped.items()}
-
-
-class CourseCoverage:
-    """Which cycles each received course SR sums (read once per SR)."""
-
-    def __init__(self) -> None:
-        self._cycles: dict[Path, frozenset[int]] = {}
-
-    def cycles(self, sr_path: Path) -> frozenset[int]:
-        """The cycle numbers of the SR's per-cycle groups (none if it cannot be read)."""
-        if sr_path not in self._cycles:
-            try:
-                points = {g.time_point for g in read_sr_report(dcmread(sr_path)).groups}
-            except (DicomInputError, InvalidDicomError) as exc:
-                logger.warning("Course report %s cannot be read: %s", sr_path, exc)
-                points = set()
-            self._cycles[sr_path] = frozenset(
-                int(p.removeprefix("cycle ")) for p in points
-                if p.startswith("cycle ") and p.removeprefix("cycle ").isdigit())
-        return self._cycles[sr_path]
-
-
-def wanted_results(results: dict[tuple[str, int], ResultFiles], cycles: set[int],
-                   coverage: CourseCoverage) -> list[ResultFiles]:
-    """Per cycle its latest result, and the latest course result summing all ``cycles``
-    (else the latest course result): what the demo prints."""
-    chosen = []
-    for label in [*(f"cycle {n}" for n in sorted(cycles)), "course"]:
-        versions = sorted((r for (lab, _), r in results.items() if lab == label),
-                          key=lambda r: r.version, reverse=True)
-        if label == "course":
-            versions.sort(key=lambda r: not (r.has_report and cycles <= coverage.cycles(
-                r.paths["SR"])))
-        if versions:
-            chosen.append(versions[0])
-    return chosen
-
-
-def results_complete(chosen: list[ResultFiles], cycles: set[int],
-                     coverage: CourseCoverage) -> bool:
-    """Every cycle and the course over all of them have their SR and PDF."""
-    labels = {r.label for r in chosen if r.has_report}
-    course = next((r for r in chosen if r.label == "course"), None)
-    return ({f"cycle {n}" for n in cycles} <= labels and course is not None
-            and course.has_report and cycles <= coverage.cycles(course.paths["SR"]))
-
-
-def wait_for_results(receiver: Receiver, cycles: set[int], timeout_s: float,
-                     node_alive: Callable[[], bool] = lambda: True,
-                     ) -> tuple[list[ResultFiles], bool]:
-    """Wait until :func:`results_complete` (or ``timeout_s``); the results to print and
-    whether they are complete.
-
-    Raises
-    ------
-    DemoError
-        ``node_alive`` says the node has stopped.
-    """
-    coverage = CourseCoverage()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        chosen = wanted_results(result_files(receiver.received()), cycles, coverage)
-        complete = results_complete(chosen, cycles, coverage)
-        if complete or time.monotonic() >= deadline:
-            return chosen, complete
-        if not node_alive():
-            raise DemoError("The temporary node stopped before its results came back.")
-        time.sleep(1.0)
-
-
-def result_lines(chosen: list[ResultFiles], folder: Path) -> list[str]:
-    """The received files of each result, one per line."""
-    lines = [f"\nResults received in {folder}:"]
-    for result in chosen:
-        heading = f"{result.label} v{result.version}"
-        for name in ("RT Dose", "SR", "PDF"):
-            if name in result.paths:
-                lines.append(f"  {heading:<12} {name:<8} {result.paths[name]}")
-                heading = ""
-    return lines
-
-
-# -- sending and comparing -----------------------------------------------------------
 def destination_snippet(args: argparse.Namespace) -> str:
     """The ``[[destinations]]`` entry the node needs to send results to the demo."""
     return (
@@ -396,188 +172,6 @@ def _note(texts: dict[str, list[str]], values: dict[str, float]) -> str:
         return "excluded: " + "; ".join(texts["EXCLUDED"])
     rc = values.get("recovery_coefficient")
     return f"RC {rc:.2f}" if rc is not None and rc < 1.0 else ""
-
-
-# -- the temporary node --------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port on the loopback address that is free now (bound to port 0, released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def demo_node_settings(base: Settings, data_dir: Path, port: int, receiver_port: int,
-                       demo_ae: str) -> Settings:
-    """``base`` made into the demo's node: loopback port ``port``, data in ``data_dir``,
-    the receiver its only destination, ``demo_ae`` allowed to call, no TLS (the demo
-    talks plain DICOM on the loopback address), logs on standard error, a short quiet
-    period; every other setting as in ``base``."""
-    allowed = base.security.allowed_calling_ae_titles
-    return dataclasses.replace(
-        base,
-        node=dataclasses.replace(base.node, bind="127.0.0.1", port=port,
-                                 data_dir=str(data_dir)),
-        security=dataclasses.replace(
-            base.security, tls_cert="", tls_key="", tls_ca="",
-            allowed_calling_ae_titles=allowed if demo_ae in allowed else [*allowed, demo_ae],
-            allowed_hosts=[] if not base.security.allowed_hosts else
-            [*base.security.allowed_hosts, "127.0.0.1"]),
-        logging=dataclasses.replace(base.logging, file=""),
-        protocol=dataclasses.replace(
-            base.protocol, quiet_period_s=min(base.protocol.quiet_period_s, DEMO_QUIET_PERIOD_S)),
-        jobs=dataclasses.replace(
-            base.jobs, poll_interval_s=min(base.jobs.poll_interval_s, DEMO_POLL_INTERVAL_S)),
-        destinations=[Destination(name="demo", ae_title=demo_ae, host="127.0.0.1",
-                                  port=receiver_port)],
-        source="theranode demo",
-    )
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):  # JSON's escapes are TOML's; DEL must be escaped in TOML
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _toml_table(header: str, record: Any) -> Iterator[str]:
-    yield header
-    nested = []
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if (type(record), f.name) in NESTED_TABLES:
-            nested.append((f.name, value))
-        else:
-            yield f"{f.name} = {_toml_value(value)}"
-    name = header.strip("[]")
-    for key, items in nested:
-        for item in items:
-            yield from _toml_table(f"[[{name}.{key}]]", item)
-
-
-def settings_toml(settings: Settings) -> str:
-    """``settings`` as a TOML document that :func:`~theranode.config.schema.load_settings`
-    reads back to the same values."""
-    lines = ["# written by `theranode demo` for its temporary node"]
-    for section in SECTIONS:
-        lines += ["", *_toml_table(f"[{section}]", getattr(settings, section))]
-    for section in LIST_SECTIONS:
-        for item in getattr(settings, section):
-            lines += ["", *_toml_table(f"[[{section}]]", item)]
-    return "\n".join(lines) + "\n"
-
-
-def answers_echo(host: str, port: int, called_ae: str, calling_ae: str) -> bool:
-    """Whether the node at ``host:port`` accepts an association and answers a C-ECHO."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-    pynetdicom_log = logging.getLogger("pynetdicom")
-    level = pynetdicom_log.level
-    pynetdicom_log.setLevel(logging.CRITICAL)  # "connection refused" until a node listens
-    try:
-        assoc = ae.associate(host, port, ae_title=called_ae)
-    finally:
-        pynetdicom_log.setLevel(level)
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return "Status" in status and status.Status == 0x0000
-    finally:
-        assoc.release()
-
-
-class TemporaryNode:
-    """A ``theranode serve`` child process in its own process group.
-
-    Its standard output and error go to ``log``.
-    """
-
-    def __init__(self, config: Path, log: Path, port: int, ae_title: str) -> None:
-        self.config, self.log, self.port, self.ae_title = config, log, port, ae_title
-        with open(log, "ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "theranode", "serve", "--config", str(config)],
-                stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_ready(self, calling_ae: str, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
-        """Return once the node answers a C-ECHO.
-
-        Raises
-        ------
-        DemoError
-            The node exited, or did not answer within ``timeout_s``.
-        """
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise DemoError(f"The temporary node exited at start-up (exit status "
-                                f"{self.process.returncode}).")
-            if self._echo(calling_ae):
-                return
-            time.sleep(0.25)
-        raise DemoError(f"The temporary node did not answer a C-ECHO on 127.0.0.1:{self.port} "
-                        f"within {timeout_s:g} s.")
-
-    def _echo(self, calling_ae: str) -> bool:
-        return answers_echo("127.0.0.1", self.port, self.ae_title, calling_ae)
-
-    def stop(self, timeout_s: float = NODE_STOP_TIMEOUT_S) -> int:
-        """SIGTERM and wait (the node stops gracefully); SIGKILL its whole process group
-        (workers included) after ``timeout_s``. Returns the exit status."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("The temporary node did not stop within %g s: killed", timeout_s)
-        with contextlib.suppress(ProcessLookupError):  # workers left by a kill or a crash
-            os.killpg(self.process.pid, signal.SIGKILL)
-        return self.process.wait()
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
-        try:
-            text = self.log.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            return [f"({self.log} cannot be read: {exc})"]
-        return text.splitlines()[-lines:]
-
-
-@contextlib.contextmanager
-def stop_on_termination() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo as Ctrl-C does (through ``finally``: the node stops)."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 # -- the command ---------------------------------------------------------------------

@@ -374,7 +374,7 @@ def test_both_kidneys_in_one_voi_are_bilateral_and_spleen_has_no_laterality() ->
 
 def test_the_demo_receiver_accepts_it(tmp_path: Path) -> None:
     from tests.peers import free_port
-    from theranode.service.cli.demo import Receiver
+    from theranode.service.cli.demo_receiver import Receiver
 
     ds = _report()
     path = tmp_path / "rrd.dcm"

@@ -23,17 +23,18 @@ from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import plain_number
 from theranode.dicomio.sr import write_course_sr, write_cycle_sr
 from theranode.dicomio.uids import ResultKind
-from theranode.service.cli.demo import (
+from theranode.service.cli.demo import comparison_lines, running_node_address
+from theranode.service.cli.demo_node import (
     DEMO_QUIET_PERIOD_S,
+    demo_node_settings,
+    settings_toml,
+)
+from theranode.service.cli.demo_receiver import (
     CourseCoverage,
     ReceivedFile,
     ResultFiles,
-    comparison_lines,
-    demo_node_settings,
     result_files,
     results_complete,
-    running_node_address,
-    settings_toml,
     wanted_results,
 )
 from theranode.service.cli.main import build_parser

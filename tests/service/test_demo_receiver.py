@@ -16,7 +16,8 @@ from tests.peers import free_port
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import ENCAPSULATED_PDF_STORAGE
 from theranode.dicomio.sr import write_cycle_sr
-from theranode.service.cli.demo import CANNOT_FILE, Receiver, comparison_lines
+from theranode.service.cli.demo import comparison_lines
+from theranode.service.cli.demo_receiver import CANNOT_FILE, Receiver
 
 
 def _document(modality: str, uid: str) -> Dataset:
