@@ -174,8 +174,11 @@ def _x_names(ax: Axes, labels: Sequence[str]) -> None:
     """VOI names under the bars: steeper and smaller as the bars get more."""
     crowded = len(labels) > 8
     ax.set_xticks(range(len(labels)))
+    # names come from the RTSTRUCT: drawn as written, never as mathtext (literal_texts
+    # leaves tick labels to their formatter)
     ax.set_xticklabels(labels, rotation=60 if crowded else 30, ha="right",
-                       rotation_mode="anchor", fontsize=6.0 if crowded else LABEL_POINTS)
+                       rotation_mode="anchor", fontsize=6.0 if crowded else LABEL_POINTS,
+                       parse_math=False, usetex=False)
     ax.set_xlim(-0.6, len(labels) - 0.4)
 
 

@@ -292,3 +292,20 @@ def test_long_voi_names_are_cut_in_the_middle_so_lesions_stay_apart(course: Cour
     fig = stacked_dose_page(dataclasses.replace(course, cumulative=lesions))
     labels = [t.get_text() for t in fig.axes[1].get_xticklabels()]
     assert labels == ["liver se…lesion 00", "liver se…lesion 01", "liver se…lesion 02"]
+
+
+def test_dollar_signs_in_voi_names_on_the_figures_are_drawn_as_written(
+    course: CourseResult,
+) -> None:
+    """VOI names under the bars are not parsed as mathtext: the course job does not fail."""
+    names = {"lesion 1": "$\\foo$ lesion", "kidney_left": "$x_{$ kidney"}
+    cycles = tuple(
+        dataclasses.replace(c, vois=tuple(
+            dataclasses.replace(v, name=names.get(v.name, v.name)) for v in c.vois))
+        for c in course.cycles
+    )
+    renamed = summarize_course(cycles, planned_cycles=4)
+    source, _ = source_for_cycle()
+    assert render_course_pdf(renamed, source, identity(ResultKind.COURSE), bed=BED)
+    labels = [t.get_text() for t in stacked_dose_page(renamed).axes[1].get_xticklabels()]
+    assert "$\\foo$ lesion" in labels
