@@ -895,8 +895,8 @@ def _registration_rows(result: CycleResult) -> list[list[str]]:
         [
             sig_figs(r.elapsed_h),
             r.metric,
-            sig_figs(r.value_before, 4),
-            sig_figs(r.value_after, 4),
+            plain_number(r.value_before, 4),
+            plain_number(r.value_after, 4),
             ", ".join(f"{v:.1f}" for v in r.translation_mm),
             ", ".join(f"{v:.2f}" for v in r.rotation_deg),
             "yes" if r.converged else "NO",

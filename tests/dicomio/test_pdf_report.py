@@ -512,3 +512,13 @@ def test_summary_blocks_start_below_the_table_and_long_warnings_wrap() -> None:
         limits = next(t for t in summary.texts if t.get_text().startswith("Kidneys and marrow"))
         assert limits.get_window_extent(renderer).y1 < table_bottom
         assert sum(t.get_text().startswith("  ") for t in summary.texts) >= 3  # wrapped
+
+
+def test_registration_table_writes_metric_values_without_exponent() -> None:
+    source, _ = source_for_cycle()
+    pages = cycle_report_pages(cycle_result(1), source, identity())
+    registration = next(p for p in pages if "Registration quality" in _page_text(p))
+    cells = [c.get_text().get_text() for t in registration.findobj(Table) if isinstance(t, Table)
+             for c in t.get_celld().values()]
+    assert "1520" in cells and "210.5" in cells
+    assert not any("e+" in c or "e-" in c for c in cells)
