@@ -18,31 +18,8 @@ of the report's paper size) with a short reading guide under its panels.
 * **Kidney BED** — per kidney VOI the BED of each cycle stacked, with the
   total ± u and the BED limit (:mod:`theranode.dosimetry.bed`).
 
-Projection and its uncertainty
-------------------------------
-With ``n`` cycles done of ``N`` planned (``m = N − n`` still to come), a VOI's
-projected total is its mean per-cycle AD × ``N``
-(:func:`theranode.dosimetry.course.projected_totals`: the future cycles are
-assumed to deliver the average of the past ones). Its standard uncertainty
-combines, in quadrature,
-
-1. the measurement: the standard uncertainty of the total so far (its EANM
-   budget, else the summed fits' sd) scaled by ``N / n`` — the future cycles
-   are assumed to be measured with the same relative uncertainty, and the
-   errors shared by the cycles (calibration, partial volume) to repeat, so
-   the budget scales like the dose;
-2. the cycle-to-cycle variation, when ``n ≥ 2``: with ``s`` the sample
-   standard deviation of the per-cycle doses, the sum of ``m`` future cycles
-   predicted by ``m`` times the mean of ``n`` varies by
-   ``s · √(m (1 + m / n))`` (prediction of a sum of new observations).
-
-With one cycle done the variation between cycles is unknown and the error
-bar is the measurement part alone (said in the figure's guide). The two parts
-overlap — the observed spread includes the random part of the measurement —
-so the combined value errs on the large side. A complete course has no
-projection: its error bar is the total's own uncertainty. Lesion AD fell
-from cycle to cycle in the paper (Hebert 2024), so lesion projections tend
-to overestimate.
+The projection and its uncertainty are
+:func:`theranode.dosimetry.course.projection`'s.
 
 References
 ----------
@@ -57,9 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -72,7 +47,7 @@ from theranode.dicomio.pdf_report import (
     wrap_to_page,
 )
 from theranode.dosimetry.bed import KidneyBed
-from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits, projected_totals
+from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits, projected_totals, projection
 from theranode.dosimetry.results import CourseResult, CumulativeDose, VoiKind
 
 logger = logging.getLogger(__name__)
@@ -87,55 +62,6 @@ CYCLE_COLOURS = (
 )
 LABEL_POINTS = 7.0
 NAME_CHARACTERS = 18
-
-
-@dataclass(frozen=True)
-class Projection:
-    """A VOI's total so far and its projection to the planned cycles (module docstring).
-
-    ``standard_uncertainty_gy`` is ``None`` when the total has no stated
-    uncertainty; ``with_spread`` says whether it includes the cycle-to-cycle
-    variation.
-    """
-
-    name: str
-    total_gy: float
-    projected_gy: float
-    cycles_done: int
-    planned_cycles: int
-    standard_uncertainty_gy: float | None
-    with_spread: bool
-
-    @property
-    def complete(self) -> bool:
-        """No cycle left to project."""
-        return self.cycles_done >= self.planned_cycles
-
-
-def total_uncertainty_gy(dose: CumulativeDose) -> float | None:
-    """The total's standard uncertainty: its budget's, else the fits' sd, else None."""
-    if dose.uncertainty is not None:
-        return dose.uncertainty.standard_gy
-    return dose.total_gy_sd if math.isfinite(dose.total_gy_sd) else None
-
-
-def projection(dose: CumulativeDose, planned_cycles: int) -> Projection:
-    """The projected total of ``dose`` after ``planned_cycles`` and its uncertainty."""
-    n_done = len(dose.per_cycle_gy)
-    n_total = max(planned_cycles, n_done)
-    remaining = n_total - n_done
-    projected = projected_totals([dose], planned_cycles)[dose.name]
-    measured = total_uncertainty_gy(dose)
-    u_measurement = None if measured is None else measured * n_total / n_done
-    with_spread = n_done >= 2 and remaining > 0
-    u_spread = 0.0
-    if with_spread:
-        s = statistics.stdev(dose.per_cycle_gy.values())
-        u_spread = s * math.sqrt(remaining * (1.0 + remaining / n_done))
-    u = None if u_measurement is None else math.hypot(u_measurement, u_spread)
-    return Projection(
-        dose.name, dose.total_gy, projected, n_done, n_total, u, with_spread
-    )
 
 
 def _short(name: str) -> str:
@@ -259,8 +185,9 @@ def _projection_panel(
     ax.bar(xs, [p.total_gy for p in projections], width=0.5, color="lightsteelblue",
            label="total so far")
     errors = [p.standard_uncertainty_gy or 0.0 for p in projections]
+    label = f"projected after {projections[0].planned_cycles} cycles ± u"
     ax.errorbar(xs, [p.projected_gy for p in projections], yerr=errors, fmt="o", color="black",
-                ms=4, capsize=3, label=f"projected after {projections[0].planned_cycles} cycles ± u")
+                ms=4, capsize=3, label=label)
     highest = max(p.projected_gy + e for p, e in zip(projections, errors, strict=True))
     if limit is not None:
         _limit_lines(ax, *limit)

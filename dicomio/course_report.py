@@ -37,7 +37,6 @@ from pydicom.dataset import Dataset
 from theranode.dicomio.course_figures import (
     DEFAULT_LIMITS,
     lesion_and_bed_page,
-    projection,
     projection_page,
     stacked_dose_page,
 )
@@ -63,15 +62,15 @@ from theranode.dicomio.pdf_report import (
     sig_figs,
     table_page,
     text_pages,
-    uncertainty_footnote,
     text_width_pt,
+    uncertainty_footnote,
     wrap_to_page,
 )
 from theranode.dicomio.source import SourceContext
 from theranode.dicomio.sr import partial_volume_method, require_kind, spect_resolutions
 from theranode.dicomio.uids import OutputObject, ResultIdentity, ResultKind
 from theranode.dosimetry.bed import FROM_FIT_SD, BedParameters, KidneyBed, kidney_beds
-from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits, projected_totals
+from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits, projected_totals, projection
 from theranode.dosimetry.results import (
     CourseResult,
     CumulativeDose,
@@ -164,8 +163,10 @@ def cut_point_line(course: CourseResult, limits: CourseLimits) -> str:
         return "Lesion indices: no eligible lesion; the cut-points do not apply."
     text = (
         f"Against the cut-points (Hebert 2024, longer PFS above them): mean "
-        f"{plain_number(indices.mean_total_gy)} Gy {_versus(indices.mean_total_gy, limits.lesion_mean_cut_gy)}, "
-        f"min {plain_number(indices.min_total_gy)} Gy {_versus(indices.min_total_gy, limits.lesion_min_cut_gy)}"
+        f"{plain_number(indices.mean_total_gy)} Gy "
+        f"{_versus(indices.mean_total_gy, limits.lesion_mean_cut_gy)}, "
+        f"min {plain_number(indices.min_total_gy)} Gy "
+        f"{_versus(indices.min_total_gy, limits.lesion_min_cut_gy)}"
     )
     lesions = [d for d in course.cumulative if d.kind is VoiKind.LESION and not d.excluded]
     if lesions and len(course.cycles) < course.planned_cycles:

@@ -26,6 +26,32 @@
 
 Each flag is ``"<CODE>: <text>"`` with the code from :class:`FlagCode`.
 
+Projection uncertainty (:func:`projection`)
+-------------------------------------------
+With ``n`` cycles done of ``N`` planned (``m = N − n`` still to come), a VOI's
+projected total is its mean per-cycle AD × ``N``
+(:func:`theranode.dosimetry.course.projected_totals`: the future cycles are
+assumed to deliver the average of the past ones). Its standard uncertainty
+combines, in quadrature,
+
+1. the measurement: the standard uncertainty of the total so far (its EANM
+   budget, else the summed fits' sd) scaled by ``N / n`` — the future cycles
+   are assumed to be measured with the same relative uncertainty, and the
+   errors shared by the cycles (calibration, partial volume) to repeat, so
+   the budget scales like the dose;
+2. the cycle-to-cycle variation, when ``n ≥ 2``: with ``s`` the sample
+   standard deviation of the per-cycle doses, the sum of ``m`` future cycles
+   predicted by ``m`` times the mean of ``n`` varies by
+   ``s · √(m (1 + m / n))`` (prediction of a sum of new observations).
+
+With one cycle done the variation between cycles is unknown and the error
+bar is the measurement part alone (said in the figure's guide). The two parts
+overlap — the observed spread includes the random part of the measurement —
+so the combined value errs on the large side. A complete course has no
+projection: its error bar is the total's own uncertainty. Lesion AD fell
+from cycle to cycle in the paper (Hebert 2024), so lesion projections tend
+to overestimate.
+
 References
 ----------
 Hebert et al., J Nucl Med 2024;65:923-930 (CumAD, Table 6 indices,
@@ -43,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -161,6 +188,55 @@ def projected_totals(cumulative: Sequence[CumulativeDose], planned_cycles: int) 
         n_done = len(dose.per_cycle_gy)
         projected[dose.name] = dose.total_gy / n_done * max(planned_cycles, n_done)
     return projected
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A VOI's total so far and its projection to the planned cycles (module docstring).
+
+    ``standard_uncertainty_gy`` is ``None`` when the total has no stated
+    uncertainty; ``with_spread`` says whether it includes the cycle-to-cycle
+    variation.
+    """
+
+    name: str
+    total_gy: float
+    projected_gy: float
+    cycles_done: int
+    planned_cycles: int
+    standard_uncertainty_gy: float | None
+    with_spread: bool
+
+    @property
+    def complete(self) -> bool:
+        """No cycle left to project."""
+        return self.cycles_done >= self.planned_cycles
+
+
+def total_uncertainty_gy(dose: CumulativeDose) -> float | None:
+    """The total's standard uncertainty: its budget's, else the fits' sd, else None."""
+    if dose.uncertainty is not None:
+        return dose.uncertainty.standard_gy
+    return dose.total_gy_sd if math.isfinite(dose.total_gy_sd) else None
+
+
+def projection(dose: CumulativeDose, planned_cycles: int) -> Projection:
+    """The projected total of ``dose`` after ``planned_cycles`` and its uncertainty."""
+    n_done = len(dose.per_cycle_gy)
+    n_total = max(planned_cycles, n_done)
+    remaining = n_total - n_done
+    projected = projected_totals([dose], planned_cycles)[dose.name]
+    measured = total_uncertainty_gy(dose)
+    u_measurement = None if measured is None else measured * n_total / n_done
+    with_spread = n_done >= 2 and remaining > 0
+    u_spread = 0.0
+    if with_spread:
+        s = statistics.stdev(dose.per_cycle_gy.values())
+        u_spread = s * math.sqrt(remaining * (1.0 + remaining / n_done))
+    u = None if u_measurement is None else math.hypot(u_measurement, u_spread)
+    return Projection(
+        dose.name, dose.total_gy, projected, n_done, n_total, u, with_spread
+    )
 
 
 def course_flags(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import subprocess
 from pathlib import Path
@@ -19,7 +18,6 @@ from tests.dicomio.test_pdf_report import _outside_the_page, _page_text
 from tests.peers import require_tool
 from theranode.dicomio.course_figures import (
     lesion_and_bed_page,
-    projection,
     projection_page,
     stacked_dose_page,
 )
@@ -32,10 +30,9 @@ from theranode.dicomio.course_report import (
 from theranode.dicomio.pdf_report import PaperSize, dose_with_uncertainty
 from theranode.dicomio.uids import ResultKind
 from theranode.dosimetry.bed import BedParameters, kidney_beds
-from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits, summarize_course
+from theranode.dosimetry.course import KIDNEY_ORGANS, CourseLimits, projection, summarize_course
 from theranode.dosimetry.results import (
     CourseResult,
-    CumulativeDose,
     CycleResult,
     DoseMethod,
     VoiKind,
@@ -236,24 +233,6 @@ def test_the_lesion_indices_face_the_cut_points(course: CourseResult) -> None:
 
 
 # -- projection uncertainty ---------------------------------------------------------------
-def test_projection_uncertainty_scales_the_budget_and_adds_the_cycle_spread() -> None:
-    dose = CumulativeDose("kidney", VoiKind.ORGAN, 5.0, 0.5, {1: 2.0, 2: 3.0})
-    p = projection(dose, 4)
-    # measurement 0.5 · 4/2 = 1.0 Gy; spread sd 0.7071 · √(2 · (1 + 2/2)) = 1.4142 Gy
-    assert p.projected_gy == 10.0 and p.with_spread
-    assert p.standard_uncertainty_gy == pytest.approx(math.sqrt(1.0 + 2.0), rel=1e-12)
-
-
-def test_one_cycle_projects_the_measurement_only_and_a_complete_course_its_total() -> None:
-    one = projection(CumulativeDose("k", VoiKind.ORGAN, 2.0, 0.2, {1: 2.0}), 4)
-    assert one.projected_gy == 8.0 and one.standard_uncertainty_gy == pytest.approx(0.8)
-    assert not one.with_spread
-    done = projection(CumulativeDose("k", VoiKind.ORGAN, 8.0, 0.4, dict.fromkeys(range(4), 2.0)), 4)
-    assert done.complete and done.standard_uncertainty_gy == pytest.approx(0.4)
-    unknown = projection(CumulativeDose("k", VoiKind.ORGAN, 2.0, math.nan, {1: 2.0}), 4)
-    assert unknown.standard_uncertainty_gy is None
-
-
 # -- layout --------------------------------------------------------------------------------
 def _busy_course() -> CourseResult:
     """More flags than page 1 holds, some longer than a line."""

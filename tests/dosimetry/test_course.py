@@ -14,10 +14,18 @@ from theranode.dosimetry.course import (
     cumulative_doses,
     lesion_indices,
     projected_totals,
+    projection,
     summarize_course,
 )
 from theranode.dosimetry.errors import DosimetryError, InsufficientDataError
-from theranode.dosimetry.results import CycleResult, DoseMethod, Organ, VoiDose, VoiKind
+from theranode.dosimetry.results import (
+    CumulativeDose,
+    CycleResult,
+    DoseMethod,
+    Organ,
+    VoiDose,
+    VoiKind,
+)
 
 
 def _voi(
@@ -204,3 +212,21 @@ def test_kind_mismatch_across_cycles_is_refused() -> None:
     cycles = [_cycle(1, [_voi("X", 1.0)]), _cycle(2, [_voi("X", 1.0, VoiKind.ORGAN)])]
     with pytest.raises(DosimetryError, match="different kinds"):
         cumulative_doses(cycles)
+
+
+def test_projection_uncertainty_scales_the_budget_and_adds_the_cycle_spread() -> None:
+    dose = CumulativeDose("kidney", VoiKind.ORGAN, 5.0, 0.5, {1: 2.0, 2: 3.0})
+    p = projection(dose, 4)
+    # measurement 0.5 · 4/2 = 1.0 Gy; spread sd 0.7071 · √(2 · (1 + 2/2)) = 1.4142 Gy
+    assert p.projected_gy == 10.0 and p.with_spread
+    assert p.standard_uncertainty_gy == pytest.approx(math.sqrt(1.0 + 2.0), rel=1e-12)
+
+
+def test_one_cycle_projects_the_measurement_only_and_a_complete_course_its_total() -> None:
+    one = projection(CumulativeDose("k", VoiKind.ORGAN, 2.0, 0.2, {1: 2.0}), 4)
+    assert one.projected_gy == 8.0 and one.standard_uncertainty_gy == pytest.approx(0.8)
+    assert not one.with_spread
+    done = projection(CumulativeDose("k", VoiKind.ORGAN, 8.0, 0.4, dict.fromkeys(range(4), 2.0)), 4)
+    assert done.complete and done.standard_uncertainty_gy == pytest.approx(0.4)
+    unknown = projection(CumulativeDose("k", VoiKind.ORGAN, 2.0, math.nan, {1: 2.0}), 4)
+    assert unknown.standard_uncertainty_gy is None
