@@ -45,6 +45,7 @@ from theranode.dicomio.pdf_report import (
     person_name_text,
     plain_number,
     render_cycle_pdf,
+    summary_page,
     write_cycle_pdf,
 )
 from theranode.dicomio.uids import ResultKind
@@ -350,7 +351,7 @@ def test_every_method_is_named_with_its_description(method: str) -> None:
 
     source, _ = source_for_cycle()
     result = cycle_result(1, partial_volume=method)
-    text = _page_text(cycle_report_pages(result, source, identity())[0])
+    text = _page_text(summary_page(result, source, identity()))
     description = PartialVolumeMethod(method).description
     assert f"Partial-volume correction: {method}, {description}." in text
     if method == "paper":
@@ -483,7 +484,7 @@ def test_the_summary_names_each_vois_method_and_compares_kidneys_and_marrow_with
     hanscheid = dataclasses.replace(result.vois[3], method=DoseMethod.HANSCHEID)
     result = dataclasses.replace(result, vois=(*result.vois[:3], hanscheid, *result.vois[4:]))
     limits = CourseLimits(kidney_limit_gy=20.0, marrow_limit_gy=2.5)
-    summary = cycle_report_pages(result, source, identity(), limits=limits)[0]
+    summary = summary_page(result, source, identity(), limits=limits)
     text = _page_text(summary)
     assert (
         "Method per VOI: multi-time-point: liver, kidney_left, kidney_right, lesion 1, "
@@ -502,7 +503,7 @@ def test_summary_blocks_start_below_the_table_and_long_warnings_wrap() -> None:
     long = "registration of the 192 h CT did not converge " + "(stopped) " * 40
     result = dataclasses.replace(cycle_result(1), warnings=(long,) * 3)
     for paper in PaperSize:
-        summary = cycle_report_pages(result, source, identity(), paper=paper)[0]
+        summary = summary_page(result, source, identity(), paper=paper)
         assert _outside_the_page(summary) == []
         canvas = FigureCanvasAgg(summary)
         canvas.draw()
