@@ -726,7 +726,7 @@ def _summary_blocks(
         part for w in (result.warnings or ("none",))
         for part in wrap_lines(f"• {w}", FOOTER_POINTS, text_width_pt)
     ]
-    room = int((y - 0.07) / (1.3 * FOOTER_POINTS / (paper.inches[1] * 72)))
+    room = max(2, int((y - 0.07) / (1.3 * FOOTER_POINTS / (paper.inches[1] * 72))))
     if len(warnings) > room:
         more = len(warnings) - room + 1
         warnings = [*warnings[: room - 1],

@@ -432,7 +432,7 @@ def _widest_result() -> object:
             effective_half_life_h=159.5, recovery_coefficient=0.123, partial_volume_factor=2.345,
             excluded=True, exclusion_reason="volume 1.4 mL below the 2 mL minimum",
         )
-        for i, v in enumerate(result.vois * 2)
+        for i, v in enumerate(result.vois * 3)  # 18 VOIs: the table continues on page 2
     )
     return dataclasses.replace(result, vois=vois)
 
@@ -452,6 +452,7 @@ def test_the_widest_table_stays_inside_the_page(paper: PaperSize) -> None:
     pages = cycle_report_pages(
         _widest_result(), source, identity(), paper=paper  # type: ignore[arg-type]
     )
+    assert "(continued)" in _page_text(pages[1])
     assert [_outside_the_page(page) for page in pages[:2]] == [[], []]
 
 
