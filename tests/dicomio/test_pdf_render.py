@@ -225,3 +225,14 @@ def test_every_font_is_embedded(rendered: Rendered, paper: PaperSize) -> None:
 def test_the_pdf_stays_small(rendered: Rendered) -> None:
     for path in rendered.pdfs.values():
         assert path.stat().st_size < 1_500_000
+
+
+def test_the_pipeline_draws_a_checkerboard_per_later_time_point(rendered: Rendered) -> None:
+    """The node's PDF: axial and coronal checkerboards for each of the 3 later CTs, moved
+    by the registrations the pipeline found, below the registration table."""
+    pages = _pages(rendered.pdfs[PaperSize.LETTER])
+    registration = [p for p in pages if "Registration" in p.text and "Checkerboards:" in p.text]
+    assert len(registration) == 1
+    text = registration[0].text
+    assert text.count(" h moved") == 6  # each image's title: "axial: reference | 24 h moved"
+    assert text.count("axial: reference |") == 3 and text.count("coronal: reference |") == 3
