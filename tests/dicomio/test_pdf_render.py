@@ -80,8 +80,14 @@ def _true_registrations(course: CourseManifest, spec: JobSpec) -> ReportImages:
     ))
 
 
+POPPLER = ("pdftotext", "pdftoppm", "pdffonts")
+pytestmark = pytest.mark.peer  # poppler-utils: an error rather than a skip under CI
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    for tool in POPPLER:  # skip (or, under CI, fail) before computing anything
+        require_tool(tool)
     out = tmp_path_factory.mktemp("demo")
     course = write_course(out, CourseWriteSpec(cycles=(1,)), SEED)
     settings = Settings()
