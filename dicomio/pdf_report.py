@@ -983,6 +983,7 @@ def registration_pages(
         HEADER_POINTS, paper=paper,
     )
     grid = scene.grid if scene is not None else display_grid(reference_ct)
+    reference = scene.ct if scene is not None else None
     point = registration_point_mm(result, scene, registered) or grid_centre_mm(grid)
     ijk = slice_indices(grid, point)
     pages = []
@@ -991,7 +992,7 @@ def registration_pages(
         fig = table_page(title, note, REGISTRATION_COLUMNS, rows, paper=paper,
                          table_bottom=0.72)
         for m, item in enumerate(chunk):
-            moved = registration_scene(reference_ct, item, grid)
+            moved = registration_scene(reference_ct, item, grid, reference)
             bottom = 0.48 - m * 0.225
             for c, view in enumerate((View.AXIAL, View.CORONAL)):
                 ax = fig.add_axes((0.08 + c * 0.45, bottom, 0.40, 0.21))

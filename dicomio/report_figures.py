@@ -471,11 +471,19 @@ class RegistrationScene:
 
 
 def registration_scene(
-    reference_ct: Volume, registered: RegisteredCt, grid: Volume | None = None
+    reference_ct: Volume,
+    registered: RegisteredCt,
+    grid: Volume | None = None,
+    reference_on_grid: npt.NDArray[np.float32] | None = None,
 ) -> RegistrationScene:
-    """``registered.ct`` moved by its registration onto the reference CT's display grid."""
+    """``registered.ct`` moved by its registration onto the reference CT's display grid
+    (``reference_on_grid``: the reference CT already on ``grid``, to reuse it)."""
     grid = grid if grid is not None else display_grid(reference_ct)
-    reference = on_display_grid(reference_ct, grid, default_value=-1000.0)
+    reference = (
+        reference_on_grid
+        if reference_on_grid is not None
+        else on_display_grid(reference_ct, grid, default_value=-1000.0)
+    )
     moved = on_display_grid(registered.ct, grid, registered.registration, default_value=-1000.0)
     return RegistrationScene(grid, reference, moved, registered.elapsed_h)
 
