@@ -39,10 +39,17 @@ from theranode.config.schema import Settings
 from theranode.dicomio.course_report import write_course_pdf
 from theranode.dicomio.ct import read_ct_series
 from theranode.dicomio.dvh import dvhs_from_masks
+from theranode.dicomio.errors import MissingAttributeError
 from theranode.dicomio.nm import read_spect
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import PaperSize, write_cycle_pdf
 from theranode.dicomio.report_figures import RegisteredCt, ReportImages
+from theranode.dicomio.rrd_sr import (
+    RRD_SR_STORAGE,
+    Administration,
+    administration_from_headers,
+    write_rrd_sr,
+)
 from theranode.dicomio.rtdose import course_rt_dose, cycle_rt_dose
 from theranode.dicomio.rtstruct import ContourLimits, RoiContours, read_rois, roi_mask
 from theranode.dicomio.source import (
@@ -127,6 +134,7 @@ class _ReadCycle:
     source: SourceContext
     rois: list[RoiContours]
     notes: list[str]
+    administration: Administration
 
 
 def _spect(datasets: list[Dataset], settings: Settings) -> Any:
@@ -184,7 +192,8 @@ def read_cycle(spec: JobSpec) -> _ReadCycle:
         structure_set=structure_set,
         source_images=[*spect_sets, *(ds for cts in ct_sets[1:] for ds in cts)],
     )
-    return _ReadCycle(inputs, source, rois, notes)
+    administration = administration_from_headers(spect_sets, injection)
+    return _ReadCycle(inputs, source, rois, notes, administration)
 
 
 def load_result(data_dir: Path, result_dir: str) -> tuple[CycleResult, SourceContext, Volume]:
@@ -207,7 +216,7 @@ def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultOb
     encoded = [encode(ds) for ds in datasets]
     objects = []
     for ds, data in zip(datasets, encoded, strict=True):
-        name = f"{ds.Modality}.dcm"
+        name = _file_name(ds)
         write_durably(folder / name, data)
         objects.append(
             ResultObject(
@@ -220,6 +229,15 @@ def _write_objects(spec: JobSpec, datasets: Sequence[Dataset]) -> tuple[ResultOb
             )
         )
     return tuple(objects)
+
+
+#: File names of the result objects that are not named by their modality
+#: (the dose-registry SR would otherwise take the TID 1500 report's ``SR.dcm``).
+FILE_NAMES = {RRD_SR_STORAGE: "RRDSR.dcm"}
+
+
+def _file_name(ds: Dataset) -> str:
+    return FILE_NAMES.get(str(ds.SOPClassUID), f"{ds.Modality}.dcm")
 
 
 def _summary(vois: Sequence[Any]) -> tuple[str, ...]:
@@ -319,12 +337,29 @@ def _cycle_objects(
     if result.dose_map is not None:
         datasets.append(cycle_rt_dose(result, read.source, identity, dvhs=dvhs))
     datasets.append(write_cycle_sr(result, read.source, identity))
+    if settings.reports.radiopharmaceutical_dose_sr:
+        datasets.extend(_dose_registry_sr(result, read, identity))
     datasets.append(write_cycle_pdf(
         result, read.source, identity, dvhs=dvhs, masks=masks,
         images=report_images(read.inputs, registrations), limits=course_limits(settings),
         paper=PaperSize(settings.reports.paper_size),
     ))
     return datasets
+
+
+def _dose_registry_sr(
+    result: CycleResult, read: _ReadCycle, identity: ResultIdentity
+) -> list[Dataset]:
+    """The optional Radiopharmaceutical Radiation Dose SR, or none (logged) when it cannot be.
+
+    Its administration needs the administered activity; a cycle whose SPECT
+    headers state none still gets its dose report, SR and PDF (which say so).
+    """
+    try:
+        return [write_rrd_sr(result, read.source, identity, administration=read.administration)]
+    except MissingAttributeError as exc:
+        logger.warning("%s: no Radiopharmaceutical Radiation Dose SR: %s", identity.label, exc)
+        return []
 
 
 def run_course(spec: JobSpec) -> JobOutcome:

@@ -25,16 +25,20 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.dicomio.test_rrd_sr import ADMINISTRATION, only, organ_entries
 from tests.peers import require_tool
 from theranode.config.schema import Settings
 from theranode.dicomio.pdf_report import PaperSize, extract_pdf, plain_number, render_cycle_pdf
 from theranode.dicomio.report_figures import RegisteredCt, ReportImages
+from theranode.dicomio.rrd_sr import RRD_SR_STORAGE
 from theranode.dicomio.sr import ReportValues, read_sr_report
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dicomio.uids import ResultIdentity, ResultKind
 from theranode.dosimetry.course import CourseLimits
 from theranode.dosimetry.registration import RigidRegistration
+from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.synthetic.phantom import relative_affine
+from theranode.service.deliver.sender import COMPREHENSIVE_3D_SR_STORAGE
 from theranode.service.jobs.pipeline import dvh_masks, read_cycle, run_job
 from theranode.service.jobs.results import load_stored_result
 from theranode.service.jobs.spec import CycleJobInput, JobKind, JobSpec, TimePointInput
@@ -49,6 +53,7 @@ class Rendered:
 
     pdfs: dict[PaperSize, Path]
     sr: ReportValues
+    folder: Path
 
 
 def _spec(course: CourseManifest, settings: Settings) -> JobSpec:
@@ -92,7 +97,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     course = write_course(out, CourseWriteSpec(cycles=(1,)), SEED)
     settings = Settings()
     settings = dataclasses.replace(
-        settings, reports=dataclasses.replace(settings.reports, paper_size="Letter"))
+        settings, reports=dataclasses.replace(
+            settings.reports, paper_size="Letter", radiopharmaceutical_dose_sr=True))
     spec = _spec(course, settings)
     folder = out / run_job(spec).result_dir
     letter = out / "letter.pdf"
@@ -106,7 +112,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
         images=_true_registrations(course, spec), paper=PaperSize.A4,
     ))
     sr = read_sr_report(pydicom.dcmread(folder / "SR.dcm"))
-    return Rendered({PaperSize.LETTER: letter, PaperSize.A4: a4}, sr)
+    return Rendered({PaperSize.LETTER: letter, PaperSize.A4: a4}, sr, folder)
 
 
 @dataclass(frozen=True)
@@ -242,3 +248,20 @@ def test_the_pipeline_draws_a_checkerboard_per_later_time_point(rendered: Render
     text = registration[0].text
     assert text.count(" h moved") == 6  # each image's title: "axial: reference | 24 h moved"
     assert text.count("axial: reference |") == 3 and text.count("coronal: reference |") == 3
+
+
+def test_the_node_writes_the_dose_registry_sr_beside_the_dose_report_when_asked(
+    rendered: Rendered,
+) -> None:
+    """``[reports] radiopharmaceutical_dose_sr``: RRDSR.dcm next to SR.dcm, same organ doses."""
+    report = pydicom.dcmread(rendered.folder / "SR.dcm")
+    registry = pydicom.dcmread(rendered.folder / "RRDSR.dcm")
+    assert report.SOPClassUID == COMPREHENSIVE_3D_SR_STORAGE
+    assert registry.SOPClassUID == RRD_SR_STORAGE
+    entries = organ_entries(only(registry, ADMINISTRATION))
+    result = load_stored_result(rendered.folder).result
+    organs = [v for v in result.vois if v.kind is not VoiKind.LESION and not v.excluded]
+    assert len(entries) == len(organs) > 0
+    assert sorted(e.dose_mgy for e in entries) == pytest.approx(
+        sorted(1000.0 * rendered.sr.group(v.name, "cycle 1").values["mean_gy"] for v in organs),
+        rel=1e-9)
