@@ -119,6 +119,16 @@ def file_header(
     return b"\x00" * 128 + b"DICM" + group_length + elements
 
 
+def in_tag_order(ds: Dataset) -> Dataset:
+    """``ds`` with its top-level elements in tag order (pydicom keeps insertion order in memory)."""
+    ordered = Dataset()
+    for element in sorted(ds, key=lambda e: e.tag):
+        ordered.add(element)
+    ordered.file_meta = ds.file_meta
+    ordered.preamble = ds.preamble
+    return ordered
+
+
 def set_equipment(ds: Dataset, identity: ResultIdentity) -> None:
     """General Equipment module: theranode and the version that computed the result."""
     ds.Manufacturer = MANUFACTURER

@@ -58,7 +58,7 @@ from pydicom.sr.coding import Code
 
 from theranode.dicomio.errors import MissingAttributeError
 from theranode.dicomio.headers import injection
-from theranode.dicomio.part10 import file_meta, set_creation, set_equipment
+from theranode.dicomio.part10 import file_meta, in_tag_order, set_creation, set_equipment
 from theranode.dicomio.source import InstanceReference, SourceContext, patient_study_dataset
 from theranode.dicomio.sr import (
     ADMINISTERED_ACTIVITY,
@@ -521,14 +521,4 @@ def write_rrd_sr(
         "RRD SR %s for %s: %d organ doses", ds.SOPInstanceUID, identity.label,
         len(organ_vois(result)[0]),
     )
-    return _sorted(ds)
-
-
-def _sorted(ds: Dataset) -> Dataset:
-    """``ds`` with its top-level elements in tag order."""
-    ordered = Dataset()
-    for element in sorted(ds, key=lambda e: e.tag):
-        ordered.add(element)
-    ordered.file_meta = ds.file_meta
-    ordered.preamble = ds.preamble
-    return ordered
+    return in_tag_order(ds)

@@ -39,6 +39,7 @@ from theranode.dicomio.errors import DicomInputError, UnsupportedObjectError
 from theranode.dicomio.part10 import (
     common_instance_reference,
     file_meta,
+    in_tag_order,
     set_creation,
     set_equipment,
     sop_reference,
@@ -424,17 +425,8 @@ def write_rt_dose(
         float(grid.array_gy.max()) if grid.array_gy.size else 0.0,
         scaling_text,
     )
-    return _sorted(ds)
+    return in_tag_order(ds)
 
-
-def _sorted(ds: Dataset) -> Dataset:
-    """``ds`` with its elements in tag order (pydicom keeps insertion order in memory)."""
-    ordered = Dataset()
-    for element in sorted(ds, key=lambda e: e.tag):
-        ordered.add(element)
-    ordered.file_meta = ds.file_meta
-    ordered.preamble = ds.preamble
-    return ordered
 
 
 def cycle_rt_dose(
