@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from matplotlib.table import Table
 
 from tests.dicomio.result_records import cycle_result, identity, source_for_cycle
 from tests.dicomio.test_pdf_report import _outside_the_page, _page_text
-from tests.peers import require_tool
+from tests.pdf_text import pdf_text
 from theranode.dicomio.course_figures import (
     lesion_and_bed_page,
     projection_page,
@@ -111,15 +109,6 @@ def test_the_summary_table_has_the_kidney_bed_that_dosimetry_computes(
     assert "kidney BED 40.0 Gy (linear-quadratic, α/β 2.6 Gy, repair half-time 2.8 h)" in text
 
 
-def _pdf_text(pdf: bytes, tmp_path: Path) -> str:
-    """The PDF's text as poppler's pdftotext reads it, whitespace collapsed."""
-    path = tmp_path / "course.pdf"
-    path.write_bytes(pdf)
-    run = subprocess.run([require_tool("pdftotext"), str(path), "-"], capture_output=True,
-                         text=True, timeout=60, check=True)
-    return re.sub(r"\s+", " ", run.stdout)
-
-
 def test_the_rendered_pdf_states_the_bed_and_the_limits(
     course: CourseResult, tmp_path: Path
 ) -> None:
@@ -127,7 +116,7 @@ def test_the_rendered_pdf_states_the_bed_and_the_limits(
     (left, _) = kidney_beds(course.cycles, BED)
     pdf = render_course_pdf(course, source, identity(ResultKind.COURSE), bed=BED,
                             limits=CourseLimits(kidney_limit_gy=18.0))
-    text = _pdf_text(pdf, tmp_path)
+    text = pdf_text(pdf)
     assert dose_with_uncertainty(left.total_bed_gy or 0.0, left.uncertainty) in text
     assert "Course limits: kidneys 18.0 Gy, bone marrow 2.00 Gy" in text
     assert "kidney limit 18.0 Gy" in text and "cut-point mean 91.36 Gy" in text

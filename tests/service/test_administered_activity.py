@@ -4,15 +4,14 @@ held, not sent (issue #11)."""
 
 from __future__ import annotations
 
-import re
 import shutil
-import zlib
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from tests.dicomio.result_records import cycle_result
+from tests.pdf_text import pdf_text
 from tests.service.nodes import make_settings, wait_job_ended
 from theranode.config.schema import Settings, settings_from_dict
 from theranode.dicomio.sr import ADMINISTERED_ACTIVITY, MEGABECQUEREL, read_sr_report
@@ -65,20 +64,6 @@ def computed(course: CourseManifest) -> tuple[CycleResult, Path]:
     return load_stored_result(folder).result, folder
 
 
-def pdf_lines(document: bytes) -> list[str]:
-    """The text lines matplotlib wrote into a PDF (one BT … ET block each)."""
-    lines = []
-    for stream in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", document, re.S):
-        try:
-            content = zlib.decompress(stream)
-        except zlib.error:
-            continue
-        for block in re.findall(rb"BT(.*?)ET", content, re.S):
-            pieces = re.findall(rb"\(((?:\\.|[^\\)])*)\)", block)
-            lines.append(b"".join(pieces).decode("latin-1"))
-    return lines
-
-
 # -- administered activity ------------------------------------------------------------
 def test_the_headers_activity_reaches_the_result(
     course: CourseManifest, computed: tuple[CycleResult, Path]
@@ -110,10 +95,10 @@ def test_the_sr_holds_the_activity_as_a_dcm_113507_measurement_in_mbq(
 def test_the_pdf_header_states_the_activity(computed: tuple[CycleResult, Path]) -> None:
     result, folder = computed
     pdf = pydicom.dcmread(folder / "DOC.dcm")
-    lines = pdf_lines(bytes(pdf.EncapsulatedDocument))
+    text = pdf_text(bytes(pdf.EncapsulatedDocument))
     activity = f"{result.administered_activity_mbq:.5g}"
-    assert any(f"administered {activity} MBq" in line for line in lines), lines[:20]
-    assert not any("administered – MBq" in line for line in lines)
+    assert f"administered {activity} MBq" in text, text[:2000]
+    assert "administered – MBq" not in text
 
 
 def test_disagreeing_headers_are_reported_and_the_first_time_point_wins() -> None:

@@ -34,11 +34,17 @@ RESULT_LINE = re.compile(r"^  (?P<label>cycle \d+ v\d+|course v\d+)?\s+(?P<kind>
                          r"\s+(?P<path>/\S+\.dcm)$")
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C raises KeyboardInterrupt in the demo, as from a shell: a pytest-xdist worker
+    ignores SIGINT, and a child inherits an ignored signal (POSIX exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def demo(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "theranode", "demo", *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=_as_from_a_terminal,
     )
 
 
