@@ -1,4 +1,11 @@
-"""Shared fixtures: strict pydicom validation and real peers."""
+"""Shared fixtures: strict pydicom validation and real peers.
+
+The suite runs on pytest-xdist workers with ``--dist loadfile`` (pyproject.toml): each
+test module runs whole on one worker, so its module-scoped fixtures (a rendered phantom,
+a computed course, an Orthanc round trip) are made once. ``loadgroup`` with groups set
+here was tried: with pytest 9.2 and pytest-xdist 3.8 the groups are silently ignored
+(pytest-xdist issue 1386), and every module was spread over the workers.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +16,6 @@ import pydicom.config
 import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
-
-ROOT = Path(__file__).resolve().parents[1]
-
-#: Tests that start nodes and load them for minutes, in two groups. The suite runs on
-#: two pytest-xdist workers (pyproject.toml); each group runs one test after another on
-#: one worker, so two kill tests (whose nodes are killed and restarted on a clock) never
-#: share the machine's two cores, nor two hostile-peer tests, while the rest spreads over
-#: both workers. Together the groups are about 15 minutes of a 2-core machine: one group
-#: would be the whole suite's critical path.
-HEAVY_GROUPS = {
-    "kills": ("tests/reliability/test_combined_kills.py", "tests/reliability/test_kills.py",
-              "tests/reliability/test_jobs_under_kills.py", "tests/service/test_crash.py"),
-    "hostile": ("tests/reliability/",),  # the rest of tests/reliability
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every other test module runs whole on one worker: its module-scoped fixtures (a
-    rendered phantom, a computed course, an Orthanc round trip) are then made once, not
-    once per worker."""
-    for item in items:
-        path = item.path.relative_to(ROOT).as_posix()
-        group = next((g for g, prefixes in HEAVY_GROUPS.items() if path.startswith(prefixes)),
-                     path)
-        item.add_marker(pytest.mark.xdist_group(group))
-
 
 @pytest.fixture(autouse=True)
 def strict_dicom_writing() -> Iterator[None]:
