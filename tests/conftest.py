@@ -17,6 +17,7 @@ import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
 
+
 @pytest.fixture(autouse=True)
 def strict_dicom_writing() -> Iterator[None]:
     """Every test that writes DICOM does so under pydicom's strict validation."""
