@@ -5,6 +5,9 @@ test module runs whole on one worker, so its module-scoped fixtures (a rendered 
 a computed course, an Orthanc round trip) are made once. ``loadgroup`` with groups set
 here was tried: with pytest 9.2 and pytest-xdist 3.8 the groups are silently ignored
 (pytest-xdist issue 1386), and every module was spread over the workers.
+
+The workers take modules in collection order, so the longest ones are collected first
+(:data:`LONGEST_FIRST`): a kill test started last would be the suite's tail.
 """
 
 from __future__ import annotations
@@ -16,6 +19,34 @@ import pydicom.config
 import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
+
+#: Test modules of a minute or more on CI (clean-clone runs, ``--durations``), about longest
+#: first; the kill tests, whose kills are aimed at phases on a clock, are spread out so that
+#: the first three modules to start (one per worker) hold one of them.
+LONGEST_FIRST = (
+    "tests/reliability/test_combined_kills.py",
+    "tests/service/test_accuracy_orthanc.py",
+    "tests/service/test_pipeline.py",
+    "tests/reliability/test_jobs_under_kills.py",
+    "tests/reliability/test_graceful_shutdown.py",
+    "tests/service/test_crash.py",
+    "tests/reliability/test_hostile_processing.py",
+    "tests/service/test_demo_one_command.py",
+    "tests/service/test_end_to_end_orthanc.py",
+    "tests/reliability/test_hostile_course.py",
+    "tests/service/test_four_cycle_consistency.py",
+    "tests/service/test_pipeline_course.py",
+    "tests/dosimetry/test_cycle.py",
+    "tests/dosimetry/test_partial_volume.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect the modules of :data:`LONGEST_FIRST` first, in that order (a stable sort:
+    the tests of a module keep their order)."""
+    root = config.rootpath
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))
 
 
 @pytest.fixture(autouse=True)
