@@ -41,7 +41,13 @@ from theranode.dosimetry.synthetic.phantom import relative_affine
 from theranode.service.deliver.sender import COMPREHENSIVE_3D_SR_STORAGE
 from theranode.service.jobs.pipeline import dvh_masks, read_cycle, run_job
 from theranode.service.jobs.results import load_stored_result
-from theranode.service.jobs.spec import CycleJobInput, JobKind, JobSpec, TimePointInput
+from theranode.service.jobs.spec import (
+    CourseJobInput,
+    CycleJobInput,
+    JobKind,
+    JobSpec,
+    TimePointInput,
+)
 
 SEED = 5
 CREATED = "2024-01-01T00:00:00"
@@ -54,6 +60,7 @@ class Rendered:
     pdfs: dict[PaperSize, Path]
     sr: ReportValues
     folder: Path
+    spec: JobSpec
 
 
 def _spec(course: CourseManifest, settings: Settings) -> JobSpec:
@@ -112,7 +119,28 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
         images=_true_registrations(course, spec), paper=PaperSize.A4,
     ))
     sr = read_sr_report(pydicom.dcmread(folder / "SR.dcm"))
-    return Rendered({PaperSize.LETTER: letter, PaperSize.A4: a4}, sr, folder)
+    return Rendered({PaperSize.LETTER: letter, PaperSize.A4: a4}, sr, folder, spec)
+
+
+@dataclass(frozen=True)
+class RenderedCourse:
+    """The course PDF (US Letter) and SR the node writes from the cycle of :func:`rendered`."""
+
+    pdf: Path
+    sr: ReportValues
+
+
+@pytest.fixture(scope="module")
+def rendered_course(rendered: Rendered) -> RenderedCourse:
+    cycle = rendered.spec
+    spec = dataclasses.replace(
+        cycle, job_id=1, kind=JobKind.COURSE, cycle=None,
+        course=CourseJobInput((cycle.result_folder,)))
+    folder = spec.result_dir
+    assert run_job(spec).result_dir == spec.result_folder
+    pdf = folder.parent / "course.pdf"
+    pdf.write_bytes(extract_pdf(pydicom.dcmread(folder / "DOC.dcm")))
+    return RenderedCourse(pdf, read_sr_report(pydicom.dcmread(folder / "SR.dcm")))
 
 
 @dataclass(frozen=True)
@@ -265,3 +293,35 @@ def test_the_node_writes_the_dose_registry_sr_beside_the_dose_report_when_asked(
     assert sorted(e.dose_mgy for e in entries) == pytest.approx(
         sorted(1000.0 * rendered.sr.group(v.name, "cycle 1").values["mean_gy"] for v in organs),
         rel=1e-9)
+
+
+def test_every_word_of_the_course_report_lies_inside_the_page(
+    rendered_course: RenderedCourse,
+) -> None:
+    pages = _pages(rendered_course.pdf)
+    width_pt, height_pt = (72 * v for v in PaperSize.LETTER.inches)
+    assert len(pages) >= 4  # summary, dose per cycle, projection, lesions and BED, settings
+    for number, page in enumerate(pages, start=1):
+        assert (page.width, page.height) == pytest.approx((width_pt, height_pt), abs=0.5)
+        outside = [w.text for w in page.words
+                   if w.x0 < 0 or w.y0 < 0 or w.x1 > page.width or w.y1 > page.height]
+        assert outside == [], f"page {number}"
+
+
+def test_course_page_one_prints_the_srs_totals(rendered_course: RenderedCourse) -> None:
+    page_one = _pages(rendered_course.pdf)[0].text
+    groups = [g for g in rendered_course.sr.groups
+              if g.time_point == "course" and "total_gy" in g.values]
+    assert len(groups) == 10
+    for group in groups:
+        total, u = group.values["total_gy"], group.uncertainties["total_gy"]
+        assert f"{plain_number(total)} ± {plain_number(u, 2)}" in page_one, (
+            group.tracking_identifier)
+    assert "kidney BED" in page_one
+
+
+def test_every_font_of_the_course_report_is_embedded(rendered_course: RenderedCourse) -> None:
+    run = subprocess.run([require_tool("pdffonts"), str(rendered_course.pdf)], check=True,
+                         capture_output=True, text=True, timeout=60)
+    rows = run.stdout.splitlines()[2:]
+    assert rows and all(row.split()[-5] == "yes" for row in rows), run.stdout
