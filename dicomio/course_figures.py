@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -114,6 +114,20 @@ def cycle_numbers(course: CourseResult) -> list[int]:
     return sorted({n for d in course.cumulative for n in d.per_cycle_gy})
 
 
+def _stack_by_cycle(
+    ax: Axes, per_cycle: Sequence[Mapping[int, float]], numbers: Sequence[int], width: float
+) -> list[float]:
+    """One bar per entry of ``per_cycle``, a segment per cycle of ``numbers`` (0 when the
+    entry has none), coloured and labelled by cycle; returns the bars' tops."""
+    tops = [0.0] * len(per_cycle)
+    for i, number in enumerate(numbers):
+        heights = [values.get(number, 0.0) for values in per_cycle]
+        ax.bar(range(len(per_cycle)), heights, bottom=tops, width=width,
+               color=CYCLE_COLOURS[i % len(CYCLE_COLOURS)], label=f"cycle {number}")
+        tops = [t + h for t, h in zip(tops, heights, strict=True)]
+    return tops
+
+
 def _stacked_panel(
     ax: Axes, doses: Sequence[CumulativeDose], numbers: Sequence[int], title: str
 ) -> None:
@@ -121,12 +135,7 @@ def _stacked_panel(
     if not doses:
         _empty(ax, "none in this course")
         return
-    bottoms = [0.0] * len(doses)
-    for i, number in enumerate(numbers):
-        heights = [d.per_cycle_gy.get(number, 0.0) for d in doses]
-        ax.bar(range(len(doses)), heights, bottom=bottoms, width=0.6,
-               color=CYCLE_COLOURS[i % len(CYCLE_COLOURS)], label=f"cycle {number}")
-        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    bottoms = _stack_by_cycle(ax, [d.per_cycle_gy for d in doses], numbers, width=0.6)
     for x, dose in enumerate(doses):
         ax.text(x, bottoms[x], plain_number(dose.total_gy), ha="center", va="bottom",
                 fontsize=LABEL_POINTS)
@@ -299,12 +308,7 @@ def _bed_panel(ax: Axes, beds: Sequence[KidneyBed], limit_gy: float | None) -> N
             _empty(ax, "not computed: no effective half-life (see the summary)")
         return
     numbers = sorted({c.cycle_number for b in computed for c in b.cycles})
-    bottoms = [0.0] * len(computed)
-    for i, number in enumerate(numbers):
-        heights = [b.per_cycle_bed_gy.get(number, 0.0) for b in computed]
-        ax.bar(range(len(computed)), heights, bottom=bottoms, width=0.5,
-               color=CYCLE_COLOURS[i % len(CYCLE_COLOURS)], label=f"cycle {number}")
-        bottoms = [s + h for s, h in zip(bottoms, heights, strict=True)]
+    bottoms = _stack_by_cycle(ax, [b.per_cycle_bed_gy for b in computed], numbers, width=0.5)
     errors = [b.standard_uncertainty_gy or 0.0 for b in computed]
     ax.errorbar(range(len(computed)), bottoms, yerr=errors, fmt="none", color="black",
                 capsize=3)
