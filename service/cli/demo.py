@@ -58,6 +58,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from theranode.config.schema import Settings
+from theranode.config.writing import settings_toml
 from theranode.dicomio.headers import SOP_CLASS_KINDS
 from theranode.dicomio.pdf_report import plain_number
 from theranode.dicomio.sr import GroupValues, read_sr_report
@@ -68,11 +69,11 @@ from theranode.dicomio.synthetic_course import (
     write_course,
 )
 from theranode.service.cli.demo_node import (
+    DEMO_CONFIG_COMMENT,
     TemporaryNode,
     answers_echo,
     demo_node_settings,
     free_port,
-    settings_toml,
     stop_on_termination,
 )
 from theranode.service.cli.demo_receiver import Receiver, result_lines, wait_for_results
@@ -265,7 +266,7 @@ def _start_node(settings: Settings, work: Path, receiver_port: int,
     node_settings = demo_node_settings(settings, work / "node-data", free_port(), receiver_port,
                                        demo_ae)
     config = work / "theranode.toml"
-    config.write_text(settings_toml(node_settings), encoding="utf-8")
+    config.write_text(settings_toml(node_settings, DEMO_CONFIG_COMMENT), encoding="utf-8")
     node = TemporaryNode(config, work / "node.log", node_settings.node.port,
                          node_settings.node.ae_title)
     emit(f"Started a temporary node (pid {node.pid}, {node_settings.node.ae_title} on "

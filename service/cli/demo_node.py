@@ -2,8 +2,9 @@
 
 :func:`demo_node_settings` turns the configuration in effect into the
 temporary node's (loopback port, its own data folder, the demo's receiver as
-its only destination, a short quiet period), :func:`settings_toml` writes it
-as a configuration file, and :class:`TemporaryNode` starts the node in its own
+its only destination, a short quiet period),
+:func:`~theranode.config.writing.settings_toml` writes it as a configuration
+file, and :class:`TemporaryNode` starts the node in its own
 process group, waits for its C-ECHO answer and stops it (SIGTERM, then
 SIGKILL to the group).
 
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -29,11 +28,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from pynetdicom import AE
 
-from theranode.config.schema import LIST_SECTIONS, NESTED_TABLES, SECTIONS, Destination, Settings
+from theranode.config.schema import Destination, Settings
 from theranode.service.errors import DemoError
 from theranode.service.receive.scp import VERIFICATION
 
@@ -41,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: The temporary node's quiet period (s): the demo sends each cycle in one go.
 DEMO_QUIET_PERIOD_S = 2.0
+#: First line (a comment) of the temporary node's configuration file.
+DEMO_CONFIG_COMMENT = "written by `theranode demo` for its temporary node"
 #: The temporary node's planner interval (s).
 DEMO_POLL_INTERVAL_S = 1.0
 #: Longest wait for the temporary node to answer a C-ECHO after its start (s).
@@ -82,49 +82,6 @@ def demo_node_settings(base: Settings, data_dir: Path, port: int, receiver_port:
                                   port=receiver_port)],
         source="theranode demo",
     )
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):  # JSON's escapes are TOML's; DEL must be escaped in TOML
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _toml_table(header: str, record: Any) -> Iterator[str]:
-    yield header
-    nested = []
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if (type(record), f.name) in NESTED_TABLES:
-            nested.append((f.name, value))
-        else:
-            yield f"{f.name} = {_toml_value(value)}"
-    name = header.strip("[]")
-    for key, items in nested:
-        for item in items:
-            yield from _toml_table(f"[[{name}.{key}]]", item)
-
-
-def settings_toml(settings: Settings) -> str:
-    """``settings`` as a TOML document that :func:`~theranode.config.schema.load_settings`
-    reads back to the same values."""
-    lines = ["# written by `theranode demo` for its temporary node"]
-    for section in SECTIONS:
-        lines += ["", *_toml_table(f"[{section}]", getattr(settings, section))]
-    for section in LIST_SECTIONS:
-        for item in getattr(settings, section):
-            lines += ["", *_toml_table(f"[[{section}]]", item)]
-    return "\n".join(lines) + "\n"
 
 
 def answers_echo(host: str, port: int, called_ae: str, calling_ae: str) -> bool:

@@ -7,7 +7,6 @@ with its log (configured by the CLI itself, as in production) in a file.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.peers import free_port, wait_for_port
+from theranode.config.writing import toml_value
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _toml_value(value: Any) -> str:
-    return json.dumps(value)  # strings, numbers, booleans and lists of them are valid TOML
 
 
 def write_config(path: Path, data_dir: Path, port: int | None = None,
@@ -35,7 +31,7 @@ def write_config(path: Path, data_dir: Path, port: int | None = None,
     lines = []
     for name, values in {"node": node, "security": security, **sections}.items():
         lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return port
 

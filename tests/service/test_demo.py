@@ -19,15 +19,16 @@ from tests.dicomio.result_records import (
 )
 from tests.part10_bytes import read_back
 from theranode.config.schema import load_settings, settings_from_dict
+from theranode.config.writing import settings_toml
 from theranode.dicomio.part10 import encode
 from theranode.dicomio.pdf_report import plain_number
 from theranode.dicomio.sr import write_course_sr, write_cycle_sr
 from theranode.dicomio.uids import ResultKind
 from theranode.service.cli.demo import comparison_lines, running_node_address
 from theranode.service.cli.demo_node import (
+    DEMO_CONFIG_COMMENT,
     DEMO_QUIET_PERIOD_S,
     demo_node_settings,
-    settings_toml,
 )
 from theranode.service.cli.demo_receiver import (
     CourseCoverage,
@@ -82,12 +83,12 @@ def test_the_temporary_nodes_configuration_reads_back_to_the_same_settings(tmp_p
     })
     settings = demo_node_settings(base, tmp_path / "data", 40001, 40002, "THERANODE-DEMO")
     path = tmp_path / "theranode.toml"
-    path.write_text(settings_toml(settings), encoding="utf-8")
+    path.write_text(settings_toml(settings, DEMO_CONFIG_COMMENT), encoding="utf-8")
     read = load_settings(path)
     assert dataclasses.replace(read, source=settings.source) == settings
     assert read.calibration.cameras[0].manufacturer == 'Siemens "Intevo"'
     defaults = load_settings()
-    path.write_text(settings_toml(defaults), encoding="utf-8")
+    path.write_text(settings_toml(defaults, DEMO_CONFIG_COMMENT), encoding="utf-8")
     assert dataclasses.replace(load_settings(path), source=defaults.source) == defaults
 
 
