@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlite_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.service.cohort_files
 
@@ -23,7 +22,7 @@ from tests.service.cohort_files import export_outcome_csv  # noqa: E402
 from tests.synthetic_cohort import synthetic_cohort  # noqa: E402
 from theranode.service.cohort.imports import import_outcome_files  # noqa: E402
 from theranode.service.cohort.report import run_cohort  # noqa: E402
-from theranode.service.store.outcomes import MIGRATIONS  # noqa: E402
+from theranode.service.store import open_database  # noqa: E402
 
 TARGET_S = 60.0
 
@@ -36,8 +35,7 @@ def main(n_patients: int = 10_000) -> float:
         cohort = synthetic_cohort(n_patients, seed=1)
         paths = export_outcome_csv(cohort.data, root)
         generated = time.perf_counter()
-        db = sqlite_utils.Database(memory=True)
-        MIGRATIONS.apply(db)
+        db = open_database()
         report = import_outcome_files(db, paths)
         if not report.ok:
             raise SystemExit(report.summary())

@@ -124,6 +124,13 @@ def cycle_numbers(values: list[int]) -> str | None:
     return None
 
 
+def database_url(value: str) -> str | None:
+    if value == "" or re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", value):
+        return None
+    return ("must be empty (SQLite in the data folder), sqlite:///path/to/file.db or "
+            f"postgresql://user:password@host:5432/name; got {value!r}")
+
+
 def fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
 
@@ -508,6 +515,15 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = setting(
+        "", "Database URL: empty for SQLite in the data folder (one node), or "
+        "postgresql://user:password@host:5432/name shared by several nodes and workers.",
+        database_url,
+    )
+
+
+@dataclass(frozen=True)
 class OutboxSettings:
     retry_base_s: float = setting(
         10.0, "First retry delay after a failed delivery (s); doubles per attempt.", positive
@@ -589,6 +605,7 @@ class Settings:
     uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
     destinations: list[Destination] = field(default_factory=list)
@@ -600,8 +617,19 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
-        """The node's SQLite database (index, jobs, outbox, outcomes), in the data folder."""
+        """The node's embedded SQLite database (index, jobs, outbox, outcomes), in the data
+        folder; used unless ``[database] url`` names another."""
         return self.data_dir / DATABASE_NAME
+
+    @property
+    def database_url(self) -> str:
+        """``[database] url``, or the URL of :attr:`database_path`."""
+        return self.database.url or f"sqlite:///{self.database_path}"
+
+    @property
+    def shared_database(self) -> bool:
+        """True when the database is a server (PostgreSQL) that other nodes may share."""
+        return self.database_url.startswith("postgres")
 
 
 SECTIONS: dict[str, type] = {
@@ -618,6 +646,7 @@ SECTIONS: dict[str, type] = {
     "outbox": OutboxSettings,
     "limits": LimitSettings,
     "reports": ReportSettings,
+    "database": DatabaseSettings,
 }
 LIST_SECTIONS: dict[str, type] = {"destinations": Destination}
 NESTED_TABLES: dict[tuple[type, str], type] = {

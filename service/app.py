@@ -83,14 +83,15 @@ class Node:
         try:
             make_private_folder(data_dir)
             self.archive = Archive(data_dir, settings.security.min_free_disk_mb)
-            _make_database_private(data_dir)
+            if not settings.shared_database:
+                _make_database_private(data_dir)
         except OSError as exc:
             raise StartupError(f"Cannot use data folder {data_dir}: {exc}") from exc
         self.keyer = patient_keyer(data_dir)
-        self.db = open_database(settings.database_path)
+        self.db = open_database(settings.database_url)
         self.index = IndexStore(self.db)
         self.rules = rules_from_settings(settings.grouping)
-        self.jobs = JobStore(open_database(settings.database_path))
+        self.jobs = JobStore(open_database(settings.database_url))
         self.outbox_store = OutboxStore(self.jobs.db, self.jobs.lock)
         self.outbox = Outbox(self.outbox_store, settings)
         self.runner = JobRunner(self.jobs, self.outbox_store, settings,
@@ -128,7 +129,7 @@ class Node:
         self.runner.start()
         self.outbox.start()
         self.planner.start()  # plans every patient now, then every jobs.poll_interval_s
-        self.scheduler = start_scheduler(self.settings, self.settings.database_path)
+        self.scheduler = start_scheduler(self.settings, self.settings.database_url)
         node = self.settings.node
         try:
             self.scp.start(node.bind, node.port, reuse_port=node.listener_processes > 1)

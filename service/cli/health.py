@@ -54,7 +54,8 @@ class Check:
 
 def check_health(settings: Settings, timeout_s: float = 10.0) -> list[Check]:
     """Run both checks against the node ``settings`` describe."""
-    return [check_database(settings.database_path),
+    return [check_database(settings.database_path) if not settings.database.url
+            else check_shared_database(settings.database.url),
             check_listener(settings, timeout_s)]
 
 
@@ -71,6 +72,22 @@ def check_database(path: Path) -> Check:
     except sqlite3.Error as exc:
         return Check(False, f"database: {path} cannot be read: {exc}")
     return Check(True, f"database: {path} readable")
+
+
+def check_shared_database(url: str) -> Check:
+    """A PostgreSQL database (``[database] url``) accepts a connection and answers a query."""
+    from theranode.service.store.database import connect, parse_url
+
+    try:
+        shown = parse_url(url).redacted
+        db = connect(url, application_name="theranode health")
+        try:
+            db.execute("select 1").fetchone()
+        finally:
+            db.close()
+    except Exception as exc:  # DatabaseError, or psycopg's error naming the server's reason
+        return Check(False, f"database: {exc}")
+    return Check(True, f"database: {shown} answers")
 
 
 def local_address(bind: str) -> str:

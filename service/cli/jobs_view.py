@@ -11,20 +11,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-import sqlite_utils
-
 from theranode.config.schema import Settings
 from theranode.service.cli.terminal_text import terminal_lines
 from theranode.service.jobs.runner import read_job_log
 from theranode.service.jobs.spec import JobKind
 from theranode.service.plan.completion import Action
 from theranode.service.plan.planner import Planner, course_target
+from theranode.service.store.database import Database
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
 
 
-def _patient_ids(db: sqlite_utils.Database) -> dict[str, str]:
+def _patient_ids(db: Database) -> dict[str, str]:
     return {r["patient_key"]: r["patient_id"] for r in db.query(
         "select patient_key, patient_id from patients")}
 
@@ -54,12 +53,12 @@ def _deliveries(outbox: OutboxStore, job: JobRecord) -> str:
     return "; ".join(parts)
 
 
-def render_jobs(db: sqlite_utils.Database, limit: int = 50) -> Iterator[str]:
+def render_jobs(db: Database, limit: int = 50) -> Iterator[str]:
     """One line per job, newest first, with its deliveries."""
     return terminal_lines(_jobs_lines(db, limit))
 
 
-def _jobs_lines(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
+def _jobs_lines(db: Database, limit: int) -> Iterator[str]:
     jobs = JobStore(db)
     outbox = OutboxStore(jobs.db, jobs.lock)
     ids = _patient_ids(db)
@@ -88,12 +87,12 @@ def _attempts(job: JobRecord) -> str:
     return text + (f"; last: {job.last_error}" if job.last_error else "")
 
 
-def render_job(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
+def render_job(db: Database, job_id: int) -> Iterator[str]:
     """One job in detail: state, message, objects and deliveries, log tail."""
     return terminal_lines(_job_lines(db, job_id))
 
 
-def _job_lines(db: sqlite_utils.Database, job_id: int) -> Iterator[str]:
+def _job_lines(db: Database, job_id: int) -> Iterator[str]:
     jobs = JobStore(db)
     job = jobs.get(job_id)
     if job is None:
@@ -129,13 +128,13 @@ def _outbox_lines(outbox: OutboxStore) -> Iterator[str]:
                f" after {row['attempts']} attempt(s){status} {row['last_error'] or ''}".rstrip())
 
 
-def render_dosimetry_status(db: sqlite_utils.Database, settings: Settings) -> Iterator[str]:
+def render_dosimetry_status(db: Database, settings: Settings) -> Iterator[str]:
     """Per cycle: what the completion rules decide now and the latest job (ALERT when it
     failed, with the reason); per course its latest job; then deliveries."""
     return terminal_lines(_dosimetry_lines(db, settings))
 
 
-def _dosimetry_lines(db: sqlite_utils.Database, settings: Settings) -> Iterator[str]:
+def _dosimetry_lines(db: Database, settings: Settings) -> Iterator[str]:
     index = IndexStore(db)
     jobs = JobStore(db)
     planner = Planner(index, jobs, settings)
@@ -188,7 +187,7 @@ def _course_line(jobs: JobStore, patient_key: str, course: int, ids: dict[str, s
     return f"  {name}: {_job_state(job)}{detail}"
 
 
-def request_reprocess(db: sqlite_utils.Database, selector: str) -> list[str]:
+def request_reprocess(db: Database, selector: str) -> list[str]:
     """Bump the generation of every cycle (and course) the selector names."""
     patient, _, label = selector.partition("/")
     jobs = JobStore(db)

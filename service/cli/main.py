@@ -21,9 +21,8 @@ from theranode.service.errors import ServiceError
 from theranode.service.logs import configure_logging
 
 if TYPE_CHECKING:
-    import sqlite_utils
-
     from theranode.service.cohort.imports import ImportReport
+    from theranode.service.store.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +95,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database(settings: Settings) -> sqlite_utils.Database | None:
+def _database(settings: Settings) -> Database | None:
     from theranode.service.store import open_database
 
     db_path = settings.database_path
-    if not db_path.exists():
+    if not settings.database.url and not db_path.exists():
         emit(f"No database at {db_path}: nothing received yet.")
         return None
-    return open_database(db_path)
+    return open_database(settings.database_url)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -173,7 +172,7 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
     from theranode.service.store import open_database
 
     settings = _settings(args)
-    db = open_database(settings.database_path)
+    db = open_database(settings.database_url)
     report = import_outcome_files(db, [Path(p) for p in args.files])
     for line in terminal_lines(import_lines(report)):
         print(line)
@@ -197,7 +196,7 @@ def cmd_cohort_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     cohort_report = importlib.import_module("theranode.service.cohort.report")
-    db = open_database(settings.database_path)
+    db = open_database(settings.database_url)
     report = cohort_report.run_cohort(db, settings.data_dir.resolve() / REPORTS_DIR)
     emit(f"Cohort report written to {report}")
     return 0

@@ -28,13 +28,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from theranode.dosimetry.cohort.data import CANONICAL_UNITS, Analyte, DoseKind
 from theranode.dosimetry.plausibility import MAX_PLAUSIBLE_ACTIVITY_MBQ
 from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.voi_names import ORGAN_NAMES_HELP, classify_roi
 from theranode.service.store import outcomes as store
+from theranode.service.store.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -399,7 +398,7 @@ class _Known:
     lesions: set[tuple[str, str]]
 
     @classmethod
-    def load(cls, db: sqlite_utils.Database) -> _Known:
+    def load(cls, db: Database) -> _Known:
         cycle_rows = store.rows(db, OutcomeKind.CYCLES.value)
         return cls(
             patients={row["patient_id"]: row for row in store.rows(db, OutcomeKind.PATIENTS.value)},
@@ -932,7 +931,7 @@ def _parse(path: Path) -> _Parsed:
 
 
 def import_outcome_files(
-    db: sqlite_utils.Database, paths: Iterable[Path | str], now: dt.datetime | None = None
+    db: Database, paths: Iterable[Path | str], now: dt.datetime | None = None
 ) -> ImportReport:
     """Validate and import outcome CSV files; see the module docstring.
 
@@ -957,7 +956,7 @@ def import_outcome_files(
     return ImportReport(files=tuple(_import_one(db, item, stamp) for item in parsed))
 
 
-def _import_one(db: sqlite_utils.Database, item: _Parsed, stamp: str) -> FileReport:
+def _import_one(db: Database, item: _Parsed, stamp: str) -> FileReport:
     ctx = item.ctx
     sha256 = hashlib.sha256(item.content).hexdigest()
     if item.kind is not None and not ctx.failed and store.file_imported(db, sha256):

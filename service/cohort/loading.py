@@ -14,15 +14,15 @@ import logging
 from collections.abc import Iterable
 
 import pandas as pd
-import sqlite_utils
 
 from theranode.dosimetry.cohort.data import DOSE_COLUMNS, CohortData, DoseKind, DoseRow
 from theranode.service.store import outcomes as store
+from theranode.service.store.database import Database
 
 logger = logging.getLogger(__name__)
 
 
-def load_cohort_data(db: sqlite_utils.Database, own_doses: Iterable[DoseRow] = ()) -> CohortData:
+def load_cohort_data(db: Database, own_doses: Iterable[DoseRow] = ()) -> CohortData:
     """The cohort as a :class:`CohortData` record.
 
     Parameters
@@ -42,7 +42,7 @@ def load_cohort_data(db: sqlite_utils.Database, own_doses: Iterable[DoseRow] = (
     )
 
 
-def _imported(db: sqlite_utils.Database, kind: str) -> pd.DataFrame | None:
+def _imported(db: Database, kind: str) -> pd.DataFrame | None:
     """The stored rows of one outcome kind; ``None`` (an empty table) when there are none."""
     rows = store.rows(db, kind)
     return pd.DataFrame(rows) if rows else None

@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sqlite_utils
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -66,6 +65,7 @@ from theranode.dosimetry.cohort.results import (
     as_plain,
 )
 from theranode.service.cohort.loading import load_cohort_data
+from theranode.service.store.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ GROWTH_LINE_PCT = 20.0
 
 
 def run_cohort(
-    db: sqlite_utils.Database,
+    db: Database,
     reports_dir: Path | str,
     now: dt.datetime | None = None,
     own_doses: Iterable[DoseRow] = (),

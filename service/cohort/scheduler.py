@@ -25,11 +25,11 @@ REPORTS_DIR = "reports"
 COHORT_JOB_ID = "cohort-statistics"
 
 
-def run_cohort_job(db_path: str, reports_dir: str) -> Path | None:
+def run_cohort_job(db_url: str, reports_dir: str) -> Path | None:
     """One run of the cohort statistics (``theranode.service.cohort.report.run_cohort``)."""
     try:
         cohort_report = importlib.import_module("theranode.service.cohort.report")
-        db = open_database(db_path)
+        db = open_database(db_url)
         report: Path = cohort_report.run_cohort(db, Path(reports_dir))
     except Exception:
         logger.exception("Cohort statistics job failed; the next scheduled run will retry")
@@ -38,7 +38,7 @@ def run_cohort_job(db_path: str, reports_dir: str) -> Path | None:
     return report
 
 
-def start_scheduler(settings: Settings, db_path: Path) -> BackgroundScheduler | None:
+def start_scheduler(settings: Settings, db_url: str) -> BackgroundScheduler | None:
     """Start the background scheduler (``None`` when no schedule is configured)."""
     schedule = settings.cohort.schedule
     if not schedule:
@@ -49,7 +49,7 @@ def start_scheduler(settings: Settings, db_path: Path) -> BackgroundScheduler | 
     scheduler.add_job(
         run_cohort_job,
         CronTrigger.from_crontab(schedule),
-        args=[str(db_path), str(reports_dir)],
+        args=[db_url, str(reports_dir)],
         id=COHORT_JOB_ID,
         max_instances=1,
         coalesce=True,

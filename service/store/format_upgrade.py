@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import sqlite_utils
+
+from theranode.service.store.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +125,10 @@ def restricted_loads(data: bytes) -> Any:
 
 
 # -- job payloads (a database migration) ----------------------------------------------
-def payloads_to_json(db: sqlite_utils.Database) -> None:
+def payloads_to_json(db: Database) -> None:
     """Convert every pickled ``jobs.payload`` to JSON (:mod:`theranode.service.jobs.payload`)."""
     rows = [(job_id, bytes(payload)) for job_id, payload in db.execute(
-        "select id, payload from jobs where payload is not null")
+        "select id, payload from jobs where payload is not null").fetchall()
         if bytes(payload).startswith(_PICKLE_MAGIC)]
     if not rows:
         return

@@ -23,22 +23,23 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
-
 from theranode.dicomio.headers import InstanceHeader, PatientKeyer
 from theranode.service.errors import ServiceError
 from theranode.service.store import Store
+from theranode.service.store.database import Database
+from theranode.service.store.migrations import Migrations
 
 MIGRATIONS = Migrations("theranode.index")
 
 
 @MIGRATIONS()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db["patients"].create(  # type: ignore[union-attr]
+def m001_initial(db: Database) -> None:
+    db.create_table(
+        "patients",
         {"patient_key": str, "patient_id": str, "issuer": str, "first_seen": str}, pk="patient_key"
     )
-    db["series"].create(  # type: ignore[union-attr]
+    db.create_table(
+        "series",
         {
             "series_uid": str,
             "study_uid": str,
@@ -63,8 +64,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="series_uid",
         foreign_keys=[("patient_key", "patients", "patient_key")],
     )
-    db["series"].create_index(["patient_key"])  # type: ignore[union-attr]
-    db["instances"].create(  # type: ignore[union-attr]
+    db.create_index("series", ["patient_key"])
+    db.create_table(
+        "instances",
         {
             "sop_instance_uid": str,
             "sop_class_uid": str,
@@ -80,8 +82,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="sop_instance_uid",
         foreign_keys=[("series_uid", "series", "series_uid")],
     )
-    db["instances"].create_index(["series_uid"])  # type: ignore[union-attr]
-    db["conflicts"].create(  # type: ignore[union-attr]
+    db.create_index("instances", ["series_uid"])
+    db.create_table(
+        "conflicts",
         {
             "id": int,
             "sop_instance_uid": str,
@@ -93,7 +96,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["quarantine"].create(  # type: ignore[union-attr]
+    db.create_table(
+        "quarantine",
         {
             "id": int,
             "path": str,
@@ -106,7 +110,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["grouping"].create(  # type: ignore[union-attr]
+    db.create_table(
+        "grouping",
         {
             "series_uid": str,
             "patient_key": str,
@@ -122,7 +127,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="series_uid",
     )
-    db["grouping"].create_index(["patient_key"])  # type: ignore[union-attr]
+    db.create_index("grouping", ["patient_key"])
 
 
 class SeriesOwnerError(ServiceError):
@@ -179,7 +184,7 @@ class IndexStore(Store):
         """Index an archived instance; returns True when its series is new.
 
         The series' owner is checked inside the same write transaction as the
-        insert (``BEGIN IMMEDIATE``): two instances of different patients
+        insert, which holds the database's write lock: two instances of different patients
         naming one new series UID, filed at the same moment by two
         associations (or two processes), cannot both be indexed.
 
@@ -199,8 +204,8 @@ class IndexStore(Store):
                     f"series {header.series_instance_uid} belongs to another patient"
                 )
             self.db.execute(
-                "insert or ignore into patients (patient_key, patient_id, issuer, first_seen) "
-                "values (?, ?, ?, ?)",
+                "insert into patients (patient_key, patient_id, issuer, first_seen) "
+                "values (?, ?, ?, ?) on conflict (patient_key) do nothing",
                 [header.patient_key, header.patient_id, header.issuer_of_patient_id, now],
             )
             cursor = self.db.execute(
@@ -262,33 +267,29 @@ class IndexStore(Store):
         calling_ae: str, peer: str,
     ) -> None:
         with self.transaction():
-            self.db["conflicts"].insert(  # type: ignore[union-attr]
-                {
-                    "sop_instance_uid": sop_instance_uid,
-                    "path": path,
-                    "sha256": sha256,
-                    "received": received.isoformat(),
-                    "calling_ae": calling_ae,
-                    "peer": peer,
-                }
-            )
+            self.db.insert("conflicts", {
+                "sop_instance_uid": sop_instance_uid,
+                "path": path,
+                "sha256": sha256,
+                "received": received.isoformat(),
+                "calling_ae": calling_ae,
+                "peer": peer,
+            })
 
     def add_quarantine(
         self, *, path: str, sha256: str, status: int, reason: str, received: datetime,
         calling_ae: str, peer: str,
     ) -> None:
         with self.transaction():
-            self.db["quarantine"].insert(  # type: ignore[union-attr]
-                {
-                    "path": path,
-                    "sha256": sha256,
-                    "status": status,
-                    "reason": reason,
-                    "received": received.isoformat(),
-                    "calling_ae": calling_ae,
-                    "peer": peer,
-                }
-            )
+            self.db.insert("quarantine", {
+                "path": path,
+                "sha256": sha256,
+                "status": status,
+                "reason": reason,
+                "received": received.isoformat(),
+                "calling_ae": calling_ae,
+                "peer": peer,
+            })
 
     def archived_paths(self) -> set[str]:
         with self.lock:
@@ -342,7 +343,7 @@ class IndexStore(Store):
         execute("update instances set path = ? || substr(path, ?) where substr(path, 1, ?) = ?",
                 [new_dir, len(old_dir) + 1, len(old_dir), old_dir])
         execute("delete from patients where patient_key = ?", [old])
-        if not self.db["jobs"].exists():
+        if not self.db.table_exists("jobs"):
             return
         execute("update jobs set patient_key = ? where patient_key = ?", [new, old])
         for kind in ("cycle", "course"):
@@ -379,7 +380,7 @@ class IndexStore(Store):
         with self.transaction():
             self.db.execute("delete from grouping where patient_key = ?", [patient_key])
             for row in rows:
-                self.db["grouping"].insert(row)  # type: ignore[union-attr]
+                self.db.insert("grouping", row)
 
     def grouping_of_patient(self, patient_key: str) -> list[dict[str, Any]]:
         with self.lock:

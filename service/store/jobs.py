@@ -26,14 +26,12 @@ queued again (:mod:`theranode.service.jobs.runner`).
 from __future__ import annotations
 
 import enum
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
-
 from theranode.service.store import Store
+from theranode.service.store.database import Database
+from theranode.service.store.migrations import Migrations
 
 MIGRATIONS = Migrations("theranode.jobs")
 
@@ -42,8 +40,9 @@ INTERRUPTED_BY_CRASH = ("interrupted: the node stopped while the job ran (crash 
 
 
 @MIGRATIONS()
-def m001_jobs(db: sqlite_utils.Database) -> None:
-    db["jobs"].create(  # type: ignore[union-attr]
+def m001_jobs(db: Database) -> None:
+    db.create_table(
+        "jobs",
         {
             "id": int,
             "kind": str,
@@ -65,22 +64,23 @@ def m001_jobs(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"kind", "target", "fingerprint", "state", "created_at"},
     )
-    db["jobs"].create_index(["target", "fingerprint"], unique=True)  # type: ignore[union-attr]
-    db["jobs"].create_index(["state"])  # type: ignore[union-attr]
-    db["generations"].create(  # type: ignore[union-attr]
+    db.create_index("jobs", ["target", "fingerprint"], unique=True)
+    db.create_index("jobs", ["state"])
+    db.create_table(
+        "generations",
         {"target": str, "generation": int}, pk="target"
     )
 
 
 @MIGRATIONS()
-def m002_job_retries(db: sqlite_utils.Database) -> None:
+def m002_job_retries(db: Database) -> None:
     """Why the last run ended without a result, and how many runs lost their worker."""
-    db["jobs"].add_column("worker_deaths", int, not_null_default=0)  # type: ignore[union-attr]
-    db["jobs"].add_column("last_error", str)  # type: ignore[union-attr]
+    db.add_column("jobs", "worker_deaths", int, not_null_default=0)
+    db.add_column("jobs", "last_error", str)
 
 
 @MIGRATIONS()
-def m003_retry_jobs_a_shutdown_failed(db: sqlite_utils.Database) -> None:
+def m003_retry_jobs_a_shutdown_failed(db: Database) -> None:
     """Jobs failed before m002 because their worker died get the retry they would get now.
 
     Until then a SIGTERM or Ctrl-C took the worker with it and the job was
@@ -96,7 +96,7 @@ def m003_retry_jobs_a_shutdown_failed(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m004_job_payloads_as_json(db: sqlite_utils.Database) -> None:
+def m004_job_payloads_as_json(db: Database) -> None:
     """Job payloads of earlier versions become JSON (:mod:`theranode.service.jobs.payload`).
 
     The conversion, the one place that still reads the old format, is
@@ -251,13 +251,12 @@ class JobStore(Store):
                 "where target = ? and state in ('queued', 'incomplete')",
                 [created_at, target],
             )
-            cursor = conn.execute(
+            job_id = conn.insert_returning_id(
                 "insert into jobs (kind, target, patient_key, label, fingerprint, state, "
                 "created_at, attempts, payload, message) values (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 [kind, target, patient_key, label, fingerprint, state.value, created_at,
                  payload, message],
             )
-            job_id = int(cursor.lastrowid or 0)
         return self.get(job_id)
 
     def claim_next(self, now: str, log_dir: str) -> JobRecord | None:
@@ -289,7 +288,7 @@ class JobStore(Store):
 
     def finish(
         self, job_id: int, state: JobState, now: str, message: str,
-        result_dir: str | None = None, conn: sqlite3.Connection | None = None,
+        result_dir: str | None = None, conn: Database | None = None,
     ) -> None:
         sql = ("update jobs set state = ?, finished_at = ?, message = ?, result_dir = ? "
                "where id = ?")

@@ -16,22 +16,21 @@ destinations     per destination, the persisted retry schedule (consecutive
 from __future__ import annotations
 
 import enum
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
-
 from theranode.service.store import Store
+from theranode.service.store.database import Database
+from theranode.service.store.migrations import Migrations
 
 MIGRATIONS = Migrations("theranode.outbox")
 
 
 @MIGRATIONS()
-def m001_outbox(db: sqlite_utils.Database) -> None:
-    db["result_objects"].create(  # type: ignore[union-attr]
+def m001_outbox(db: Database) -> None:
+    db.create_table(
+        "result_objects",
         {
             "id": int,
             "job_id": int,
@@ -45,8 +44,9 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["result_objects"].create_index(["job_id"])  # type: ignore[union-attr]
-    db["deliveries"].create(  # type: ignore[union-attr]
+    db.create_index("result_objects", ["job_id"])
+    db.create_table(
+        "deliveries",
         {
             "object_id": int,
             "destination": str,
@@ -58,10 +58,9 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
         },
         pk=("object_id", "destination"),
     )
-    db["deliveries"].create_index(["destination", "state"])  # type: ignore[union-attr]
-    db["destinations"].create(  # type: ignore[union-attr]
-        {"name": str, "failures": int, "next_attempt_at": str}, pk="name"
-    )
+    db.create_index("deliveries", ["destination", "state"])
+    db.create_table("destinations", {"name": str, "failures": int, "next_attempt_at": str},
+                    pk="name")
 
 
 class DeliveryState(str, enum.Enum):
@@ -93,7 +92,7 @@ class OutboxStore(Store):
 
     def add_objects(
         self,
-        conn: sqlite3.Connection,
+        conn: Database,
         job_id: int,
         objects: Sequence[Any],
         destinations: Sequence[str],
@@ -106,14 +105,13 @@ class OutboxStore(Store):
         """
         ids = []
         for obj in objects:
-            cursor = conn.execute(
+            object_id = conn.insert_returning_id(
                 "insert into result_objects (job_id, path, sop_class_uid, sop_instance_uid, "
                 "series_instance_uid, modality, description, created_at) "
                 "values (?, ?, ?, ?, ?, ?, ?, ?)",
                 [job_id, obj.path, obj.sop_class_uid, obj.sop_instance_uid,
                  obj.series_instance_uid, obj.modality, obj.description, now],
             )
-            object_id = int(cursor.lastrowid or 0)
             ids.append(object_id)
             for name in destinations:
                 conn.execute(
@@ -129,8 +127,10 @@ class OutboxStore(Store):
         with self.transaction() as conn:
             for name in destinations:
                 cursor = conn.execute(
-                    "insert or ignore into deliveries (object_id, destination, state, attempts,"
-                    " updated_at) select id, ?, 'pending', 0, ? from result_objects",
+                    "insert into deliveries (object_id, destination, state, attempts, updated_at)"
+                    " select id, ?, 'pending', 0, ? from result_objects where true"
+                    " on conflict (object_id, destination) do nothing",  # (SQLite: "where true"
+                    # parses the upsert after a select, SQLite documentation "UPSERT" 2.2)
                     [name, now],
                 )
                 added += cursor.rowcount

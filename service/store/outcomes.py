@@ -15,10 +15,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
-
-from theranode.service.store import immediate_transaction
+from theranode.service.store.database import Database, quote
+from theranode.service.store.migrations import Migrations
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +33,10 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 @MIGRATIONS()
-def m001_outcome_tables(db: sqlite_utils.Database) -> None:
+def m001_outcome_tables(db: Database) -> None:
     """Create the outcome tables."""
-    db.table("outcome_files").create(
+    db.create_table(
+        "outcome_files",
         {
             "sha256": str,
             "file_name": str,
@@ -48,7 +47,8 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         },
         pk="sha256",
     )
-    db.table("outcome_patients").create(
+    db.create_table(
+        "outcome_patients",
         {
             "patient_id": str,
             "sex": str,
@@ -64,7 +64,8 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk="patient_id",
         not_null={"sex", "first_injection_date"},
     )
-    db.table("outcome_cycles").create(
+    db.create_table(
+        "outcome_cycles",
         {
             "patient_id": str,
             "cycle": int,
@@ -75,7 +76,8 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "cycle"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db.table("outcome_lesions").create(
+    db.create_table(
+        "outcome_lesions",
         {
             "patient_id": str,
             "lesion_id": str,
@@ -89,7 +91,8 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "lesion_id"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db.table("outcome_labs").create(
+    db.create_table(
+        "outcome_labs",
         {
             "patient_id": str,
             "date": str,
@@ -105,7 +108,8 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "date", "analyte"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db.table("outcome_doses").create(
+    db.create_table(
+        "outcome_doses",
         {
             "patient_id": str,
             "cycle": int,
@@ -117,33 +121,35 @@ def m001_outcome_tables(db: sqlite_utils.Database) -> None:
         pk=("patient_id", "cycle", "voi"),
         foreign_keys=[("patient_id", "outcome_patients", "patient_id")],
     )
-    db.table("outcome_warnings").create(
+    db.create_table(
+        "outcome_warnings",
         {"id": int, "sha256": str, "file_name": str, "line": int, "column": str, "message": str},
         pk="id",
     )
-    db.table("outcome_warnings").create_index(["sha256"])
+    db.create_index("outcome_warnings", ["sha256"])
 
 
-def file_imported(db: sqlite_utils.Database, sha256: str) -> bool:
+def file_imported(db: Database, sha256: str) -> bool:
     """Whether a file with this content hash was imported before."""
-    return bool(db.table("outcome_files").count_where("sha256 = ?", [sha256]))
+    return bool(db.execute("select count(*) from outcome_files where sha256 = ?",
+                           [sha256]).fetchone()[0])
 
 
-def keys(db: sqlite_utils.Database, kind: str) -> set[tuple[Any, ...]]:
+def keys(db: Database, kind: str) -> set[tuple[Any, ...]]:
     """Primary keys present in the table of ``kind``."""
     table, pk = TABLES[kind]
-    sql = f"select {', '.join(f'[{c}]' for c in pk)} from [{table}]"
+    sql = f"select {', '.join(map(quote, pk))} from {quote(table)}"
     return {tuple(row) for row in db.execute(sql).fetchall()}
 
 
-def rows(db: sqlite_utils.Database, kind: str) -> list[dict[str, Any]]:
+def rows(db: Database, kind: str) -> list[dict[str, Any]]:
     """Every row of the table of ``kind``, in primary-key order."""
     table, pk = TABLES[kind]
-    return list(db.table(table).rows_where(order_by=", ".join(f"[{c}]" for c in pk)))
+    return db.query(f"select * from {quote(table)} order by {', '.join(map(quote, pk))}")
 
 
 def store_file(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     sha256: str,
     file_name: str,
@@ -161,11 +167,11 @@ def store_file(
     """
     table, pk = TABLES[kind]
     warning_list = list(warnings)
-    with immediate_transaction(db):
-        if records:
-            payload = [{**record, "source_sha256": sha256} for record in records]
-            db.table(table).upsert_all(payload, pk=pk)
-        db.table("outcome_files").insert(
+    with db.transaction():
+        for record in records:
+            db.upsert(table, {**record, "source_sha256": sha256}, pk)
+        db.insert(
+            "outcome_files",
             {
                 "sha256": sha256,
                 "file_name": file_name,
@@ -175,25 +181,18 @@ def store_file(
                 "warnings": json.dumps([message for _, _, message in warning_list]),
             }
         )
-        db.table("outcome_warnings").insert_all(
-            {
-                "sha256": sha256,
-                "file_name": file_name,
-                "line": line,
-                "column": column,
-                "message": text,
-            }
-            for line, column, text in warning_list
-        )
+        for line, column, text in warning_list:
+            db.insert("outcome_warnings", {"sha256": sha256, "file_name": file_name,
+                                           "line": line, "column": column, "message": text})
     logger.info("Imported %d %s row(s) from %s (%s)", len(records), kind, file_name, sha256[:12])
 
 
-def stored_warnings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+def stored_warnings(db: Database) -> list[dict[str, Any]]:
     """Every kept import warning, oldest first."""
-    return list(db.table("outcome_warnings").rows_where(order_by="id"))
+    return db.query("select * from outcome_warnings order by id")
 
 
-def content_hash(db: sqlite_utils.Database) -> str:
+def content_hash(db: Database) -> str:
     """A hash of every outcome table's contents (changes whenever data change)."""
     digest = hashlib.sha256()
     for kind in TABLES:

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import sqlite_utils
 from matplotlib import image
 
 import theranode.service.cohort.report as cohort_report
@@ -24,7 +23,8 @@ from theranode.dosimetry.cohort.data import CohortData
 from theranode.service.cohort.imports import import_outcome_files
 from theranode.service.cohort.loading import load_cohort_data
 from theranode.service.cohort.report import LATEST, run_cohort
-from theranode.service.store.outcomes import MIGRATIONS
+from theranode.service.store import open_database
+from theranode.service.store.database import Database
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 FORMULA_ID = '=HYPERLINK("http://x","y")'
@@ -41,10 +41,9 @@ def with_formula_lesion(data: CohortData) -> CohortData:
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[sqlite_utils.Database, Path, Path]:
+def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Database, Path, Path]:
     folder = tmp_path_factory.mktemp("cohort")
-    db = sqlite_utils.Database(memory=True)
-    MIGRATIONS.apply(db)
+    db = open_database()
     data = with_formula_lesion(synthetic_cohort(35, seed=2024).data)
     report = import_outcome_files(db, export_outcome_csv(data, folder / "csv"))
     assert report.ok, report.summary()
@@ -52,7 +51,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[sqlite_utils.Data
     return db, folder / "reports", run
 
 
-def test_run_writes_a_versioned_folder(reports: tuple[sqlite_utils.Database, Path, Path]) -> None:
+def test_run_writes_a_versioned_folder(reports: tuple[Database, Path, Path]) -> None:
     _, root, run = reports
     assert run.parent == root / "cohort"
     assert run.name.startswith("20240501T120000Z-")
@@ -84,7 +83,7 @@ def test_run_writes_a_versioned_folder(reports: tuple[sqlite_utils.Database, Pat
 
 
 def test_provenance_records_versions_methods_and_input_hash(
-    reports: tuple[sqlite_utils.Database, Path, Path],
+    reports: tuple[Database, Path, Path],
 ) -> None:
     _, _, run = reports
     provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
@@ -99,7 +98,7 @@ def test_provenance_records_versions_methods_and_input_hash(
 
 
 def test_failed_run_leaves_previous_report(
-    reports: tuple[sqlite_utils.Database, Path, Path], monkeypatch: pytest.MonkeyPatch
+    reports: tuple[Database, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db, root, run = reports
     before = sorted(p.name for p in (root / "cohort").iterdir())
@@ -116,7 +115,7 @@ def test_failed_run_leaves_previous_report(
 
 
 def test_second_run_moves_latest(
-    reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path
+    reports: tuple[Database, Path, Path], tmp_path: Path
 ) -> None:
     db, root, _ = reports
     first = run_cohort(db, tmp_path, now=NOW)
@@ -127,7 +126,7 @@ def test_second_run_moves_latest(
 
 @pytest.mark.peer
 def test_html_renders_in_headless_chromium(
-    reports: tuple[sqlite_utils.Database, Path, Path], tmp_path: Path
+    reports: tuple[Database, Path, Path], tmp_path: Path
 ) -> None:
     chromium = require_tool("chromium")
     _, _, run = reports
@@ -155,7 +154,7 @@ def test_html_renders_in_headless_chromium(
 
 
 def test_csv_tables_neutralise_formulas_but_not_numbers(
-    reports: tuple[sqlite_utils.Database, Path, Path],
+    reports: tuple[Database, Path, Path],
 ) -> None:
     """An imported lesion id a spreadsheet would run is written as text (issue 12 item 8)."""
     _, _, run = reports
@@ -190,8 +189,7 @@ def test_empty_database_still_gives_a_report_and_figure_texts_are_drawn_as_writt
 
     figures = {name: with_math_title(draw) for name, draw in cohort_report.FIGURES.items()}
     monkeypatch.setattr(cohort_report, "FIGURES", figures)
-    db = sqlite_utils.Database(memory=True)
-    MIGRATIONS.apply(db)
+    db = open_database()
     run = run_cohort(db, tmp_path, now=NOW)
     text = (run / "report.html").read_text(encoding="utf-8")
     assert "not estimable" in text.lower() or "Not estimable" in text
@@ -199,7 +197,7 @@ def test_empty_database_still_gives_a_report_and_figure_texts_are_drawn_as_writt
 
 
 def test_organ_boxes_are_labelled_by_organ_and_every_figure_has_a_reading_guide(
-    reports: tuple[sqlite_utils.Database, Path, Path],
+    reports: tuple[Database, Path, Path],
 ) -> None:
     """Fig 1's organ panel names its organs (not box positions 1-16) and every figure in the
     HTML is followed by a short guide to reading it (issue 16 item 7)."""

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, send
@@ -18,7 +17,6 @@ from theranode.config.schema import LoggingSettings
 from theranode.service.cohort.report import run_cohort
 from theranode.service.logs import configure_logging
 from theranode.service.store import open_database
-from theranode.service.store.outcomes import MIGRATIONS as OUTCOME_MIGRATIONS
 
 WHEN = datetime(2024, 5, 7, 9, 0)
 
@@ -103,8 +101,7 @@ def test_the_log_file_is_0600(tmp_path: Path, lax_umask: None):
 
 def test_the_cohort_report_folder_is_not_readable_by_others(tmp_path: Path, lax_umask: None):
     """Before: the report folder was made 0755 on purpose (patient-level tables inside)."""
-    db = sqlite_utils.Database(memory=True)
-    OUTCOME_MIGRATIONS.apply(db)
+    db = open_database()
     folder = run_cohort(db, tmp_path / "reports", now=datetime(2024, 5, 1, 12, tzinfo=UTC))
     assert (folder / "report.html").is_file()
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700

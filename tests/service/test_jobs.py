@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 
 from tests.dicomio.result_records import cycle_result, dose_map, source_for_cycle
 from tests.service.nodes import make_settings
@@ -25,6 +24,7 @@ from theranode.service.jobs.runner import (
 )
 from theranode.service.jobs.spec import CourseJobInput, JobKind
 from theranode.service.store import open_database
+from theranode.service.store.database import connect, sqlite_url
 from theranode.service.store.jobs import MIGRATIONS as JOB_MIGRATIONS
 from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
@@ -286,13 +286,12 @@ def test_worker_deaths_are_told_apart_by_exit_code() -> None:
 
 def test_old_databases_get_the_retry_columns(tmp_path: Path) -> None:
     """A database written before the retry columns existed opens, and its jobs read back."""
-    db = sqlite_utils.Database(tmp_path / "old.db")
+    db = connect(sqlite_url(tmp_path / "old.db"))
     JOB_MIGRATIONS.apply(db, stop_before="m002_job_retries")
-    assert "last_error" not in db["jobs"].columns_dict
+    assert "last_error" not in db.columns("jobs")
     db.execute("insert into jobs (kind, target, fingerprint, state, created_at, attempts) "
                "values ('cycle', 't', 'f', 'failed', ?, 1)", [NOW])
-    db.conn.commit()
-    db.conn.close()
+    db.close()
     store = JobStore(open_database(tmp_path / "old.db"))
     (job,) = store.all()
     assert (job.state, job.attempts, job.worker_deaths, job.last_error) == (
@@ -301,7 +300,7 @@ def test_old_databases_get_the_retry_columns(tmp_path: Path) -> None:
 
 def test_jobs_an_old_node_failed_at_shutdown_resume_with_their_version(tmp_path: Path) -> None:
     """Before the retry columns, a SIGTERM failed the running job for good."""
-    db = sqlite_utils.Database(tmp_path / "old.db")
+    db = connect(sqlite_url(tmp_path / "old.db"))
     JOB_MIGRATIONS.apply(db, stop_before="m002_job_retries")
     died = "worker process died (exit code 255); see job-2.log"
     rows = [("t1", "a", "done", 1, "ok"), ("t1", "b", "failed", 2, died),
@@ -311,8 +310,7 @@ def test_jobs_an_old_node_failed_at_shutdown_resume_with_their_version(tmp_path:
         db.execute("insert into jobs (kind, target, fingerprint, state, version, created_at, "
                    "finished_at, attempts, message) values ('cycle', ?, ?, ?, ?, ?, ?, 1, ?)",
                    [target, fingerprint, state, version, NOW, NOW, message])
-    db.conn.commit()
-    db.conn.close()
+    db.close()
     store = JobStore(open_database(tmp_path / "old.db"))
     states = {j.fingerprint: (j.state, j.version, j.worker_deaths) for j in store.all()}
     assert states == {

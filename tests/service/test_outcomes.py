@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import sqlite_utils
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -20,8 +19,9 @@ from theranode.dosimetry.results import VoiKind
 from theranode.dosimetry.voi_names import classify_roi
 from theranode.service.cohort.imports import FileStatus, OutcomeKind, import_outcome_files
 from theranode.service.cohort.loading import load_cohort_data
+from theranode.service.store import open_database
 from theranode.service.store import outcomes as store
-from theranode.service.store.outcomes import MIGRATIONS
+from theranode.service.store.database import Database
 
 PATIENTS = (
     "patient_id,sex,age_at_start,first_injection_date,progression_date,death_date,"
@@ -55,10 +55,8 @@ ORDER = list(GOOD)
 
 
 @pytest.fixture
-def db() -> sqlite_utils.Database:
-    database = sqlite_utils.Database(memory=True)
-    MIGRATIONS.apply(database)
-    return database
+def db() -> Database:
+    return open_database()
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
@@ -67,7 +65,7 @@ def _write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def _import_before(db: sqlite_utils.Database, folder: Path, kind: str) -> None:
+def _import_before(db: Database, folder: Path, kind: str) -> None:
     """Import the good files that ``kind`` depends on."""
     needed = ORDER[: ORDER.index(kind)]
     report = import_outcome_files(db, [_write(folder, f"good_{k}", GOOD[k]) for k in needed])
@@ -226,7 +224,7 @@ BAD_FILES = [
 
 @pytest.mark.parametrize(("kind", "content", "line", "column", "words"), BAD_FILES)
 def test_bad_file_is_rejected_with_row_and_column(
-    db: sqlite_utils.Database,
+    db: Database,
     tmp_path: Path,
     kind: str,
     content: str,
@@ -249,7 +247,7 @@ def test_bad_file_is_rejected_with_row_and_column(
     assert store.rows(db, kind) == before  # a rejected file imports nothing
 
 
-def test_unrecognised_file(db: sqlite_utils.Database, tmp_path: Path) -> None:
+def test_unrecognised_file(db: Database, tmp_path: Path) -> None:
     report = import_outcome_files(db, [_write(tmp_path, "x", "name,weight\nA,3\n")])
     assert not report.ok
     assert report.errors[0].line == 1 and "not an outcome file" in report.errors[0].message
@@ -270,7 +268,7 @@ def test_unrecognised_file(db: sqlite_utils.Database, tmp_path: Path) -> None:
     ],
 )
 def test_warnings_are_reported_and_kept(
-    db: sqlite_utils.Database,
+    db: Database,
     tmp_path: Path,
     kind: str,
     content: str,
@@ -289,23 +287,23 @@ def test_warnings_are_reported_and_kept(
 
 
 def test_all_files_in_any_order_and_reimport_changes_nothing(
-    db: sqlite_utils.Database, tmp_path: Path
+    db: Database, tmp_path: Path
 ) -> None:
     paths = [_write(tmp_path, k, GOOD[k]) for k in reversed(ORDER)]
     first = import_outcome_files(db, paths)
     assert first.ok, first.summary()
     assert [f.kind for f in first.files] == list(OutcomeKind)
     snapshot = {k: store.rows(db, k) for k in ORDER}
-    files_before = list(db["outcome_files"].rows)
+    files_before = db.query("select * from outcome_files")
     second = import_outcome_files(db, paths)
     assert second.ok
     assert all(f.status is FileStatus.UNCHANGED for f in second.files)
     assert {k: store.rows(db, k) for k in ORDER} == snapshot
-    assert list(db["outcome_files"].rows) == files_before
+    assert db.query("select * from outcome_files") == files_before
     assert "unchanged" in second.summary()
 
 
-def test_units_are_converted_to_canonical(db: sqlite_utils.Database, tmp_path: Path) -> None:
+def test_units_are_converted_to_canonical(db: Database, tmp_path: Path) -> None:
     _import_before(db, tmp_path, "doses")
     labs = {(r["patient_id"], r["analyte"]): r for r in store.rows(db, "labs")}
     assert labs[("P1", "creat")]["value"] == pytest.approx(80 / 88.4)
@@ -315,7 +313,7 @@ def test_units_are_converted_to_canonical(db: sqlite_utils.Database, tmp_path: P
     assert labs[("P2", "hgb")]["lln"] == pytest.approx(12.0)
 
 
-def test_load_with_own_doses_taking_precedence(db: sqlite_utils.Database, tmp_path: Path) -> None:
+def test_load_with_own_doses_taking_precedence(db: Database, tmp_path: Path) -> None:
     import_outcome_files(db, [_write(tmp_path, k, GOOD[k]) for k in ORDER])
     own = [
         DoseRow("P1", 1, "liver_1", DoseKind.LESION, 33.0),
@@ -333,7 +331,7 @@ def test_load_with_own_doses_taking_precedence(db: sqlite_utils.Database, tmp_pa
 
 
 def test_synthetic_cohort_round_trips_through_import(
-    db: sqlite_utils.Database, tmp_path: Path
+    db: Database, tmp_path: Path
 ) -> None:
     cohort = synthetic_cohort(12, seed=3)
     report = import_outcome_files(db, export_outcome_csv(cohort.data, tmp_path))
@@ -363,7 +361,7 @@ ENGINE_ROI_NAMES = [
 
 @pytest.mark.parametrize("name", ENGINE_ROI_NAMES)
 def test_import_accepts_every_roi_name_the_engine_classifies(
-    db: sqlite_utils.Database, tmp_path: Path, name: str
+    db: Database, tmp_path: Path, name: str
 ) -> None:
     """issue #11: one vocabulary; the importer's organ is the engine's organ."""
     voi = classify_roi(name, None)  # the engine's classification (theranode.service.jobs.pipeline)
@@ -385,7 +383,7 @@ def test_import_accepts_every_roi_name_the_engine_classifies(
 
 
 def test_a_lesion_name_given_as_organ_is_refused_with_the_fix(
-    db: sqlite_utils.Database, tmp_path: Path
+    db: Database, tmp_path: Path
 ) -> None:
     _import_before(db, tmp_path, "doses")
     report = import_outcome_files(
@@ -412,7 +410,7 @@ def _nm_injection_activity_mbq(total_dose_mbq: float) -> float | None:
     [(MAX_PLAUSIBLE_ACTIVITY_MBQ, True), (MAX_PLAUSIBLE_ACTIVITY_MBQ + 100.0, False)],
 )
 def test_csv_and_dicom_headers_refuse_the_same_activities(
-    db: sqlite_utils.Database, tmp_path: Path, activity_mbq: float, plausible: bool
+    db: Database, tmp_path: Path, activity_mbq: float, plausible: bool
 ) -> None:
     _import_before(db, tmp_path, "cycles")
     cycles = _replace("cycles", "P2,1,2020-02-10,7.4", f"P2,1,2020-02-10,{activity_mbq / 1000:g}")

@@ -167,7 +167,7 @@ def to_pickle_era(folder: Path) -> None:
 def forget_payload_migration(db_path: Path) -> None:
     """Make the database look as before the upgrade: m004 not applied yet."""
     db = open_database(db_path)
-    db.execute("delete from _sqlite_migrations where migration_set = 'theranode.jobs' "
+    db.execute("delete from schema_migrations where migration_set = 'theranode.jobs' "
                 "and name = 'm004_job_payloads_as_json'")
     db.conn.close()
 

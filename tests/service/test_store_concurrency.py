@@ -47,4 +47,4 @@ def test_index_writes_wait_for_the_job_store_instead_of_failing(tmp_path: Path) 
     for thread in threads:
         thread.join()
     assert errors == []
-    assert index.db["quarantine"].count == ROUNDS
+    assert index.counts()["quarantine"] == ROUNDS
