@@ -19,6 +19,7 @@ import pydicom.config
 import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
+from tests.postgres import PostgresServer, run_postgres
 
 #: Test modules of a minute or more on CI (clean-clone runs, ``--durations``), about longest
 #: first; the kill tests, whose kills are aimed at phases on a clock, are spread out so that
@@ -79,3 +80,29 @@ def phantom_course(tmp_path_factory: pytest.TempPathFactory):
     from theranode.dicomio.synthetic_course import write_course
 
     return write_course(tmp_path_factory.mktemp("course"), seed=7)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server for this test process (tests/postgres.py): skipped
+    without Debian's postgresql, failed under CI."""
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on :func:`postgres_server`, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database by URL, once on SQLite (a file in ``tmp_path``) and once on
+    PostgreSQL (:func:`postgres_url`), so that a store test runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'theranode.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
