@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -145,6 +146,11 @@ class NodeSettings:
         "theranode-data",
         "Folder for the archive, the database, quarantine and reports "
         "(relative paths are relative to the working directory).",
+    )
+    name: str = setting(
+        "",
+        "Name of this node among several sharing one PostgreSQL database and archive folder "
+        "(logs, job records, its own incoming/<name> folder); empty: <host name>-<port>.",
     )
     listener_processes: int = setting(
         1,
@@ -625,6 +631,16 @@ class Settings:
     def database_url(self) -> str:
         """``[database] url``, or the URL of :attr:`database_path`."""
         return self.database.url or f"sqlite:///{self.database_path}"
+
+    @property
+    def node_name(self) -> str:
+        """``[node] name``, or ``<host name>-<port>``: unique among nodes sharing a database."""
+        return self.node.name or f"{socket.gethostname()}-{self.node.port}"
+
+    @property
+    def incoming_name(self) -> str | None:
+        """This node's folder in ``incoming/`` when the archive may be shared, else None."""
+        return self.node_name if self.shared_database else None
 
     @property
     def shared_database(self) -> bool:

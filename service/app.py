@@ -82,7 +82,8 @@ class Node:
         os.umask(PRIVATE_UMASK)  # whatever this process creates (job logs, results, reports)
         try:
             make_private_folder(data_dir)
-            self.archive = Archive(data_dir, settings.security.min_free_disk_mb)
+            self.archive = Archive(data_dir, settings.security.min_free_disk_mb,
+                                   node_name=settings.incoming_name)
             if not settings.shared_database:
                 _make_database_private(data_dir)
         except OSError as exc:

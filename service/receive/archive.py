@@ -2,7 +2,9 @@
 
 Layout below ``data_dir``::
 
-    incoming/     temporary files being written (removed at start-up)
+    incoming/     temporary files being written (removed at start-up); with a shared
+                  archive, incoming/<node name>/ per node, so that a node's start-up
+                  removes only its own
     archive/<patient key>/<study UID>/<series UID>/<SOP instance UID>.dcm
     conflicts/<SOP instance UID>.<sha256[:12]>.dcm   same UID, other bytes
     quarantine/<UTC time>-<sha256[:12]>.dcm           could not be filed
@@ -10,6 +12,14 @@ Layout below ``data_dir``::
 Every path component comes from a validated UID or a hex digest, never from
 patient-supplied text. A file is in its final place only after its bytes were
 written, flushed, fsynced, renamed atomically and the directory fsynced.
+
+An instance is placed by ``link(2)``, which fails when the name exists, not by a rename,
+which would replace it: two nodes (or listener processes) filing one SOP Instance UID at
+the same moment cannot overwrite each other's file, on a local disk or on NFS, where
+``link`` is the atomic exclusive create (Linux ``open(2)``, O_EXCL: "programs which rely
+on it for performing locking tasks will contain a race condition" on NFS; the portable
+way is a unique file and ``link(2)``). The second finds :class:`AlreadyPlaced` and files
+its bytes as a duplicate.
 
 Only the node's user may read any of it: files are created with mode
 :data:`FILE_MODE` (0600) and folders with :data:`DIR_MODE` (0700), whatever
@@ -50,6 +60,15 @@ class ArchiveError(ServiceError):
 
 class DiskFullError(ArchiveError):
     """Free space on the archive's disk is below the configured minimum."""
+
+
+class AlreadyPlaced(ArchiveError):
+    """An instance's archive path holds a file already (another association or node)."""
+
+    def __init__(self, path: Path, sha256: str) -> None:
+        super().__init__(f"{path.name} is archived already")
+        self.path = path
+        self.sha256 = sha256
 
 
 @dataclass(frozen=True)
@@ -150,10 +169,13 @@ def write_durably(path: Path, data: bytes) -> None:
 class Archive:
     """Durable file storage under one data folder."""
 
-    def __init__(self, data_dir: Path, min_free_disk_mb: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, min_free_disk_mb: int = 0, node_name: str | None = None
+    ) -> None:
         self.root = data_dir
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
-        self.incoming = data_dir / "incoming"
+        #: This node's temporary files (``incoming/<node_name>/`` on a shared archive).
+        self.incoming = data_dir / "incoming" / node_name if node_name else data_dir / "incoming"
         self.archive = data_dir / "archive"
         self.conflicts = data_dir / "conflicts"
         self.quarantine = data_dir / "quarantine"
@@ -272,8 +294,25 @@ class Archive:
         staged.path.unlink(missing_ok=True)
 
     def store_instance(self, staged: Staged, header: InstanceHeader, sha256: str) -> StoredFile:
-        """Place a staged instance at its archive path."""
-        return self.place(staged, self.instance_path(header), sha256)
+        """Place a staged instance at its archive path, never over an existing file.
+
+        Raises
+        ------
+        AlreadyPlaced
+            A file is at that path already; the staged file is left for the caller.
+        """
+        final_path = self.instance_path(header)
+        try:
+            self._ensure_dir(final_path.parent)
+            os.link(staged.path, final_path)
+        except FileExistsError:
+            raise AlreadyPlaced(final_path, sha256_hex(final_path.read_bytes())) from None
+        except OSError as exc:
+            staged.path.unlink(missing_ok=True)
+            raise ArchiveError(f"Could not place {final_path.name}: {exc}") from exc
+        staged.path.unlink()
+        fsync_directory(final_path.parent)
+        return StoredFile(path=final_path, sha256=sha256, size=staged.size)
 
     def store_conflict(self, staged: Staged, header: InstanceHeader, sha256: str) -> StoredFile:
         """Keep a conflicting duplicate aside, never overwriting the archived one."""

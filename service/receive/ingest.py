@@ -64,14 +64,16 @@ from theranode.dicomio.integrity import DecodeLimits, ObjectTooLargeError, check
 from theranode.dicomio.spect_units import acquisition_duration_s, declared_values, is_read_as_spect
 from theranode.service.clock import utc_now
 from theranode.service.receive.archive import (
+    AlreadyPlaced,
     Archive,
     ArchiveError,
     DiskFullError,
     Staged,
+    StoredFile,
     sha256_hex,
 )
 from theranode.service.receive.calibration import camera_facts, counts_calibration
-from theranode.service.store.index import IndexStore, SeriesOwnerError
+from theranode.service.store.index import AlreadyIndexed, IndexStore, SeriesOwnerError
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +399,9 @@ class Ingest:
             header is not None and outcome.status == SUCCESS and not outcome.duplicate
             and self.archive.instance_path(header) == path
         )
+        if header is not None and not indexed_here:  # filed meanwhile, by another node?
+            row = self.index.instance(header.sop_instance_uid)
+            indexed_here = row is not None and row["path"] == self.archive.relative(path)
         if outcome.status != OUT_OF_RESOURCES and not indexed_here:
             path.unlink(missing_ok=True)
         return outcome
@@ -430,7 +435,20 @@ class Ingest:
         if existing is not None:
             return self._duplicate(staged, digest, header, existing, peer, received)
         self._check_series_owner(header)
-        stored = self.archive.store_instance(staged, header, digest)
+        try:
+            stored = self.archive.store_instance(staged, header, digest)
+        except AlreadyPlaced as placed:
+            # Another association or node placed this UID between the look-up above and
+            # now: identical bytes are that file (indexed here if its row is still
+            # missing); other bytes are a conflicting duplicate, kept aside.
+            if placed.sha256 != digest:
+                existing = {"sha256": placed.sha256}
+                return self._duplicate(staged, digest, header, existing, peer, received)
+            self.archive.discard(staged)
+            stored = StoredFile(path=placed.path, sha256=digest, size=staged.size)
+            placed_here = False
+        else:
+            placed_here = True
         try:
             new_series = self.index.add_instance(
                 header,
@@ -442,6 +460,19 @@ class Ingest:
                 calling_ae=peer.calling_ae,
                 peer=peer.address,
             )
+        except AlreadyIndexed as indexed:
+            # Filed meanwhile by another association or node: the file at this path is
+            # the one indexed (placing never replaces a file), so nothing is removed.
+            logger.info("%s was filed meanwhile by another association or node",
+                        header.sop_instance_uid)
+            if placed_here and indexed.path != self.archive.relative(stored.path):
+                # Indexed at another path: the copy just placed is a duplicate.
+                copy = Staged(path=stored.path, size=stored.size)
+                existing = {"sha256": indexed.sha256}
+                return self._duplicate(copy, digest, header, existing, peer, received)
+            same = indexed.sha256 == digest
+            return Outcome(SUCCESS, IDENTICAL_DUPLICATE if same else
+                           "conflicting duplicate (filed meanwhile)", header, duplicate=True)
         except SeriesOwnerError:
             # Another association filed this new series for another patient
             # between the check above and this insert (which checks again,

@@ -103,7 +103,7 @@ def listener_main(settings: Settings, number: int, conn: Any, log_queue: Any) ->
 
     data_dir = settings.data_dir
     security = security_share(settings.security, settings.node.listener_processes)
-    archive = Archive(data_dir, security.min_free_disk_mb)
+    archive = Archive(data_dir, security.min_free_disk_mb, node_name=settings.incoming_name)
     index = IndexStore(open_database(settings.database_url))
     ingest = Ingest(archive, index, patient_keyer(data_dir), on_new_series=new_series,
                     calibration=settings.calibration, security=security)

@@ -134,6 +134,15 @@ class SeriesOwnerError(ServiceError):
     """The series UID of an instance already names another patient's series."""
 
 
+class AlreadyIndexed(ServiceError):
+    """The SOP Instance UID was indexed meanwhile (by another association or node)."""
+
+    def __init__(self, sop_instance_uid: str, sha256: str, path: str) -> None:
+        super().__init__(f"{sop_instance_uid} is indexed already")
+        self.sha256 = sha256
+        self.path = path
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -186,15 +195,23 @@ class IndexStore(Store):
         The series' owner is checked inside the same write transaction as the
         insert, which holds the database's write lock: two instances of different patients
         naming one new series UID, filed at the same moment by two
-        associations (or two processes), cannot both be indexed.
+        associations (or two processes, or two nodes), cannot both be indexed.
 
         Raises
         ------
         SeriesOwnerError
             The series exists and belongs to another patient; nothing is written.
+        AlreadyIndexed
+            The instance has a row already; nothing is written.
         """
         now = received.isoformat()
         with self.transaction():
+            indexed = self.db.execute(
+                "select sha256, path from instances where sop_instance_uid = ?",
+                [header.sop_instance_uid],
+            ).fetchone()
+            if indexed is not None:
+                raise AlreadyIndexed(header.sop_instance_uid, indexed[0], indexed[1])
             owner = self.db.execute(
                 "select patient_key from series where series_uid = ?",
                 [header.series_instance_uid],
