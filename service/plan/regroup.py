@@ -71,10 +71,14 @@ def placement_row(patient_key: str, p: Placement) -> dict[str, Any]:
 
 
 def regroup_patient(index: IndexStore, rules: GroupingRules, patient_key: str) -> list[Placement]:
-    """Group one patient from the index and persist the result."""
-    facts = [facts_from_row(row) for row in index.series_of_patient(patient_key)]
-    placements = group_patient(facts, rules)
-    index.replace_grouping(patient_key, [placement_row(patient_key, p) for p in placements])
+    """Group one patient from the index and persist the result (in one transaction)."""
+    placements: list[Placement] = []
+
+    def group(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        placements[:] = group_patient([facts_from_row(row) for row in series], rules)
+        return [placement_row(patient_key, p) for p in placements]
+
+    index.regroup(patient_key, group)
     return placements
 
 

@@ -19,7 +19,7 @@ issuer stored here, and :meth:`IndexStore.rekey` rewrites them everywhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -392,9 +392,18 @@ class IndexStore(Store):
                 for table in ("patients", "series", "instances", "conflicts", "quarantine")
             }
 
-    def replace_grouping(self, patient_key: str, rows: Iterable[dict[str, Any]]) -> None:
-        """Persist a patient's grouping, replacing the previous one atomically."""
+    def regroup(
+        self, patient_key: str,
+        group: Callable[[list[dict[str, Any]]], Iterable[dict[str, Any]]],
+    ) -> None:
+        """Replace a patient's grouping by ``group(series rows)``, read and written in one
+        write transaction: a node cannot overwrite a grouping of newer series, made by
+        another node meanwhile, with one of the series it read before."""
         with self.transaction():
+            series = self.db.query(
+                "select * from series where patient_key = ? order by acquired, series_uid",
+                [patient_key])
+            rows = list(group(series))
             self.db.execute("delete from grouping where patient_key = ?", [patient_key])
             for row in rows:
                 self.db.insert("grouping", row)
