@@ -512,6 +512,11 @@ class JobSettings:
         "retried, and a run interrupted by a shutdown or crash of the node is not counted.",
         positive,
     )
+    stalled_after_s: float = setting(
+        30.0, "With a shared PostgreSQL database: a worker silent this long (no heartbeat) is "
+        "taken for dead, and its job runs again elsewhere (counted as a lost run).",
+        positive,
+    )
     max_job_minutes: float = setting(
         30.0, "Longest a job may compute (minutes); then its worker process is killed and the "
         "job failed, not retried (it would run as long again). A clinical-size cycle takes "

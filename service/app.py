@@ -26,10 +26,16 @@ files, re-keying, reconciliation of unindexed archive files, result-format
 upgrade) completes before any thread that reads the archive or the database
 starts, and the listener opens last. :meth:`Node.stop` reverses it.
 
-The index and the job/outbox stores use separate SQLite connections (WAL mode
-serialises writers; every write transaction begins ``IMMEDIATE``); the job
-store and the outbox share one, since a job's objects are queued in the
+The index and the job/outbox stores use separate database connections (every write
+transaction holds the database's write lock: :mod:`theranode.service.store.database`);
+the job store and the outbox share one, since a job's objects are queued in the
 transaction that marks it done.
+
+On a shared PostgreSQL database (``[database] url``, docs/scale-out.md) several nodes
+receive, group and plan side by side; the jobs are not run here but requested from
+``theranode worker`` processes (:mod:`theranode.service.jobs.queue`); the outbox
+delivers from one node at a time (:class:`~theranode.service.store.database.Leadership`);
+and the cohort statistics run on the workers' schedule, once across the cluster.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -47,6 +54,7 @@ from theranode.dicomio.headers import InstanceHeader
 from theranode.service.cohort.scheduler import start_scheduler
 from theranode.service.deliver.outbox import Outbox
 from theranode.service.errors import StartupError
+from theranode.service.jobs.queue import Dispatcher, deferring_app
 from theranode.service.jobs.runner import JobRunner
 from theranode.service.plan.planner import Planner
 from theranode.service.plan.regroup import Regrouper, rules_from_settings
@@ -58,6 +66,7 @@ from theranode.service.receive.rekey import rekey_stale_patients
 from theranode.service.receive.scp import StorageSCP
 from theranode.service.receive.site_secret import patient_keyer
 from theranode.service.store import open_database
+from theranode.service.store.database import Leadership
 from theranode.service.store.format_upgrade import migrate_results
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobRecord, JobStore
@@ -94,10 +103,20 @@ class Node:
         self.rules = rules_from_settings(settings.grouping)
         self.jobs = JobStore(open_database(settings.database_url))
         self.outbox_store = OutboxStore(self.jobs.db, self.jobs.lock)
-        self.outbox = Outbox(self.outbox_store, settings)
-        self.runner = JobRunner(self.jobs, self.outbox_store, settings,
-                                on_finished=self._job_finished)
-        self.planner = Planner(self.index, self.jobs, settings, on_submitted=self.runner.wake)
+        self.leadership = Leadership(settings.database_url, "outbox")
+        self.outbox = Outbox(self.outbox_store, settings, leadership=self.leadership.held)
+        #: This node's own job runner (SQLite), or None: the workers run the jobs.
+        self.runner: JobRunner | None = None
+        self.dispatcher: Dispatcher | None = None
+        on_submitted: Callable[[], None]
+        if settings.shared_database:
+            self.dispatcher = Dispatcher(self.jobs, deferring_app(settings.database_url))
+            on_submitted = self.dispatcher
+        else:
+            self.runner = JobRunner(self.jobs, self.outbox_store, settings,
+                                    on_finished=self._job_finished)
+            on_submitted = self.runner.wake
+        self.planner = Planner(self.index, self.jobs, settings, on_submitted=on_submitted)
         self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
         #: This process's share of the [security] limits (all of them with one listener).
         self.listener_security = security_share(settings.security,
@@ -127,10 +146,14 @@ class Node:
         self.regrouper.start()
         for key in self.index.patient_keys():
             self.regrouper.request(key)
-        self.runner.start()
+        if self.runner is not None:
+            self.runner.start()
         self.outbox.start()
         self.planner.start()  # plans every patient now, then every jobs.poll_interval_s
-        self.scheduler = start_scheduler(self.settings, self.settings.database_url)
+        if self.dispatcher is not None:
+            self.dispatcher()  # jobs a node stopped before requesting them
+        else:  # on a shared database the workers run the schedule, once for all
+            self.scheduler = start_scheduler(self.settings, self.settings.database_url)
         node = self.settings.node
         try:
             self.scp.start(node.bind, node.port, reuse_port=node.listener_processes > 1)
@@ -160,7 +183,8 @@ class Node:
             logger.info("Already stopping")
             return
         self._stopping.set()
-        self.runner.begin_stop()
+        if self.runner is not None:
+            self.runner.begin_stop()
         self.outbox.begin_stop()
         self.scp.stop()
         self.listeners.stop()
@@ -169,8 +193,12 @@ class Node:
             self.scheduler.shutdown(wait=False)
         self.planner.stop()
         self.regrouper.stop()
-        self.runner.stop()
+        if self.runner is not None:
+            self.runner.stop()
         self.outbox.stop()
+        self.leadership.release()
+        if self.dispatcher is not None:
+            self.dispatcher.app.close()
         logger.info("Stopped")
 
 

@@ -105,6 +105,15 @@ def _database(settings: Settings) -> Database | None:
     return open_database(settings.database_url)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from theranode.service.jobs import worker
+
+    settings = _engine_ready_settings(args)
+    configure_logging(settings.logging)
+    worker.run(settings)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from theranode.service.cli.jobs_view import render_dosimetry_status
     from theranode.service.cli.status_view import render_status
@@ -220,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("serve", cmd_serve, "Run the DICOM node until stopped.")
+    command("worker", cmd_worker,
+            "Compute dosimetry jobs for nodes sharing a PostgreSQL database ([database] url; "
+            "docs/scale-out.md) until stopped.")
     command("check-config", cmd_check_config, "Validate the configuration and print it.")
     health = command("health", cmd_health,
                      "Check that the node on this machine is alive: its database opens and its "

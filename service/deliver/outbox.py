@@ -56,8 +56,13 @@ class Outbox:
         settings: Settings,
         senders: list[Sender] | None = None,
         clock: Callable[[], datetime] = utc_now,
+        leadership: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
+        #: True while this process delivers for the whole database: nodes sharing one
+        #: PostgreSQL database deliver through one of them
+        #: (:class:`~theranode.service.store.database.Leadership`).
+        self.leadership = leadership
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         self.senders = senders if senders is not None else [
@@ -91,7 +96,8 @@ class Outbox:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.deliver_due()
+            if self.leadership():
+                self.deliver_due()
             self._wake.wait(1.0)
             self._wake.clear()
 

@@ -250,9 +250,17 @@ class JobRunner:
             for i in range(settings.jobs.workers)
         ]
 
-    def start(self) -> None:
+    def start_executor(self) -> None:
+        """Be ready to run jobs others claim (:meth:`run_claimed`): the log folder and the
+        forkserver, without dispatcher threads (``theranode worker``,
+        :mod:`theranode.service.jobs.queue`)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         start_shielded_forkserver(self._ctx)
+
+    def start(self) -> None:
+        """The embedded runner of one node: interrupted jobs back to the queue, then
+        ``[jobs] workers`` dispatcher threads claiming queued jobs."""
+        self.start_executor()
         for job in self.jobs.requeue_interrupted():
             logger.warning("Job %d (%s %s) was interrupted; it resumes as version %s",
                            job.id, job.kind, job.label, job.version)
@@ -281,25 +289,31 @@ class JobRunner:
         for child in children:
             child.kill()
         for thread in self._threads:
-            thread.join(timeout=15)
+            if thread.ident is not None:  # started (not in a worker, which has none)
+                thread.join(timeout=15)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self.jobs.claim_next(utc_now().isoformat(), str(self.log_dir))
+            job = self.jobs.claim_next(utc_now().isoformat(), str(self.log_dir),
+                                       self.settings.node_name)
             if job is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            try:
-                self._execute(job)
-            except Exception:
-                logger.exception("Job %d could not be run", job.id)
-                if self._stop.is_set():
-                    self._interrupted(job)
-                else:
-                    self.jobs.finish(job.id, JobState.FAILED, utc_now().isoformat(),
-                                     "internal error; see the node log")
-            self.on_finished(job)
+            self.run_claimed(job)
+
+    def run_claimed(self, job: JobRecord) -> None:
+        """Run a job this process claimed (state ``running``) to its recorded end."""
+        try:
+            self._execute(job)
+        except Exception:
+            logger.exception("Job %d could not be run", job.id)
+            if self._stop.is_set():
+                self._interrupted(job)
+            else:
+                self.jobs.finish(job.id, JobState.FAILED, utc_now().isoformat(),
+                                 "internal error; see the node log")
+        self.on_finished(job)
 
     def _execute(self, job: JobRecord) -> None:
         logger.info("Job %d started: %s %s of patient %s, version %s (log %s)",

@@ -477,9 +477,9 @@ class Ingest:
             # Another association filed this new series for another patient
             # between the check above and this insert (which checks again,
             # atomically): the file just placed goes to quarantine.
-            placed = Staged(path=stored.path, size=stored.size)
+            archived = Staged(path=stored.path, size=stored.size)
             rejection = _series_owner_rejection(header)
-            return self._quarantine(placed, digest, rejection, peer, received)
+            return self._quarantine(archived, digest, rejection, peer, received)
         if new_series:
             self.on_new_series(header)
         return Outcome(SUCCESS, header=header, new_series=new_series)

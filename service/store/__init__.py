@@ -11,6 +11,7 @@ their schema steps as a :class:`~theranode.service.store.migrations.Migrations` 
 - :mod:`theranode.service.store.outcomes` — imported outcome data for cohort statistics.
 - :mod:`theranode.service.store.jobs` — dosimetry jobs and reprocess requests.
 - :mod:`theranode.service.store.outbox` — result objects and their delivery per destination.
+- :mod:`theranode.service.store.queue` — the job engine's tables (PostgreSQL only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from theranode.service.store.database import Database, DatabaseUrl, connect, sql
 logger = logging.getLogger(__name__)
 
 #: Modules of this package that declare a ``MIGRATIONS`` set, in apply order.
-SCHEMA_MODULES = ("index", "jobs", "outbox", "outcomes")
+SCHEMA_MODULES = ("index", "jobs", "outbox", "outcomes", "queue")
 
 
 def migration_sets() -> list[migrations.Migrations]:

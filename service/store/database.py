@@ -22,6 +22,7 @@ share a ``threading.RLock`` (:class:`theranode.service.store.Store`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import sqlite3
@@ -126,6 +127,10 @@ class Database(ABC):
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run one statement with ``?`` placeholders; rows come back as tuples."""
+
+    @abstractmethod
+    def execute_script(self, sql: str) -> None:
+        """Run several statements given as one text, as written (no placeholders)."""
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -287,6 +292,9 @@ class SqliteDatabase(Database):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self.conn.execute(sql, list(params))
 
+    def execute_script(self, sql: str) -> None:
+        self.conn.executescript(sql)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cursor = self.conn.execute(sql, list(params))
         names = [d[0] for d in cursor.description or ()]
@@ -374,6 +382,9 @@ class PostgresDatabase(Database):
         cursor: Cursor = self._connection().execute(to_pyformat(sql), tuple(params))
         return cursor
 
+    def execute_script(self, sql: str) -> None:
+        self._connection().execute(sql)  # no parameters: the simple protocol, many statements
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row
 
@@ -416,3 +427,51 @@ def connect(url: str | DatabaseUrl, *, application_name: str = "theranode") -> D
     if parsed.dialect == "sqlite":
         return SqliteDatabase(parsed)
     return PostgresDatabase(parsed, application_name=application_name)
+
+
+class Leadership:
+    """Which one process, among all on the database, holds a named role (the outbox's).
+
+    On PostgreSQL the role is a session-level advisory lock (``pg_try_advisory_lock``) on a
+    connection of its own: held while that connection lives, so a killed or cut-off holder
+    hands the role over as soon as the server closes its session. On SQLite there is one
+    node, and it always holds the role.
+    """
+
+    def __init__(self, url: str, role: str) -> None:
+        self.url = parse_url(url)
+        self.role = role
+        self._key = int.from_bytes(hashlib.sha256(f"theranode:{role}".encode()).digest()[:7],
+                                   "big")
+        self._db: PostgresDatabase | None = None
+        self._held = False
+
+    def held(self) -> bool:
+        """True when this process holds the role now (taking it if it is free)."""
+        if self.url.dialect == "sqlite":
+            return True
+        try:
+            if self._db is None or self._db.conn.closed:
+                self._held = False
+                self._db = PostgresDatabase(self.url, application_name=f"theranode {self.role}")
+            if self._held:
+                self._db.execute("select 1").fetchone()  # still connected: still held
+            else:
+                self._held = bool(self._db.execute(
+                    "select pg_try_advisory_lock(?)", [self._key]).fetchone()[0])
+                if self._held:
+                    logger.info("This process now holds the %s role", self.role)
+        except Exception as error:  # lost connection: not held; tried again next time
+            if self._held:
+                logger.warning("Lost the %s role (%s)", self.role, error)
+            self._held = False
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        return self._held
+
+    def release(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._held = False

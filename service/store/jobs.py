@@ -107,6 +107,12 @@ def m004_job_payloads_as_json(db: Database) -> None:
     payloads_to_json(db)
 
 
+@MIGRATIONS()
+def m005_job_runner(db: Database) -> None:
+    """Which node or worker started a job's last run (several may share the database)."""
+    db.add_column("jobs", "runner", str)
+
+
 class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -138,12 +144,13 @@ class JobRecord:
     log_path: str | None
     worker_deaths: int = 0
     last_error: str = ""
+    runner: str = ""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
-        for text in ("message", "last_error"):
+        for text in ("message", "last_error", "runner"):
             values[text] = values.get(text) or ""
         for count in ("attempts", "worker_deaths"):
             values[count] = values.get(count) or 0
@@ -259,7 +266,7 @@ class JobStore(Store):
             )
         return self.get(job_id)
 
-    def claim_next(self, now: str, log_dir: str) -> JobRecord | None:
+    def claim_next(self, now: str, log_dir: str, runner: str = "") -> JobRecord | None:
         """Mark the oldest runnable queued job running and return it.
 
         A job is runnable when no job of the same target is running. Its
@@ -274,17 +281,38 @@ class JobStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            job_id, target, version = row
-            if version is None:
-                version = 1 + conn.execute(
-                    "select coalesce(max(version), 0) from jobs where target = ?", [target]
-                ).fetchone()[0]
-            conn.execute(
-                "update jobs set state = 'running', started_at = ?, attempts = attempts + 1, "
-                "version = ?, log_path = ? where id = ?",
-                [now, version, f"{log_dir}/job-{job_id}.log", job_id],
-            )
+            self._start(conn, *row, now=now, log_dir=log_dir, runner=runner)
+        return self.get(row[0])
+
+    def claim(self, job_id: int, now: str, log_dir: str, runner: str = "") -> JobRecord | None:
+        """Mark job ``job_id`` running if it is queued and runnable; None when it is not.
+
+        The one start of a job across every process on the database: the check and the
+        update run under the database's write lock, so a job handed out twice (by the job
+        engine, after a worker was presumed dead) starts once.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "select id, target, version from jobs j where id = ? and state = 'queued' "
+                "and not exists (select 1 from jobs r where r.target = j.target "
+                "and r.state = 'running')", [job_id]).fetchone()
+            if row is None:
+                return None
+            self._start(conn, *row, now=now, log_dir=log_dir, runner=runner)
         return self.get(job_id)
+
+    @staticmethod
+    def _start(conn: Database, job_id: int, target: str, version: int | None, *, now: str,
+               log_dir: str, runner: str) -> None:
+        if version is None:
+            version = 1 + conn.execute(
+                "select coalesce(max(version), 0) from jobs where target = ?", [target]
+            ).fetchone()[0]
+        conn.execute(
+            "update jobs set state = 'running', started_at = ?, attempts = attempts + 1, "
+            "version = ?, log_path = ?, runner = ? where id = ?",
+            [now, version, f"{log_dir}/job-{job_id}.log", runner, job_id],
+        )
 
     def finish(
         self, job_id: int, state: JobState, now: str, message: str,
