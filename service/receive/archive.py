@@ -19,7 +19,9 @@ the same moment cannot overwrite each other's file, on a local disk or on NFS, w
 ``link`` is the atomic exclusive create (Linux ``open(2)``, O_EXCL: "programs which rely
 on it for performing locking tasks will contain a race condition" on NFS; the portable
 way is a unique file and ``link(2)``). The second finds :class:`AlreadyPlaced` and files
-its bytes as a duplicate.
+its bytes as a duplicate. On a file system without hard links (some SMB and FUSE mounts)
+the file is renamed into place when its name is free, as before: safe for one node, not
+for several sharing that folder (docs/scale-out.md).
 
 Only the node's user may read any of it: files are created with mode
 :data:`FILE_MODE` (0600) and folders with :data:`DIR_MODE` (0700), whatever
@@ -28,6 +30,7 @@ the process umask (the command line also sets umask 077).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -52,6 +55,8 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 _PATIENT_KEY = re.compile(r"^[0-9a-f]{16}$")
+#: ``link(2)`` errors of a file system without hard links (Linux man page).
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 class ArchiveError(ServiceError):
@@ -308,9 +313,14 @@ class Archive:
         except FileExistsError:
             raise AlreadyPlaced(final_path, sha256_hex(final_path.read_bytes())) from None
         except OSError as exc:
+            if exc.errno in _NO_HARD_LINKS:  # e.g. an SMB mount: one node, rename as before
+                if final_path.exists():
+                    raise AlreadyPlaced(final_path,
+                                        sha256_hex(final_path.read_bytes())) from None
+                return self.place(staged, final_path, sha256)
             staged.path.unlink(missing_ok=True)
             raise ArchiveError(f"Could not place {final_path.name}: {exc}") from exc
-        staged.path.unlink()
+        staged.path.unlink(missing_ok=True)
         fsync_directory(final_path.parent)
         return StoredFile(path=final_path, sha256=sha256, size=staged.size)
 

@@ -154,3 +154,25 @@ def test_a_placed_file_is_never_replaced(tmp_path: Path, name: str | None) -> No
         archive.store_instance(archive.stage(b"other bytes"), outcome.header, "0" * 64)
     assert placed.value.sha256 == sha256_hex(header_bytes)
     assert path.read_bytes() == header_bytes
+
+
+def test_without_hard_links_an_instance_is_renamed_into_place_when_its_name_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SMB or FUSE mount answers link(2) with EPERM: one node still files as before."""
+    import errno
+    import os
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    archive = Archive(tmp_path / "data")
+    ingest = Ingest(archive, IndexStore(open_database()), TEST_KEYER)
+    data = _ct(factory.generate_uid())
+    first = ingest.receive(data, Peer("SCU", "127.0.0.1"), ExplicitVRLittleEndian, factory.CT)
+    again = ingest.receive(data, Peer("SCU", "127.0.0.1"), ExplicitVRLittleEndian, factory.CT)
+    assert (first.status, first.duplicate, again.duplicate) == (SUCCESS, False, True)
+    assert first.header is not None
+    assert archive.instance_path(first.header).read_bytes() == data
+    assert not list(archive.incoming.glob("*.tmp"))
