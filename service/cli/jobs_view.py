@@ -102,6 +102,8 @@ def _job_lines(db: Database, job_id: int) -> Iterator[str]:
     yield f"  version {job.version}, created {job.created_at}, started {job.started_at}, " \
           f"finished {job.finished_at}, {_attempts(job)}"
     yield f"  fingerprint {job.fingerprint[:16]}…, results in {job.result_dir or '-'}"
+    if job.runner:
+        yield f"  last run on {job.runner}"
     for part in (job.message or "").split("; "):
         if part:
             yield f"  {part}"

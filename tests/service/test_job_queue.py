@@ -138,3 +138,12 @@ def test_a_worker_without_a_shared_database_says_what_to_run_instead(tmp_path: P
     settings = _settings("", tmp_path)
     with pytest.raises(StartupError, match="share a PostgreSQL database.*theranode serve"):
         worker.run(settings)
+
+
+def test_theranode_jobs_says_which_worker_ran_a_job(postgres_url: str) -> None:
+    from theranode.service.cli.jobs_view import render_job
+
+    jobs = JobStore(open_database(postgres_url))
+    job = _submit(jobs, "cycle|k|1|1")
+    jobs.claim(job.id, NOW, "/logs", runner="worker-b")
+    assert "  last run on worker-b" in list(render_job(jobs.db, job.id))
