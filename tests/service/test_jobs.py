@@ -1,12 +1,21 @@
 """Jobs: persisted, deduplicated by input fingerprint, run in worker processes, resumed after a
-restart or a shutdown, retried (boundedly) when their worker is killed from outside."""
+restart or a shutdown, retried (boundedly) when their worker is killed from outside.
+
+The tests of the job store, and of the runner where it writes the store (a job's end with its
+deliveries, a lost worker, a shutdown), take ``database_url`` and run on SQLite and on
+PostgreSQL; so do two nodes submitting and claiming at once on one database. The runner's own
+behaviour (signals, time limit) and upgrades of SQLite databases of earlier versions are tested
+on SQLite."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,6 +39,7 @@ from theranode.service.store.jobs import JobState, JobStore
 from theranode.service.store.outbox import OutboxStore
 
 NOW = "2024-05-01T10:00:00"
+T = TypeVar("T")
 
 
 def submit(store: JobStore, fingerprint: str, target: str = "cycle|p|1", payload: bytes = b""):
@@ -37,8 +47,8 @@ def submit(store: JobStore, fingerprint: str, target: str = "cycle|p|1", payload
                         fingerprint=fingerprint, payload=payload, created_at=NOW)
 
 
-def test_same_inputs_are_never_queued_twice(tmp_path: Path) -> None:
-    store = JobStore(open_database(tmp_path / "db.sqlite"))
+def test_same_inputs_are_never_queued_twice(database_url: str) -> None:
+    store = JobStore(open_database(database_url))
     first = submit(store, "inputs-a")
     assert first is not None and first.state is JobState.QUEUED
     assert submit(store, "inputs-a") is None
@@ -48,8 +58,10 @@ def test_same_inputs_are_never_queued_twice(tmp_path: Path) -> None:
     assert submit(store, "inputs-a") is None  # even a superseded input set is not redone
 
 
-def test_versions_are_fixed_at_first_start_and_kept_on_resume(tmp_path: Path) -> None:
-    store = JobStore(open_database(tmp_path / "db.sqlite"))
+def test_versions_are_fixed_at_first_start_and_kept_on_resume(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = JobStore(open_database(database_url))
     job = submit(store, "inputs-a")
     claimed = store.claim_next(NOW, str(tmp_path))
     assert claimed.id == job.id and claimed.version == 1 and claimed.state is JobState.RUNNING
@@ -58,18 +70,78 @@ def test_versions_are_fixed_at_first_start_and_kept_on_resume(tmp_path: Path) ->
     running = store.claim_next(NOW, str(tmp_path))
     assert running.id == later.id and running.version == 2
     # a crash leaves it running; the next start puts it back with its version
-    reopened = JobStore(open_database(tmp_path / "db.sqlite"))
+    reopened = JobStore(open_database(database_url))
     assert [j.id for j in reopened.requeue_interrupted()] == [later.id]
     again = reopened.claim_next(NOW, str(tmp_path))
     assert again.id == later.id and again.version == 2 and again.attempts == 2
 
 
-def test_reprocess_generation_is_counted_per_target(tmp_path: Path) -> None:
-    store = JobStore(open_database(tmp_path / "db.sqlite"))
+def test_reprocess_generation_is_counted_per_target(database_url: str) -> None:
+    store = JobStore(open_database(database_url))
     assert store.generation("cycle|p|1") == 0
     assert store.bump_generation("cycle|p|1") == 1
     assert store.bump_generation("cycle|p|1") == 2
     assert store.generation("cycle|p|2") == 0
+
+
+# -- several nodes on one database --------------------------------------------------------
+NODES = 2
+
+
+def at_once(work: Callable[[int], T]) -> list[T]:
+    """``work(node)`` for each of :data:`NODES` nodes in a thread of its own, started together;
+    returns what each returned and raises what any raised."""
+    start = threading.Barrier(NODES)
+    results: list[T | None] = [None] * NODES
+    errors: list[BaseException] = []
+
+    def run(node: int) -> None:
+        try:
+            start.wait()
+            results[node] = work(node)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(node,)) for node in range(NODES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return results  # type: ignore[return-value]
+
+
+def node_stores(url: str) -> list[JobStore]:
+    """The job store of each node: its own connection to the database at ``url``."""
+    return [JobStore(open_database(url)) for _ in range(NODES)]
+
+
+def test_nodes_submitting_the_same_inputs_at_once_queue_one_job(database_url: str) -> None:
+    """Two nodes complete one cycle at the same moment: one job, the other node gets None."""
+    stores = node_stores(database_url)
+    for cycle in range(20):
+        target = f"cycle|p|{cycle}"
+        submitted = at_once(lambda node: submit(stores[node], "inputs", target=target))
+        assert sum(job is not None for job in submitted) == 1, submitted
+    assert len(stores[0].all()) == 20
+
+
+def test_nodes_claiming_at_once_never_run_one_job_twice(
+    tmp_path: Path, database_url: str
+) -> None:
+    stores = node_stores(database_url)
+    queued = {submit(stores[0], "inputs", target=f"cycle|p|{n}").id for n in range(30)}
+
+    def claim_all(node: int) -> list[int]:
+        claimed = []
+        while (job := stores[node].claim_next(NOW, str(tmp_path))) is not None:
+            claimed.append(job.id)
+        return claimed
+
+    first, second = at_once(claim_all)
+    assert sorted(first + second) == sorted(queued), "every job claimed, and once"
+    assert {j.state for j in stores[1].all()} == {JobState.RUNNING}
+    assert {(j.version, j.attempts) for j in stores[1].all()} == {(1, 1)}
 
 
 def stored_cycle(data_dir: Path) -> str:
@@ -99,18 +171,19 @@ def wait_for(store: JobStore, job_id: int, states: set[JobState], timeout_s: flo
     pytest.fail(f"job {job_id} still {store.get(job_id).state} after {timeout_s} s")
 
 
-def test_interrupted_job_resumes_after_restart_and_queues_its_deliveries(tmp_path: Path) -> None:
+def test_interrupted_job_resumes_after_restart_and_queues_its_deliveries(
+    tmp_path: Path, database_url: str
+) -> None:
     settings = make_settings(tmp_path / "data", destinations=[
         {"name": "archive", "folder": str(tmp_path / "out")},
         {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}])
-    db_path = tmp_path / "data" / "theranode.db"
-    store = JobStore(open_database(db_path))
+    store = JobStore(open_database(database_url))
     folder = stored_cycle(settings.data_dir)
     job = course_job(store, (folder,), "course-inputs")
     claimed = store.claim_next(NOW, str(tmp_path))  # the node died while running it
     assert claimed.state is JobState.RUNNING and claimed.version == 1
 
-    restarted = JobStore(open_database(db_path))
+    restarted = JobStore(open_database(database_url))
     outbox = OutboxStore(restarted.db, restarted.lock)
     runner = JobRunner(restarted, outbox, settings)
     runner.start()
@@ -131,9 +204,11 @@ def test_interrupted_job_resumes_after_restart_and_queues_its_deliveries(tmp_pat
     assert "Job %d done" % job.id in Path(done.log_path).read_text()
 
 
-def test_failing_job_is_failed_with_its_reason_and_the_queue_goes_on(tmp_path: Path) -> None:
+def test_failing_job_is_failed_with_its_reason_and_the_queue_goes_on(
+    tmp_path: Path, database_url: str
+) -> None:
     settings = make_settings(tmp_path / "data")
-    store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
+    store = JobStore(open_database(database_url))
     broken = course_job(store, ("results/job-404",), "missing")
     runner = JobRunner(store, OutboxStore(store.db, store.lock), settings)
     runner.start()
@@ -185,9 +260,11 @@ def signalled_by_the_terminal(spec, log_path: str, conn) -> None:
 
 
 def run_jobs(tmp_path: Path, worker, fingerprints: tuple[str, ...] = ("present",),
-             **jobs_settings) -> list:
+             url: str | None = None, **jobs_settings) -> list:
+    """Run a course job per fingerprint to its end with ``worker`` as the worker process, on
+    the database at ``url`` (default: an SQLite file in the data folder)."""
     settings = make_settings(tmp_path / "data", jobs=jobs_settings)
-    store = JobStore(open_database(tmp_path / "data" / "theranode.db"))
+    store = JobStore(open_database(url or settings.database_url))
     folder = stored_cycle(settings.data_dir)
     submitted = [course_job(store, (folder,), fp, target=f"course|{fp}|1")
                  for fp in fingerprints]
@@ -208,15 +285,16 @@ def test_worker_killed_from_outside_is_retried_with_its_version(tmp_path: Path) 
 
 
 def test_worker_killed_on_every_run_fails_after_max_attempts_with_the_reason(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str
 ) -> None:
-    failed, after = run_jobs(tmp_path, always_killed, ("first", "second"), max_attempts=2)
+    failed, after = run_jobs(tmp_path, always_killed, ("first", "second"), database_url,
+                             max_attempts=2)
     assert failed.state is JobState.FAILED
     assert (failed.attempts, failed.worker_deaths) == (2, 2)
     assert "killed by signal 9 (SIGKILL)" in failed.message
     assert "failed after 2 attempt(s)" in failed.message and "max_attempts = 2" in failed.message
     assert after.state is JobState.FAILED, "the queue went on to the next job"
-    listing = "\n".join(render_jobs(open_database(tmp_path / "data" / "theranode.db")))
+    listing = "\n".join(render_jobs(open_database(database_url)))
     assert failed.message in listing
     assert "attempts 2 (2 lost their worker); last: the worker process was killed by signal 9" \
         in listing
@@ -245,11 +323,10 @@ def test_stop_signals_sent_to_the_worker_do_not_end_its_job(tmp_path: Path) -> N
 
 
 def test_shutdown_interrupts_a_running_job_which_resumes_with_its_version(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str
 ) -> None:
     settings = make_settings(tmp_path / "data")
-    db_path = tmp_path / "data" / "theranode.db"
-    store = JobStore(open_database(db_path))
+    store = JobStore(open_database(database_url))
     job = course_job(store, (stored_cycle(settings.data_dir),), "inputs")
     runner = JobRunner(store, OutboxStore(store.db, store.lock), settings, worker=stuck)
     runner.start()
@@ -266,7 +343,7 @@ def test_shutdown_interrupts_a_running_job_which_resumes_with_its_version(
     assert (interrupted.version, interrupted.worker_deaths) == (1, 0)
     assert "interrupted by a shutdown" in interrupted.last_error
 
-    restarted = JobStore(open_database(db_path))
+    restarted = JobStore(open_database(database_url))
     runner = JobRunner(restarted, OutboxStore(restarted.db, restarted.lock), settings)
     runner.start()
     try:

@@ -1,5 +1,5 @@
 """Outbox: every object to every destination in order, exactly once, through outages
-and restarts.
+and restarts, on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -79,11 +79,13 @@ def result_files(data_dir: Path, n: int) -> list[ResultObject]:
     return objects
 
 
-def outbox_for(tmp_path: Path, port: int, clock: Clock, n_objects: int = 0) -> Outbox:
+def outbox_for(tmp_path: Path, url: str, port: int, clock: Clock, n_objects: int = 0) -> Outbox:
+    """A node's outbox on the database at ``url``, with ``n_objects`` results of job 1."""
     settings = make_settings(
         tmp_path / "data", outbox={"retry_base_s": 10.0, "retry_max_s": 60.0},
-        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}])
-    jobs = JobStore(open_database(settings.data_dir / "theranode.db"))
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+        database={"url": url})
+    jobs = JobStore(open_database(settings.database_url))
     store = OutboxStore(jobs.db, jobs.lock)
     if n_objects:
         objects = result_files(settings.data_dir, n_objects)
@@ -92,9 +94,11 @@ def outbox_for(tmp_path: Path, port: int, clock: Clock, n_objects: int = 0) -> O
     return Outbox(store, settings, clock=clock)
 
 
-def test_destination_down_then_back_receives_every_object_exactly_once(tmp_path: Path) -> None:
+def test_destination_down_then_back_receives_every_object_exactly_once(
+    tmp_path: Path, database_url: str
+) -> None:
     port, clock = free_port(), Clock()
-    outbox = outbox_for(tmp_path, port, clock, n_objects=5)
+    outbox = outbox_for(tmp_path, database_url, port, clock, n_objects=5)
     outbox.deliver_due()  # nobody listens
     assert outbox.store.destination_due("pacs")[0] == 1
     assert [p.attempts for p in outbox.store.pending("pacs")] == [1, 0, 0, 0, 0]
@@ -104,7 +108,7 @@ def test_destination_down_then_back_receives_every_object_exactly_once(tmp_path:
         assert received == [] and outbox.store.destination_due("pacs")[0] == 1
         # the node restarts: the backoff was persisted
         clock.now += timedelta(seconds=5)
-        restarted = outbox_for(tmp_path, port, clock)
+        restarted = outbox_for(tmp_path, database_url, port, clock)
         restarted.deliver_due()
         assert received == []
         clock.now += timedelta(seconds=6)  # 11 s > 10 s base delay
@@ -116,9 +120,11 @@ def test_destination_down_then_back_receives_every_object_exactly_once(tmp_path:
     assert {r["state"]: r["n"] for r in restarted.store.summary()} == {"sent": 5}
 
 
-def test_refused_object_is_kept_with_its_status_and_the_rest_is_delivered(tmp_path: Path) -> None:
+def test_refused_object_is_kept_with_its_status_and_the_rest_is_delivered(
+    tmp_path: Path, database_url: str
+) -> None:
     port, clock = free_port(), Clock()
-    outbox = outbox_for(tmp_path, port, clock, n_objects=3)
+    outbox = outbox_for(tmp_path, database_url, port, clock, n_objects=3)
     refused_uid = "1.2.826.0.1.3680043.10.1.2"
     with storage_scp(port, refuse={refused_uid}) as received:
         outbox.deliver_due()

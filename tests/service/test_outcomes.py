@@ -1,7 +1,9 @@
-"""Outcome CSV import (every validation rule, idempotence, unit conversion) and loading."""
+"""Outcome CSV import (every validation rule, idempotence, unit conversion) and loading, on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from tests.postgres import PostgresServer
 from tests.service.cohort_files import export_outcome_csv
 from tests.synthetic_cohort import synthetic_cohort
 from theranode.dicomio.headers import injection
@@ -54,9 +57,39 @@ GOOD = {"patients": PATIENTS, "cycles": CYCLES, "lesions": LESIONS, "labs": LABS
 ORDER = list(GOOD)
 
 
+#: The outcome tables, children before their parent ``outcome_patients``.
+OUTCOME_TABLES = ("outcome_doses", "outcome_labs", "outcome_lesions", "outcome_cycles",
+                  "outcome_patients", "outcome_warnings", "outcome_files")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def migrated_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One migrated database per dialect for this module, as ``database_url`` gives them: an
+    SQLite file, and a database on the test PostgreSQL server. A new PostgreSQL database
+    migrated for each of these tests would take longer than the tests themselves."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('outcomes') / 'theranode.db'}"
+        open_database(url).close()
+        yield url
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    open_database(url).close()
+    yield url
+    server.drop_database(url)
+
+
 @pytest.fixture
-def db() -> Database:
-    return open_database()
+def db(migrated_url: str) -> Iterator[Database]:
+    """The node's database with no outcome data, on SQLite and on PostgreSQL."""
+    database = open_database(migrated_url)
+    with database.transaction():
+        for table in OUTCOME_TABLES:
+            database.execute(f"delete from {table}")
+    yield database
+    database.close()
 
 
 def _write(folder: Path, name: str, text: str) -> Path:

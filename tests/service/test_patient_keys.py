@@ -100,13 +100,14 @@ def test_an_empty_or_unreadable_secret_stops_the_node_with_a_clear_message(tmp_p
         load_or_create(data)
 
 
-def _old_node_database(data_dir: Path) -> tuple[str, str, str]:
-    """A data folder as the node wrote it before the site secret: unkeyed keys everywhere.
+def _old_node_database(data_dir: Path, url: str) -> tuple[str, str, str]:
+    """A data folder and database (at ``url``) as the node wrote them before the site secret:
+    unkeyed keys everywhere.
 
     Returns the old key, the archived file's old relative path and the cycle job's target.
     """
     archive = Archive(data_dir, min_free_disk_mb=0)
-    db = open_database(data_dir / "theranode.db")
+    db = open_database(url)
     index, jobs = IndexStore(db), JobStore(db)
     ds = factory.ct(MRN, WHEN, frame="1.2.3")
     data = factory.encode(ds)
@@ -125,14 +126,19 @@ def _old_node_database(data_dir: Path) -> tuple[str, str, str]:
                 fingerprint="inputs", payload=pickle.dumps({"files": (relative,)}),
                 created_at=WHEN.isoformat(), state=JobState.INCOMPLETE)
     jobs.bump_generation(target)
-    db.conn.close()
+    db.close()
     return old_key, relative, target
 
 
-def test_start_up_rekeys_a_database_and_archive_written_with_unkeyed_keys(tmp_path: Path):
+def test_start_up_rekeys_a_database_and_archive_written_with_unkeyed_keys(
+    tmp_path: Path, database_url: str
+):
+    """The index tables (patients, series, grouping, instance paths) and the jobs tables
+    (patient key, targets, generations, archive paths inside the stored inputs)."""
     data_dir = tmp_path / "data"
-    old_key, old_path, old_target = _old_node_database(data_dir)
-    with running_node(make_settings(data_dir)) as node:
+    settings = make_settings(data_dir, database={"url": database_url})
+    old_key, old_path, old_target = _old_node_database(data_dir, database_url)
+    with running_node(settings) as node:
         new_key = node.keyer(MRN)
         assert new_key != old_key
         assert node.index.patient_keys() == [new_key]
@@ -149,7 +155,7 @@ def test_start_up_rekeys_a_database_and_archive_written_with_unkeyed_keys(tmp_pa
         assert node.jobs.generation(cycle_target(new_key, WHEN)) == 1
         assert request_reprocess(node.db, MRN) == [cycle_target(new_key, WHEN)]
         assert not any(old_key in str(p) for p in data_dir.rglob("*"))
-    with running_node(make_settings(data_dir)) as node:  # a second start changes nothing
+    with running_node(settings) as node:  # a second start changes nothing
         assert node.index.patient_keys() == [new_key]
         assert node.index.archived_paths() == {new_path}
 

@@ -8,6 +8,8 @@ bytes), in ``quarantine/`` (not decodable, or its series UID belongs to
 another patient), or removed as a copy of an archived instance. Before, an
 orphan whose UID had been stored again in another series raised
 IntegrityError on every start: the node never started again.
+
+The node's index is an SQLite file or a PostgreSQL database: every test runs on both.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from tests.service.keys import TEST_KEYER, use_test_secret
 from tests.service.nodes import make_settings, running_node
 from theranode.dicomio.headers import instance_header
 from theranode.dicomio.integrity import decode
-from theranode.service.app import DATABASE_NAME
 from theranode.service.receive.archive import Archive, sha256_hex
 from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, UNDECODABLE, Ingest, Peer
 from theranode.service.store import open_database
@@ -44,13 +45,13 @@ def _orphan(archive: Archive, data: bytes) -> Path:
 
 
 def test_node_starts_and_every_orphan_ends_where_documented(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ):
-    settings = make_settings(tmp_path / "data")
+    settings = make_settings(tmp_path / "data", database={"url": database_url})
     data_dir = settings.data_dir
     use_test_secret(data_dir)  # the orphans were filed by this node, with its secret
     archive = Archive(data_dir, min_free_disk_mb=0)
-    index = IndexStore(open_database(data_dir / DATABASE_NAME))
+    index = IndexStore(open_database(database_url))
     ingest = Ingest(archive, index, TEST_KEYER)
 
     # 1. The issue's case: UID u was in series S1 when the kill came (orphan), then the
@@ -119,9 +120,9 @@ def test_node_starts_and_every_orphan_ends_where_documented(
         assert line in logged
 
 
-def test_reconciliation_twice_finds_nothing_left(tmp_path: Path):
+def test_reconciliation_twice_finds_nothing_left(tmp_path: Path, database_url: str):
     """What one start filed is indexed or moved: the next start has nothing to do."""
-    settings = make_settings(tmp_path / "data")
+    settings = make_settings(tmp_path / "data", database={"url": database_url})
     archive = Archive(settings.data_dir, min_free_disk_mb=0)
     _orphan(archive, factory.encode(factory.ct("PAT-E", WHEN, frame="1.2.6")))
     with running_node(settings) as node:

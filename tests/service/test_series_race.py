@@ -1,10 +1,12 @@
 """Two patients racing into one new series: exactly one is filed, the other refused.
 
-The series-owner check and the insert run in one ``BEGIN IMMEDIATE``
-transaction (:meth:`theranode.service.store.index.IndexStore.add_instance`), so two
-associations storing patients A and B into the same new Series Instance UID
-at the same moment can no longer both be answered Success: the second gets
-the series-owner refusal (0xC110) and its bytes go to quarantine.
+The series-owner check and the insert run in one write transaction
+(:meth:`theranode.service.store.index.IndexStore.add_instance`: SQLite's ``BEGIN IMMEDIATE``,
+PostgreSQL's advisory write lock), so two associations storing patients A and B into the
+same new Series Instance UID at the same moment can no longer both be answered Success: the
+second gets the series-owner refusal (0xC110) and its bytes go to quarantine. That holds for
+two associations of one node and for two nodes on one database (two connections, as two
+processes or machines have), on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ def _race(ingests: tuple[Ingest, Ingest], pair: tuple[bytes, bytes]) -> list[Out
 
 
 @pytest.mark.parametrize("connections", [1, 2], ids=["one-connection", "two-connections"])
-def test_never_two_patients_in_one_series(tmp_path: Path, connections: int):
-    """One Ingest (two associations of one node), or two on separate database connections."""
+def test_never_two_patients_in_one_series(tmp_path: Path, database_url: str, connections: int):
+    """One Ingest (two associations of one node), or two on separate database connections
+    (two nodes sharing the database and the archive)."""
     data_dir = tmp_path / "data"
     archive = Archive(data_dir, min_free_disk_mb=0)
-    stores = [IndexStore(open_database(data_dir / "index.db")) for _ in range(connections)]
+    stores = [IndexStore(open_database(database_url)) for _ in range(connections)]
     ingests = tuple(Ingest(archive, stores[n % connections], TEST_KEYER) for n in (0, 1))
     if connections == 1:
         ingests = (ingests[0], ingests[0])

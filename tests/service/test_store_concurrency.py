@@ -1,10 +1,10 @@
-"""Two connections writing at once wait for each other instead of failing."""
+"""Two connections writing at once wait for each other instead of failing, on SQLite and on
+PostgreSQL (two connections are what two processes or two nodes on one database have)."""
 
 from __future__ import annotations
 
 import threading
 from datetime import datetime
-from pathlib import Path
 
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
@@ -13,13 +13,12 @@ from theranode.service.store.jobs import JobStore
 ROUNDS = 300
 
 
-def test_index_writes_wait_for_the_job_store_instead_of_failing(tmp_path: Path) -> None:
+def test_index_writes_wait_for_the_job_store_instead_of_failing(database_url: str) -> None:
     # The node's index and its job store use two connections to one file. A
     # deferred transaction that read first could not take the write lock after
     # the other connection committed and failed at once ("database is locked"):
     # a refused object was then answered 0xA700 and left without its row.
-    path = tmp_path / "theranode.db"
-    index, jobs = IndexStore(open_database(path)), JobStore(open_database(path))
+    index, jobs = IndexStore(open_database(database_url)), JobStore(open_database(database_url))
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
@@ -48,3 +47,4 @@ def test_index_writes_wait_for_the_job_store_instead_of_failing(tmp_path: Path) 
         thread.join()
     assert errors == []
     assert index.counts()["quarantine"] == ROUNDS
+    assert sum(jobs.generation(f"cycle|patient|{i}") for i in range(7)) == ROUNDS
