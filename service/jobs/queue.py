@@ -70,7 +70,8 @@ def request_lock(job: JobRecord) -> str:
 def deferring_app(url: str) -> procrastinate.App:
     """An opened procrastinate app that only defers (``theranode serve`` on PostgreSQL)."""
     app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(
-        conninfo=url, kwargs={"application_name": "theranode serve (queue)"}))
+        conninfo=url, min_size=1, max_size=2,
+        kwargs={"application_name": "theranode serve (queue)"}))
     app.open()
     return app
 
@@ -128,7 +129,7 @@ def worker_app(settings: Settings, jobs: JobStore, run_job: Callable[[int], None
                run_cohort: Callable[[], None]) -> procrastinate.App:
     """The procrastinate app of ``theranode worker``: the tasks and the periodic tasks."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-        conninfo=settings.database_url,
+        conninfo=settings.database_url, min_size=1, max_size=settings.jobs.workers + 3,
         kwargs={"application_name": f"theranode worker {settings.node_name}"}))
 
     @app.task(name=RUN_JOB, queue=QUEUE)
