@@ -211,6 +211,18 @@ def cmd_cohort_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_database_copy(args: argparse.Namespace) -> int:
+    from theranode.service.store.copy import copy_database
+
+    settings = _settings(args)
+    report = copy_database(settings.database_url, args.to)
+    for line in report.lines():
+        emit(line)
+    print("Next: move the data folder to the shared storage, set [database] url and start "
+          "the nodes and workers (docs/scale-out.md).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="theranode",
@@ -262,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = cohort_commands.add_parser("run", help="Compute the cohort report now.")
     run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     run.set_defaults(handler=cmd_cohort_run)
+    database = commands.add_parser("database", help="The node's database.")
+    database_commands = database.add_subparsers(dest="database_command", required=True)
+    copy = database_commands.add_parser(
+        "copy", help="Copy the node's SQLite database into an empty PostgreSQL database "
+        "(stop the node first; docs/scale-out.md).")
+    copy.add_argument("--to", required=True, metavar="URL",
+                      help="postgresql://user@host:5432/name of an empty database; leave the "
+                      "password out and let libpq read it from PGPASSWORD or ~/.pgpass")
+    copy.add_argument("--config", type=Path, default=None,
+                      help="TOML configuration file of the node (its SQLite database is copied)")
+    copy.set_defaults(handler=cmd_database_copy)
     return parser
 
 
