@@ -19,7 +19,8 @@ The copy is one transaction on the target, holding the database-wide write lock:
 4. ``schema_migrations`` keeps the source's record of when each step was applied;
 5. the row count of every table is compared with the source.
 
-Any failure rolls the whole copy back; the SQLite file is only read.
+Any failure rolls the whole copy back. The SQLite file is only read, once it is on this
+build's schema (an older one is migrated first, as a start of the node would).
 
 References
 ----------
