@@ -27,7 +27,11 @@ procrastinate job is only the request "run job N":
   across the cluster): a request left ``doing`` by a worker whose heartbeat stopped for
   ``[jobs] stalled_after_s`` has its row counted as a lost run
   (:meth:`~theranode.service.store.jobs.JobStore.worker_lost`: queued again, or failed at
-  ``[jobs] max_attempts``) and is retried; then every queued row is dispatched.
+  ``[jobs] max_attempts``) and the request is ended as failed (which frees its lock on the
+  target); then every queued row is dispatched, so the job gets a new request unless one
+  already waits. Retrying the dead request instead would clash with such a waiting request
+  (deferred while the dead one was starting: both carry the queueing lock ``job-N``), and
+  that request would wait forever for the dead one's lock on the target.
 - **Cohort statistics** (periodic task ``theranode.cohort_statistics`` on ``[cohort]
   schedule``): deferred once per tick across every worker, by procrastinate's unique
   periodic defers.
@@ -47,6 +51,7 @@ from typing import Any
 
 import procrastinate
 from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.jobs import Status
 
 from theranode.config.schema import Settings
 from theranode.service.clock import utc_now
@@ -144,7 +149,7 @@ def worker_app(settings: Settings, jobs: JobStore, run_job: Callable[[int], None
         for request in stalled:
             job_id = int(request.task_kwargs["job_id"])  # type: ignore[arg-type]
             await asyncio.to_thread(count_lost_run, jobs, settings, job_id)
-            await app.job_manager.retry_job(request)
+            await app.job_manager.finish_job(request, Status.FAILED, delete_job=False)
         await dispatch_queued_async(jobs, app)
 
     if settings.cohort.schedule:
