@@ -28,6 +28,7 @@ LONGEST_FIRST = (
     "tests/reliability/test_combined_kills.py",
     "tests/service/test_accuracy_orthanc.py",
     "tests/service/test_pipeline.py",
+    "tests/reliability/test_scale_out.py",
     "tests/reliability/test_jobs_under_kills.py",
     "tests/service/test_crash.py",
     "tests/service/test_end_to_end_orthanc.py",
