@@ -108,7 +108,8 @@ def write_cluster_config(path: Path, data_dir: Path, name: str, database_url: st
     merged = {key: {**values, **sections.pop(key, {})} for key, values in CLUSTER_SETTINGS.items()}
     if database_url is not None:
         merged["database"] = {"url": database_url}
-    port = write_config(path, data_dir, node={"name": name}, **merged, **sections)
+    every: dict[str, Any] = {"node": {"name": name}, **merged, **sections}
+    port = write_config(path, data_dir, None, **every)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
                      f'host = "127.0.0.1"\nport = {destination_port}\n')
@@ -459,6 +460,7 @@ def _kill_worker(cluster: Cluster, faults: Faults, db: ClusterDatabase, report: 
     moment into it; restart it."""
     job = wait_for(lambda: _running_on_a_worker(db, faults.worker_job_kind), timeout_s,
                    f"a {faults.worker_job_kind} job running on a worker", poll_s=0.05)
+    assert job is not None
     time.sleep(random.Random(faults.seed).uniform(*faults.worker_delay_s))
     now = db.jobs.get(job.id)
     report.worker_kill_hit_job = now is not None and now.state is JobState.RUNNING \

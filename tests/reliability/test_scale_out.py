@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 
 from tests.reliability.combined_kills import clean_run_problems, compare_with_clean, write_patients
 from tests.reliability.job_kills import resent
@@ -67,7 +68,7 @@ def test_the_balancer_sends_each_connection_to_the_next_node_and_falls_back_to_t
 def test_the_archive_check_finds_an_unindexed_instance_a_half_written_file_and_a_loss(
     tmp_path: Path,
 ) -> None:
-    ds = factory.ct("SCALE", WHEN, frame=factory.generate_uid())
+    ds = factory.ct("SCALE", WHEN, frame=generate_uid())
     data = factory.encode(ds)
     (tmp_path / "archive").mkdir()
     (tmp_path / "archive" / "a.dcm").write_bytes(data[:-100])  # indexed whole, then cut
