@@ -380,7 +380,8 @@ class IndexStore(Store):
         with self.lock:
             return list(
                 self.db.query(
-                    "select * from series where patient_key = ? order by acquired, series_uid",
+                    "select * from series where patient_key = ? "
+                "order by acquired is not null, acquired, series_uid",
                     [patient_key],
                 )
             )
@@ -401,7 +402,8 @@ class IndexStore(Store):
         another node meanwhile, with one of the series it read before."""
         with self.transaction():
             series = self.db.query(
-                "select * from series where patient_key = ? order by acquired, series_uid",
+                "select * from series where patient_key = ? "
+                "order by acquired is not null, acquired, series_uid",
                 [patient_key])
             rows = list(group(series))
             self.db.execute("delete from grouping where patient_key = ?", [patient_key])

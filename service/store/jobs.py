@@ -213,7 +213,7 @@ class JobStore(Store):
         with self.transaction() as conn:
             conn.execute(
                 "insert into generations (target, generation) values (?, 1) "
-                "on conflict(target) do update set generation = generation + 1",
+                "on conflict(target) do update set generation = generations.generation + 1",
                 [target],
             )
             row = conn.execute(

@@ -173,7 +173,8 @@ class OutboxStore(Store):
         with self.transaction() as conn:
             conn.execute(
                 "insert into destinations (name, failures, next_attempt_at) values (?, 1, ?) "
-                "on conflict(name) do update set failures = failures + 1, next_attempt_at = ?",
+                "on conflict(name) do update set failures = destinations.failures + 1, "
+                "next_attempt_at = ?",
                 [name, next_attempt_at, next_attempt_at],
             )
             row = conn.execute("select failures from destinations where name = ?", [name])
