@@ -398,13 +398,20 @@ class JobRunner:
     def _record(self, job: JobRecord, answer: tuple[str, Any]) -> None:
         now = utc_now().isoformat()
         status, value = answer
-        if status == "error":
-            self.jobs.finish(job.id, JobState.FAILED, now, str(value))
-            logger.error("Job %d failed: %s (log %s)", job.id, value, job.log_path)
-            return
-        outcome: JobOutcome = value
         destinations = [d.name for d in self.settings.destinations]
         with self.jobs.transaction() as conn:
+            if not self.jobs.is_current_run(job, conn):
+                # A worker frozen past [jobs] stalled_after_s was taken for dead and the
+                # job run again: that run's outcome is the record, not this one's.
+                logger.warning("Job %d: this run (attempt %d) was taken for dead and the job "
+                               "run again or ended meanwhile; its outcome is not recorded",
+                               job.id, job.attempts)
+                return
+            if status == "error":
+                self.jobs.finish(job.id, JobState.FAILED, now, str(value), conn=conn)
+                logger.error("Job %d failed: %s (log %s)", job.id, value, job.log_path)
+                return
+            outcome: JobOutcome = value
             self.outbox.add_objects(conn, job.id, outcome.objects, destinations, now)
             self.jobs.finish(job.id, JobState.DONE, now, "; ".join(outcome.summary),
                              outcome.result_dir, conn=conn)

@@ -327,6 +327,12 @@ class JobStore(Store):
         with self.transaction() as own:
             own.execute(sql, params)
 
+    def is_current_run(self, job: JobRecord, conn: Database) -> bool:
+        """Whether ``job`` (as claimed) is still running as that run: not taken for dead
+        (a worker silent past ``[jobs] stalled_after_s``) and run again or ended since."""
+        return conn.execute("select 1 from jobs where id = ? and state = 'running' "
+                            "and attempts = ?", [job.id, job.attempts]).fetchone() is not None
+
     def requeue_interrupted(self, reason: str = INTERRUPTED_BY_CRASH) -> list[JobRecord]:
         """Jobs left ``running`` by a crash go back to the queue (same version)."""
         interrupted = self.in_states(JobState.RUNNING)

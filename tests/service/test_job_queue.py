@@ -147,3 +147,24 @@ def test_theranode_jobs_says_which_worker_ran_a_job(postgres_url: str) -> None:
     job = _submit(jobs, "cycle|k|1|1")
     jobs.claim(job.id, NOW, "/logs", runner="worker-b")
     assert "  last run on worker-b" in list(render_job(jobs.db, job.id))
+
+
+def test_a_run_taken_for_dead_records_nothing_when_it_ends_after_all(
+    postgres_url: str, tmp_path: Path,
+) -> None:
+    """A worker frozen (SIGSTOP) past stalled_after_s wakes after its job was run again."""
+    from theranode.service.jobs.runner import JobRunner
+    from theranode.service.store.outbox import OutboxStore
+
+    settings = _settings(postgres_url, tmp_path, max_attempts=3)
+    jobs = JobStore(open_database(postgres_url))
+    runner = JobRunner(jobs, OutboxStore(jobs.db, jobs.lock), settings)
+    job = _submit(jobs, "cycle|k|1|1")
+    frozen = jobs.claim(job.id, NOW, "/logs", runner="worker-1")
+    assert frozen is not None
+    count_lost_run(jobs, settings, job.id)
+    rerun = jobs.claim(job.id, NOW, "/logs", runner="worker-2")
+    assert rerun is not None and rerun.attempts == 2
+    runner._record(frozen, ("error", "the frozen run's late answer"))
+    after = jobs.get(job.id)
+    assert after is not None and (after.state, after.attempts) == (JobState.RUNNING, 2)
