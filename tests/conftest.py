@@ -19,6 +19,7 @@ import pydicom.config
 import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
+from tests.reliability.shared_runs import shared
 
 #: Test modules of a minute or more on CI (clean-clone runs, ``--durations``), about longest
 #: first; the kill tests, whose kills are aimed at phases on a clock, are spread out so that
@@ -75,7 +76,9 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
 
 @pytest.fixture(scope="session")
 def phantom_course(tmp_path_factory: pytest.TempPathFactory):
-    """The default 4-cycle synthetic Lu-177 course on small grids, written once."""
+    """The default 4-cycle synthetic Lu-177 course on small grids, written once per session
+    (not once per worker: :func:`tests.reliability.shared_runs.shared`); tests only read it."""
     from theranode.dicomio.synthetic_course import write_course
 
-    return write_course(tmp_path_factory.mktemp("course"), seed=7)
+    return shared(tmp_path_factory, "phantom-course-seed7",
+                  lambda folder: write_course(folder, seed=7))
