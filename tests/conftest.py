@@ -23,17 +23,19 @@ from tests.reliability.shared_runs import shared
 
 #: Test modules of a minute or more on CI (clean-clone runs, ``--durations``), about longest
 #: first; the kill tests, whose kills are aimed at phases on a clock, are spread out so that
-#: the first three modules to start (one per worker) hold one of them.
+#: the first three modules to start (one per worker) hold one of them. test_outage makes the
+#: clean two-cycle run the job-kill and graceful-stop tests compare with (once per session:
+#: tests/reliability/shared_runs.py), so it starts early, beside the first of them.
 LONGEST_FIRST = (
     "tests/reliability/test_combined_kills.py",
     "tests/service/test_accuracy_orthanc.py",
     "tests/service/test_pipeline.py",
     "tests/reliability/test_jobs_under_kills.py",
+    "tests/reliability/test_outage.py",
     "tests/service/test_crash.py",
     "tests/service/test_end_to_end_orthanc.py",
-    "tests/reliability/test_outage.py",
-    "tests/reliability/test_hostile_processing.py",
     "tests/reliability/test_hostile_course.py",
+    "tests/reliability/test_hostile_processing.py",
     "tests/reliability/test_graceful_shutdown.py",
     "tests/reliability/test_kills.py",
     "tests/dosimetry/test_cycle.py",
