@@ -13,8 +13,6 @@ SOP Instance UIDs, in order.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from tests.reliability.course_runs import two_cycle_course
@@ -31,12 +29,9 @@ STOP_WITHIN_S = 15.0
 def test_sigterm_and_ctrl_c_while_jobs_run_lose_nothing_and_change_nothing(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    # The clean run (made once per session: perhaps by another worker) runs beside this one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-run") as pool:
-        clean_run = pool.submit(clean_two_cycle_run, tmp_path_factory)
-        manifest = two_cycle_course(tmp_path_factory)
-        report = run_graceful_stops(tmp_path_factory.mktemp("stops"), manifest, cycles=2)
-        clean = clean_run.result()
+    manifest = two_cycle_course(tmp_path_factory)
+    report = run_graceful_stops(tmp_path_factory.mktemp("stops"), manifest, cycles=2)
+    clean = clean_two_cycle_run(tmp_path_factory)  # perhaps made meanwhile by another worker
     for record in report.stops:
         name = record.stop.name
         assert record.exit_code == 0, name
