@@ -46,7 +46,7 @@ import enum
 import logging
 import math
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from io import BytesIO
 from typing import Any
 
@@ -278,22 +278,62 @@ def wrap_to_page(text: str, points: float, *, paper: PaperSize = PaperSize.A4) -
 
 def wrap_lines(text: str, points: float, width_pt: float) -> list[str]:
     """``text`` broken at spaces into lines no wider than ``width_pt`` (continuation
-    lines indented); a single word wider than that is cut."""
+    lines indented); a single word wider than that is cut.
+
+    Each line is filled word by word as long as it fits. How many of the next
+    words still fit is found by bisection, since a line only grows wider as
+    words are added (their glyphs go to the right of the others): the lines
+    are those of trying one word after another, from a few measurements per
+    line instead of one per word (:func:`_words_that_fit`).
+    """
+    widths: dict[str, float] = {}
+
+    def width(candidate: str) -> float:
+        if candidate not in widths:
+            widths[candidate] = text_width_pt(candidate, points)
+        return widths[candidate]
+
+    words = text.split(" ")
     lines: list[str] = []
     line = ""
-    for word in text.split(" "):
-        candidate = f"{line} {word}" if line else word
-        if not line or text_width_pt(candidate, points) <= width_pt:
-            line = candidate
+    i = 0
+    while i < len(words):
+        if not line:  # a line's first word is taken unmeasured
+            line = words[i]
+            i += 1
             continue
-        lines.append(line)
-        line = "  " + word
+        n = _words_that_fit(line, words[i:], width, width_pt)
+        line = " ".join([line, *words[i:i + n]])
+        i += n
+        if i < len(words):
+            lines.append(line)
+            line = "  " + words[i]
+            i += 1
     lines.append(line)
-    return [_cut_to_page(line, points, width_pt) for line in lines]
+    return [_cut_to_page(line, width_pt, width) for line in lines]
 
 
-def _cut_to_page(line: str, points: float, width_pt: float) -> str:
-    while len(line) > 1 and text_width_pt(line, points) > width_pt:
+def _words_that_fit(
+    line: str, words: Sequence[str], width: Callable[[str], float], width_pt: float
+) -> int:
+    """How many of ``words`` (in order, space-separated) ``line`` can take within ``width_pt``.
+
+    Bisection on the number of words: the width of ``line`` and ``n`` more words
+    never falls as ``n`` grows, so the first ``n`` that does not fit is followed
+    by none that does.
+    """
+    low, high = 0, len(words)  # low words fit; more than high do not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if width(" ".join([line, *words[:middle]])) <= width_pt:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _cut_to_page(line: str, width_pt: float, width: Callable[[str], float]) -> str:
+    while len(line) > 1 and width(line) > width_pt:
         line = line[:-2] + "…"
     return line
 

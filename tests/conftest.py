@@ -20,21 +20,24 @@ import pytest
 
 from tests.peers import OrthancPeer, run_orthanc
 from tests.postgres import PostgresServer, run_postgres
+from tests.reliability.shared_runs import shared
 
 #: Test modules of a minute or more on CI (clean-clone runs, ``--durations``), about longest
 #: first; the kill tests, whose kills are aimed at phases on a clock, are spread out so that
-#: the first three modules to start (one per worker) hold one of them.
+#: the first three modules to start (one per worker) hold one of them. test_outage makes the
+#: clean two-cycle run the job-kill and graceful-stop tests compare with (once per session:
+#: tests/reliability/shared_runs.py), so it starts early, beside the first of them.
 LONGEST_FIRST = (
     "tests/reliability/test_combined_kills.py",
     "tests/service/test_accuracy_orthanc.py",
     "tests/service/test_pipeline.py",
     "tests/reliability/test_scale_out.py",
     "tests/reliability/test_jobs_under_kills.py",
+    "tests/reliability/test_outage.py",
     "tests/service/test_crash.py",
     "tests/service/test_end_to_end_orthanc.py",
-    "tests/reliability/test_outage.py",
-    "tests/reliability/test_hostile_processing.py",
     "tests/reliability/test_hostile_course.py",
+    "tests/reliability/test_hostile_processing.py",
     "tests/reliability/test_graceful_shutdown.py",
     "tests/reliability/test_kills.py",
     "tests/dosimetry/test_cycle.py",
@@ -77,10 +80,12 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
 
 @pytest.fixture(scope="session")
 def phantom_course(tmp_path_factory: pytest.TempPathFactory):
-    """The default 4-cycle synthetic Lu-177 course on small grids, written once."""
+    """The default 4-cycle synthetic Lu-177 course on small grids, written once per session
+    (not once per worker: :func:`tests.reliability.shared_runs.shared`); tests only read it."""
     from theranode.dicomio.synthetic_course import write_course
 
-    return write_course(tmp_path_factory.mktemp("course"), seed=7)
+    return shared(tmp_path_factory, "phantom-course-seed7",
+                  lambda folder: write_course(folder, seed=7))
 
 
 @pytest.fixture(scope="session")

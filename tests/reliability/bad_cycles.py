@@ -20,6 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from tests.reliability.course_runs import FAULT_SUPERSAMPLING
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 
 FAR_AWAY_MM = 5000.0  # contours moved this far along x: outside every image
@@ -105,7 +106,8 @@ def write_bad_cycles(root: Path, names: tuple[str, ...] = tuple(SPOILERS),
     for i, name in enumerate(names):
         patient_id = f"VICTIM-{i:02d}"
         spec = CourseWriteSpec(cycles=(1,), patient_id=patient_id,
-                               patient_name=f"Victim^{name.replace('-', '')}")
+                               patient_name=f"Victim^{name.replace('-', '')}",
+                               supersampling=FAULT_SUPERSAMPLING)
         manifest = write_course(root / name, spec, seed + i)
         files_of, spoil = SPOILERS[name]
         _edit(files_of(manifest), spoil)

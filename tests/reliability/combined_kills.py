@@ -46,6 +46,7 @@ from pathlib import Path
 
 from tests.peers import free_port
 from tests.reliability.course_runs import (
+    FAULT_SUPERSAMPLING,
     NodeDatabase,
     course_files,
     course_totals_gy,
@@ -82,11 +83,13 @@ COMBINED_SEED = 70
 
 
 def write_patients(root: Path, patients: int, cycles: tuple[int, ...],
-                   seed: int = COMBINED_SEED) -> list[CourseManifest]:
+                   seed: int = COMBINED_SEED,
+                   supersampling: int = FAULT_SUPERSAMPLING) -> list[CourseManifest]:
     """One synthetic course (``cycles`` of it) per patient, each with its own seed and UIDs."""
     return [write_course(root / f"patient-{i}",
                          CourseWriteSpec(cycles=cycles, patient_id=f"COMBINED-{i:02d}",
-                                         patient_name=f"Combined^Patient{i}"), seed + i)
+                                         patient_name=f"Combined^Patient{i}",
+                                         supersampling=supersampling), seed + i)
             for i in range(patients)]
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pydicom
 
 from tests.reliability.processes import write_config
+from tests.reliability.shared_runs import shared
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import CourseResult
@@ -153,18 +154,25 @@ def outputs_by_cycle(db: NodeDatabase, patient_key: str | None = None) -> dict[i
 
 
 COURSE_SEED = 11
-_COURSES: dict[str, CourseManifest] = {}
+#: Phantom supersampling of the courses the fault tests write: surface voxels sampled once
+#: at their centre instead of 3³ times (the default). These tests compare a run with a clean
+#: run of the same files (or with the pipeline run on them), never with the analytic truth,
+#: so finer phantom edges buy nothing there; writing a cycle takes a third of the time.
+FAULT_SUPERSAMPLING = 1
 
 
-def two_cycle_course(root: Path) -> CourseManifest:
+def two_cycle_course(factory: Any) -> CourseManifest:
     """The synthetic course's cycles 1 and 2 (both multi-time-point) on small grids.
 
-    Written once per test session under ``root`` (the job-kill and outage
-    tests share it, so the outage run can serve as the kill test's clean run).
+    Written once per test session (``factory``: pytest's ``tmp_path_factory``),
+    whichever worker asks first (:func:`tests.reliability.shared_runs.shared`):
+    the job-kill, graceful-shutdown and outage tests share it, so the outage
+    run can serve as the others' clean run.
     """
-    if "course" not in _COURSES:
-        _COURSES["course"] = write_course(root, CourseWriteSpec(cycles=(1, 2)), COURSE_SEED)
-    return _COURSES["course"]
+    return shared(factory, f"course-seed{COURSE_SEED}-cycles1-2",
+                  lambda folder: write_course(
+                      folder, CourseWriteSpec(cycles=(1, 2), supersampling=FAULT_SUPERSAMPLING),
+                      COURSE_SEED))
 
 
 def course_totals_gy(db: NodeDatabase, job: JobRecord | None = None) -> dict[str, float]:

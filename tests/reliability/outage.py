@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.peers import free_port
 from tests.reliability.course_runs import (
+    COURSE_SEED,
     CycleOutput,
     NodeDatabase,
     course_files,
@@ -28,6 +29,7 @@ from tests.reliability.course_runs import (
 )
 from tests.reliability.destination import Arrival, RecordingDestination
 from tests.reliability.processes import start_node
+from tests.reliability.shared_runs import shared
 from tests.service.nodes import send
 from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.service.store.jobs import JobRecord, JobState
@@ -84,16 +86,14 @@ def run_outage(work: Path, manifest: CourseManifest, cycles: int,
         db.close()
 
 
-_CLEAN_RUNS: dict[str, CourseRun] = {}
-
-
 def clean_two_cycle_run(factory: Any) -> CourseRun:
-    """The two-cycle course through a node whose destination is down, then up; once per session.
+    """The two-cycle course through a node whose destination is down, then up.
 
-    ``factory`` is pytest's ``tmp_path_factory``. The run has no fault in the
-    computation, so it is the clean reference of the job-kill test too.
+    Run once per test session (``factory``: pytest's ``tmp_path_factory``),
+    whichever worker asks first (:func:`tests.reliability.shared_runs.shared`).
+    The run has no fault in the computation, so it is the clean reference of
+    the job-kill and graceful-shutdown tests too.
     """
-    if "run" not in _CLEAN_RUNS:
-        manifest = two_cycle_course(factory.mktemp("course"))
-        _CLEAN_RUNS["run"] = run_outage(factory.mktemp("outage"), manifest, cycles=2)
-    return _CLEAN_RUNS["run"]
+    manifest = two_cycle_course(factory)
+    return shared(factory, f"outage-seed{COURSE_SEED}-cycles1-2",
+                  lambda folder: run_outage(folder, manifest, cycles=2))

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.course_runs import COURSE_SEED
+from tests.reliability.course_runs import COURSE_SEED, FAULT_SUPERSAMPLING
 from tests.reliability.hostile_peers import course_bombs, run_hostile_course
 from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 
 
 @pytest.mark.slow
 def test_a_course_is_stored_and_computed_under_every_hostile_peer_and_bomb(tmp_path: Path):
-    manifest = write_course(tmp_path / "course", CourseWriteSpec(cycles=(1,)), COURSE_SEED)
+    manifest = write_course(tmp_path / "course",
+                            CourseWriteSpec(cycles=(1,), supersampling=FAULT_SUPERSAMPLING),
+                            COURSE_SEED)
     cases, expected = course_bombs(inflated_mb=48, items=30_000, elements=40_000,
                                    contour_points=200_001)
     report = run_hostile_course(

@@ -23,6 +23,7 @@ import pytest
 from tests.peers import free_port
 from tests.reliability.bad_cycles import BadCycle, write_bad_cycles
 from tests.reliability.course_runs import (
+    FAULT_SUPERSAMPLING,
     NodeDatabase,
     course_files,
     direct_cycle_output,
@@ -82,7 +83,8 @@ def _warnings(data_dir: Path, job: JobRecord) -> tuple[str, ...]:
 def test_bad_cycles_end_with_a_reason_and_leave_the_good_patient_exactly_alone(
     tmp_path: Path,
 ) -> None:
-    good = write_course(tmp_path / "good", CourseWriteSpec(cycles=(1,)), GOOD_SEED)
+    good = write_course(tmp_path / "good",
+                        CourseWriteSpec(cycles=(1,), supersampling=FAULT_SUPERSAMPLING), GOOD_SEED)
     victims = write_bad_cycles(tmp_path / "victims")
     assert {v.name for v in victims} == {*FAILS_BECAUSE, *WARNS_BECAUSE, *NO_JOB_BECAUSE}
     expected = direct_cycle_output(good)
