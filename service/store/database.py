@@ -21,6 +21,7 @@ share a ``threading.RLock`` (:class:`theranode.service.store.Store`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -471,7 +472,12 @@ class Leadership:
         return self._held
 
     def release(self) -> None:
+        """Give the role up now (a stopping node): unlocked before the session closes,
+        which the server ends only some time after the client leaves."""
         if self._db is not None:
+            if self._held:
+                with contextlib.suppress(Exception):
+                    self._db.execute("select pg_advisory_unlock(?)", [self._key]).fetchone()
             self._db.close()
             self._db = None
         self._held = False
