@@ -378,12 +378,10 @@ class IndexStore(Store):
 
     def series_of_patient(self, patient_key: str) -> list[dict[str, Any]]:
         with self.lock:
-            return list(
-                self.db.query(
-                    "select * from series where patient_key = ? "
-                "order by acquired is not null, acquired, series_uid",
-                    [patient_key],
-                )
+            return self.db.query(
+                "select * from series where patient_key = ? "
+                "order by acquired is not null, acquired, series_uid",  # NULLs first, as SQLite
+                [patient_key],
             )
 
     def counts(self) -> dict[str, int]:
@@ -401,11 +399,7 @@ class IndexStore(Store):
         write transaction: a node cannot overwrite a grouping of newer series, made by
         another node meanwhile, with one of the series it read before."""
         with self.transaction():
-            series = self.db.query(
-                "select * from series where patient_key = ? "
-                "order by acquired is not null, acquired, series_uid",
-                [patient_key])
-            rows = list(group(series))
+            rows = list(group(self.series_of_patient(patient_key)))  # (the lock is reentrant)
             self.db.execute("delete from grouping where patient_key = ?", [patient_key])
             for row in rows:
                 self.db.insert("grouping", row)
