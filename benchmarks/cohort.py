@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.service.cohort_files
 
 from tests.service.cohort_files import export_outcome_csv  # noqa: E402

@@ -55,7 +55,6 @@ from tests.reliability.combined_kills import (
     compare_with_clean,
     write_patients,
 )
-from tests.reliability.course_runs import wait_for
 from tests.reliability.kills import write_senders
 from tests.reliability.scale_out import (
     Balancer,
@@ -67,6 +66,7 @@ from tests.reliability.scale_out import (
     start_cluster,
     start_worker,
 )
+from tests.waiting import wait_for
 from theranode.service.store.jobs import JobState
 
 INGEST_SENDERS = 4

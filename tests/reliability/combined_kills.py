@@ -51,7 +51,6 @@ from tests.reliability.course_runs import (
     course_files,
     course_totals_gy,
     outputs_by_cycle,
-    wait_for,
     write_node_config,
 )
 from tests.reliability.destination import RecordingDestination
@@ -66,6 +65,7 @@ from tests.reliability.kills import (
 )
 from tests.reliability.outage import SETTLE_S, CourseRun
 from tests.reliability.processes import NodeProcess, start_node
+from tests.waiting import wait_for
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.service.store.jobs import JobRecord, JobState
 

@@ -9,12 +9,10 @@ compared with (VOI mean doses, RT Dose pixel bytes).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pydicom
 
@@ -28,8 +26,6 @@ from theranode.service.jobs.results import load_stored_result
 from theranode.service.jobs.spec import CycleJobInput, JobKind, JobSpec, TimePointInput
 from theranode.service.store import open_database
 from theranode.service.store.jobs import JobRecord, JobState, JobStore
-
-T = TypeVar("T")
 
 NODE_SETTINGS: dict[str, dict[str, Any]] = {
     "protocol": {"quiet_period_s": 2.0},
@@ -77,16 +73,6 @@ def write_node_config(work: Path, destination_port: int,
                      f'host = "127.0.0.1"\nport = {destination_port}\n')
     return config, port, data_dir
 
-
-def wait_for(condition: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.2) -> T:
-    """Poll ``condition`` until it returns something true; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class NodeDatabase:

@@ -34,7 +34,6 @@ from tests.peers import free_port
 from tests.reliability.course_runs import (
     NodeDatabase,
     course_files,
-    wait_for,
     write_node_config,
 )
 from tests.reliability.destination import RecordingDestination
@@ -42,6 +41,7 @@ from tests.reliability.job_kills import JobKillReport, finish_course_run
 from tests.reliability.outage import CourseRun
 from tests.reliability.processes import NodeProcess, start_node
 from tests.service.nodes import send
+from tests.waiting import wait_for
 from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.service.cli.main import main
 from theranode.service.store.jobs import JobRecord, JobState

@@ -463,12 +463,12 @@ def run_hostile_course(work: Path, manifest: object, cycles: int, bomb_cases: li
     from tests.reliability.course_runs import (
         NodeDatabase,
         course_files,
-        wait_for,
         write_node_config,
     )
     from tests.reliability.destination import RecordingDestination
     from tests.reliability.kills import keep_sending, sender_of_files, verify
     from tests.reliability.processes import start_node
+    from tests.waiting import wait_for
     from theranode.service.store.jobs import JobState
 
     files = course_files(manifest)  # type: ignore[arg-type]

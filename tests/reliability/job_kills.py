@@ -26,13 +26,13 @@ from tests.reliability.course_runs import (
     course_files,
     course_totals_gy,
     outputs_by_cycle,
-    wait_for,
     write_node_config,
 )
 from tests.reliability.destination import RecordingDestination
 from tests.reliability.outage import SETTLE_S, CourseRun
 from tests.reliability.processes import NodeProcess, start_node
 from tests.service.nodes import send
+from tests.waiting import wait_for
 from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.service.store.jobs import JobState
 

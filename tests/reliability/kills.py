@@ -1,8 +1,9 @@
 """Crash safety at scale: SIGKILL ``theranode serve`` at random moments under parallel senders.
 
 :func:`run_kills` starts the node as a real process, lets several pynetdicom
-senders store their own series in parallel, kills the node with SIGKILL after
-a random delay, restarts it and checks that every instance any sender saw
+senders store their own series in parallel, kills the node with SIGKILL once
+a random number of instances has been acknowledged in the round (so the kill
+lands mid-transfer however loaded the machine is), restarts it and checks that every instance any sender saw
 acknowledged so far is indexed and archived whole (the bytes hash as indexed
 and the pixel data equals what was sent). The senders then resume with what
 was not acknowledged (resending may hit an instance that was stored but not
@@ -209,13 +210,22 @@ def check_all_filed(data_dir: Path, senders: list[Sender]) -> list[str]:
     return problems
 
 
-def _round(port: int, senders: list[Sender], delay_s: float, node_kill: object) -> int:
-    before = sum(len(s.acknowledged) for s in senders)
+def _round(port: int, senders: list[Sender], kill_after: int, node_kill: object) -> int:
+    """Send until ``kill_after`` more instances are acknowledged, then kill the node.
+
+    Returns how many were acknowledged before the kill.
+    """
+    def acknowledged() -> int:
+        return sum(len(s.acknowledged) for s in senders)
+
+    before = acknowledged()
     threads = [threading.Thread(target=_send_until_broken, args=(port, s)) for s in senders]
     for thread in threads:
         thread.start()
-    time.sleep(delay_s)
-    during = sum(len(s.acknowledged) for s in senders)
+    deadline = time.monotonic() + 120
+    while acknowledged() - before < kill_after and time.monotonic() < deadline:
+        time.sleep(0.005)
+    during = acknowledged()
     node_kill()  # type: ignore[operator]
     for thread in threads:
         thread.join(timeout=120)
@@ -234,8 +244,11 @@ def run_kills(work: Path, kills: int = 5, senders: int = 3, per_sender: int = 40
     started = time.monotonic()
     node = start_node(config, port)
     try:
-        for _ in range(kills):
-            acked = _round(port, team, rng.uniform(0.2, 1.5), node.kill)
+        for done in range(kills):
+            # Leave instances for the rounds still to come and for the last send.
+            left = sum(len(s.pending()) for s in team)
+            acked = _round(port, team, rng.randint(1, max(1, left // (kills - done + 1))),
+                           node.kill)
             report.kills += 1
             report.kills_mid_transfer += int(acked > 0 and any(s.pending() for s in team))
             node = start_node(config, port)  # restart: recovery runs before it listens

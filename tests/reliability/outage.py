@@ -24,13 +24,13 @@ from tests.reliability.course_runs import (
     course_totals_gy,
     outputs_by_cycle,
     two_cycle_course,
-    wait_for,
     write_node_config,
 )
 from tests.reliability.destination import Arrival, RecordingDestination
 from tests.reliability.processes import start_node
 from tests.reliability.shared_runs import shared
 from tests.service.nodes import send
+from tests.waiting import wait_for
 from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.service.store.jobs import JobRecord, JobState
 

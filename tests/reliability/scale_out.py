@@ -71,13 +71,13 @@ from tests.reliability.course_runs import (
     course_files,
     course_totals_gy,
     outputs_by_cycle,
-    wait_for,
 )
 from tests.reliability.destination import RecordingDestination
 from tests.reliability.kills import Sender, content_digest, sender_of_files
 from tests.reliability.outage import CourseRun
 from tests.reliability.processes import ROOT, NodeProcess, start_node, write_config
 from tests.service.nodes import scu
+from tests.waiting import wait_for
 from theranode.dicomio.synthetic_course import CourseManifest
 from theranode.service.receive.archive import sha256_hex
 from theranode.service.store import open_database

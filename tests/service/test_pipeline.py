@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 
 from tests.peers import free_port, wait_for_port
 from tests.service.nodes import make_settings, running_node, send
+from tests.waiting import wait_for
 from theranode.config.schema import Settings
 from theranode.dicomio.synthetic_course import CourseManifest, CourseWriteSpec, write_course
 from theranode.dosimetry.results import CycleResult, Organ, VoiKind
@@ -73,15 +73,6 @@ def reference(
 def cycle_jobs(store: JobStore) -> list[JobRecord]:
     return [j for j in store.all() if j.kind == "cycle"]
 
-
-def wait_for(condition, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def assert_same_doses(found: CycleResult, expected: CycleResult) -> None:

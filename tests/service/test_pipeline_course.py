@@ -8,7 +8,8 @@ import pytest
 
 from tests.service.nodes import make_settings, running_node, send
 from tests.service.test_ingest_peers import course_files
-from tests.service.test_pipeline import cycle_jobs, stored_result, wait_for
+from tests.service.test_pipeline import cycle_jobs, stored_result
+from tests.waiting import wait_for
 from theranode.dosimetry.results import DoseMethod
 from theranode.service.store.jobs import JobState
 

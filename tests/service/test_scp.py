@@ -11,6 +11,7 @@ from pynetdicom import AE
 
 from tests.service import factory
 from tests.service.nodes import make_settings, running_node, scu, send
+from tests.waiting import wait_for
 from theranode.service.receive.ingest import (
     MISSING_ATTRIBUTE,
     OUT_OF_RESOURCES,
@@ -175,11 +176,14 @@ def test_host_not_allowed_is_refused(tmp_path):
 
 def test_log_has_association_and_series_lines_but_no_patient_name(node, caplog):
     nm = factory.nm("P1", INJECTION, INJECTION + timedelta(hours=4))
+    series_line = f"Series {nm.SeriesInstanceUID} (NM): 1 instance(s) stored"
     with caplog.at_level(logging.INFO):
         send(node.port, [nm])
+        # The node logs the series when its side of the release is done, which
+        # can come a moment after the sender has its release reply.
+        wait_for(lambda: series_line in caplog.text, 10, "the series line", poll_s=0.02)
         node.regrouper.wait_idle()
     assert "Association accepted from TESTSCU" in caplog.text
-    assert f"Series {nm.SeriesInstanceUID} (NM): 1 instance(s) stored" in caplog.text
     assert "Test^Patient" not in caplog.text
     assert "P1" not in caplog.text, "the PatientID is not logged either"
 
