@@ -240,6 +240,10 @@ def _demo_with_temporary_node(settings: Settings, work: Path, args: argparse.Nam
     try:
         with stop_on_termination():
             node = _start_node(settings, work, receiver.port, args.ae_title)
+            # Announced only once ``node`` is bound: an interrupt while the line
+            # is written still finds the node to stop in ``finally``.
+            emit(f"Started a temporary node (pid {node.pid}, {node.ae_title} on "
+                 f"127.0.0.1:{node.port}, configuration {node.config}, log {node.log})")
             complete = _send_and_compare(work, receiver, ("127.0.0.1", node.port),
                                          settings.node.ae_title, args, node)
             if not complete:
@@ -267,11 +271,8 @@ def _start_node(settings: Settings, work: Path, receiver_port: int,
                                        demo_ae)
     config = work / "theranode.toml"
     config.write_text(settings_toml(node_settings, DEMO_CONFIG_COMMENT), encoding="utf-8")
-    node = TemporaryNode(config, work / "node.log", node_settings.node.port,
+    return TemporaryNode(config, work / "node.log", node_settings.node.port,
                          node_settings.node.ae_title)
-    emit(f"Started a temporary node (pid {node.pid}, {node_settings.node.ae_title} on "
-         f"127.0.0.1:{node.port}, configuration {config}, log {node.log})")
-    return node
 
 
 def _print_log_tail(node: TemporaryNode) -> None:
