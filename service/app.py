@@ -117,7 +117,8 @@ class Node:
                                     on_finished=self._job_finished)
             on_submitted = self.runner.wake
         self.planner = Planner(self.index, self.jobs, settings, on_submitted=on_submitted)
-        self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request)
+        self.regrouper = Regrouper(self.index, self.rules, on_grouped=self.planner.request,
+                                   check_every_s=settings.jobs.poll_interval_s)
         #: This process's share of the [security] limits (all of them with one listener).
         self.listener_security = security_share(settings.security,
                                                 settings.node.listener_processes)

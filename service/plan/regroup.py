@@ -86,6 +86,12 @@ class Regrouper:
     """A background thread that regroups patients as their series arrive.
 
     ``on_grouped`` is called with the patient key after each patient's grouping is stored.
+    Every ``check_every_s`` with nothing requested, it also regroups the patients that
+    have a series without a grouping row (:meth:`IndexStore.ungrouped_patient_keys`): on a
+    shared database, a series whose first instance a node indexed just before it was
+    killed would otherwise wait for the patient's next series or the next start of a node.
+    A patient whose grouping failed is left to its next request (a new series), so a
+    grouping error is logged once, not every period.
     """
 
     def __init__(
@@ -93,12 +99,15 @@ class Regrouper:
         index: IndexStore,
         rules: GroupingRules,
         on_grouped: Callable[[str], None] = lambda patient_key: None,
+        check_every_s: float = 5.0,
     ) -> None:
         self.index = index
         self.rules = rules
         self.on_grouped = on_grouped
+        self.check_every_s = check_every_s
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending: set[str] = set()
+        self._failed: set[str] = set()
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
@@ -117,8 +126,21 @@ class Regrouper:
             if patient_key in self._pending:
                 return
             self._pending.add(patient_key)
+            self._failed.discard(patient_key)
             self._idle.clear()
         self._queue.put(patient_key)
+
+    def request_ungrouped(self) -> list[str]:
+        """Request every patient with an ungrouped series (except those that failed)."""
+        with self._lock:
+            failed = set(self._failed)
+        keys = [key for key in self.index.ungrouped_patient_keys() if key not in failed]
+        if keys:
+            logger.info("Regrouping %d patient(s) with a series nobody grouped (indexed by "
+                        "a node that stopped before grouping it?)", len(keys))
+        for key in keys:
+            self.request(key)
+        return keys
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Block until no regrouping is queued or running (for tests and shutdown)."""
@@ -126,7 +148,14 @@ class Regrouper:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.check_every_s)
+            except queue.Empty:
+                try:
+                    self.request_ungrouped()
+                except Exception:
+                    logger.exception("Looking for ungrouped series failed")
+                continue
             if item is _STOP:
                 return
             key = str(item)
@@ -136,6 +165,8 @@ class Regrouper:
                 regroup_patient(self.index, self.rules, key)
                 self.on_grouped(key)
             except Exception:
+                with self._lock:
+                    self._failed.add(key)
                 logger.exception("Grouping failed for patient %s", key)
             with self._lock:
                 if not self._pending:

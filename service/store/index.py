@@ -404,6 +404,20 @@ class IndexStore(Store):
             for row in rows:
                 self.db.insert("grouping", row)
 
+    def ungrouped_patient_keys(self) -> list[str]:
+        """Patients with a series that has no grouping row yet.
+
+        Every regrouping places every series of its patient, so such a series
+        is either waiting for its regrouping or was indexed by a node that
+        stopped (a SIGKILL, a power cut) before it regrouped: on a shared
+        database no other node would otherwise look at it.
+        """
+        with self.lock:
+            return [r["patient_key"] for r in self.db.query(
+                "select distinct s.patient_key from series s where not exists "
+                "(select 1 from grouping g where g.series_uid = s.series_uid) "
+                "order by s.patient_key")]
+
     def grouping_of_patient(self, patient_key: str) -> list[dict[str, Any]]:
         with self.lock:
             return list(
