@@ -24,7 +24,9 @@ procrastinate job is only the request "run job N":
   deliveries committed with ``done``). A request for a job that is no longer queued (done,
   superseded, running elsewhere) does nothing.
 - **Dead workers** (periodic task ``theranode.sweep``, every :data:`SWEEP_SECONDS` s, once
-  across the cluster): a request left ``doing`` by a worker whose heartbeat stopped for
+  across the cluster, on a queue of its own that every worker serves beside its job slots,
+  so a sweep never waits for a job to end; ``lock`` = the task's name, so two sweeps never
+  overlap): a request left ``doing`` by a worker whose heartbeat stopped for
   ``[jobs] stalled_after_s`` has its row counted as a lost run
   (:meth:`~theranode.service.store.jobs.JobStore.worker_lost`: queued again, or failed at
   ``[jobs] max_attempts``) and the request is ended as failed (which frees its lock on the
@@ -43,6 +45,7 @@ References: procrastinate documentation (procrastinate.readthedocs.io), "Locks",
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -60,6 +63,8 @@ from theranode.service.store.jobs import JobRecord, JobState, JobStore
 logger = logging.getLogger(__name__)
 
 QUEUE = "theranode"
+#: The sweep's queue, served by a one-slot procrastinate worker of its own in each process.
+SWEEP_QUEUE = "theranode-sweep"
 RUN_JOB = "theranode.dosimetry_job"
 SWEEP = "theranode.sweep"
 COHORT = "theranode.cohort_statistics"
@@ -142,7 +147,7 @@ def worker_app(settings: Settings, jobs: JobStore, run_job: Callable[[int], None
         run_job(job_id)
 
     @app.periodic(cron=f"* * * * * */{SWEEP_SECONDS}", periodic_id="sweep")
-    @app.task(name=SWEEP, queue=QUEUE, queueing_lock=SWEEP)
+    @app.task(name=SWEEP, queue=SWEEP_QUEUE, queueing_lock=SWEEP, lock=SWEEP)
     async def sweep(timestamp: int) -> None:
         stalled = await app.job_manager.get_stalled_jobs(
             task_name=RUN_JOB, seconds_since_heartbeat=settings.jobs.stalled_after_s)
@@ -199,26 +204,41 @@ def run_worker(settings: Settings, runner: Any, concurrency: int) -> None:
 
     app = worker_app(settings, runner.jobs, run_job, run_cohort)
 
+    def procrastinate_worker(queue: str, slots: int, name: str) -> Any:
+        return app.run_worker_async(
+            queues=[queue], concurrency=slots, name=name, install_signal_handlers=False,
+            update_heartbeat_interval=max(1.0, settings.jobs.stalled_after_s / 3),
+            stalled_worker_timeout=settings.jobs.stalled_after_s,
+            shutdown_graceful_timeout=30.0)
+
     async def main() -> None:
         async with app.open_async():
-            worker = asyncio.create_task(app.run_worker_async(
-                queues=[QUEUE], concurrency=concurrency, name=settings.node_name,
-                install_signal_handlers=False, update_heartbeat_interval=max(
-                    1.0, settings.jobs.stalled_after_s / 3),
-                stalled_worker_timeout=settings.jobs.stalled_after_s,
-                shutdown_graceful_timeout=30.0))
+            # The job slots, and one slot for the sweep: while every job slot computes,
+            # a dead worker's job is still found and requested again.
+            workers = [
+                asyncio.create_task(procrastinate_worker(QUEUE, concurrency,
+                                                         settings.node_name)),
+                asyncio.create_task(procrastinate_worker(SWEEP_QUEUE, 1,
+                                                         f"{settings.node_name} (sweep)")),
+            ]
             loop = asyncio.get_running_loop()
 
             def stop(signum: int) -> None:
                 logger.info("Signal %d received, stopping the worker", signum)
                 runner.stop()
-                worker.cancel()
+                for task in workers:
+                    task.cancel()
 
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop, signum)
-            try:
-                await worker
-            except asyncio.CancelledError:
-                pass
+            # One of them ending on its own (an error) ends the other: a worker
+            # process that no longer sweeps or no longer computes should exit and
+            # be restarted, not limp on.
+            done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     asyncio.run(main())

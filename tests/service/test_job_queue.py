@@ -10,11 +10,14 @@ The processes together (two nodes, two workers, kills) are
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_for
 from theranode.config.schema import DatabaseSettings, Settings
 from theranode.service.errors import StartupError
 from theranode.service.jobs import worker
@@ -168,3 +171,71 @@ def test_a_run_taken_for_dead_records_nothing_when_it_ends_after_all(
     runner._record(frozen, ("error", "the frozen run's late answer"))
     after = jobs.get(job.id)
     assert after is not None and (after.state, after.attempts) == (JobState.RUNNING, 2)
+
+
+#: A ``theranode worker`` whose job slots never free: its runner claims a job and holds it
+#: until the process is killed. Arguments: database URL, worker name, data folder.
+BUSY_WORKER = """
+import dataclasses, sys, threading
+from theranode.config.schema import DatabaseSettings, Settings
+from theranode.service.jobs.queue import run_worker
+from theranode.service.store import open_database
+from theranode.service.store.jobs import JobStore
+
+url, name, data_dir = sys.argv[1:]
+base = Settings(database=DatabaseSettings(url=url))
+settings = dataclasses.replace(
+    base, node=dataclasses.replace(base.node, name=name, data_dir=data_dir),
+    jobs=dataclasses.replace(base.jobs, workers=1, stalled_after_s=2.0),
+    cohort=dataclasses.replace(base.cohort, schedule=""))
+
+class BusyRunner:
+    stopping = False
+    log_dir = data_dir
+    jobs = JobStore(open_database(url))
+
+    def run_claimed(self, job):
+        print(f"claimed {job.id}", flush=True)
+        threading.Event().wait()  # computes for ever
+
+    def stop(self):
+        pass
+
+run_worker(settings, BusyRunner(), 1)
+"""
+
+
+def test_a_dead_workers_job_is_queued_again_while_every_live_slot_computes(
+    postgres_url: str, tmp_path: Path,
+) -> None:
+    """The sweep has a slot of its own: it does not wait for a job to end."""
+    jobs = JobStore(open_database(postgres_url))
+    first, second = _submit(jobs, "cycle|k|1|1"), _submit(jobs, "cycle|k|2|1")
+    node = deferring_app(postgres_url)
+    try:
+        assert dispatch_queued(jobs, node) == 2
+    finally:
+        node.close()
+    workers = {
+        name: subprocess.Popen([sys.executable, "-c", BUSY_WORKER, postgres_url, name,
+                                str(tmp_path)], stdout=subprocess.DEVNULL)
+        for name in ("worker-1", "worker-2")}
+    try:
+        def runners() -> dict[int, str]:
+            return {j.id: j.runner for j in jobs.in_states(JobState.RUNNING)}
+
+        claimed = wait_for(lambda: len(runners()) == 2 and runners(), 60, "both jobs to start")
+        (lost,) = [job_id for job_id, runner in claimed.items() if runner == "worker-2"]
+        workers["worker-2"].kill()  # worker-1's only job slot stays busy
+        again = wait_for(lambda: (j := jobs.get(lost)) is not None
+                         and j.state is JobState.QUEUED and j, 60,
+                         "the sweep on worker-1 to count worker-2's run as lost")
+        assert again.worker_deaths == 1
+        assert "worker-2 stopped sending heartbeats" in again.last_error
+        still = jobs.get(first.id if lost == second.id else second.id)
+        assert still is not None and (still.state, still.runner) == (JobState.RUNNING,
+                                                                     "worker-1")
+    finally:
+        for process in workers.values():
+            process.kill()
+            process.wait()
