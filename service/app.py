@@ -51,6 +51,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from theranode.config.schema import DATABASE_NAME, Settings
 from theranode.dicomio.headers import InstanceHeader
+from theranode.service.clock import check_clock_offset
 from theranode.service.cohort.scheduler import start_scheduler
 from theranode.service.deliver.outbox import Outbox
 from theranode.service.errors import StartupError
@@ -66,7 +67,7 @@ from theranode.service.receive.rekey import rekey_stale_patients
 from theranode.service.receive.scp import StorageSCP
 from theranode.service.receive.site_secret import patient_keyer
 from theranode.service.store import open_database
-from theranode.service.store.database import Leadership
+from theranode.service.store.database import Leadership, clock_offset_s
 from theranode.service.store.format_upgrade import migrate_results
 from theranode.service.store.index import IndexStore
 from theranode.service.store.jobs import JobRecord, JobStore
@@ -140,6 +141,10 @@ class Node:
 
     def start(self) -> None:
         """Recover from any crash, then open the listener."""
+        warning = check_clock_offset(clock_offset_s(self.db),
+                                     self.settings.protocol.quiet_period_s)
+        if warning:
+            logger.warning("%s", warning)
         self.archive.clean_incoming()
         rekey_stale_patients(self.index, self.archive, self.keyer)
         self.reconcile()
