@@ -28,11 +28,11 @@ from tests.reliability.course_runs import (
     course_files,
     direct_cycle_output,
     outputs_by_cycle,
-    wait_for,
     write_node_config,
 )
 from tests.reliability.processes import ROOT, start_node
 from tests.service.nodes import send
+from tests.waiting import wait_for
 from theranode.dicomio.synthetic_course import CourseWriteSpec, write_course
 from theranode.service.jobs.results import load_stored_result
 from theranode.service.store.jobs import JobRecord, JobState

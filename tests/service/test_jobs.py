@@ -446,10 +446,12 @@ def _gone(pid: int, timeout_s: float = 10) -> bool:
 def test_a_job_past_max_job_minutes_is_killed_and_failed_and_the_queue_goes_on(
     tmp_path: Path,
 ) -> None:
+    # 6 s: long enough for the job's process to start and write its pid on a loaded
+    # machine (with 1.2 s it was sometimes killed before it got that far).
     runaway, after = run_jobs(tmp_path, runaway_first_job, ("runaway", "next"),
-                              max_job_minutes=0.02)
+                              max_job_minutes=0.1)
     assert runaway.state is JobState.FAILED
-    assert runaway.message.startswith("exceeded max_job_minutes = 0.02: the worker was killed")
+    assert runaway.message.startswith("exceeded max_job_minutes = 0.1: the worker was killed")
     assert "not retried" in runaway.message and runaway.log_path in runaway.message
     assert (runaway.attempts, runaway.worker_deaths) == (1, 0), "a runaway job is not retried"
     assert "max_job_minutes" in Path(runaway.log_path).read_text()
