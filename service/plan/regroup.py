@@ -131,10 +131,11 @@ class Regrouper:
         self._queue.put(patient_key)
 
     def request_ungrouped(self) -> list[str]:
-        """Request every patient with an ungrouped series (except those that failed)."""
+        """Request every patient with an ungrouped series, except those that failed and
+        those already waiting for their regrouping (a series that has just arrived)."""
         with self._lock:
-            failed = set(self._failed)
-        keys = [key for key in self.index.ungrouped_patient_keys() if key not in failed]
+            skip = self._failed | self._pending
+        keys = [key for key in self.index.ungrouped_patient_keys() if key not in skip]
         if keys:
             logger.info("Regrouping %d patient(s) with a series nobody grouped (indexed by "
                         "a node that stopped before grouping it?)", len(keys))
