@@ -17,9 +17,9 @@ Size: each cycle job takes 10–30 s of one core here (registration of four time
 PDF), each course job about 8 s, and the clean run computes the same jobs again, so two
 patients' single cycle (4 cycle and 4 course jobs over both runs) is what fits the 150 s this
 test may take. The full size (four patients' four-cycle courses: about six minutes alone
-on a 2-core machine, three and a half times this test's) is
-``benchmarks/scale_out.py --faults-only``. The checking functions are tested on doctored data first, so a
-check that cannot fail does not pass silently.
+on a 2-core machine, where this test takes one and a half) is
+``benchmarks/scale_out.py --faults-only``. The checking functions are tested on doctored
+data first, so a check that cannot fail does not pass silently.
 """
 
 from __future__ import annotations
