@@ -44,7 +44,9 @@ def demo(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "theranode", "demo", *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=_as_from_a_terminal,
+        # faulthandler: a demo that hangs is sent SIGABRT and prints every thread's stack.
+        env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1"),
+        preexec_fn=_as_from_a_terminal,
     )
 
 
@@ -138,7 +140,12 @@ def test_interrupting_the_demo_stops_its_node(tmp_path: Path):
         if NODE_PID.search(line):
             break
     process.send_signal(signal.SIGINT)  # Ctrl-C, to the demo alone
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler prints where it hangs
+        stdout, stderr = process.communicate(timeout=30)
+        pytest.fail(f"the demo did not exit within 120 s of Ctrl-C:\n{stdout}\n{stderr}")
     stdout = "".join(lines) + stdout
     assert process.returncode == 130, stdout + stderr
     assert "Interrupted: stopping the temporary node" in stderr
