@@ -261,7 +261,7 @@ def _kill(node: _Node, waves: _Waves, db: NodeDatabase, slot: tuple[int, int],
     waves.node_up.set()
 
 
-def _course_run(db: NodeDatabase, destination: RecordingDestination, seconds: float) -> CourseRun:
+def course_run(db: NodeDatabase, destination: RecordingDestination, seconds: float) -> CourseRun:
     """The run's jobs, objects and arrivals; outputs keyed ``PATIENTID/cycle``, course totals
     ``PATIENTID vVERSION VOI``.
 
@@ -309,7 +309,7 @@ def run_combined(work: Path, manifests: list[CourseManifest], kills: int = 0, se
         if node.process.stop() != 0:
             report.problems.append("the node did not stop cleanly after the last kill")
         report.seconds = time.monotonic() - started
-        report.run = _course_run(db, destination, report.seconds)
+        report.run = course_run(db, destination, report.seconds)
         report.acknowledged = sum(len(s.acknowledged) for s in senders)
         report.indexed = db.query("select count(*) as n from instances")[0]["n"]
         report.problems += check_all_filed(data_dir, senders)

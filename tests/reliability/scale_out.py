@@ -55,7 +55,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -65,12 +65,10 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from tests.peers import free_port
-from tests.reliability.combined_kills import CombinedReport
+from tests.reliability.combined_kills import CombinedReport, course_run
 from tests.reliability.course_runs import (
     NodeDatabase,
     course_files,
-    course_totals_gy,
-    outputs_by_cycle,
 )
 from tests.reliability.destination import RecordingDestination
 from tests.reliability.kills import Sender, content_digest, sender_of_files
@@ -307,24 +305,6 @@ class ClusterDatabase(NodeDatabase):
 
     def close(self) -> None:
         self.jobs.db.close()
-
-
-def course_run(db: NodeDatabase, destination: RecordingDestination, seconds: float) -> CourseRun:
-    """The run's jobs, objects and arrivals; outputs keyed ``PATIENTID/cycle``, course totals
-    ``PATIENTID vVERSION VOI``; jobs carry the PatientID in place of the patient key (each
-    run's data folder has its own site secret, so its own keys), as combined_kills' do."""
-    outputs, totals = {}, {}
-    patient_ids = db.patient_ids()
-    jobs = [replace(j, patient_key=patient_ids.get(j.patient_key, j.patient_key))
-            for j in db.all_jobs()]
-    for key, patient_id in patient_ids.items():
-        outputs.update({f"{patient_id}/{n}": o for n, o in outputs_by_cycle(db, key).items()})
-        for job in db.of_kind("course", JobState.DONE):
-            if job.patient_key == key:
-                totals.update({f"{patient_id} v{job.version} {voi}": gy
-                               for voi, gy in course_totals_gy(db, job).items()})
-    return CourseRun(jobs, db.result_objects(), list(destination.arrivals), outputs,
-                     totals, 0, 0, seconds)
 
 
 # -- the run --------------------------------------------------------------------------------
