@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.service import factory
-from tests.service.keys import TEST_KEYER
+from tests.service.indexing import index_time_point
 from tests.service.nodes import make_settings
 from theranode.config.writing import settings_toml
-from theranode.dicomio.headers import instance_header
 from theranode.service.cli.main import main
 from theranode.service.cohort.imports import import_outcome_files
 from theranode.service.plan.regroup import regroup_patient, rules_from_settings
@@ -47,20 +45,6 @@ OUTCOMES = {
 }
 
 
-def _index_patient(index: IndexStore, patient_id: str, frame: str) -> str:
-    """A patient with one 24 h SPECT/CT time point; returns its patient key."""
-    acquired = INJECTION + timedelta(hours=24)
-    key = ""
-    for n, ds in enumerate([factory.nm(patient_id, INJECTION, acquired, frame=frame),
-                            factory.ct(patient_id, acquired, frame=frame)]):
-        header = instance_header(ds, TEST_KEYER)
-        key = header.patient_key
-        index.add_instance(header, path=f"archive/{patient_id}-{n}.dcm", sha256=f"{n:064x}",
-                           size=1000 + n, transfer_syntax="1.2.840.10008.1.2.1",
-                           received=acquired, calling_ae="SCANNER", peer="10.0.0.5")
-    return key
-
-
 def _fill_node_database(url: str, folder: Path) -> None:
     """Rows in every theranode table, written through the stores as a node writes them."""
     db = open_database(url)
@@ -68,7 +52,7 @@ def _fill_node_database(url: str, folder: Path) -> None:
     outbox = OutboxStore(db, jobs.lock)
     rules = rules_from_settings(make_settings(folder / "data").grouping)
     for patient_id, frame in (("PA", "1.2.3.1"), ("PB", "1.2.3.2")):
-        regroup_patient(index, rules, _index_patient(index, patient_id, frame))
+        regroup_patient(index, rules, index_time_point(index, patient_id, INJECTION, frame))
     received = INJECTION + timedelta(days=1)
     index.add_conflict("1.2.3.9", path="conflicts/1.dcm", sha256="ab" * 32, received=received,
                        calling_ae="SCANNER", peer="10.0.0.5")

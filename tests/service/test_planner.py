@@ -9,11 +9,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tests.service import factory
-from tests.service.keys import TEST_KEYER
+from tests.service.indexing import index_time_point
 from tests.service.nodes import make_settings
 from theranode.config.schema import Settings
-from theranode.dicomio.headers import instance_header
 from theranode.service.app import Node
 from theranode.service.plan.planner import Planner, cycle_target
 from theranode.service.plan.regroup import regroup_patient, rules_from_settings
@@ -24,20 +22,6 @@ from theranode.service.store.jobs import JobRecord, JobState, JobStore
 INJECTION = datetime(2024, 5, 6, 9, 15)
 #: Long after the forced timeout: a cycle with one of its four time points is incomplete.
 LATER = INJECTION + timedelta(days=30)
-
-
-def _index_patient(index: IndexStore, patient_id: str, frame: str) -> str:
-    """A patient with one 24 h SPECT/CT time point of cycle 1; returns its patient key."""
-    acquired = INJECTION + timedelta(hours=24)
-    key = ""
-    for n, ds in enumerate([factory.nm(patient_id, INJECTION, acquired, frame=frame),
-                            factory.ct(patient_id, acquired, frame=frame)]):
-        header = instance_header(ds, TEST_KEYER)
-        key = header.patient_key
-        index.add_instance(header, path=f"archive/{patient_id}-{n}.dcm", sha256=f"{n:064x}",
-                           size=1, transfer_syntax="1.2.840.10008.1.2.1", received=acquired,
-                           calling_ae="TEST", peer="")
-    return key
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
@@ -52,7 +36,8 @@ def _two_patients(tmp_path: Path, poll_interval_s: float) -> tuple[Settings, Ind
     settings = make_settings(tmp_path / "data", jobs={"poll_interval_s": poll_interval_s})
     index = IndexStore(open_database(tmp_path / "t.db"))
     jobs = JobStore(open_database(tmp_path / "t.db"))
-    keys = [_index_patient(index, "PA", "1.2.3.1"), _index_patient(index, "PB", "1.2.3.2")]
+    keys = [index_time_point(index, "PA", INJECTION, "1.2.3.1"),
+            index_time_point(index, "PB", INJECTION, "1.2.3.2")]
     for key in keys:
         regroup_patient(index, rules_from_settings(settings.grouping), key)
     return settings, index, jobs, keys

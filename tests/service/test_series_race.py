@@ -11,17 +11,16 @@ processes or machines have), on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.service import factory
+from tests.service.indexing import receive_at_once
 from tests.service.keys import TEST_KEYER
 from theranode.service.receive.archive import Archive, sha256_hex
-from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, Ingest, Outcome, Peer
+from theranode.service.receive.ingest import MISSING_ATTRIBUTE, SUCCESS, Ingest
 from theranode.service.store import open_database
 from theranode.service.store.index import IndexStore
 
@@ -36,25 +35,6 @@ def _pair(series: str) -> tuple[bytes, bytes]:
         factory.encode(factory.ct(patient, WHEN, frame="1.2.3", study=study, series=series))
         for patient in ("RACE-A", "RACE-B")
     )
-
-
-def _race(ingests: tuple[Ingest, Ingest], pair: tuple[bytes, bytes]) -> list[Outcome]:
-    start = threading.Barrier(2)
-    outcomes: list[Outcome | None] = [None, None]
-
-    def store(n: int) -> None:
-        start.wait()
-        outcomes[n] = ingests[n].receive(
-            pair[n], Peer(f"SCU{n}", "127.0.0.1"), ExplicitVRLittleEndian, factory.CT
-        )
-
-    threads = [threading.Thread(target=store, args=(n,)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert all(o is not None for o in outcomes)
-    return outcomes  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("connections", [1, 2], ids=["one-connection", "two-connections"])
@@ -72,7 +52,7 @@ def test_never_two_patients_in_one_series(tmp_path: Path, database_url: str, con
         for attempt in range(TRIES):
             series = factory.generate_uid()
             pair = _pair(series)
-            outcomes = _race(ingests, pair)  # type: ignore[arg-type]
+            outcomes = receive_at_once(ingests, pair)  # type: ignore[arg-type]
             statuses = sorted(o.status for o in outcomes)
             assert statuses == [SUCCESS, MISSING_ATTRIBUTE], (attempt, outcomes)
             loser = next(n for n, o in enumerate(outcomes) if o.status != SUCCESS)

@@ -8,7 +8,6 @@ indexed file whose bytes are the indexed hash, never one node's bytes under the 
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.service import factory
+from tests.service.indexing import receive_at_once
 from tests.service.keys import TEST_KEYER
 from theranode.service.receive.archive import Archive, sha256_hex
 from theranode.service.receive.ingest import SUCCESS, Ingest, Outcome, Peer
@@ -32,24 +32,6 @@ def _nodes(data_dir: Path, database_url: str) -> tuple[Ingest, Ingest]:
                TEST_KEYER)
         for name in ("node-a", "node-b")
     )
-
-
-def _at_once(nodes: tuple[Ingest, Ingest], objects: tuple[bytes, bytes]) -> list[Outcome]:
-    start = threading.Barrier(2)
-    outcomes: list[Outcome | None] = [None, None]
-
-    def store(n: int) -> None:
-        start.wait()
-        outcomes[n] = nodes[n].receive(objects[n], Peer(f"SCU{n}", "127.0.0.1"),
-                                       ExplicitVRLittleEndian, factory.CT)
-
-    threads = [threading.Thread(target=store, args=(n,)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert all(o is not None for o in outcomes)
-    return outcomes  # type: ignore[return-value]
 
 
 #: One study and series for every instance here: the archive path follows the UIDs.
@@ -73,7 +55,7 @@ def test_one_instance_stored_through_both_nodes_at_once_is_filed_once(
     index = nodes[0].index
     for _ in range(TRIES):
         data = _ct(factory.generate_uid())
-        outcomes = _at_once(nodes, (data, data))
+        outcomes = receive_at_once(nodes, (data, data))
         assert [o.status for o in outcomes] == [SUCCESS, SUCCESS]
         assert sorted(o.duplicate for o in outcomes) == [False, True]
     rows = index.db.query("select path, sha256 from instances")
@@ -94,7 +76,7 @@ def test_two_objects_under_one_uid_at_once_keep_the_indexed_bytes_in_the_archive
     for _ in range(TRIES):
         uid = factory.generate_uid()
         first, second = _ct(uid, "first"), _ct(uid, "second")
-        outcomes = _at_once(nodes, (first, second))
+        outcomes = receive_at_once(nodes, (first, second))
         assert [o.status for o in outcomes] == [SUCCESS, SUCCESS]
         (row,) = index.db.query("select path, sha256 from instances where "
                                 "sop_instance_uid = ?", [uid])
