@@ -147,6 +147,18 @@ def kill_slots(kills: int, wave_instances: list[int]) -> list[tuple[int, int]]:
     return slots
 
 
+def computed(db: NodeDatabase, jobs_per_kind: int) -> bool:
+    """At least ``jobs_per_kind`` cycle and course jobs done; raises at a failed or
+    incomplete job, which no wait would mend."""
+    jobs = db.all_jobs()
+    ended = [j for j in jobs if j.state in (JobState.FAILED, JobState.INCOMPLETE)]
+    if ended:
+        raise AssertionError(f"job {ended[0].id} ({ended[0].kind} {ended[0].label}) ended "
+                             f"{ended[0].state.value}: {ended[0].message[:200]}")
+    done = Counter(j.kind for j in jobs if j.state is JobState.DONE)
+    return done["cycle"] >= jobs_per_kind and done["course"] >= jobs_per_kind
+
+
 class _Waves:
     """The senders' timeline (module docstring), run on its own thread.
 
@@ -212,20 +224,11 @@ class _Waves:
         if any(s.pending() for s in senders):
             raise AssertionError(f"wave {number + 1}: the senders could not store everything")
         self.progress = (number, 2)
-        wait_for(lambda: self._computed(before + len(senders)), self.timeout_s,
+        wait_for(lambda: computed(self.db, before + len(senders)), self.timeout_s,
                  f"wave {number + 1}: every cycle and course computed", poll_s=0.02)
         self.progress = (number, 3)
         wait_for(self.db.all_delivered, self.timeout_s,
                  f"wave {number + 1}: every result delivered", poll_s=0.02)
-
-    def _computed(self, jobs_per_kind: int) -> bool:
-        jobs = self.db.all_jobs()
-        ended = [j for j in jobs if j.state in (JobState.FAILED, JobState.INCOMPLETE)]
-        if ended:
-            raise AssertionError(f"job {ended[0].id} ({ended[0].kind} {ended[0].label}) ended "
-                                 f"{ended[0].state.value}: {ended[0].message[:200]}")
-        done = Counter(j.kind for j in jobs if j.state is JobState.DONE)
-        return done["cycle"] >= jobs_per_kind and done["course"] >= jobs_per_kind
 
 
 @dataclass

@@ -65,7 +65,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from tests.peers import free_port
-from tests.reliability.combined_kills import CombinedReport, course_run
+from tests.reliability.combined_kills import CombinedReport, computed, course_run
 from tests.reliability.course_runs import (
     NodeDatabase,
     course_files,
@@ -388,19 +388,10 @@ class _Waves:
         if any(s.pending() for s in senders):
             raise AssertionError(f"wave {number + 1}: the senders could not store everything")
         done = self.patients * (number + 1)
-        wait_for(lambda: self._computed(done), self.timeout_s,
+        wait_for(lambda: computed(self.db, done), self.timeout_s,
                  f"wave {number + 1}: every cycle and course computed", poll_s=0.1)
         wait_for(self.db.all_delivered, self.timeout_s,
                  f"wave {number + 1}: every result delivered", poll_s=0.1)
-
-    def _computed(self, jobs_per_kind: int) -> bool:
-        jobs = self.db.all_jobs()
-        ended = [j for j in jobs if j.state in (JobState.FAILED, JobState.INCOMPLETE)]
-        if ended:
-            raise AssertionError(f"job {ended[0].id} ({ended[0].kind} {ended[0].label}) ended "
-                                 f"{ended[0].state.value}: {ended[0].message[:200]}")
-        done = Counter(j.kind for j in jobs if j.state is JobState.DONE)
-        return done["cycle"] >= jobs_per_kind and done["course"] >= jobs_per_kind
 
 
 def _acknowledged(senders: list[Sender]) -> int:
